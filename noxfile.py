@@ -1,0 +1,29 @@
+"""Nox sessions: tests, lint, render_check (the test suite is `nox -s tests`)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "render_check", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite: unit tests and integration tests against the real Docker engine."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-v"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tasks, noxfile and tests."""
+    session.install("-e", ".[test]")
+    session.run("ruff", "check", "src", "tests", "tasks.py", "noxfile.py")
+
+
+@nox.session
+def render_check(session: nox.Session) -> None:
+    """Fail when committed Dockerfiles or locks differ from what matrix.toml and requirements.in give."""
+    session.install("-e", ".")
+    session.run("invoke", "render", "--check")

@@ -1,0 +1,113 @@
+"""Offline base images that behave like ``python:X-slim``, bootstrapped from the Debian mirror.
+
+``debootstrap`` builds a minimal Debian root file system from the mirror configured in this machine's
+apt sources, with the distribution's Python and pip; it is made to behave like the official
+``python`` images (``python3 -m pip install`` works system-wide, ``python`` exists) and handed to the
+engine with ``docker import``. A label records the recipe, so a second run does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from .aptsources import debian_mirror
+from .engine import find_image
+from .errors import BaseImageError
+from .matrix import Base, Profile
+
+RECIPE_LABEL = "io.hpcimages.base-recipe"
+PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")
+RECIPE_VERSION = 1  # bump when the bootstrap steps below change
+
+
+@dataclass(frozen=True)
+class BaseResult:
+    python: str
+    image: str
+    status: str  # "up to date" | "bootstrapped" | "not bootstrapped here"
+    detail: str = ""
+
+
+def recipe_digest(python: str, base: Base) -> str:
+    recipe = {"python": python, "debian": base.debian, "packages": PACKAGES, "version": RECIPE_VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_bases(client: docker.DockerClient, profile: Profile, progress: Callable[[str], None] = print,
+                 force: bool = False) -> list[BaseResult]:
+    """Bootstrap every base of the profile that has a ``debian`` suite and is missing or stale."""
+    results = []
+    mirror: str | None = None
+    for python, base in sorted(profile.bases.items()):
+        if base.debian is None:
+            results.append(BaseResult(python, base.image, "not bootstrapped here", "a registry image"))
+            continue
+        digest = recipe_digest(python, base)
+        image = find_image(client, base.image)
+        if image is not None and image.labels.get(RECIPE_LABEL) == digest and not force:
+            results.append(BaseResult(python, base.image, "up to date"))
+            continue
+        mirror = mirror or debian_mirror()
+        progress(f"bootstrapping {base.image} from Debian {base.debian} ({mirror}) ...")
+        bootstrap(client, python, base, mirror, digest)
+        results.append(BaseResult(python, base.image, "bootstrapped", f"Debian {base.debian}"))
+    return results
+
+
+def bootstrap(client: docker.DockerClient, python: str, base: Base, mirror: str, digest: str) -> None:
+    if shutil.which("debootstrap") is None:
+        raise BaseImageError("debootstrap is not installed: `apt-get install debootstrap` (the set-up script does)")
+    if os.geteuid() != 0:
+        raise BaseImageError("debootstrap needs root to build a root file system; run `invoke bases` as root")
+    assert base.debian is not None
+    with tempfile.TemporaryDirectory(prefix="hpcimages-base-", dir=_scratch()) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", base.debian, str(rootfs), mirror]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise BaseImageError(f"debootstrap of Debian {base.debian} failed (exit {proc.returncode}):\n{tail}")
+        _make_python_slim_like(rootfs, python, base)
+        archive = Path(tmp) / "rootfs.tar"
+        subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
+        repository, _, tag = base.image.rpartition(":")
+        changes = [
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV LANG=C.UTF-8",
+            'CMD ["python3"]',
+            f"LABEL {RECIPE_LABEL}={digest} io.hpcimages.debian={base.debian} io.hpcimages.python={python}",
+        ]
+        client.api.import_image_from_file(str(archive), repository=repository, tag=tag, changes=changes)
+    if find_image(client, base.image) is None:
+        raise BaseImageError(f"docker import reported success but {base.image} is not in the engine")
+
+
+def _make_python_slim_like(rootfs: Path, python: str, base: Base) -> None:
+    """pip installs system-wide (no PEP 668 marker), `python` exists, no apt caches are left."""
+    found = os.readlink(rootfs / "usr/bin/python3") if (rootfs / "usr/bin/python3").is_symlink() else ""
+    if found.removeprefix("python") != python:
+        raise BaseImageError(f"Debian {base.debian} ships {found or 'no python3'}, but the matrix maps it to "
+                             f"Python {python}; fix profiles.*.bases in matrix.toml")
+    (rootfs / f"usr/lib/python{python}/EXTERNALLY-MANAGED").unlink(missing_ok=True)
+    (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+    for leftovers in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for entry in (rootfs / leftovers).glob("*"):
+            if entry.is_file():
+                entry.unlink()
+
+
+def _scratch() -> str:
+    for candidate in (os.environ.get("TMPDIR"), "/var/tmp", "/tmp"):
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK):
+            return candidate
+    return tempfile.gettempdir()

@@ -1,0 +1,432 @@
+"""Build the cells of a profile with the Docker engine: DAG order, parallel, incremental, fail-soft.
+
+* A child cell starts only when its parent cell is built (or already up to date).
+* A cell whose inputs are unchanged and whose image exists is skipped: the sha256 of its inputs (the
+  rendered Dockerfile, every file it COPYs, the build args, the id of the image it starts FROM) is
+  stored in the image's ``io.hpcimages.input-hash`` label.
+* A failed cell does not stop the others; its descendants are reported as skipped.
+* Each cell's engine output is streamed to ``build/logs/<family>/<tag>.log``; a summary table and
+  ``build/build-report.json`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+from tabulate import tabulate
+
+from . import wheelhouse
+from .engine import find_image
+from .errors import HpcImagesError
+from .lock import lock_drift
+from .matrix import Cell, Matrix, Profile, select
+from .render import dockerfile_path, drift
+from .templates import lock_path, mpi_lock_path
+
+INPUT_LABEL = "io.hpcimages.input-hash"
+COPY_RE = re.compile(r"^\s*COPY\s+(?!--from)(?:--\S+\s+)*(\S+)\s+\S+\s*$", re.M)
+#: args whose values change from run to run (a port) and must not change the input hash
+TRANSIENT_ARGS = {"PIP_FIND_LINKS", "PIP_NO_INDEX", "MPI_SOURCE_URL"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class CellResult:
+    ref: str
+    image: str
+    status: str = "pending"  # built | up to date | failed | skipped | planned
+    seconds: float = 0.0
+    size_bytes: int | None = None
+    image_id: str | None = None
+    reason: str = ""
+    log: str | None = None
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("built", "up to date")
+
+
+@dataclass
+class BuildReport:
+    profile: str
+    results: list[CellResult]
+    seconds: float
+
+    @property
+    def failed(self) -> list[CellResult]:
+        return [r for r in self.results if r.status in ("failed", "skipped")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def table(self) -> str:
+        rows = [[r.ref, r.status, f"{r.seconds:.1f}s", _size(r.size_bytes), r.image if r.ok else r.reason]
+                for r in self.results]
+        return tabulate(rows, headers=["cell", "status", "time", "size", "image / reason"], tablefmt="simple")
+
+
+def _size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.0f} MB"
+
+
+class BuildError(HpcImagesError):
+    """The build cannot start (stale generated files, unknown cells, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+
+
+def plan(matrix: Matrix, profile: str, only: Iterable[str] = ()) -> list[Cell]:
+    cells = matrix.cells(profile)
+    only = [p for p in only if p]
+    if only:
+        chosen = select(cells, only)
+        if not chosen:
+            raise BuildError(f"--only {' '.join(only)!s} matches no cell of profile {profile!r}; cells: "
+                             + ", ".join(c.ref for c in cells))
+        return chosen
+    return cells
+
+
+def describe_plan(matrix: Matrix, profile_name: str, cells: list[Cell]) -> str:
+    profile = matrix.profile(profile_name)
+    rows = []
+    for cell in cells:
+        tags = [cell.image(profile.registry), *cell.aliases(profile.registry)]
+        rows.append([cell.ref, ", ".join(tags), cell.parent_ref() or profile.bases[cell.python].image])
+    return tabulate(rows, headers=["cell", "tags", "FROM"], tablefmt="simple") + f"\n{len(cells)} cells"
+
+
+def check_inputs_fresh(matrix: Matrix) -> None:
+    problems = drift(matrix) + lock_drift(matrix)
+    if problems:
+        first = "\n".join(p.splitlines()[0] for p in problems[:10])
+        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise BuildError(f"generated files are out of date with matrix.toml / requirements:\n{first}{more}")
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs of one cell
+
+
+def copied_files(dockerfile: str) -> list[str]:
+    return COPY_RE.findall(dockerfile)
+
+
+def build_args(matrix: Matrix, profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
+    args = dict(cell.family.build_args)
+    if cell.family.parent is None:
+        args["BASE_IMAGE"] = profile.bases[cell.python].image
+        source = profile.sources.get(cell.mpi.key)
+        if source is not None:
+            args["MPI_SOURCE_URL"] = f"{served}/sources/{source.filename}" if served else source.url
+            args["MPI_SOURCE_SHA256"] = source.sha256
+            args["MPI_SOURCE_ORIGIN"] = source.url  # hashed only: where the tarball really comes from
+    else:
+        parent = next(c for c in matrix.cells(profile.name) if c.ref == cell.parent_ref())
+        args["PARENT_IMAGE"] = parent.image(profile.registry)
+    if served:
+        args["PIP_NO_INDEX"] = "1"
+        args["PIP_FIND_LINKS"] = f"{served}/wheelhouse/"
+    return args
+
+
+def input_hash(matrix: Matrix, cell: Cell, args: dict[str, str], from_id: str) -> str:
+    h = hashlib.sha256()
+    text = dockerfile_path(matrix, cell).read_text(encoding="utf-8")
+    h.update(text.encode())
+    for rel in copied_files(text):
+        h.update(f"\0{rel}\0".encode())
+        h.update((matrix.root / rel).read_bytes())
+    for key in sorted(args):
+        if key not in TRANSIENT_ARGS:
+            h.update(f"\0{key}={args[key]}".encode())
+    h.update(f"\0FROM {from_id}".encode())
+    return h.hexdigest()
+
+
+def context_archive(matrix: Matrix, cell: Cell) -> tuple[io.BytesIO, str]:
+    """Exactly the Dockerfile and the files it COPYs, at their repository paths (as plain docker build sees them)."""
+    path = dockerfile_path(matrix, cell)
+    rel_dockerfile = str(path.relative_to(matrix.root))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for rel in [rel_dockerfile, *copied_files(path.read_text(encoding="utf-8"))]:
+            info = tar.gettarinfo(str(matrix.root / rel), arcname=rel)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with (matrix.root / rel).open("rb") as f:
+                tar.addfile(info, f)
+    buf.seek(0)
+    return buf, rel_dockerfile
+
+
+def provenance_labels(matrix: Matrix, profile: Profile, digest: str) -> dict[str, str]:
+    labels = {
+        INPUT_LABEL: digest,
+        "io.hpcimages.profile": profile.name,
+        "org.opencontainers.image.created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    revision = _git(matrix.root, "rev-parse", "HEAD")
+    if revision:
+        dirty = _git(matrix.root, "status", "--porcelain", "--untracked-files=no")
+        labels["org.opencontainers.image.revision"] = revision + ("-dirty" if dirty else "")
+    source = _git(matrix.root, "config", "--get", "remote.origin.url")
+    if source and "@" not in source:  # never put credentials of a remote URL into a label
+        labels["org.opencontainers.image.source"] = source
+    return labels
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# the build
+
+
+class Builder:
+    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str, *, jobs: int = 2,
+                 log_dir: Path | None = None, progress: Progress = print, force: bool = False) -> None:
+        self.client = client
+        self.matrix = matrix
+        self.profile = matrix.profile(profile)
+        self.jobs = max(1, jobs)
+        self.log_dir = log_dir or matrix.root / "build" / "logs"
+        self.progress = progress
+        self.force = force
+        self.cache = wheelhouse.cache_root()
+        self._lock = threading.Lock()
+
+    def say(self, message: str) -> None:
+        with self._lock:
+            self.progress(message)
+
+    # -- before the engine builds anything -----------------------------------------------------
+
+    def base_id(self, cell: Cell) -> str | None:
+        base = self.profile.bases[cell.python]
+        image = find_image(self.client, base.image)
+        return image.id if image is not None else None
+
+    def current_hash(self, cell: Cell, parent_id: str | None) -> str | None:
+        """The input hash the cell would have now, or None if its FROM image is unknown yet."""
+        from_id = parent_id if cell.family.parent else self.base_id(cell) or self.profile.bases[cell.python].image
+        if from_id is None:
+            return None
+        return input_hash(self.matrix, cell, build_args(self.matrix, self.profile, cell, None), from_id)
+
+    def up_to_date(self, cell: Cell, parent_id: str | None) -> tuple[bool, str | None]:
+        image = find_image(self.client, cell.image(self.profile.registry))
+        digest = self.current_hash(cell, parent_id)
+        if self.force or image is None or digest is None:
+            return False, None
+        return image.labels.get(INPUT_LABEL) == digest, image.id
+
+    def stale_cells(self, cells: list[Cell]) -> set[str]:
+        """Cells that will (probably) be built: stale themselves, or below a stale parent."""
+        stale: set[str] = set()
+        ids: dict[str, str | None] = {}
+        for cell in cells:
+            parent = cell.parent_ref()
+            if parent in stale:
+                stale.add(cell.ref)
+                continue
+            fresh, image_id = self.up_to_date(cell, ids.get(parent) if parent else None)
+            if fresh:
+                ids[cell.ref] = image_id
+            else:
+                stale.add(cell.ref)
+        return stale
+
+    def prepare_downloads(self, cells: list[Cell]) -> dict[str, str]:
+        """Wheels and tarballs the stale cells need; returns {cell ref: reason} for cells that cannot build."""
+        broken: dict[str, str] = {}
+        done: dict[tuple[str, str], str | None] = {}
+        for cell in cells:
+            for lock in filter(None, (mpi_lock_path(cell), lock_path(cell))):
+                key = (lock, cell.python)
+                if key not in done:
+                    self.say(f"  wheelhouse: {lock} for Python {cell.python}")
+                    try:
+                        wheelhouse.download_wheels(self.matrix.root / lock, cell.python, self.cache)
+                        done[key] = None
+                    except wheelhouse.CacheError as exc:
+                        done[key] = str(exc)
+                if done[key]:
+                    broken.setdefault(cell.ref, done[key] or "")
+            source = self.profile.sources.get(cell.mpi.key)
+            if source is not None and cell.family.parent is None:
+                try:
+                    wheelhouse.fetch_source(source, self.cache)
+                except wheelhouse.CacheError as exc:
+                    broken.setdefault(cell.ref, str(exc))
+        return broken
+
+    def check_bases(self, cells: list[Cell]) -> dict[str, str]:
+        broken = {}
+        for cell in cells:
+            base = self.profile.bases[cell.python]
+            if cell.family.parent is None and base.debian and find_image(self.client, base.image) is None:
+                broken[cell.ref] = (f"base image {base.image} is missing: run `invoke bases --profile "
+                                    f"{self.profile.name}`")
+        return broken
+
+    # -- one cell ---------------------------------------------------------------------------------
+
+    def build_cell(self, cell: Cell, parent_id: str | None, served: str, result: CellResult) -> CellResult:
+        start = time.monotonic()
+        try:
+            fresh, image_id = self.up_to_date(cell, parent_id)
+            if fresh:
+                result.status, result.image_id = "up to date", image_id
+            else:
+                self._engine_build(cell, parent_id, served, result)
+        except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the others
+            result.status, result.reason = "failed", f"{exc.__class__.__name__}: {exc}"
+        result.seconds = time.monotonic() - start
+        if result.ok:
+            image = find_image(self.client, result.image)
+            result.size_bytes = image.attrs.get("Size") if image else None
+        return result
+
+    def _engine_build(self, cell: Cell, parent_id: str | None, served: str, result: CellResult) -> None:
+        args = build_args(self.matrix, self.profile, cell, served)
+        from_id = parent_id if cell.family.parent else (self.base_id(cell) or args["BASE_IMAGE"])
+        digest = input_hash(self.matrix, cell, args, str(from_id))
+        args.pop("MPI_SOURCE_ORIGIN", None)
+        context, dockerfile = context_archive(self.matrix, cell)
+        log_path = self.log_dir / cell.family.name / f"{cell.tag}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        result.log = str(log_path.relative_to(self.matrix.root)) if log_path.is_relative_to(self.matrix.root) \
+            else str(log_path)
+        self.say(f"  building {cell.ref} (log: {result.log})")
+        image_id, error = None, None
+        with log_path.open("w", encoding="utf-8") as log:
+            log.write(f"# {cell.ref} -> {result.image}\n# build args: {json.dumps(args, sort_keys=True)}\n")
+            stream = self.client.api.build(
+                fileobj=context, custom_context=True, dockerfile=dockerfile, tag=result.image,
+                buildargs=args, labels=provenance_labels(self.matrix, self.profile, digest),
+                network_mode="host", rm=True, forcerm=True, pull=False, decode=True,
+            )
+            for chunk in stream:
+                if "stream" in chunk:
+                    text = chunk["stream"]
+                    log.write(text)
+                    if text.startswith("Step "):
+                        self.say(f"  [{cell.ref}] {text.strip()}")
+                if "error" in chunk:
+                    error = chunk["error"].strip()
+                    log.write(f"ERROR: {error}\n")
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and "ID" in aux:
+                    image_id = aux["ID"]
+            log.flush()
+        if error or image_id is None:
+            tail = _last_lines(log_path, 6)
+            raise BuildError(f"{error or 'the engine returned no image'} (last log lines: {tail})")
+        for alias in result.aliases:
+            repo, _, tag = alias.rpartition(":")
+            self.client.api.tag(image_id, repo, tag)
+        result.status, result.image_id = "built", image_id
+
+    # -- the whole plan ---------------------------------------------------------------------------
+
+    def run(self, cells: list[Cell]) -> BuildReport:
+        start = time.monotonic()
+        results = {c.ref: CellResult(c.ref, c.image(self.profile.registry),
+                                     aliases=c.aliases(self.profile.registry)) for c in cells}
+        stale = self.stale_cells(cells)
+        self.say(f"{len(cells)} cells in profile {self.profile.name!r}: {len(stale)} to build, "
+                 f"{len(cells) - len(stale)} up to date")
+        broken = self.check_bases([c for c in cells if c.ref in stale])
+        if stale:
+            broken.update(self.prepare_downloads([c for c in cells if c.ref in stale and c.ref not in broken]))
+        for ref, reason in broken.items():
+            results[ref].status, results[ref].reason = "failed", reason
+        with wheelhouse.serve(self.cache) as served:
+            self._schedule(cells, results, served)
+        return BuildReport(self.profile.name, [results[c.ref] for c in cells], time.monotonic() - start)
+
+    def _schedule(self, cells: list[Cell], results: dict[str, CellResult], served: str) -> None:
+        pending = [c for c in cells if results[c.ref].status == "pending"]
+        running: dict[Future[CellResult], Cell] = {}
+        total, done = len(cells), sum(1 for r in results.values() if r.status != "pending")
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="build") as pool:
+            while pending or running:
+                for cell in list(pending):
+                    parent = results.get(cell.parent_ref() or "")
+                    if parent is not None and parent.status in ("failed", "skipped"):
+                        r = results[cell.ref]
+                        r.status, r.reason = "skipped", f"parent {parent.ref} {parent.status}"
+                        pending.remove(cell)
+                        done += 1
+                        self.say(f"[{done}/{total}] {cell.ref}: skipped ({r.reason})")
+                    elif (parent is None or parent.ok) and len(running) < self.jobs:
+                        pending.remove(cell)
+                        future = pool.submit(self.build_cell, cell, parent.image_id if parent else None,
+                                             served, results[cell.ref])
+                        running[future] = cell
+                if not running:
+                    for cell in pending:  # cannot happen with a valid plan; never spin forever
+                        results[cell.ref].status, results[cell.ref].reason = "skipped", "parent never built"
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell = running.pop(future)
+                    r = future.result()
+                    done += 1
+                    detail = r.reason if r.status == "failed" else f"{r.seconds:.1f}s, {_size(r.size_bytes)}"
+                    self.say(f"[{done}/{total}] {cell.ref}: {r.status} ({detail})")
+
+
+def _last_lines(path: Path, n: int) -> str:
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def write_report(report: BuildReport, path: Path) -> None:
+    """Merge this run into ``build/build-report.json`` (cells of other runs keep their entries)."""
+    data: dict[str, dict] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")).get("cells", {})
+        except (json.JSONDecodeError, AttributeError):
+            data = {}
+    for r in report.results:
+        data[f"{report.profile}/{r.ref}"] = {"profile": report.profile, **asdict(r)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cells": data}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def build(client: docker.DockerClient, matrix: Matrix, profile: str, only: Iterable[str] = (), jobs: int = 2,
+          progress: Progress = print, force: bool = False, log_dir: Path | None = None) -> BuildReport:
+    check_inputs_fresh(matrix)
+    cells = plan(matrix, profile, only)
+    builder = Builder(client, matrix, profile, jobs=jobs, progress=progress, force=force, log_dir=log_dir)
+    report = builder.run(cells)
+    write_report(report, matrix.root / "build" / "build-report.json")
+    return report

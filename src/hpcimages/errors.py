@@ -1,0 +1,29 @@
+"""Errors the tool reports to a maintainer as one clear line (no traceback)."""
+
+from __future__ import annotations
+
+
+class HpcImagesError(Exception):
+    """Base class: the message is meant for the person at the terminal."""
+
+
+class MatrixError(HpcImagesError):
+    """The matrix file is wrong. Names the file and the key, and what is allowed."""
+
+    def __init__(self, path: object, key: str, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.message = message
+        super().__init__(f"{self.path}: {key}: {message}")
+
+
+class EngineError(HpcImagesError):
+    """The Docker engine cannot be reached or refused a request."""
+
+
+class LockError(HpcImagesError):
+    """A lock could not be compiled or is out of date."""
+
+
+class BaseImageError(HpcImagesError):
+    """An offline base image could not be bootstrapped."""

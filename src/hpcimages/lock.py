@@ -1,0 +1,153 @@
+"""Pinned, hashed requirement locks per image family and Python (and CUDA) version.
+
+``invoke lock`` compiles each family's ``requirements.in`` with ``uv pip compile --generate-hashes``
+*for the target Python version* (not the host's). A child family (hpc-python, cuda-python) is
+compiled against its parent's lock, so it never moves a package the parent pinned. The MPI wheels
+(``mpich==X``) get a lock of their own, shared by every cell that installs them.
+
+Every lock starts with a header that names the command that regenerates it and the sha256 of its
+inputs, so ``lock_drift`` can tell a stale lock without the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LockError
+from .matrix import Cell, Matrix
+from .templates import lock_path, mpi_lock_path
+
+TARGET_PLATFORM = "x86_64-unknown-linux-gnu"
+INPUT_MARK = "# input-sha256: "
+
+
+@dataclass(frozen=True)
+class LockJob:
+    """One lock to compile: output path, input text, optional constraint lock, target Python."""
+
+    output: str
+    input_text: str
+    input_name: str
+    python: str
+    constraint: str | None
+
+    def input_digest(self, root: Path) -> str:
+        h = hashlib.sha256(self.input_text.encode())
+        if self.constraint:
+            h.update(b"\0constraint\0")
+            h.update(_strip_header((root / self.constraint).read_text(encoding="utf-8")).encode())
+        h.update(f"\0python {self.python}\0platform {TARGET_PLATFORM}".encode())
+        return h.hexdigest()
+
+
+def lock_jobs(matrix: Matrix) -> list[LockJob]:
+    """Every lock the matrix needs, parents before children (a child is constrained by its parent's)."""
+    jobs: dict[str, LockJob] = {}
+    for cell in matrix.all_cells:
+        mpi_out = mpi_lock_path(cell)
+        if mpi_out and mpi_out not in jobs:
+            text = f"# the MPI of the cells that install {cell.mpi.name} {cell.mpi.version} as a wheel\n" \
+                   f"{cell.mpi.name}=={cell.mpi.version}\n"
+            jobs[mpi_out] = LockJob(mpi_out, text, f"{cell.mpi.name}=={cell.mpi.version}", "3.11", None)
+        out = lock_path(cell)
+        if out and out not in jobs:
+            jobs[out] = LockJob(out, _input_text(matrix, cell), cell.family.requirements or "", cell.python,
+                                _parent_lock(matrix, cell))
+    return list(jobs.values())
+
+
+def _input_text(matrix: Matrix, cell: Cell) -> str:
+    assert cell.family.requirements is not None
+    text = (matrix.root / cell.family.requirements).read_text(encoding="utf-8")
+    return text.replace("${CUDA_VERSION}", cell.cuda or "")
+
+
+def _parent_lock(matrix: Matrix, cell: Cell) -> str | None:
+    if cell.family.parent is None:
+        return None
+    parent = matrix.families[cell.family.parent]
+    parent_cell = Cell(parent, cell.python, cell.mpi, cell.cuda if "cuda" in parent.axes else None)
+    return lock_path(parent_cell)
+
+
+def _strip_header(text: str) -> str:
+    return "".join(line for line in text.splitlines(True) if not line.startswith("#"))
+
+
+def header(job: LockJob, root: Path) -> str:
+    constraint = f", constrained by {job.constraint}" if job.constraint else ""
+    return (
+        "# GENERATED FILE - DO NOT EDIT. Regenerate with `invoke lock`.\n"
+        f"# From {job.input_name} for Python {job.python} ({TARGET_PLATFORM}){constraint}.\n"
+        f"{INPUT_MARK}{job.input_digest(root)}\n"
+    )
+
+
+def compile_lock(job: LockJob, root: Path, upgrade: bool = False) -> Path:
+    """Run uv for one lock; write it atomically; return its path."""
+    out = root / job.output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "requirements.in"
+        src.write_text(job.input_text, encoding="utf-8")
+        raw = Path(tmp) / "lock.txt"
+        cmd = [_uv(), "pip", "compile", str(src), "--quiet", "--generate-hashes", "--no-header",
+               "--python-version", job.python, "--python-platform", TARGET_PLATFORM,
+               "--output-file", str(raw), "--no-annotate"]
+        if job.constraint:
+            cmd += ["--constraint", str(root / job.constraint)]
+        if out.is_file() and not upgrade:
+            # keep existing pins unless asked to upgrade: a lock refresh should not move everything
+            seed = Path(tmp) / "previous.txt"
+            seed.write_text(out.read_text(encoding="utf-8"), encoding="utf-8")
+            raw.write_text(seed.read_text(encoding="utf-8"), encoding="utf-8")
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise LockError(f"{job.output}: uv pip compile failed:\n{proc.stderr.strip()}")
+        body = raw.read_text(encoding="utf-8")
+    tmp_out = out.with_suffix(".tmp")
+    tmp_out.write_text(header(job, root) + body, encoding="utf-8")
+    tmp_out.replace(out)
+    return out
+
+
+def lock_drift(matrix: Matrix) -> list[str]:
+    """Locks that are missing or whose inputs changed since they were compiled."""
+    problems = []
+    for job in lock_jobs(matrix):
+        path = matrix.root / job.output
+        if not path.is_file():
+            problems.append(f"{job.output}: missing (run `invoke lock`)")
+            continue
+        recorded = next((line[len(INPUT_MARK):].strip() for line in path.read_text(encoding="utf-8").splitlines()
+                         if line.startswith(INPUT_MARK)), None)
+        if recorded != job.input_digest(matrix.root):
+            problems.append(f"{job.output}: its inputs changed since it was compiled (run `invoke lock`)")
+    return problems
+
+
+def locked_pins(path: Path) -> dict[str, str]:
+    """name -> version of a lock file."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, _, rest = line.partition("==")
+            pins[name.strip().lower()] = rest.split()[0].rstrip("\\").strip()
+    return pins
+
+
+def _uv() -> str:
+    candidate = Path(sys.executable).parent / "uv"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    try:
+        from uv import find_uv_bin  # the `uv` wheel ships its binary and this helper
+    except ImportError:  # pragma: no cover - uv is a pinned dependency
+        raise LockError("uv is not installed: run the set-up command from the README") from None
+    return find_uv_bin()

@@ -1,0 +1,545 @@
+"""The image matrix: ``matrix.toml`` validated into typed objects.
+
+Everything that later reaches a Dockerfile, a shell or a tag is checked here against a strict
+pattern, so the rest of the tool can trust these objects::
+
+    >>> m = load_matrix("matrix.toml")                      # doctest: +SKIP
+    >>> [c.ref for c in m.cells("ci")][:1]                   # doctest: +SKIP
+    ['mpi4py:py3.11-mpich4.3.2']
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import MatrixError
+
+AXES = ("python", "mpi", "cuda")
+MPI_METHODS = ("wheel", "source", "apt")
+
+PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
+VERSION_RE = re.compile(r"^\d+(\.\d+){1,3}$")
+CUDA_RE = re.compile(r"^\d{2}\.\d$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+# Options handed to ./configure unquoted: words only, no shell metacharacters.
+CONFIGURE_RE = re.compile(r"^[A-Za-z0-9_=,.:/+ -]{0,400}$")
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?$")
+REGISTRY_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$")
+URL_RE = re.compile(r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/|debian:pool/)[A-Za-z0-9._~/+%-]+$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+ARG_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,60}$")
+ARG_VALUE_RE = re.compile(r"^[A-Za-z0-9_=,.:/+@ -]{0,400}$")
+TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\.j2$")
+
+TOP_KEYS = {"axes", "families", "exclude", "profiles"}
+AXES_KEYS = {"python", "mpi", "cuda"}
+MPI_KEYS = {"name", "version", "method", "configure"}
+FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args"}
+PROFILE_KEYS = {
+    "description", "registry", "extends", "python", "mpi", "cuda", "families",
+    "bases", "sources", "exclude", "cells",
+}
+BASE_KEYS = {"image", "debian"}
+SOURCE_KEYS = {"url", "sha256"}
+EXCLUDE_KEYS = {"family", "python", "mpi", "cuda"}
+DEBIAN_SUITE_RE = re.compile(r"^[a-z]{2,20}$")
+
+
+@dataclass(frozen=True)
+class Mpi:
+    """One value of the MPI axis: implementation + version + install method."""
+
+    name: str
+    version: str
+    method: str
+    configure: str = ""
+
+    @property
+    def key(self) -> str:
+        """The axis value as it appears in tags and in the matrix (``mpich4.3.2``, ``mpich4.0.2-apt``)."""
+        base = f"{self.name}{self.version}"
+        return base if self.method in ("wheel", "source") else f"{base}-{self.method}"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    description: str
+    template: str
+    requirements: str | None
+    parent: str | None
+    axes: tuple[str, ...]
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Base:
+    image: str
+    debian: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    url: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    registry: str
+    python: tuple[str, ...]
+    mpi: tuple[str, ...]
+    cuda: tuple[str, ...]
+    families: tuple[str, ...]
+    bases: Mapping[str, Base]
+    sources: Mapping[str, Source]
+    exclude: tuple[Mapping[str, str], ...]
+    cells: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One image to build: a family at one point of its axes."""
+
+    family: Family
+    python: str
+    mpi: Mpi
+    cuda: str | None
+
+    @property
+    def tag(self) -> str:
+        parts = [f"py{self.python}", self.mpi.key]
+        if self.cuda:
+            parts.append(f"cuda{self.cuda}")
+        return "-".join(parts)
+
+    @property
+    def ref(self) -> str:
+        """``family:tag`` — how cells are named in profiles, ``--only`` and reports."""
+        return f"{self.family.name}:{self.tag}"
+
+    @property
+    def axis_values(self) -> dict[str, str]:
+        values = {"python": self.python, "mpi": self.mpi.key}
+        if self.cuda:
+            values["cuda"] = self.cuda
+        return values
+
+    def parent_ref(self) -> str | None:
+        return None if self.family.parent is None else f"{self.family.parent}:py{self.python}-{self.mpi.key}"
+
+    def repository(self, registry: str) -> str:
+        return f"{registry}/{self.family.name}"
+
+    def image(self, registry: str) -> str:
+        return f"{self.repository(registry)}:{self.tag}"
+
+    def aliases(self, registry: str) -> list[str]:
+        """Extra tags: the MPI version shortened to major.minor (``py3.11-mpich4.3``)."""
+        short = ".".join(self.mpi.version.split(".")[:2])
+        if short == self.mpi.version:
+            return []
+        alias = self.tag.replace(f"{self.mpi.name}{self.mpi.version}", f"{self.mpi.name}{short}", 1)
+        return [f"{self.repository(registry)}:{alias}"]
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    root: Path
+    python: tuple[str, ...]
+    cuda: tuple[str, ...]
+    mpi: Mapping[str, Mpi]
+    families: Mapping[str, Family]
+    exclude: tuple[Mapping[str, str], ...]
+    profiles: Mapping[str, Profile]
+
+    @property
+    def template_dir(self) -> Path:
+        return self.root / "dockerfiles"
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise MatrixError(self.path, "profiles", f"unknown profile {name!r}; allowed: {sorted(self.profiles)}")
+        return self.profiles[name]
+
+    def cells(self, profile: str) -> list[Cell]:
+        """The cells a profile builds, parents before children."""
+        return _select_cells(self, self.profile(profile))
+
+    @cached_property
+    def all_cells(self) -> list[Cell]:
+        """Every cell of every profile (what `invoke render` writes), parents first, deduplicated."""
+        seen: dict[str, Cell] = {}
+        for name in self.profiles:
+            for cell in self.cells(name):
+                seen.setdefault(cell.ref, cell)
+        return order_by_parents(list(seen.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Read and validate a matrix file; raise MatrixError naming file and key on the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise MatrixError(path, "(file)", "no such matrix file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError(path, "(syntax)", f"not valid TOML: {exc}") from None
+    return _Loader(path, data).load()
+
+
+class _Loader:
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.root = path.resolve().parent
+        self.data = data
+
+    def fail(self, key: str, message: str) -> MatrixError:
+        return MatrixError(self.path, key, message)
+
+    # -- generic checks --------------------------------------------------------------------------
+
+    def keys(self, table: Any, key: str, allowed: set[str], required: Iterable[str] = ()) -> dict[str, Any]:
+        if not isinstance(table, dict):
+            raise self.fail(key, f"must be a table, got {type(table).__name__}")
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0],
+                            f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
+        for name in required:
+            if name not in table:
+                raise self.fail(f"{key}.{name}" if key else name, "required key is missing")
+        return table
+
+    def string(self, value: Any, key: str, pattern: re.Pattern[str], what: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string ({what}), got {type(value).__name__}")
+        if not pattern.match(value):
+            raise self.fail(key, f"{value!r} is not a valid {what} (must match {pattern.pattern})")
+        return value
+
+    def string_list(self, value: Any, key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list of {what}s, got {type(value).__name__}")
+        items = tuple(self.string(v, f"{key}[{i}]", pattern, what) for i, v in enumerate(value))
+        dupes = sorted({v for v in items if items.count(v) > 1})
+        if dupes:
+            raise self.fail(key, f"{dupes[0]!r} is listed twice")
+        return items
+
+    def subset(self, values: tuple[str, ...], allowed: Iterable[str], key: str) -> tuple[str, ...]:
+        allowed = list(allowed)
+        for i, v in enumerate(values):
+            if v not in allowed:
+                raise self.fail(f"{key}[{i}]", f"unknown value {v!r}; allowed: {', '.join(allowed)}")
+        return values
+
+    # -- sections --------------------------------------------------------------------------------
+
+    def load(self) -> Matrix:
+        self.keys(self.data, "", TOP_KEYS, required=("axes", "families", "profiles"))
+        axes = self.keys(self.data["axes"], "axes", AXES_KEYS, required=("python", "mpi"))
+        python = self.string_list(axes["python"], "axes.python", PYTHON_RE, "Python version (3.X)")
+        cuda = self.string_list(axes.get("cuda", []), "axes.cuda", CUDA_RE, "CUDA version (MM.m)")
+        mpi = self.load_mpi(axes["mpi"])
+        families = self.load_families(set(python), mpi)
+        exclude = self.load_exclude(self.data.get("exclude", []), "exclude", python, mpi, cuda, families)
+        partial = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, {})
+        profiles = self.load_profiles(partial)
+        matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles)
+        for name in profiles:
+            _select_cells(matrix, profiles[name])  # raises on an impossible profile
+        from .templates import check_templates  # late import: templates use these types
+
+        check_templates(matrix)
+        return matrix
+
+    def load_mpi(self, entries: Any) -> dict[str, Mpi]:
+        if not isinstance(entries, list) or not entries:
+            raise self.fail("axes.mpi", "must be a non-empty array of tables ([[axes.mpi]])")
+        result: dict[str, Mpi] = {}
+        for i, entry in enumerate(entries):
+            key = f"axes.mpi[{i}]"
+            self.keys(entry, key, MPI_KEYS, required=("name", "version", "method"))
+            name = self.string(entry["name"], f"{key}.name", NAME_RE, "MPI implementation name")
+            version = self.string(entry["version"], f"{key}.version", VERSION_RE, "version (X.Y[.Z])")
+            method = entry["method"]
+            if method not in MPI_METHODS:
+                raise self.fail(f"{key}.method", f"unknown install method {method!r}; allowed: {', '.join(MPI_METHODS)}")
+            configure = ""
+            if "configure" in entry:
+                if method != "source":
+                    raise self.fail(f"{key}.configure", f"only the 'source' method is configured, not {method!r}")
+                configure = self.string(entry["configure"], f"{key}.configure", CONFIGURE_RE,
+                                        "configure option list (no quotes or shell metacharacters)")
+            mpi = Mpi(name, version, method, configure)
+            if mpi.key in result:
+                raise self.fail(key, f"duplicate MPI axis value {mpi.key!r}: two entries would build the same tags")
+            result[mpi.key] = mpi
+        return result
+
+    def load_families(self, python: set[str], mpi: Mapping[str, Mpi]) -> dict[str, Family]:
+        tables = self.data["families"]
+        if not isinstance(tables, dict) or not tables:
+            raise self.fail("families", "must define at least one image family")
+        families: dict[str, Family] = {}
+        for name, table in tables.items():
+            key = f"families.{name}"
+            if not NAME_RE.match(name):
+                raise self.fail(key, f"{name!r} is not a valid family name (must match {NAME_RE.pattern})")
+            self.keys(table, key, FAMILY_KEYS, required=("template", "axes"))
+            template = self.string(table["template"], f"{key}.template", TEMPLATE_NAME_RE, "template file name")
+            if not (self.root / "dockerfiles" / template).is_file():
+                raise self.fail(f"{key}.template", f"template dockerfiles/{template} does not exist")
+            requirements = table.get("requirements")
+            if requirements is not None:
+                requirements = self.string(requirements, f"{key}.requirements",
+                                           re.compile(r"^pip-requirements/[A-Za-z0-9_./-]+\.in$"),
+                                           "path pip-requirements/<...>.in")
+                if not (self.root / requirements).is_file():
+                    raise self.fail(f"{key}.requirements", f"{requirements} does not exist")
+            axes = self.string_list(table["axes"], f"{key}.axes", re.compile(r"^[a-z]+$"), "axis name")
+            self.subset(axes, AXES, f"{key}.axes")
+            if "python" not in axes or "mpi" not in axes:
+                raise self.fail(f"{key}.axes", "every family varies on 'python' and 'mpi'")
+            build_args = table.get("build_args", {})
+            if not isinstance(build_args, dict):
+                raise self.fail(f"{key}.build_args", "must be a table of NAME = \"value\"")
+            for arg, value in build_args.items():
+                self.string(arg, f"{key}.build_args", ARG_NAME_RE, "build arg name (UPPER_CASE)")
+                self.string(value, f"{key}.build_args.{arg}", ARG_VALUE_RE, "build arg value")
+            parent = table.get("parent")
+            if parent is not None and not isinstance(parent, str):
+                raise self.fail(f"{key}.parent", "must be the name of another family")
+            families[name] = Family(name, str(table.get("description", "")), template, requirements,
+                                    parent, axes, dict(build_args))
+        self.check_parents(families)
+        return families
+
+    def check_parents(self, families: Mapping[str, Family]) -> None:
+        for family in families.values():
+            if family.parent is None:
+                continue
+            key = f"families.{family.name}.parent"
+            if family.parent not in families:
+                raise self.fail(key, f"unknown family {family.parent!r}; families: {', '.join(families)}")
+            chain, current = [family.name], family
+            while current.parent is not None:
+                if current.parent in chain:
+                    cycle = " -> ".join([*chain, current.parent])
+                    raise self.fail(key, f"parents form a cycle: {cycle}")
+                chain.append(current.parent)
+                current = families[current.parent]
+            missing = set(families[family.parent].axes) - set(family.axes)
+            if missing:
+                raise self.fail(f"families.{family.name}.axes",
+                                f"must include the parent's axes too (missing {', '.join(sorted(missing))})")
+
+    def load_exclude(self, rules: Any, key: str, python: Iterable[str], mpi: Mapping[str, Mpi],
+                     cuda: Iterable[str], families: Mapping[str, Family]) -> tuple[dict[str, str], ...]:
+        if not isinstance(rules, list):
+            raise self.fail(key, "must be an array of tables ([[exclude]])")
+        allowed = {"family": list(families), "python": list(python), "mpi": list(mpi), "cuda": list(cuda)}
+        result = []
+        for i, rule in enumerate(rules):
+            rkey = f"{key}[{i}]"
+            self.keys(rule, rkey, EXCLUDE_KEYS)
+            if not rule:
+                raise self.fail(rkey, "an empty exclude rule would exclude every cell")
+            for axis, value in rule.items():
+                if value not in allowed[axis]:
+                    raise self.fail(f"{rkey}.{axis}", f"unknown value {value!r}; allowed: {', '.join(allowed[axis])}")
+            result.append(dict(rule))
+        return tuple(result)
+
+    def load_profiles(self, matrix: Matrix) -> dict[str, Profile]:
+        tables = self.data["profiles"]
+        if not isinstance(tables, dict) or not tables:
+            raise self.fail("profiles", "must define at least one profile")
+        for name, table in tables.items():
+            if not NAME_RE.match(name):
+                raise self.fail(f"profiles.{name}", f"{name!r} is not a valid profile name")
+            self.keys(table, f"profiles.{name}", PROFILE_KEYS)
+        resolved: dict[str, dict[str, Any]] = {}
+        for name in tables:
+            resolved[name] = self.flatten_profile(name, tables)
+        return {name: self.load_profile(name, table, matrix) for name, table in resolved.items()}
+
+    def flatten_profile(self, name: str, tables: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply ``extends``: the child's keys override, exclude rules add up."""
+        chain = [name]
+        table = tables[name]
+        while "extends" in table:
+            parent = table["extends"]
+            key = f"profiles.{chain[-1]}.extends"
+            if parent not in tables:
+                raise self.fail(key, f"unknown profile {parent!r}; profiles: {', '.join(tables)}")
+            if parent in chain:
+                raise self.fail(key, f"profiles extend each other in a cycle: {' -> '.join([*chain, parent])}")
+            chain.append(parent)
+            table = tables[parent]
+        merged: dict[str, Any] = {}
+        excludes: list[Any] = []
+        for link in reversed(chain):
+            for k, v in tables[link].items():
+                if k == "exclude":
+                    excludes.extend(v if isinstance(v, list) else [v])
+                elif k == "cells" and link != name:
+                    continue  # a cell list describes one profile, it is not inherited
+                else:
+                    merged[k] = v
+        merged["exclude"] = excludes
+        return merged
+
+    def load_profile(self, name: str, table: dict[str, Any], m: Matrix) -> Profile:
+        key = f"profiles.{name}"
+        registry = self.string(table.get("registry", "hpcimages"), f"{key}.registry", REGISTRY_RE,
+                               "registry/namespace (lower case, no scheme)")
+        python = self.subset(self.string_list(table.get("python", list(m.python)), f"{key}.python", PYTHON_RE,
+                                              "Python version"), m.python, f"{key}.python")
+        mpi = self.subset(self.string_list(table.get("mpi", list(m.mpi)), f"{key}.mpi",
+                                           re.compile(r"^[a-z0-9.-]+$"), "MPI axis value"), m.mpi, f"{key}.mpi")
+        cuda = self.subset(self.string_list(table.get("cuda", list(m.cuda)), f"{key}.cuda", CUDA_RE,
+                                            "CUDA version"), m.cuda, f"{key}.cuda")
+        families = self.subset(self.string_list(table.get("families", list(m.families)), f"{key}.families",
+                                                NAME_RE, "family name"), m.families, f"{key}.families")
+        bases = self.load_bases(table.get("bases"), f"{key}.bases", python)
+        sources = self.load_sources(table.get("sources", {}), f"{key}.sources", m)
+        for mpi_key in mpi:
+            if m.mpi[mpi_key].method == "source" and mpi_key not in sources:
+                raise self.fail(f"{key}.sources", f"MPI {mpi_key!r} is built from source but the profile gives no "
+                                f"url/sha256 for it (add {key}.sources.\"{mpi_key}\")")
+        exclude = self.load_exclude(table.get("exclude", []), f"{key}.exclude", m.python, m.mpi, m.cuda, m.families)
+        cells = self.string_list(table.get("cells", []), f"{key}.cells", re.compile(r"^[A-Za-z0-9_.*?:-]+$"),
+                                 "cell pattern (family:tag, globs allowed)")
+        return Profile(name, str(table.get("description", "")), registry, python, mpi, cuda, families,
+                       bases, sources, exclude, cells)
+
+    def load_bases(self, table: Any, key: str, python: tuple[str, ...]) -> dict[str, Base]:
+        if table is None:
+            raise self.fail(key, "required: the base image for each Python version of the profile")
+        if not isinstance(table, dict):
+            raise self.fail(key, "must be a table of \"3.X\" = { image = \"...\" }")
+        bases = {}
+        for py, entry in table.items():
+            ekey = f"{key}.\"{py}\""
+            self.string(py, ekey, PYTHON_RE, "Python version")
+            self.keys(entry, ekey, BASE_KEYS, required=("image",))
+            image = self.string(entry["image"], f"{ekey}.image", IMAGE_RE, "image reference")
+            debian = entry.get("debian")
+            if debian is not None:
+                debian = self.string(debian, f"{ekey}.debian", DEBIAN_SUITE_RE, "Debian suite name")
+            bases[py] = Base(image, debian)
+        for py in python:
+            if py not in bases:
+                raise self.fail(key, f"no base image for Python {py}, which the profile builds")
+        return bases
+
+    def load_sources(self, table: Any, key: str, m: Matrix) -> dict[str, Source]:
+        if not isinstance(table, dict):
+            raise self.fail(key, "must be a table of \"mpich4.0.2\" = { url = \"...\", sha256 = \"...\" }")
+        sources = {}
+        for mpi_key, entry in table.items():
+            ekey = f"{key}.\"{mpi_key}\""
+            if mpi_key not in m.mpi:
+                raise self.fail(ekey, f"unknown MPI axis value; allowed: {', '.join(m.mpi)}")
+            if m.mpi[mpi_key].method != "source":
+                raise self.fail(ekey, f"{mpi_key!r} is installed by {m.mpi[mpi_key].method!r}, not from source")
+            self.keys(entry, ekey, SOURCE_KEYS, required=("url", "sha256"))
+            url = self.string(entry["url"], f"{ekey}.url", URL_RE, "tarball URL (https://... or debian:pool/...)")
+            sha = self.string(entry["sha256"], f"{ekey}.sha256", SHA256_RE, "sha256 (64 lower-case hex digits)")
+            sources[mpi_key] = Source(url, sha)
+        return sources
+
+
+# ---------------------------------------------------------------------------------------------
+# cell selection
+
+
+def _excluded(values: Mapping[str, str], rules: Iterable[Mapping[str, str]]) -> bool:
+    return any(all(values.get(axis) == value for axis, value in rule.items()) for rule in rules)
+
+
+def _select_cells(m: Matrix, profile: Profile) -> list[Cell]:
+    key = f"profiles.{profile.name}"
+    candidates: list[Cell] = []
+    for fname in profile.families:
+        family = m.families[fname]
+        cudas: list[str | None] = list(profile.cuda) if "cuda" in family.axes else [None]
+        for py, mpi_key, cuda in itertools.product(profile.python, profile.mpi, cudas):
+            cell = Cell(family, py, m.mpi[mpi_key], cuda)
+            values = {"family": fname, **cell.axis_values}
+            if _excluded(values, m.exclude) or _excluded(values, profile.exclude):
+                continue
+            candidates.append(cell)
+    if profile.cells:
+        chosen = []
+        for i, pattern in enumerate(profile.cells):
+            hits = [c for c in candidates if fnmatch.fnmatchcase(c.ref, pattern)]
+            if not hits:
+                raise MatrixError(m.path, f"{key}.cells[{i}]",
+                                  f"{pattern!r} matches no cell of the profile; cells: "
+                                  f"{', '.join(c.ref for c in candidates[:8])}{' ...' if len(candidates) > 8 else ''}")
+            chosen.extend(c for c in hits if c not in chosen)
+        candidates = chosen
+    refs = {c.ref for c in candidates}
+    for cell in candidates:
+        parent = cell.parent_ref()
+        if parent is not None and parent not in refs:
+            raise MatrixError(m.path, key, f"cell {cell.ref} needs its parent {parent}, which this profile "
+                                           "does not build (add it, or exclude the child)")
+    return order_by_parents(candidates)
+
+
+def family_depth(family: Family, families: Mapping[str, Family]) -> int:
+    depth = 0
+    while family.parent is not None:
+        family = families[family.parent]
+        depth += 1
+    return depth
+
+
+def order_by_parents(cells: list[Cell]) -> list[Cell]:
+    """Stable order in which every parent comes before its children."""
+    by_ref = {c.ref: c for c in cells}
+
+    def depth(cell: Cell) -> int:
+        d, ref = 0, cell.parent_ref()
+        while ref is not None and ref in by_ref:
+            d, ref = d + 1, by_ref[ref].parent_ref()
+        return d
+
+    return sorted(cells, key=depth)
+
+
+def select(cells: list[Cell], patterns: Iterable[str]) -> list[Cell]:
+    """Cells matching any ``--only`` pattern (fnmatch on ``family:tag``), with their ancestors."""
+    patterns = list(patterns)
+    by_ref = {c.ref: c for c in cells}
+    wanted: dict[str, Cell] = {}
+    for cell in cells:
+        if any(fnmatch.fnmatchcase(cell.ref, p) or fnmatch.fnmatchcase(cell.family.name, p) for p in patterns):
+            ref: str | None = cell.ref
+            while ref is not None and ref in by_ref:
+                wanted.setdefault(ref, by_ref[ref])
+                ref = by_ref[ref].parent_ref()
+    return order_by_parents(list(wanted.values()))

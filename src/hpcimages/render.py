@@ -1,0 +1,80 @@
+"""Render every cell's Dockerfile into ``dockerfiles/generated/<family>/<tag>/`` and detect drift."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .matrix import Cell, Matrix
+from .templates import render_cell
+
+GENERATED = Path("dockerfiles") / "generated"
+
+
+def dockerfile_path(matrix: Matrix, cell: Cell) -> Path:
+    return matrix.root / GENERATED / cell.family.name / cell.tag / "Dockerfile"
+
+
+def expected_files(matrix: Matrix) -> dict[Path, str]:
+    """Every generated file and the text a fresh render gives it."""
+    return {dockerfile_path(matrix, cell): render_cell(matrix, cell).text for cell in matrix.all_cells}
+
+
+@dataclass
+class RenderResult:
+    written: list[Path]
+    unchanged: list[Path]
+    removed: list[Path]
+
+
+def render_all(matrix: Matrix) -> RenderResult:
+    """Write what changed, remove generated files of cells that left the matrix."""
+    expected = expected_files(matrix)
+    result = RenderResult([], [], [])
+    for path, text in expected.items():
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            result.unchanged.append(path)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        result.written.append(path)
+    for stale in _generated_files(matrix):
+        if stale not in expected:
+            stale.unlink()
+            result.removed.append(stale)
+            _remove_empty_parents(stale.parent, matrix.root / GENERATED)
+    return result
+
+
+def drift(matrix: Matrix) -> list[str]:
+    """Human-readable differences between the committed files and a fresh render (empty: in sync)."""
+    problems = []
+    expected = expected_files(matrix)
+    for path, text in expected.items():
+        rel = path.relative_to(matrix.root)
+        if not path.is_file():
+            problems.append(f"{rel}: missing (run `invoke render`)")
+            continue
+        current = path.read_text(encoding="utf-8")
+        if current != text:
+            diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True),
+                                                f"{rel} (committed)", f"{rel} (fresh render)", n=1))
+            problems.append(f"{rel}: differs from a fresh render (run `invoke render`):\n{diff}")
+    for path in _generated_files(matrix):
+        if path not in expected:
+            problems.append(f"{path.relative_to(matrix.root)}: no cell of the matrix renders it (run `invoke render`)")
+    return problems
+
+
+def _generated_files(matrix: Matrix) -> list[Path]:
+    root = matrix.root / GENERATED
+    return sorted(p for p in root.glob("*/*/Dockerfile")) if root.is_dir() else []
+
+
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    while folder != stop and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent

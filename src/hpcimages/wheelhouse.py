@@ -1,0 +1,127 @@
+"""A host-side cache of wheels and source tarballs, served to builds over loopback.
+
+The whole matrix downloads each wheel once (``pip download`` on the host, hash-checked against the
+lock, for the *image's* Python and platform), and each MPI tarball once (sha256-checked). During a build
+a small HTTP server on 127.0.0.1 serves the cache; build containers use the host network and reach it
+through ``PIP_FIND_LINKS`` / ``PIP_NO_INDEX`` and ``MPI_SOURCE_URL``. Nothing of it, and no credential,
+ends up in an image layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import os
+import platform
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from .aptsources import resolve_debian_url
+from .errors import HpcImagesError
+from .matrix import Source
+
+#: Every base of the matrix has at least this glibc (Debian bookworm): wheels must run there.
+MIN_GLIBC = (2, 36)
+
+
+class CacheError(HpcImagesError):
+    """A wheel or tarball could not be fetched or failed its checksum."""
+
+
+def cache_root() -> Path:
+    """``$HPCIMAGES_CACHE``, else ``$XDG_CACHE_HOME/hpcimages``, else ``~/.cache/hpcimages``."""
+    if os.environ.get("HPCIMAGES_CACHE"):
+        return Path(os.environ["HPCIMAGES_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "hpcimages"
+
+
+def platform_tags(machine: str | None = None) -> list[str]:
+    machine = machine or platform.machine()
+    tags = [f"manylinux_2_{minor}_{machine}" for minor in range(MIN_GLIBC[1], 16, -1)]
+    tags += [f"manylinux2014_{machine}", f"manylinux2010_{machine}", f"manylinux1_{machine}"]
+    return tags
+
+
+def wheelhouse_dir(root: Path) -> Path:
+    return root / "wheelhouse"
+
+
+def download_wheels(lock: Path, python: str, root: Path) -> None:
+    """All wheels of one lock for one Python version into the wheelhouse (skipped when done before)."""
+    dest = wheelhouse_dir(root)
+    stamps = dest / ".done"
+    stamps.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(lock.read_bytes() + f"\0{python}\0{platform.machine()}".encode()).hexdigest()
+    stamp = stamps / digest
+    if stamp.exists():
+        return
+    abi = "cp" + python.replace(".", "")
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+           "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+           "--abi", abi, "--abi", "abi3", "--abi", "none", "--dest", str(dest), "--requirement", str(lock)]
+    for tag in platform_tags():
+        cmd += ["--platform", tag]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("WARNING: Location")]
+        raise CacheError(f"pip download of {lock.name} for Python {python} failed:\n" + "\n".join(lines[-12:]))
+    stamp.touch()
+
+
+def fetch_source(source: Source, root: Path) -> Path:
+    """The tarball in the cache, downloaded if needed, always checked against its sha256."""
+    dest = root / "sources" / source.filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and _sha256(dest) == source.sha256:
+        return dest
+    url = resolve_debian_url(source.url)
+    part = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response, part.open("wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as exc:
+        part.unlink(missing_ok=True)
+        raise CacheError(f"cannot download {url}: {exc}") from None
+    found = _sha256(part)
+    if found != source.sha256:
+        part.unlink(missing_ok=True)
+        raise CacheError(f"{url}: sha256 mismatch: expected {source.sha256}, got {found}")
+    part.replace(dest)
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
+        pass
+
+
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[str]:
+    """Serve ``root`` read-only on 127.0.0.1 (a free port) while the block runs; yields the base URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="hpcimages-wheelhouse", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

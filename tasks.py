@@ -1,0 +1,65 @@
+"""Invoke tasks: thin wrappers over hpcimages.commands (run `invoke --list`, `invoke --help TASK`)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from invoke import Exit, task
+
+sys.path.insert(0, str(Path(__file__).parent / "src"))  # works before `pip install -e .` too
+
+from hpcimages import commands  # noqa: E402
+from hpcimages.errors import HpcImagesError  # noqa: E402
+
+MATRIX_HELP = "matrix file (default: matrix.toml)"
+PROFILE_HELP = "matrix profile: published, offline or ci (see matrix.toml)"
+
+
+def _run(fn: Callable[..., int], **kwargs: object) -> None:
+    try:
+        code = fn(**kwargs)
+    except HpcImagesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise Exit(code=2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise Exit(code=130) from None
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"matrix": MATRIX_HELP, "check": "only report files that differ from a fresh render (exit 1)"})
+def render(c, matrix="matrix.toml", check=False):
+    """Render dockerfiles/generated/<family>/<tag>/Dockerfile for every cell of every profile."""
+    _run(commands.render, matrix=matrix, check=check)
+
+
+@task(iterable=["only"], help={"matrix": MATRIX_HELP, "upgrade": "allow every pin to move to its newest version",
+                               "only": "compile only locks whose path contains this (repeatable)"})
+def lock(c, matrix="matrix.toml", upgrade=False, only=None):
+    """Compile pinned, hashed locks (uv pip compile) per family and Python version into pip-requirements/."""
+    _run(commands.lock, matrix=matrix, upgrade=upgrade, only=only or [])
+
+
+@task(help={"matrix": MATRIX_HELP, "profile": "profile whose bases to bootstrap (default: offline)",
+            "force": "bootstrap again even if the image is up to date"})
+def bases(c, matrix="matrix.toml", profile="offline", force=False):
+    """Bootstrap offline base images (debootstrap from the configured Debian mirror + docker import)."""
+    _run(commands.bases, matrix=matrix, profile=profile, force=force)
+
+
+@task(iterable=["only"], help={
+    "all": "build every cell of the profile (the default when --only is not given)",
+    "profile": PROFILE_HELP + " (default: published)",
+    "only": "only cells matching this glob on family:tag or family (repeatable); their parents come too",
+    "jobs": "cells built in parallel (default 2)",
+    "dry-run": "print the plan (cells, tags, FROM) and build nothing",
+    "force": "rebuild cells even when their inputs are unchanged",
+    "matrix": MATRIX_HELP,
+})
+def build(c, all=False, profile="published", only=None, jobs=2, dry_run=False, force=False, matrix="matrix.toml"):
+    """Build the image matrix in dependency order: incremental, parallel, fail-soft, with a summary table."""
+    _run(commands.build, matrix=matrix, profile=profile, only=only or [], jobs=int(jobs), dry_run=dry_run,
+         force=force)

@@ -1,0 +1,197 @@
+"""The matrix loader: the real matrix is valid, and each kind of broken matrix gets one clear error."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hpcimages.errors import MatrixError
+from hpcimages.matrix import load_matrix, select
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINIMAL = """
+[axes]
+python = ["3.11", "3.13"]
+cuda = ["12.8"]
+
+[[axes.mpi]]
+name = "mpich"
+version = "4.3.2"
+method = "wheel"
+
+[[axes.mpi]]
+name = "mpich"
+version = "4.0.2"
+method = "source"
+configure = "--disable-fortran"
+
+[families.mpi4py]
+template = "mpi4py.Dockerfile.j2"
+requirements = "pip-requirements/mpi4py/requirements.in"
+axes = ["python", "mpi"]
+
+[families.hpc-python]
+template = "hpc-python.Dockerfile.j2"
+requirements = "pip-requirements/hpc-python/requirements.in"
+parent = "mpi4py"
+axes = ["python", "mpi"]
+
+[profiles.offline]
+registry = "local/hpc"
+[profiles.offline.bases]
+"3.11" = { image = "base/python:3.11", debian = "bookworm" }
+"3.13" = { image = "base/python:3.13", debian = "trixie" }
+[profiles.offline.sources]
+"mpich4.0.2" = { url = "debian:pool/main/m/mpich/mpich_4.0.2.orig.tar.xz", sha256 = "%s" }
+""" % ("b" * 64)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "dockerfiles", tmp_path / "dockerfiles",
+                    ignore=shutil.ignore_patterns("generated"))
+    shutil.copytree(ROOT / "pip-requirements", tmp_path / "pip-requirements")
+    return tmp_path
+
+
+def write(workdir: Path, text: str) -> Path:
+    path = workdir / "matrix.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_real_matrix_is_valid_and_covers_the_published_axes():
+    m = load_matrix(ROOT / "matrix.toml")
+    published = m.cells("published")
+    pythons = {c.python for c in published}
+    mpis = {c.mpi.key for c in published}
+    cudas = {c.cuda for c in published}
+    assert {"3.10", "3.11", "3.12", "3.13"} <= pythons
+    assert len({k for k in mpis if k.startswith("mpich")}) >= 3
+    assert {None, "12.6", "12.8"} <= cudas
+    ci = m.cells("ci")
+    assert {c.python for c in ci} >= {"3.11", "3.13"}
+    assert len({c.mpi.key for c in ci}) >= 2
+    assert {c.family.name for c in ci} == {"mpi4py", "hpc-python", "cuda-python"}
+
+
+def test_minimal_matrix_loads(workdir):
+    m = load_matrix(write(workdir, MINIMAL))
+    refs = [c.ref for c in m.cells("offline")]
+    assert refs[:4] == ["mpi4py:py3.11-mpich4.3.2", "mpi4py:py3.11-mpich4.0.2",
+                        "mpi4py:py3.13-mpich4.3.2", "mpi4py:py3.13-mpich4.0.2"]
+    assert "hpc-python:py3.13-mpich4.0.2" in refs
+    cell = m.cells("offline")[0]
+    assert cell.image("local/hpc") == "local/hpc/mpi4py:py3.11-mpich4.3.2"
+    assert cell.aliases("local/hpc") == ["local/hpc/mpi4py:py3.11-mpich4.3"]
+
+
+def test_parents_come_before_children_and_only_adds_parents(workdir):
+    m = load_matrix(write(workdir, MINIMAL))
+    cells = m.cells("offline")
+    seen = set()
+    for cell in cells:
+        assert cell.parent_ref() is None or cell.parent_ref() in seen
+        seen.add(cell.ref)
+    chosen = [c.ref for c in select(cells, ["hpc-python:py3.13-*4.0.2"])]
+    assert chosen == ["mpi4py:py3.13-mpich4.0.2", "hpc-python:py3.13-mpich4.0.2"]
+
+
+SOURCE = 'configure = "--disable-fortran"'
+
+# (case id, (old, new) replacements applied to MINIMAL, key expected in the error, message fragment)
+BROKEN = [
+    ("toml-syntax", [("[axes]", "[axes")], "(syntax)", "not valid TOML"),
+    ("unknown-top-key", [("[axes]", "colour = 1\n[axes]")], "colour", "unknown key"),
+    ("unknown-family-key", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                             'axes = ["python", "mpi"]\nbase = "x"\n\n[families.hpc')],
+     "families.mpi4py.base", "unknown key"),
+    ("missing-template-key", [('template = "mpi4py.Dockerfile.j2"\n', "")], "families.mpi4py.template",
+     "required key is missing"),
+    ("template-file-missing", [("mpi4py.Dockerfile.j2", "nothere.Dockerfile.j2")], "families.mpi4py.template",
+     "does not exist"),
+    ("unknown-parent", [('parent = "mpi4py"', 'parent = "mpi5py"')], "families.hpc-python.parent",
+     "unknown family 'mpi5py'"),
+    ("parent-cycle", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                       'axes = ["python", "mpi"]\nparent = "hpc-python"\n\n[families.hpc')],
+     "parent", "cycle"),
+    ("unknown-axis", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                       'axes = ["python", "mpi", "rocm"]\n\n[families.hpc')],
+     "families.mpi4py.axes[2]", "unknown value 'rocm'"),
+    ("bad-python-version", [('python = ["3.11", "3.13"]', 'python = ["3.11", "3.13; rm -rf /"]')],
+     "axes.python[1]", "not a valid Python version"),
+    ("unknown-method", [('method = "wheel"', 'method = "conda"')], "axes.mpi[0].method",
+     "allowed: wheel, source, apt"),
+    ("injected-version", [('version = "4.3.2"', 'version = "4.3.2 && curl evil"')], "axes.mpi[0].version",
+     "not a valid version"),
+    ("injected-configure", [(SOURCE, 'configure = "--prefix=/x; rm -rf /"')], "axes.mpi[1].configure",
+     "no quotes or shell metacharacters"),
+    ("duplicate-tags", [('version = "4.0.2"\nmethod = "source"', 'version = "4.3.2"\nmethod = "source"')],
+     "axes.mpi[1]", "duplicate MPI axis value 'mpich4.3.2'"),
+    ("source-without-tarball", [('"mpich4.0.2" = { url', '# "mpich4.0.2" = { url')], "profiles.offline.sources",
+     "gives no url/sha256"),
+    ("bad-sha256", [("b" * 64, "B" * 63)], 'profiles.offline.sources."mpich4.0.2".sha256', "64 lower-case hex"),
+    ("hostile-url", [("debian:pool/main/m/mpich/mpich_4.0.2.orig.tar.xz", "http://x/$(reboot).tar")],
+     'profiles.offline.sources."mpich4.0.2".url', "not a valid tarball URL"),
+    ("missing-base", [('"3.13" = { image = "base/python:3.13", debian = "trixie" }', "")],
+     "profiles.offline.bases", "no base image for Python 3.13"),
+    ("bad-image-ref", [("base/python:3.11", "Base Image!")], 'profiles.offline.bases."3.11".image',
+     "not a valid image reference"),
+    ("bad-registry", [('registry = "local/hpc"', 'registry = "https://Registry"')], "profiles.offline.registry",
+     "not a valid registry"),
+    ("profile-unknown-python", [('registry = "local/hpc"', 'registry = "local/hpc"\npython = ["3.12"]')],
+     "profiles.offline.python[0]", "unknown value '3.12'"),
+    ("exclude-unknown-value", [("[profiles.offline]", '[[exclude]]\nmpi = "openmpi5"\n\n[profiles.offline]')],
+     "exclude[0].mpi", "unknown value 'openmpi5'"),
+    ("unsupported-by-template", [('python = ["3.11", "3.13"]', 'python = ["3.11", "3.9"]'),
+                                 ('"3.13" = { image = "base/python:3.13"', '"3.9" = { image = "base/python:3.9"')],
+     "families.mpi4py", "python '3.9' is not supported by template"),
+    ("undeclared-build-arg", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                               'axes = ["python", "mpi"]\nbuild_args = { MPI_VERSION_TYPO = "1" }\n\n[families.hpc')],
+     "families.mpi4py.build_args.MPI_VERSION_TYPO", "declares no ARG MPI_VERSION_TYPO"),
+    ("wrong-type", [('python = ["3.11", "3.13"]', 'python = "3.11"')], "axes.python", "must be a list"),
+    ("child-missing-parent-axis", [('requirements = "pip-requirements/mpi4py/requirements.in"\naxes = ["python", "mpi"]',
+                                    'requirements = "pip-requirements/mpi4py/requirements.in"\n'
+                                    'axes = ["python", "mpi", "cuda"]')],
+     "families.hpc-python.axes", "must include the parent's axes too (missing cuda)"),
+    ("cells-pattern-matches-nothing", [('registry = "local/hpc"', 'registry = "local/hpc"\ncells = ["mpi4py:py2*"]')],
+     "profiles.offline.cells[0]", "matches no cell"),
+    ("child-without-parent-cell", [('registry = "local/hpc"',
+                                    'registry = "local/hpc"\ncells = ["hpc-python:py3.11-mpich4.3.2"]')],
+     "profiles.offline", "needs its parent mpi4py:py3.11-mpich4.3.2"),
+    ("extends-unknown", [('registry = "local/hpc"', 'registry = "local/hpc"\nextends = "offline-2"')],
+     "profiles.offline.extends", "unknown profile 'offline-2'"),
+    ("configure-on-wheel", [('method = "wheel"', 'method = "wheel"\nconfigure = "--x"')],
+     "axes.mpi[0].configure", "only the 'source' method"),
+]
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[c[0] for c in BROKEN])
+def test_broken_matrix_gets_one_clear_error(workdir, case):
+    _, replacements, key, fragment = case
+    text = MINIMAL
+    for old, new in replacements:
+        assert old in text, f"test case is stale: {old!r} not in the minimal matrix"
+        text = text.replace(old, new, 1)
+    path = write(workdir, text)
+    with pytest.raises(MatrixError) as info:
+        load_matrix(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) or message.startswith(str(workdir)), message
+    assert key in info.value.key or key in message, message
+    assert re.search(re.escape(fragment), message), message
+
+
+def test_missing_matrix_file(tmp_path):
+    with pytest.raises(MatrixError, match="no such matrix file"):
+        load_matrix(tmp_path / "nope.toml")
+
+
+def test_template_without_front_matter(workdir):
+    (workdir / "dockerfiles" / "mpi4py.Dockerfile.j2").write_text("FROM scratch\n", encoding="utf-8")
+    with pytest.raises(MatrixError, match="front matter"):
+        load_matrix(write(workdir, MINIMAL))
