@@ -10,8 +10,8 @@ from invoke import Exit, task
 
 sys.path.insert(0, str(Path(__file__).parent / "src"))  # works before `pip install -e .` too
 
-from hpcimages import commands  # noqa: E402
-from hpcimages.errors import HpcImagesError  # noqa: E402
+from hpcimages import commands
+from hpcimages.errors import HpcImagesError
 
 MATRIX_HELP = "matrix file (default: matrix.toml)"
 PROFILE_HELP = "matrix profile: published, offline or ci (see matrix.toml)"

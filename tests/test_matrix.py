@@ -154,7 +154,8 @@ BROKEN = [
                                'axes = ["python", "mpi"]\nbuild_args = { MPI_VERSION_TYPO = "1" }\n\n[families.hpc')],
      "families.mpi4py.build_args.MPI_VERSION_TYPO", "declares no ARG MPI_VERSION_TYPO"),
     ("wrong-type", [('python = ["3.11", "3.13"]', 'python = "3.11"')], "axes.python", "must be a list"),
-    ("child-missing-parent-axis", [('requirements = "pip-requirements/mpi4py/requirements.in"\naxes = ["python", "mpi"]',
+    ("child-missing-parent-axis", [('requirements = "pip-requirements/mpi4py/requirements.in"\n'
+                                    'axes = ["python", "mpi"]',
                                     'requirements = "pip-requirements/mpi4py/requirements.in"\n'
                                     'axes = ["python", "mpi", "cuda"]')],
      "families.hpc-python.axes", "must include the parent's axes too (missing cuda)"),

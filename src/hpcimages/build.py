@@ -40,6 +40,7 @@ from .templates import lock_path, mpi_lock_path
 INPUT_LABEL = "io.hpcimages.input-hash"
 COPY_RE = re.compile(r"^\s*COPY\s+(?!--from)(?:--\S+\s+)*(\S+)\s+\S+\s*$", re.M)
 #: args whose values change from run to run (a port) and must not change the input hash
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 TRANSIENT_ARGS = {"PIP_FIND_LINKS", "PIP_NO_INDEX", "MPI_SOURCE_URL"}
 
 Progress = Callable[[str], None]
@@ -77,9 +78,13 @@ class BuildReport:
         return not self.failed
 
     def table(self) -> str:
-        rows = [[r.ref, r.status, f"{r.seconds:.1f}s", _size(r.size_bytes), r.image if r.ok else r.reason]
+        rows = [[r.ref, r.status, f"{r.seconds:.1f}s", _size(r.size_bytes), r.image if r.ok else _clip(r.reason)]
                 for r in self.results]
         return tabulate(rows, headers=["cell", "status", "time", "size", "image / reason"], tablefmt="simple")
+
+
+def _clip(text: str, width: int = 100) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _size(n: int | None) -> str:
@@ -303,7 +308,9 @@ class Builder:
                 result.status, result.image_id = "up to date", image_id
             else:
                 self._engine_build(cell, parent_id, served, result)
-        except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the others
+        except BuildError as exc:
+            result.status, result.reason = "failed", str(exc)
+        except Exception as exc:  # one cell's failure (engine, I/O, ...) must not stop the others
             result.status, result.reason = "failed", f"{exc.__class__.__name__}: {exc}"
         result.seconds = time.monotonic() - start
         if result.ok:
@@ -332,7 +339,7 @@ class Builder:
             )
             for chunk in stream:
                 if "stream" in chunk:
-                    text = chunk["stream"]
+                    text = ANSI_RE.sub("", chunk["stream"])
                     log.write(text)
                     if text.startswith("Step "):
                         self.say(f"  [{cell.ref}] {text.strip()}")
@@ -344,8 +351,7 @@ class Builder:
                     image_id = aux["ID"]
             log.flush()
         if error or image_id is None:
-            tail = _last_lines(log_path, 6)
-            raise BuildError(f"{error or 'the engine returned no image'} (last log lines: {tail})")
+            raise BuildError(f"{ANSI_RE.sub('', error or 'the engine returned no image')} (log: {result.log})")
         for alias in result.aliases:
             repo, _, tag = alias.rpartition(":")
             self.client.api.tag(image_id, repo, tag)
@@ -365,6 +371,7 @@ class Builder:
             broken.update(self.prepare_downloads([c for c in cells if c.ref in stale and c.ref not in broken]))
         for ref, reason in broken.items():
             results[ref].status, results[ref].reason = "failed", reason
+            self.say(f"{ref}: failed before the build ({reason})")
         with wheelhouse.serve(self.cache) as served:
             self._schedule(cells, results, served)
         return BuildReport(self.profile.name, [results[c.ref] for c in cells], time.monotonic() - start)
@@ -399,11 +406,6 @@ class Builder:
                     done += 1
                     detail = r.reason if r.status == "failed" else f"{r.seconds:.1f}s, {_size(r.size_bytes)}"
                     self.say(f"[{done}/{total}] {cell.ref}: {r.status} ({detail})")
-
-
-def _last_lines(path: Path, n: int) -> str:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
 
 
 def write_report(report: BuildReport, path: Path) -> None:

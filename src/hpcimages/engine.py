@@ -8,7 +8,7 @@ from docker.models.images import Image
 
 from .errors import EngineError
 
-HOW_TO_START = ("start one first: `bash scripts/setup` (installs and starts it), or `dockerd &` as root, "
+HOW_TO_START = ("start one first: `bash scripts/setup.sh` (installs and starts it), or `dockerd &` as root, "
                 "or `systemctl start docker`")
 
 
@@ -18,7 +18,8 @@ def connect(timeout: int = 900) -> docker.DockerClient:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except docker.errors.DockerException as exc:
-        raise EngineError(f"cannot reach a Docker engine ({exc.__class__.__name__}: {_short(exc)}); {HOW_TO_START}") from None
+        raise EngineError(f"cannot reach a Docker engine ({exc.__class__.__name__}: {_short(exc)}); "
+                          f"{HOW_TO_START}") from None
     return client
 
 

@@ -284,7 +284,8 @@ class _Loader:
             version = self.string(entry["version"], f"{key}.version", VERSION_RE, "version (X.Y[.Z])")
             method = entry["method"]
             if method not in MPI_METHODS:
-                raise self.fail(f"{key}.method", f"unknown install method {method!r}; allowed: {', '.join(MPI_METHODS)}")
+                raise self.fail(f"{key}.method",
+                                f"unknown install method {method!r}; allowed: {', '.join(MPI_METHODS)}")
             configure = ""
             if "configure" in entry:
                 if method != "source":

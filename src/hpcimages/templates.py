@@ -62,7 +62,8 @@ def template_supports(matrix: Matrix, template: str) -> dict[str, list[str]]:
     path = matrix.template_dir / template
     match = FRONT_MATTER_RE.search(path.read_text(encoding="utf-8"))
     if not match:
-        raise MatrixError(path, "(front matter)", "template has no '{#- hpcimages ... -#}' block saying what it supports")
+        raise MatrixError(path, "(front matter)",
+                          "template has no '{#- hpcimages ... -#}' block saying what it supports")
     try:
         data = tomllib.loads(match.group(1))
     except tomllib.TOMLDecodeError as exc:
@@ -70,7 +71,8 @@ def template_supports(matrix: Matrix, template: str) -> dict[str, list[str]]:
     supports = data.get("supports", {})
     unknown = set(supports) - SUPPORT_KEYS
     if unknown or set(data) - {"supports"}:
-        raise MatrixError(path, "(front matter)", f"unknown keys; allowed: supports.{{{','.join(sorted(SUPPORT_KEYS))}}}")
+        allowed = ",".join(sorted(SUPPORT_KEYS))
+        raise MatrixError(path, "(front matter)", f"unknown keys; allowed: supports.{{{allowed}}}")
     return {k: [str(x) for x in v] for k, v in supports.items()}
 
 
@@ -138,7 +140,8 @@ def render_cell(matrix: Matrix, cell: Cell) -> Rendered:
     try:
         body = env.get_template(cell.family.template).render(**template_context(matrix, cell, profile))
     except jinja2.TemplateError as exc:
-        raise MatrixError(matrix.template_dir / cell.family.template, "(template)", f"cannot render {cell.ref}: {exc}") from None
+        raise MatrixError(matrix.template_dir / cell.family.template, "(template)",
+                          f"cannot render {cell.ref}: {exc}") from None
     return Rendered(cell, profile.name, header(matrix, cell, profile) + body.lstrip("\n"))
 
 

@@ -1,0 +1,157 @@
+"""The `ci` profile built for real with the Docker engine, and the fail-soft behaviour of a broken cell.
+
+Needs a running engine and the offline bases (`bash scripts/setup.sh` provides both); the base images
+are bootstrapped here if missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcimages.bases import ensure_bases
+from hpcimages.build import INPUT_LABEL, build
+from hpcimages.engine import connect
+from hpcimages.matrix import load_matrix
+from hpcimages.render import render_all
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+MPI_VERSION = 'python3 -c "from mpi4py import MPI; print(MPI.Get_library_version())"'
+
+
+@pytest.fixture(scope="module")
+def client():
+    return connect()
+
+
+@pytest.fixture(scope="module")
+def ci_build(client):
+    m = load_matrix(ROOT / "matrix.toml")
+    ensure_bases(client, m.profile("ci"))
+    report = build(client, m, "ci", jobs=2)
+    return m, report
+
+
+def run_in(client, image: str, command: str) -> str:
+    out = client.containers.run(image, ["sh", "-c", command], remove=True, network_mode="none",
+                                stdout=True, stderr=True)
+    return out.decode()
+
+
+def test_every_ci_cell_builds_and_reports_its_mpich(ci_build, client):
+    m, report = ci_build
+    assert report.ok, report.table()
+    assert [r.ref for r in report.results] == [c.ref for c in m.cells("ci")]
+    for cell in m.cells("ci"):
+        text = run_in(client, cell.image("hpcimages"), MPI_VERSION)
+        found = re.search(r"MPICH Version:\s*(\S+)", text)
+        assert found, text
+        assert found.group(1) == cell.mpi.version, f"{cell.ref}: {text}"
+
+
+def test_images_carry_tags_labels_and_provenance(ci_build, client):
+    m, _ = ci_build
+    for cell in m.cells("ci"):
+        image = client.images.get(cell.image("hpcimages"))
+        labels = image.labels
+        assert labels["io.hpcimages.python"] == cell.python
+        assert labels["io.hpcimages.mpi.version"] == cell.mpi.version
+        assert labels["org.opencontainers.image.version"] == cell.tag
+        assert re.match(r"^[0-9a-f]{40}(-dirty)?$", labels["org.opencontainers.image.revision"])
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", labels["org.opencontainers.image.created"])
+        assert re.match(r"^[0-9a-f]{64}$", labels[INPUT_LABEL])
+        for alias in cell.aliases("hpcimages"):
+            assert client.images.get(alias).id == image.id
+        python = run_in(client, image.id, "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
+        assert python.strip() == cell.python
+
+
+def test_two_ranks_run_inside_an_image(ci_build, client):
+    cmd = ("mpiexec -n 2 python3 -c \"from mpi4py import MPI; c = MPI.COMM_WORLD; "
+           "print('rank', c.Get_rank(), 'of', c.Get_size())\"")
+    out = run_in(client, "hpcimages/mpi4py:py3.13-mpich4.3.2", cmd)
+    assert "rank 0 of 2" in out and "rank 1 of 2" in out, out
+
+
+def test_no_wheelhouse_or_pip_cache_left_in_images(ci_build, client):
+    for cell in ci_build[0].cells("ci"):
+        out = run_in(client, cell.image("hpcimages"),
+                     # Debian's python3-venv keeps ensurepip's own wheels in /usr/share/python-wheels
+                     "find / -xdev -path /usr/share/python-wheels -prune -o \\( -name '*.whl' -o "
+                     "-path '/root/.cache/pip' -o -name 'mpi-source.tar' \\) -print 2>/dev/null | head -5; echo END")
+        assert out.strip() == "END", f"{cell.ref}: {out}"
+
+
+def test_second_run_rebuilds_nothing(ci_build):
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--all", "--profile", "ci"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 to build, 5 up to date" in proc.stdout
+    assert " built " not in proc.stdout
+
+
+BROKEN_TEMPLATE = """{#- hpcimages
+supports.mpi_name = ["mpich"]
+-#}
+ARG PARENT_IMAGE={{ parent_image }}
+FROM ${PARENT_IMAGE}
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+RUN echo "deliberate failure for the fail-soft test" >&2; exit 3
+"""
+
+BROKEN_PROFILE = """
+[families.broken]
+template = "broken.Dockerfile.j2"
+parent = "mpi4py"
+axes = ["python", "mpi"]
+
+[profiles.broken]
+extends = "offline"
+registry = "hpcimages-test"
+cells = ["mpi4py:py3.11-mpich4.0.2", "hpc-python:py3.11-mpich4.0.2", "mpi4py:py3.11-mpich4.3.2",
+         "broken:py3.11-mpich4.3.2", "hpc-python:py3.11-mpich4.3.2"]
+
+[profiles.broken.sources]
+"mpich4.0.2" = { url = "debian:pool/main/m/mpich/mpich_4.0.2.orig.tar.xz", sha256 = "%s" }
+""" % ("0" * 64)
+
+
+def test_broken_cells_fail_soft(ci_build, repo_copy):
+    (repo_copy / "dockerfiles" / "broken.Dockerfile.j2").write_text(BROKEN_TEMPLATE)
+    matrix = repo_copy / "matrix.toml"
+    text = matrix.read_text().replace("# Cells that are never built", BROKEN_PROFILE + "\n# Cells that are never built")
+    matrix.write_text(text)
+    render_all(load_matrix(matrix))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--matrix", str(matrix), "--profile", "broken",
+                           "--jobs", "2"], cwd=ROOT, capture_output=True, text=True, check=False)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    rows = {line.split()[0]: line for line in out.splitlines() if re.match(r"^[a-z0-9-]+:py3", line)}
+    assert "failed" in rows["mpi4py:py3.11-mpich4.0.2"] and "sha256 mismatch" in out
+    assert "skipped" in rows["hpc-python:py3.11-mpich4.0.2"]
+    assert "parent mpi4py:py3.11-mpich4.0.2 failed" in rows["hpc-python:py3.11-mpich4.0.2"]
+    assert "failed" in rows["broken:py3.11-mpich4.3.2"] and "returned a non-zero code: 3" in out
+    assert re.search(r"built|up to date", rows["mpi4py:py3.11-mpich4.3.2"])
+    assert re.search(r"built|up to date", rows["hpc-python:py3.11-mpich4.3.2"])
+    log = (repo_copy / "build/logs/broken/py3.11-mpich4.3.2.log").read_text()
+    assert "deliberate failure for the fail-soft test" in log
+    assert "5 cells, 3 failed or skipped" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HPCIMAGES_SLOW") != "1", reason="MPICH source and apt builds: HPCIMAGES_SLOW=1")
+@pytest.mark.parametrize("ref", ["mpi4py:py3.11-mpich4.0.2", "mpi4py:py3.11-mpich4.0.2-apt"])
+def test_source_and_apt_cells(client, ref):
+    m = load_matrix(ROOT / "matrix.toml")
+    ensure_bases(client, m.profile("offline"))
+    report = build(client, m, "offline", only=[ref], jobs=1)
+    assert report.ok, report.table()
+    text = run_in(client, f"hpcimages/{ref}", MPI_VERSION)
+    assert re.search(r"MPICH Version:\s*4\.0\.2", text), text

@@ -1,0 +1,29 @@
+"""No engine: one clear error that says how to get one (a real unreachable socket, no mock)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcimages.engine import connect
+from hpcimages.errors import EngineError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_unreachable_engine_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(EngineError, match=r"cannot reach a Docker engine.*start one first"):
+        connect()
+
+
+def test_build_without_engine_exits_2_without_traceback(tmp_path):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--profile", "ci"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: cannot reach a Docker engine" in proc.stderr
+    assert "Traceback" not in proc.stderr
