@@ -37,10 +37,11 @@ def render(c, matrix="matrix.toml", check=False):
 
 
 @task(iterable=["only"], help={"matrix": MATRIX_HELP, "upgrade": "allow every pin to move to its newest version",
-                               "only": "compile only locks whose path contains this (repeatable)"})
-def lock(c, matrix="matrix.toml", upgrade=False, only=None):
+                               "only": "compile only locks whose path contains this (repeatable)",
+                               "profile": "only the locks this profile's cells use (default: every profile's)"})
+def lock(c, matrix="matrix.toml", upgrade=False, only=None, profile=None):
     """Compile pinned, hashed locks (uv pip compile) per family and Python version into pip-requirements/."""
-    _run(commands.lock, matrix=matrix, upgrade=upgrade, only=only or [])
+    _run(commands.lock, matrix=matrix, upgrade=upgrade, only=only or [], profile=profile)
 
 
 @task(help={"matrix": MATRIX_HELP, "profile": "profile whose bases to bootstrap (default: offline)",

@@ -46,9 +46,10 @@ def render(matrix: str = DEFAULT_MATRIX, check: bool = False) -> int:
     return 0
 
 
-def lock(matrix: str = DEFAULT_MATRIX, upgrade: bool = False, only: Iterable[str] = ()) -> int:
+def lock(matrix: str = DEFAULT_MATRIX, upgrade: bool = False, only: Iterable[str] = (),
+         profile: str | None = None) -> int:
     m = load(matrix)
-    jobs = [j for j in lock_mod.lock_jobs(m) if not only or any(p in j.output for p in only)]
+    jobs = [j for j in lock_mod.lock_jobs(m, profile) if not only or any(p in j.output for p in only)]
     for i, job in enumerate(jobs, 1):
         say(f"[{i}/{len(jobs)}] {job.output} (Python {job.python})")
         lock_mod.compile_lock(job, m.root, upgrade=upgrade)

@@ -46,10 +46,11 @@ class LockJob:
         return h.hexdigest()
 
 
-def lock_jobs(matrix: Matrix) -> list[LockJob]:
-    """Every lock the matrix needs, parents before children (a child is constrained by its parent's)."""
+def lock_jobs(matrix: Matrix, profile: str | None = None) -> list[LockJob]:
+    """Every lock the matrix (or one profile) needs, parents before children (a child is constrained by its
+    parent's lock)."""
     jobs: dict[str, LockJob] = {}
-    for cell in matrix.all_cells:
+    for cell in matrix.all_cells if profile is None else matrix.cells(profile):
         mpi_out = mpi_lock_path(cell)
         if mpi_out and mpi_out not in jobs:
             text = f"# the MPI of the cells that install {cell.mpi.name} {cell.mpi.version} as a wheel\n" \
