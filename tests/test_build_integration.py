@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from hpcimages import wheelhouse
 from hpcimages.bases import ensure_bases
 from hpcimages.build import INPUT_LABEL, build
 from hpcimages.engine import connect
@@ -94,6 +96,26 @@ def test_second_run_rebuilds_nothing(ci_build):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 to build, 5 up to date" in proc.stdout
     assert " built " not in proc.stdout
+
+
+def test_a_generated_dockerfile_builds_with_plain_docker_build(ci_build, client):
+    """No tool needed to use the committed files: the docker CLI, the repository root as context."""
+    docker_cli = shutil.which("docker")
+    assert docker_cli, "the docker CLI is installed with the engine (scripts/setup.sh)"
+    m, _ = ci_build
+    cell = next(c for c in m.cells("ci") if c.ref == "mpi4py:py3.13-mpich4.3.2")
+    tag = "hpcimages-test/plain-docker-build:py3.13"
+    with wheelhouse.serve(wheelhouse.cache_root()) as served:  # the wheels the ci build already cached
+        proc = subprocess.run(
+            [docker_cli, "build", "--network", "host", "-t", tag,
+             "-f", f"dockerfiles/generated/mpi4py/{cell.tag}/Dockerfile",
+             "--build-arg", f"BASE_IMAGE={m.profile('ci').bases['3.13'].image}",
+             "--build-arg", "PIP_NO_INDEX=1", "--build-arg", f"PIP_FIND_LINKS={served}/wheelhouse/", "."],
+            cwd=ROOT, capture_output=True, text=True, check=False, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = run_in(client, tag, MPI_VERSION)
+    assert re.search(r"MPICH Version:\s*4\.3\.2", text), text
+    client.images.remove(tag)
 
 
 BROKEN_TEMPLATE = """{#- hpcimages
