@@ -1,0 +1,66 @@
+"""The host-side cache: checksums guard it, the loopback server serves it."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+
+import pytest
+
+from hpcimages import wheelhouse
+from hpcimages.matrix import Source
+
+
+@pytest.fixture
+def served_tarball(tmp_path):
+    """A tarball behind a real HTTP server on loopback (the same server the builds use)."""
+    upstream = tmp_path / "upstream"
+    (upstream / "pool").mkdir(parents=True)
+    payload = b"pretend this is mpich-9.9.9.tar.gz\n" * 1000
+    (upstream / "pool" / "mpich-9.9.9.tar.gz").write_bytes(payload)
+    with wheelhouse.serve(upstream) as url:
+        yield f"{url}/pool/mpich-9.9.9.tar.gz", hashlib.sha256(payload).hexdigest(), payload
+
+
+def test_tarball_is_downloaded_once_and_checked(tmp_path, served_tarball):
+    url, sha, payload = served_tarball
+    cache = tmp_path / "cache"
+    path = wheelhouse.fetch_source(Source(url, sha), cache)
+    assert path.read_bytes() == payload
+    mtime = path.stat().st_mtime_ns
+    assert wheelhouse.fetch_source(Source(url, sha), cache).stat().st_mtime_ns == mtime
+
+
+def test_checksum_mismatch_is_an_error_and_keeps_the_good_copy(tmp_path, served_tarball):
+    url, sha, payload = served_tarball
+    cache = tmp_path / "cache"
+    good = wheelhouse.fetch_source(Source(url, sha), cache)
+    with pytest.raises(wheelhouse.CacheError, match="sha256 mismatch: expected 0000"):
+        wheelhouse.fetch_source(Source(url, "0" * 64), cache)
+    assert good.read_bytes() == payload
+    assert not list((cache / "sources").glob("*.part"))
+
+
+def test_unreachable_tarball_is_a_clear_error(tmp_path):
+    with wheelhouse.serve(tmp_path / "empty") as url, pytest.raises(wheelhouse.CacheError, match=r"cannot download .*404"):
+        wheelhouse.fetch_source(Source(f"{url}/nope.tar.gz", "0" * 64), tmp_path / "cache")
+
+
+def test_server_lists_the_wheelhouse_for_pip(tmp_path):
+    (tmp_path / "wheelhouse").mkdir()
+    (tmp_path / "wheelhouse" / "demo-1.0-py3-none-any.whl").write_bytes(b"x")
+    with wheelhouse.serve(tmp_path) as url:
+        assert url.startswith("http://127.0.0.1:")
+        page = urllib.request.urlopen(f"{url}/wheelhouse/").read().decode()
+    assert 'href="demo-1.0-py3-none-any.whl"' in page
+
+
+def test_platform_tags_stop_at_the_oldest_base_glibc():
+    tags = wheelhouse.platform_tags("x86_64")
+    assert tags[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in tags
+    assert "manylinux_2_39_x86_64" not in tags
+
+
+def test_cache_location_can_be_chosen(monkeypatch, tmp_path):
+    monkeypatch.setenv("HPCIMAGES_CACHE", str(tmp_path))
+    assert wheelhouse.cache_root() == tmp_path
