@@ -42,7 +42,8 @@ def test_checksum_mismatch_is_an_error_and_keeps_the_good_copy(tmp_path, served_
 
 
 def test_unreachable_tarball_is_a_clear_error(tmp_path):
-    with wheelhouse.serve(tmp_path / "empty") as url, pytest.raises(wheelhouse.CacheError, match=r"cannot download .*404"):
+    missing = pytest.raises(wheelhouse.CacheError, match=r"cannot download .*404")
+    with wheelhouse.serve(tmp_path / "empty") as url, missing:
         wheelhouse.fetch_source(Source(f"{url}/nope.tar.gz", "0" * 64), tmp_path / "cache")
 
 
