@@ -64,3 +64,13 @@ def build(c, all=False, profile="published", only=None, jobs=2, dry_run=False, f
     """Build the image matrix in dependency order: incremental, parallel, fail-soft, with a summary table."""
     _run(commands.build, matrix=matrix, profile=profile, only=only or [], jobs=int(jobs), dry_run=dry_run,
          force=force)
+
+
+@task(iterable=["only"], help={
+    "profile": PROFILE_HELP + " (default: published)",
+    "only": "only cells matching this glob on family:tag or family (repeatable)",
+    "matrix": MATRIX_HELP,
+})
+def check(c, profile="published", only=None, matrix="matrix.toml"):
+    """Run the checks inside every built image: contents, labels, linking, 2-rank MPI, bind-model swap, hygiene."""
+    _run(commands.check, matrix=matrix, profile=profile, only=only or [])

@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from . import bases as bases_mod
 from . import build as build_mod
+from . import check as check_mod
 from . import lock as lock_mod
 from . import render as render_mod
 from .engine import connect
@@ -78,3 +79,14 @@ def build(matrix: str = DEFAULT_MATRIX, profile: str = "published", only: Iterab
     say(f"\n{len(report.results)} cells, {len(report.failed)} failed or skipped, {report.seconds:.0f}s; "
         "report: build/build-report.json")
     return 0 if report.ok else 1
+
+
+def check(matrix: str = DEFAULT_MATRIX, profile: str = "published", only: Iterable[str] = ()) -> int:
+    m = load(matrix)
+    results = check_mod.check(connect(), m, profile, only=only, progress=say)
+    say("")
+    say(check_mod.table(results))
+    passed = sum(r.passed for r in results)
+    say(f"\n{passed}/{len(results)} cells passed; report: build/check-report.json "
+        "(publishable cells marked in build/build-report.json)")
+    return 0 if passed == len(results) else 1

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hostmpi
 from .errors import LockError
 from .matrix import Cell, Matrix
 from .templates import lock_path, mpi_lock_path
@@ -60,6 +61,9 @@ def lock_jobs(matrix: Matrix, profile: str | None = None) -> list[LockJob]:
         if out and out not in jobs:
             jobs[out] = LockJob(out, _input_text(matrix, cell), cell.family.requirements or "", cell.python,
                                 _parent_lock(matrix, cell))
+    if profile is None or jobs:
+        jobs[hostmpi.LOCK] = LockJob(hostmpi.LOCK, hostmpi.lock_input(), f"{hostmpi.NAME}=={hostmpi.VERSION}",
+                                     "3.11", None)
     return list(jobs.values())
 
 

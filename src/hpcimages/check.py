@@ -1,0 +1,398 @@
+"""``invoke check``: prove, inside every built image, that it is what the matrix promised and bind-model ready.
+
+Checks (each family also runs its parent's, docker-stacks style):
+
+contents   Python, MPICH and every locked package are the promised versions; the family's modules import
+labels     the image's labels agree with the matrix and with what is inside
+linking    the MPI extensions (mpi4py's) need ``libmpi.so.12`` dynamically, resolved by the loader, with no
+           RPATH/RUNPATH that would beat ``LD_LIBRARY_PATH``; other extensions that link MPI likewise
+mpi-run    a 2-rank ``mpiexec`` of bench/hello_mpi4py.py prints both ranks
+bind-swap  with a different MPICH-ABI library (Intel MPI from ``impi-rt``) mounted and first on
+           ``LD_LIBRARY_PATH``, mpi4py reports it and 2 ranks run under its launcher; unset, the image's own
+           MPICH is used again
+hygiene    no wheels, pip caches, credentials, private keys or extra CA bundles in the file system, no
+           secrets in the image's environment or ``docker history``
+family     what only this family can prove (a CUDA kernel under numba's simulator, ...)
+
+Every container runs with ``--network none``: an image must work without a network.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+from tabulate import tabulate
+
+from . import hostmpi
+from .engine import find_image
+from .errors import HpcImagesError
+from .matrix import Cell, Matrix
+
+PROBE_DIR = Path(__file__).parent / "incontainer"
+PROBE_MOUNT = "/opt/hpcimages-probe"
+BENCH_MOUNT = "/opt/hpcimages-bench"
+CHECKS = ("contents", "labels", "linking", "mpi-run", "bind-swap", "hygiene", "family")
+RUN_TIMEOUT_S = 180
+
+SECRET_ENV_RE = re.compile(r"(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|CREDENTIAL|^PIP_CERT$|^REQUESTS_CA_BUNDLE$|"
+                           r"^SSL_CERT_FILE$|^CURL_CA_BUNDLE$)", re.I)
+SECRET_HISTORY_RE = re.compile(r"(://[^/\s:@]+:[^/\s@]+@|(TOKEN|PASSWORD|SECRET|API_KEY)=\S|BEGIN [A-Z ]*PRIVATE KEY|"
+                               r"PIP_CERT=|REQUESTS_CA_BUNDLE=|ca-certificates\.crt)", re.I)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FamilyChecks:
+    """What one family adds to the checks of its parent."""
+
+    imports: tuple[str, ...] = ()
+    mpi_extensions: tuple[str, ...] = ()  # compiled modules that must link libmpi.so.12 dynamically
+    extensions: tuple[str, ...] = ()  # compiled modules inspected too (they must not pin an MPI)
+    commands: tuple[tuple[str, str, str], ...] = ()  # (what, shell command, text the output must contain)
+
+
+CUDA_SIM_KERNEL = (
+    "NUMBA_ENABLE_CUDASIM=1 python3 -c \""
+    "import numpy as np; from numba import cuda\n"
+    "@cuda.jit\n"
+    "def add(a, b, out):\n"
+    "    i = cuda.grid(1)\n"
+    "    if i < out.size: out[i] = a[i] + b[i]\n"
+    "a = np.arange(16, dtype=np.float32); out = np.zeros_like(a); add[2, 8](a, a, out)\n"
+    "assert (out == 2 * a).all(); print('cuda-sim vector add ok')\""
+)
+CUDA_TOOLKIT = (
+    "python3 -c \"import importlib.metadata as md, pathlib, nvidia; "
+    "base = pathlib.Path(list(nvidia.__path__)[0]); "
+    "print('runtime', md.version('nvidia-cuda-runtime-cu12')); "
+    "print('nvvm', *sorted(p.name for p in base.glob('cuda_nvcc/nvvm/lib64/libnvvm.so*')))\""
+)
+
+FAMILY_CHECKS: dict[str, FamilyChecks] = {
+    "mpi4py": FamilyChecks(imports=("mpi4py", "mpi4py.MPI", "numpy"), mpi_extensions=("mpi4py.MPI",)),
+    "hpc-python": FamilyChecks(imports=("scipy", "h5py", "pandas"), extensions=("h5py._conv",)),
+    "cuda-python": FamilyChecks(imports=("numba", "numba.cuda"),
+                                commands=(("CUDA kernel under the simulator", CUDA_SIM_KERNEL, "vector add ok"),
+                                          ("CUDA toolkit wheels", CUDA_TOOLKIT, "libnvvm.so"))),
+}
+
+
+def family_checks(matrix: Matrix, family: str) -> FamilyChecks:
+    """The family's checks merged with its ancestors' (parents first)."""
+    chain = []
+    name: str | None = family
+    while name is not None:
+        chain.append(name)
+        name = matrix.families[name].parent
+    merged = FamilyChecks()
+    for name in reversed(chain):
+        extra = FAMILY_CHECKS.get(name, FamilyChecks())
+        merged = FamilyChecks(merged.imports + extra.imports, merged.mpi_extensions + extra.mpi_extensions,
+                              merged.extensions + extra.extensions, merged.commands + extra.commands)
+    return merged
+
+
+@dataclass
+class Outcome:
+    status: str  # pass | fail | skip
+    reason: str = ""
+
+
+@dataclass
+class CellCheck:
+    ref: str
+    image: str
+    image_id: str | None = None
+    checks: dict[str, Outcome] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(o.status != "fail" for o in self.checks.values()) and \
+            self.checks.get("contents", Outcome("fail")).status == "pass"
+
+
+class CheckError(HpcImagesError):
+    """The checks cannot start."""
+
+
+class Checker:
+    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str, host_mpi: Path | None,
+                 progress: Progress = print) -> None:
+        self.client = client
+        self.matrix = matrix
+        self.profile = matrix.profile(profile)
+        self.host_mpi = host_mpi
+        self.progress = progress
+
+    def run(self, image: str, command: str, env: dict[str, str] | None = None,
+            host_mpi: bool = False) -> tuple[int, str]:
+        volumes = {str(PROBE_DIR): {"bind": PROBE_MOUNT, "mode": "ro"},
+                   str(self.matrix.root / "bench"): {"bind": BENCH_MOUNT, "mode": "ro"}}
+        if host_mpi and self.host_mpi is not None:
+            volumes[str(self.host_mpi)] = {"bind": hostmpi.MOUNT, "mode": "ro"}
+        container = self.client.containers.create(
+            image, ["timeout", str(RUN_TIMEOUT_S), "sh", "-c", command], environment=env or {},
+            network_mode="none", volumes=volumes, user="0",
+        )
+        try:
+            container.start()
+            status = container.wait(timeout=RUN_TIMEOUT_S + 30)
+            logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        finally:
+            container.remove(force=True)
+        return int(status.get("StatusCode", 1)), logs
+
+    def check_cell(self, cell: Cell) -> CellCheck:
+        start = time.monotonic()
+        result = CellCheck(cell.ref, cell.image(self.profile.registry))
+        image = find_image(self.client, result.image)
+        if image is None:
+            for name in CHECKS:
+                result.checks[name] = Outcome("fail" if name == "contents" else "skip",
+                                              "image not built: run `invoke build`" if name == "contents" else "")
+            return result
+        result.image_id = image.id
+        fc = family_checks(self.matrix, cell.family.name)
+        args = " ".join([*(f"--import {m}" for m in fc.imports),
+                         *(f"--extension {m}" for m in fc.mpi_extensions + fc.extensions), "--scan"])
+        code, out = self.run(image.id, f"env -u LD_LIBRARY_PATH python3 {PROBE_MOUNT}/probe.py {args}")
+        facts = _json_tail(out)
+        if code != 0 or facts is None:
+            result.checks["contents"] = Outcome("fail", f"the probe failed in the image (exit {code}): {_tail(out)}")
+            for name in CHECKS[1:]:
+                result.checks[name] = Outcome("skip", "no facts from the image")
+            return result
+        result.checks["contents"] = check_contents(cell, facts)
+        result.checks["labels"] = check_labels(cell, image.labels, facts)
+        result.checks["linking"] = check_linking(fc, facts)
+        result.checks["mpi-run"] = self.check_mpi_run(image.id)
+        result.checks["bind-swap"] = self.check_bind_swap(cell, image.id, facts)
+        result.checks["hygiene"] = check_hygiene(image, facts)
+        result.checks["family"] = self.check_family(fc, image.id)
+        result.seconds = time.monotonic() - start
+        return result
+
+    def check_mpi_run(self, image_id: str) -> Outcome:
+        code, out = self.run(image_id, f"mpiexec -n 2 python3 {BENCH_MOUNT}/hello_mpi4py.py")
+        return _two_ranks(code, out, "the image's mpiexec")
+
+    def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
+        if self.host_mpi is None:
+            return Outcome("skip", "no stand-in host MPI (impi-rt) available")
+        env = {"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}
+        code, out = self.run(image_id, "python3 -c 'from mpi4py import MPI; print(MPI.Get_library_version())'",
+                             env=env, host_mpi=True)
+        if code != 0 or "Intel(R) MPI Library" not in out:
+            return Outcome("fail", f"with LD_LIBRARY_PATH={hostmpi.MOUNT}/lib mpi4py did not load the injected "
+                                   f"Intel MPI (exit {code}): {_tail(out)}")
+        code, out = self.run(image_id, f"{hostmpi.MOUNT}/bin/mpiexec -n 2 python3 {BENCH_MOUNT}/hello_mpi4py.py",
+                             env=env, host_mpi=True)
+        ranks = _two_ranks(code, out, "Intel MPI's mpiexec")
+        if ranks.status != "pass":
+            return ranks
+        own = facts.get("mpi_library_version") or ""
+        if "MPICH Version:" not in own or cell.mpi.version not in own:
+            return Outcome("fail", f"with LD_LIBRARY_PATH unset the image's own MPICH {cell.mpi.version} is not "
+                                   f"used: {own.splitlines()[0] if own else 'nothing'}")
+        return Outcome("pass", "Intel MPI injected and used by 2 ranks; own MPICH when unset")
+
+    def check_family(self, fc: FamilyChecks, image_id: str) -> Outcome:
+        if not fc.commands:
+            return Outcome("skip", "nothing family-specific")
+        for what, command, expected in fc.commands:
+            code, out = self.run(image_id, command)
+            if code != 0 or expected not in out:
+                return Outcome("fail", f"{what}: exit {code}: {_tail(out)}")
+        return Outcome("pass", "; ".join(what for what, _, _ in fc.commands))
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks that judge the probe's facts (pure functions, tested with recorded facts)
+
+
+def check_contents(cell: Cell, facts: dict) -> Outcome:
+    problems = []
+    python = ".".join(str(facts.get("python", "")).split(".")[:2])
+    if python != cell.python:
+        problems.append(f"Python is {python or 'missing'}, the matrix promised {cell.python}")
+    if facts.get("mpichversion") != cell.mpi.version:
+        problems.append(f"mpichversion says {facts.get('mpichversion')}, the matrix promised {cell.mpi.version}")
+    library = facts.get("mpi_library_version") or ""
+    if library.startswith("ERROR"):
+        problems.append(f"mpi4py does not load: {library[6:]}")
+    for module, error in (facts.get("imports") or {}).items():
+        if error:
+            problems.append(f"import {module} failed: {error}")
+    pins, installed = facts.get("pins") or {}, facts.get("installed") or {}
+    if not pins:
+        problems.append("no locks in /usr/local/share/hpcimages/requirements")
+    for name, version in sorted(pins.items()):
+        if installed.get(name) != version:
+            problems.append(f"{name} is {installed.get(name) or 'not installed'}, the lock pins {version}")
+    if problems:
+        return Outcome("fail", "; ".join(problems))
+    return Outcome("pass", f"Python {facts['python']}, MPICH {facts['mpichversion']}, {len(pins)} pinned packages")
+
+
+def check_labels(cell: Cell, labels: dict[str, str], facts: dict) -> Outcome:
+    expected = {"io.hpcimages.family": cell.family.name, "io.hpcimages.python": cell.python,
+                "io.hpcimages.mpi.name": cell.mpi.name, "io.hpcimages.mpi.version": cell.mpi.version,
+                "io.hpcimages.mpi.method": cell.mpi.method, "org.opencontainers.image.version": cell.tag}
+    if cell.cuda:
+        expected["io.hpcimages.cuda"] = cell.cuda
+    problems = [f"{k}={labels.get(k)!r}, expected {v!r}" for k, v in expected.items() if labels.get(k) != v]
+    inside_python = ".".join(str(facts.get("python", "")).split(".")[:2])
+    if labels.get("io.hpcimages.python") != inside_python:
+        problems.append(f"io.hpcimages.python={labels.get('io.hpcimages.python')!r} but the image runs Python "
+                        f"{inside_python}")
+    if labels.get("io.hpcimages.mpi.version") != facts.get("mpichversion"):
+        problems.append(f"io.hpcimages.mpi.version={labels.get('io.hpcimages.mpi.version')!r} but the image has "
+                        f"MPICH {facts.get('mpichversion')}")
+    for key in ("org.opencontainers.image.created", "org.opencontainers.image.revision"):
+        if not labels.get(key):
+            problems.append(f"{key} is missing")
+    return Outcome("fail", "; ".join(problems)) if problems else Outcome("pass", "labels agree with the image")
+
+
+def check_linking(fc: FamilyChecks, facts: dict) -> Outcome:
+    problems, notes = [], []
+    extensions = facts.get("extensions") or {}
+    for module in fc.mpi_extensions + fc.extensions:
+        ext = extensions.get(module) or {"error": "not probed"}
+        if "error" in ext:
+            problems.append(f"{module}: {ext['error']}")
+            continue
+        links_mpi = any(n.startswith("libmpi.so") for n in ext.get("needed", []))
+        if module in fc.mpi_extensions and not links_mpi:
+            problems.append(f"{module} ({ext['path']}) does not need libmpi.so.12: MPI linked statically or "
+                            "not at all, the bind model cannot swap it")
+            continue
+        if not links_mpi:
+            notes.append(f"{module}: no MPI")
+            continue
+        if "libmpi.so.12" not in ext.get("needed", []):
+            problems.append(f"{module} needs {ext['needed']}, not the MPICH ABI's libmpi.so.12")
+        resolved = (ext.get("ldd") or {}).get("libmpi.so.12")
+        if not resolved or resolved == "not":
+            problems.append(f"{module}: the loader does not resolve libmpi.so.12")
+        if ext.get("rpath"):
+            problems.append(f"{module} has RPATH {ext['rpath']}: it beats LD_LIBRARY_PATH and pins the image's MPI")
+        if ext.get("runpath"):
+            problems.append(f"{module} has RUNPATH {ext['runpath']}: the host MPI's dependencies could resolve "
+                            "into the image")
+        notes.append(f"{module} -> {resolved}")
+    return Outcome("fail", "; ".join(problems)) if problems else Outcome("pass", "; ".join(notes))
+
+
+def check_hygiene(image: object, facts: dict) -> Outcome:
+    problems = [f"leftover {path}" for path in facts.get("leftovers") or []]
+    config = getattr(image, "attrs", {}).get("Config") or {}
+    for entry in config.get("Env") or []:
+        name = entry.split("=", 1)[0]
+        if SECRET_ENV_RE.search(name):
+            problems.append(f"environment variable {name} in the image config")
+    for layer in image.history():  # type: ignore[attr-defined]
+        created_by = layer.get("CreatedBy") or ""
+        match = SECRET_HISTORY_RE.search(created_by)
+        if match:
+            problems.append(f"docker history: {match.group(0)!r} in {created_by[:80]!r}")
+    return Outcome("fail", "; ".join(problems[:6])) if problems else \
+        Outcome("pass", "no leftovers, no secrets in env or history")
+
+
+def _two_ranks(code: int, out: str, launcher: str) -> Outcome:
+    ok = "process 0 of 2" in out and "process 1 of 2" in out
+    if code == 0 and ok:
+        return Outcome("pass", f"2 ranks under {launcher}")
+    return Outcome("fail", f"2-rank hello under {launcher} failed (exit {code}): {_tail(out)}")
+
+
+def _json_tail(out: str) -> dict | None:
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def _tail(out: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[:400] or "(no output)"
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+
+def table(results: list[CellCheck]) -> str:
+    marks = {"pass": "pass", "fail": "FAIL", "skip": "skip"}
+    rows = [[r.ref, *(marks[r.checks[c].status] if c in r.checks else "-" for c in CHECKS)] for r in results]
+    text = tabulate(rows, headers=["cell", *CHECKS], tablefmt="simple")
+    failures = [f"  {r.ref} / {c}: {r.checks[c].reason}" for r in results for c in CHECKS
+                if c in r.checks and r.checks[c].status == "fail"]
+    return text + ("\n\nfailures:\n" + "\n".join(failures) if failures else "")
+
+
+def write_reports(matrix: Matrix, profile: str, results: list[CellCheck]) -> Path:
+    """build/check-report.json, and the ``publishable`` mark of each cell in build/build-report.json."""
+    root = matrix.root / "build"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "check-report.json"
+    data = {"profile": profile, "cells": {r.ref: {**asdict(r), "passed": r.passed} for r in results}}
+    _write_json(path, data)
+    build_report = root / "build-report.json"
+    cells = {}
+    if build_report.is_file():
+        try:
+            cells = json.loads(build_report.read_text(encoding="utf-8")).get("cells", {})
+        except (json.JSONDecodeError, AttributeError):
+            cells = {}
+    for r in results:
+        entry = cells.setdefault(f"{profile}/{r.ref}", {"profile": profile, "ref": r.ref, "image": r.image})
+        entry["publishable"] = r.passed
+        entry["checked_image_id"] = r.image_id
+    _write_json(build_report, {"cells": cells})
+    return path
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def check(client: docker.DockerClient, matrix: Matrix, profile: str, only: Iterable[str] = (),
+          progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
+    cells = matrix.cells(profile)
+    only = [p for p in only if p]
+    if only:
+        cells = [c for c in cells if any(fnmatch.fnmatchcase(c.ref, p) or c.family.name == p for p in only)]
+        if not cells:
+            raise CheckError(f"--only {' '.join(only)} matches no cell of profile {profile!r}")
+    host = None
+    if with_host_mpi:
+        progress(f"preparing the stand-in host MPI ({hostmpi.NAME} {hostmpi.VERSION}) ...")
+        host = hostmpi.prepare(matrix.root)
+    checker = Checker(client, matrix, profile, host, progress)
+    results = []
+    for i, cell in enumerate(cells, 1):
+        progress(f"[{i}/{len(cells)}] checking {cell.ref} ...")
+        result = checker.check_cell(cell)
+        failed = [c for c, o in result.checks.items() if o.status == "fail"]
+        progress(f"[{i}/{len(cells)}] {cell.ref}: {'passed' if result.passed else 'FAILED ' + ', '.join(failed)}"
+                 f" ({result.seconds:.1f}s)")
+        results.append(result)
+    write_reports(matrix, profile, results)
+    return results

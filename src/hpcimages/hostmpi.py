@@ -1,0 +1,65 @@
+"""A stand-in for a cluster's host MPI: Intel MPI's runtime from PyPI (``impi-rt``), MPICH ABI.
+
+On a cluster the bind model mounts the host's MPI (Cray MPICH, Intel MPI, MVAPICH) into the container and
+puts it first on ``LD_LIBRARY_PATH``. Here the Intel MPI runtime wheel plays that part: its hashed lock is
+``pip-requirements/mpi/impi-rt-<version>.txt``, the wheel comes through the wheelhouse, and its ``bin/`` and
+``lib/`` are unpacked into ``<cache>/host-mpi/impi-rt-<version>/`` on the host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+from . import wheelhouse
+from .errors import HpcImagesError
+
+NAME = "impi-rt"
+VERSION = "2021.17.2"
+LOCK = f"pip-requirements/mpi/{NAME}-{VERSION}.txt"
+#: What Intel MPI needs to run ranks on one node inside a container with no network.
+LAUNCH_ENV = {"I_MPI_FABRICS": "shm"}
+MOUNT = "/opt/host-mpi"
+
+
+class HostMpiError(HpcImagesError):
+    """The stand-in host MPI could not be prepared."""
+
+
+def lock_input() -> str:
+    return f"# the stand-in host MPI of the bind-model checks (invoke check)\n{NAME}=={VERSION}\n"
+
+
+def prepare(root: Path, cache: Path | None = None) -> Path:
+    """The unpacked host MPI (``bin/``, ``lib/``), fetched and unpacked once."""
+    cache = cache or wheelhouse.cache_root()
+    target = cache / "host-mpi" / f"{NAME}-{VERSION}"
+    if (target / "lib" / "libmpi.so.12").exists() and (target / "bin" / "mpiexec").exists():
+        return target
+    lock = root / LOCK
+    if not lock.is_file():
+        raise HostMpiError(f"{LOCK} is missing: run `invoke lock`")
+    wheelhouse.download_wheels(lock, "3.11", cache)
+    wheels = sorted(wheelhouse.wheelhouse_dir(cache).glob(f"{NAME.replace('-', '_')}-{VERSION}-*.whl"))
+    if not wheels:
+        raise HostMpiError(f"no {NAME} {VERSION} wheel in {wheelhouse.wheelhouse_dir(cache)}")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    prefix = f"{NAME.replace('-', '_')}-{VERSION}.data/data/"
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        for info in wheel.infolist():
+            if info.is_dir() or not info.filename.startswith(prefix):
+                continue
+            dest = partial / info.filename[len(prefix):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with wheel.open(info) as src, dest.open("wb") as out:
+                shutil.copyfileobj(src, out)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                dest.chmod(mode)
+    if not (partial / "lib" / "libmpi.so.12").exists():
+        raise HostMpiError(f"{wheels[0].name} holds no lib/libmpi.so.12")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+    return target
