@@ -152,9 +152,10 @@ class Checker:
             container.remove(force=True)
         return int(status.get("StatusCode", 1)), logs
 
-    def check_cell(self, cell: Cell) -> CellCheck:
+    def check_cell(self, cell: Cell, image_ref: str | None = None) -> CellCheck:
+        """Check the cell's image (or ``image_ref``, an image that claims to be this cell)."""
         start = time.monotonic()
-        result = CellCheck(cell.ref, cell.image(self.profile.registry))
+        result = CellCheck(cell.ref, image_ref or cell.image(self.profile.registry))
         image = find_image(self.client, result.image)
         if image is None:
             for name in CHECKS:

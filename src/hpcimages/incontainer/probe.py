@@ -76,7 +76,10 @@ def ldd(path: str) -> dict[str, str]:
 
 def extension_facts(module: str) -> dict[str, object]:
     """Where a compiled module lives and how it links (mpi4py.MPI resolves to MPI.mpich.*.so)."""
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError as exc:  # the parent package is missing
+        return {"error": f"module {module} not found ({exc})"}
     if spec is None or spec.origin is None:
         return {"error": f"module {module} not found"}
     origin = spec.origin

@@ -1,0 +1,101 @@
+"""The judgements of `invoke check`, on recorded probe facts (no engine needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpcimages.check import CellCheck, Outcome, check_contents, check_labels, check_linking, family_checks, table
+from hpcimages.matrix import load_matrix
+
+ROOT = Path(__file__).resolve().parent.parent
+M = load_matrix(ROOT / "matrix.toml")
+CELL = next(c for c in M.cells("ci") if c.ref == "mpi4py:py3.11-mpich4.3.2")
+EXT = "/usr/local/lib/python3.11/dist-packages/mpi4py/MPI.mpich.cpython-311-x86_64-linux-gnu.so"
+
+
+def facts(**overrides):
+    base = {
+        "python": "3.11.2", "mpichversion": "4.3.2",
+        "mpi_library_version": "MPICH Version:      4.3.2\nMPICH Release date: ...",
+        "pins": {"mpi4py": "4.1.2", "numpy": "2.3.5"}, "installed": {"mpi4py": "4.1.2", "numpy": "2.3.5"},
+        "imports": {"mpi4py": None, "numpy": None},
+        "extensions": {"mpi4py.MPI": {"path": EXT, "needed": ["libmpi.so.12", "libc.so.6"], "rpath": [],
+                                      "runpath": [], "ldd": {"libmpi.so.12": "/usr/local/lib/libmpi.so.12"}}},
+        "leftovers": [],
+    }
+    base.update(overrides)
+    return base
+
+
+LABELS = {"io.hpcimages.family": "mpi4py", "io.hpcimages.python": "3.11", "io.hpcimages.mpi.name": "mpich",
+          "io.hpcimages.mpi.version": "4.3.2", "io.hpcimages.mpi.method": "wheel",
+          "org.opencontainers.image.version": "py3.11-mpich4.3.2",
+          "org.opencontainers.image.created": "2026-11-23T21:14:45Z", "org.opencontainers.image.revision": "abc"}
+
+
+def ext(**changes):
+    e = dict(facts()["extensions"]["mpi4py.MPI"])
+    e.update(changes)
+    return {"mpi4py.MPI": e}
+
+
+def test_good_facts_pass():
+    fc = family_checks(M, "mpi4py")
+    assert check_contents(CELL, facts()).status == "pass"
+    assert check_labels(CELL, LABELS, facts()).status == "pass"
+    assert check_linking(fc, facts()).status == "pass"
+
+
+def test_children_inherit_their_parents_checks():
+    fc = family_checks(M, "cuda-python")
+    assert fc.imports[:3] == ("mpi4py", "mpi4py.MPI", "numpy") and "numba.cuda" in fc.imports
+    assert fc.mpi_extensions == ("mpi4py.MPI",) and fc.commands
+
+
+def test_wrong_versions_fail_contents():
+    out = check_contents(CELL, facts(python="3.13.5", mpichversion="4.2.3",
+                                     installed={"mpi4py": None, "numpy": "2.3.5"}))
+    assert out.status == "fail"
+    assert "Python is 3.13, the matrix promised 3.11" in out.reason
+    assert "mpichversion says 4.2.3" in out.reason
+    assert "mpi4py is not installed, the lock pins 4.1.2" in out.reason
+
+
+def test_failed_import_fails_contents():
+    out = check_contents(CELL, facts(imports={"mpi4py": "ModuleNotFoundError: No module named 'mpi4py'"}))
+    assert out.status == "fail" and "import mpi4py failed" in out.reason
+
+
+def test_static_or_missing_libmpi_fails_linking():
+    out = check_linking(family_checks(M, "mpi4py"), facts(extensions=ext(needed=["libc.so.6"])))
+    assert out.status == "fail" and "does not need libmpi.so.12" in out.reason
+
+
+def test_rpath_and_runpath_fail_linking():
+    fc = family_checks(M, "mpi4py")
+    out = check_linking(fc, facts(extensions=ext(rpath=["/usr/local/lib"])))
+    assert out.status == "fail" and "RPATH ['/usr/local/lib']: it beats LD_LIBRARY_PATH" in out.reason
+    out = check_linking(fc, facts(extensions=ext(runpath=["$ORIGIN/../lib"])))
+    assert out.status == "fail" and "RUNPATH" in out.reason
+
+
+def test_other_abi_or_unresolved_library_fails_linking():
+    fc = family_checks(M, "mpi4py")
+    out = check_linking(fc, facts(extensions=ext(needed=["libmpi.so.40"], ldd={})))
+    assert out.status == "fail" and "not the MPICH ABI's libmpi.so.12" in out.reason
+    assert "does not resolve libmpi.so.12" in out.reason
+
+
+def test_lying_labels_fail():
+    out = check_labels(CELL, {**LABELS, "io.hpcimages.mpi.version": "4.2.3"}, facts())
+    assert out.status == "fail"
+    assert "io.hpcimages.mpi.version='4.2.3', expected '4.3.2'" in out.reason
+    assert "but the image has MPICH 4.3.2" in out.reason
+
+
+def test_table_lists_failures_with_reasons():
+    r = CellCheck("mpi4py:py3.11-mpich4.3.2", "img", checks={"contents": Outcome("pass"),
+                                                             "linking": Outcome("fail", "has RPATH")})
+    text = table([r])
+    assert "FAIL" in text and "mpi4py:py3.11-mpich4.3.2 / linking: has RPATH" in text
+    assert r.passed is False

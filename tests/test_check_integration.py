@@ -1,0 +1,134 @@
+"""`invoke check` for real: every `ci` cell passes, and deliberately broken images fail the right check."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcimages import hostmpi
+from hpcimages.bases import ensure_bases
+from hpcimages.build import build
+from hpcimages.check import Checker
+from hpcimages.engine import connect
+from hpcimages.matrix import load_matrix
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = "hpcimages/mpi4py:py3.11-mpich4.3.2"
+EXT = "/usr/local/lib/python3.11/dist-packages/mpi4py/MPI.mpich.cpython-311-x86_64-linux-gnu.so"
+
+# Each fixture is the good image with one defect, as a maintainer could produce it by mistake.
+FIXTURES = {
+    # mpi4py linked with an RPATH to the image's MPI (patchelf does what `-Wl,-rpath,--disable-new-dtags` does)
+    "rpath": f"""FROM {GOOD}
+RUN apt-get update && apt-get install -y --no-install-recommends patchelf \\
+ && patchelf --force-rpath --set-rpath /usr/local/lib {EXT} \\
+ && apt-get purge -y patchelf && rm -rf /var/lib/apt/lists/*
+""",
+    "no-mpi4py": f"FROM {GOOD}\nRUN python3 -m pip uninstall -y mpi4py\n",
+    "lying-labels": f"FROM {GOOD}\nLABEL io.hpcimages.mpi.version=4.2.3 io.hpcimages.python=3.13\n",
+    "leftovers": f"FROM {GOOD}\nENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt\n"
+                 "RUN mkdir -p /root/.cache/pip && touch /root/.cache/pip/x /tmp/numpy-2.0-py3-none-any.whl\n",
+}
+
+
+@pytest.fixture(scope="module")
+def client():
+    return connect()
+
+
+@pytest.fixture(scope="module")
+def matrix(client):
+    m = load_matrix(ROOT / "matrix.toml")
+    ensure_bases(client, m.profile("ci"))
+    report = build(client, m, "ci", jobs=2)
+    assert report.ok, report.table()
+    return m
+
+
+@pytest.fixture(scope="module")
+def checker(client, matrix):
+    return Checker(client, matrix, "ci", hostmpi.prepare(matrix.root), progress=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def fixture_images(client, matrix):
+    tags = {}
+    for name, dockerfile in FIXTURES.items():
+        tag = f"hpcimages-test/check-fixture:{name}"
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
+        tags[name] = tag
+    return tags
+
+
+def cell(matrix):
+    return next(c for c in matrix.cells("ci") if c.ref == "mpi4py:py3.11-mpich4.3.2")
+
+
+def test_invoke_check_passes_every_ci_cell(matrix):
+    proc = subprocess.run([sys.executable, "-m", "invoke", "check", "--profile", "ci"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert f"{len(matrix.cells('ci'))}/{len(matrix.cells('ci'))} cells passed" in proc.stdout
+    assert "FAIL" not in proc.stdout
+    report = (ROOT / "build" / "check-report.json").read_text()
+    assert '"bind-swap"' in report and "Intel MPI injected" in report
+
+
+def test_bind_swap_really_loads_intel_mpi(checker):
+    command = "python3 -c 'from mpi4py import MPI; print(MPI.Get_library_version())'"
+    code, out = checker.run(GOOD, command, env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib"}, host_mpi=True)
+    assert code == 0 and out.startswith("Intel(R) MPI Library"), out
+    code, out = checker.run(GOOD, command)
+    assert code == 0 and out.startswith("MPICH Version:"), out
+
+
+def test_rpath_pinned_mpi4py_fails_linking(checker, matrix, fixture_images):
+    result = checker.check_cell(cell(matrix), fixture_images["rpath"])
+    assert result.checks["linking"].status == "fail"
+    assert "has RPATH ['/usr/local/lib']" in result.checks["linking"].reason
+    # mpi4py 4 dlopen()s libmpi.so.12 itself before loading its extension, so this particular RPATH does not
+    # stop the swap at run time; any other extension linked this way would. The image is refused either way.
+    assert result.checks["contents"].status == "pass" and not result.passed
+
+
+def test_image_without_mpi4py_fails_contents(checker, matrix, fixture_images):
+    result = checker.check_cell(cell(matrix), fixture_images["no-mpi4py"])
+    assert result.checks["contents"].status == "fail"
+    assert "import mpi4py failed" in result.checks["contents"].reason
+    assert "mpi4py is not installed, the lock pins 4.1.2" in result.checks["contents"].reason
+    assert result.checks["mpi-run"].status == "fail" and not result.passed
+
+
+def test_lying_labels_fail_labels(checker, matrix, fixture_images):
+    result = checker.check_cell(cell(matrix), fixture_images["lying-labels"])
+    labels = result.checks["labels"]
+    assert labels.status == "fail"
+    assert "io.hpcimages.mpi.version='4.2.3', expected '4.3.2'" in labels.reason
+    assert "but the image runs Python 3.11" in labels.reason
+    assert result.checks["contents"].status == "pass" and not result.passed
+
+
+def test_leftovers_and_ca_settings_fail_hygiene(checker, matrix, fixture_images):
+    result = checker.check_cell(cell(matrix), fixture_images["leftovers"])
+    hygiene = result.checks["hygiene"]
+    assert hygiene.status == "fail"
+    assert "leftover /root/.cache/pip" in hygiene.reason
+    assert "leftover /tmp/numpy-2.0-py3-none-any.whl" in hygiene.reason
+    assert "environment variable PIP_CERT" in hygiene.reason
+
+
+def test_unbuilt_image_fails_with_a_hint(checker, matrix):
+    result = checker.check_cell(cell(matrix), "hpcimages-test/never-built:nope")
+    assert result.checks["contents"].status == "fail"
+    assert "run `invoke build`" in result.checks["contents"].reason
+
+
+def test_check_with_unknown_cells_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "invoke", "check", "--profile", "ci", "--only", "openmpi*"],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "matches no cell" in proc.stderr and "Traceback" not in proc.stderr
