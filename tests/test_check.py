@@ -99,3 +99,18 @@ def test_table_lists_failures_with_reasons():
     text = table([r])
     assert "FAIL" in text and "mpi4py:py3.11-mpich4.3.2 / linking: has RPATH" in text
     assert r.passed is False
+
+
+def test_build_keeps_a_check_verdict_only_for_the_same_image(tmp_path):
+    import json
+
+    from hpcimages.build import BuildReport, CellResult, write_report
+
+    path = tmp_path / "build-report.json"
+    path.write_text(json.dumps({"cells": {"ci/a:t": {"publishable": True, "checked_image_id": "sha256:1"},
+                                          "ci/b:t": {"publishable": True, "checked_image_id": "sha256:2"}}}))
+    write_report(BuildReport("ci", [CellResult("a:t", "x/a:t", "up to date", image_id="sha256:1"),
+                                    CellResult("b:t", "x/b:t", "built", image_id="sha256:3")], 1.0), path)
+    cells = json.loads(path.read_text())["cells"]
+    assert cells["ci/a:t"]["publishable"] is True
+    assert cells["ci/b:t"]["publishable"] is False, "a rebuilt image must be checked again"

@@ -417,7 +417,14 @@ def write_report(report: BuildReport, path: Path) -> None:
         except (json.JSONDecodeError, AttributeError):
             data = {}
     for r in report.results:
-        data[f"{report.profile}/{r.ref}"] = {"profile": report.profile, **asdict(r)}
+        key = f"{report.profile}/{r.ref}"
+        entry = {"profile": report.profile, **asdict(r), "publishable": False}
+        previous = data.get(key, {})
+        if r.image_id and previous.get("checked_image_id") == r.image_id:
+            # the same image already passed (or failed) `invoke check`: its verdict still holds
+            entry["publishable"] = bool(previous.get("publishable"))
+            entry["checked_image_id"] = r.image_id
+        data[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"cells": data}, indent=2, sort_keys=True) + "\n", encoding="utf-8")

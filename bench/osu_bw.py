@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""OSU-style point-to-point bandwidth with mpi4py: `mpiexec -n 2 python3 osu_bw.py [-m min:max] ...`.
+
+Methodology of the OSU Micro-Benchmarks' osu_bw: for every message size, rank 0 posts a window of
+``-W`` (64) non-blocking sends and waits for them, rank 1 posts the matching receives; rank 1 then sends a
+4-byte acknowledgement. Sizes up to 8192 B run ``-i`` 100 timed iterations after ``-x`` 10 warm-ups,
+larger ones 20 after 2. Bandwidth in MB/s (10^6 bytes per second), one ``%-10d%20.2f`` row per size.
+
+Only mpi4py and numpy are needed (``-b bytearray`` needs neither numpy; ``cupy``/``numba`` buffers live on a
+GPU). ``-c`` fills the send buffer with a pattern and checks every received byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mpi4py import MPI
+
+LARGE_MESSAGE = 8192
+ACK_BYTES = 4
+
+
+def parse_sizes(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    lo, hi = int(low or 1), int(high or 4 * 1024 * 1024)
+    if lo < 1 or hi < lo:
+        raise argparse.ArgumentTypeError(f"bad size range {text!r}: use MIN:MAX with 1 <= MIN <= MAX")
+    return lo, hi
+
+
+def sizes(lo: int, hi: int) -> list[int]:
+    out, size = [], 1
+    while size <= hi:
+        if size >= lo:
+            out.append(size)
+        size *= 2
+    return out
+
+
+def allocate(kind: str, nbytes: int):
+    if kind == "bytearray":
+        return bytearray(nbytes)
+    if kind == "numpy":
+        import numpy as np
+
+        return np.zeros(nbytes, dtype=np.uint8)
+    if kind == "cupy":
+        import cupy as cp
+
+        return cp.zeros(nbytes, dtype=cp.uint8)
+    if kind == "numba":
+        import numpy as np
+        from numba import cuda
+
+        return cuda.device_array(nbytes, dtype=np.uint8)
+    raise SystemExit(f"unknown buffer kind {kind!r}")
+
+
+def fill(buf, kind: str, nbytes: int, seed: int) -> None:
+    pattern = bytes((seed + i) % 251 for i in range(nbytes))
+    if kind == "bytearray":
+        buf[:nbytes] = pattern
+    elif kind == "numpy":
+        import numpy as np
+
+        buf[:nbytes] = np.frombuffer(pattern, dtype=np.uint8)
+    elif kind == "cupy":
+        import cupy as cp
+        import numpy as np
+
+        buf[:nbytes] = cp.asarray(np.frombuffer(pattern, dtype=np.uint8))
+    else:
+        import numpy as np
+
+        buf[:nbytes].copy_to_device(np.frombuffer(pattern, dtype=np.uint8))
+
+
+def received_bytes(buf, kind: str, nbytes: int) -> bytes:
+    if kind in ("bytearray", "numpy"):
+        return bytes(memoryview(buf)[:nbytes])
+    if kind == "cupy":
+        return bytes(buf[:nbytes].get())
+    return bytes(buf[:nbytes].copy_to_host())
+
+
+def message(buf, nbytes: int):
+    return [buf, nbytes, MPI.BYTE]
+
+
+def bandwidth(comm, buf, ack, nbytes: int, window: int, iters: int, skip: int) -> float:
+    rank = comm.Get_rank()
+    requests = [MPI.REQUEST_NULL] * window
+    start = 0.0
+    for i in range(iters + skip):
+        if i == skip:
+            comm.Barrier()
+            start = MPI.Wtime()
+        if rank == 0:
+            for w in range(window):
+                requests[w] = comm.Isend(message(buf, nbytes), dest=1, tag=100)
+            MPI.Request.Waitall(requests)
+            comm.Recv([ack, ACK_BYTES, MPI.BYTE], source=1, tag=101)
+        else:
+            for w in range(window):
+                requests[w] = comm.Irecv(message(buf, nbytes), source=0, tag=100)
+            MPI.Request.Waitall(requests)
+            comm.Send([ack, ACK_BYTES, MPI.BYTE], dest=0, tag=101)
+    elapsed = MPI.Wtime() - start
+    return nbytes / 1e6 * iters * window / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-m", "--message-size", type=parse_sizes, default=(1, 4 * 1024 * 1024),
+                        metavar="MIN:MAX", help="message sizes in bytes (default 1:4194304)")
+    parser.add_argument("-i", "--iterations", type=int, default=None,
+                        help="timed iterations (default 100 for small, 20 for large messages)")
+    parser.add_argument("-x", "--warmup", type=int, default=None,
+                        help="warm-up iterations (default 10 for small, 2 for large messages)")
+    parser.add_argument("-W", "--window-size", type=int, default=64, help="messages in flight (default 64)")
+    parser.add_argument("-b", "--buffer", choices=("bytearray", "numpy", "cupy", "numba"), default="numpy",
+                        help="buffer kind (default numpy)")
+    parser.add_argument("-c", "--validate", action="store_true", help="check every received byte")
+    args = parser.parse_args(argv)
+
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() != 2:
+        if comm.Get_rank() == 0:
+            print("osu_bw.py needs exactly 2 ranks: mpiexec -n 2 python3 osu_bw.py", file=sys.stderr)
+        return 2
+    lo, hi = args.message_size
+    buf = allocate(args.buffer, hi)
+    ack = bytearray(ACK_BYTES)
+    rank = comm.Get_rank()
+    if rank == 0:
+        print("# OSU MPI-Python Bandwidth Test")
+        print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
+        print(f"# buffer: {args.buffer}, window: {args.window_size}")
+        print(f"# {'Size':<10}{'Bandwidth (MB/s)':>20}", flush=True)
+    failures = 0
+    for nbytes in sizes(lo, hi):
+        small = nbytes <= LARGE_MESSAGE
+        iters = args.iterations if args.iterations is not None else (100 if small else 20)
+        skip = args.warmup if args.warmup is not None else (10 if small else 2)
+        if args.validate and rank == 0:
+            fill(buf, args.buffer, nbytes, seed=nbytes)
+        mbps = bandwidth(comm, buf, ack, nbytes, args.window_size, iters, skip)
+        if args.validate:
+            ok = True
+            if rank == 1:
+                expected = bytes((nbytes + i) % 251 for i in range(nbytes))
+                ok = received_bytes(buf, args.buffer, nbytes) == expected
+            ok = comm.allreduce(ok, op=MPI.LAND)
+            if not ok:
+                failures += 1
+                if rank == 0:
+                    print(f"# validation FAILED at {nbytes} bytes", file=sys.stderr, flush=True)
+        if rank == 0:
+            print(f"{nbytes:<10d}{mbps:20.2f}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
