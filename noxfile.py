@@ -19,7 +19,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the package, tasks, noxfile and tests."""
     session.install("-e", ".[test]")
-    session.run("ruff", "check", "src", "tests", "tasks.py", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "bench", "tasks.py", "noxfile.py")
 
 
 @nox.session

@@ -330,7 +330,7 @@ class Builder:
             else str(log_path)
         self.say(f"  building {cell.ref} (log: {result.log})")
         image_id, error = None, None
-        with log_path.open("w", encoding="utf-8") as log:
+        with log_path.open("w", encoding="utf-8", buffering=1) as log:  # line-buffered: `tail -f` works
             log.write(f"# {cell.ref} -> {result.image}\n# build args: {json.dumps(args, sort_keys=True)}\n")
             stream = self.client.api.build(
                 fileobj=context, custom_context=True, dockerfile=dockerfile, tag=result.image,
