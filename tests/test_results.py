@@ -1,0 +1,92 @@
+"""Parsing recorded OSU-style outputs, and the append-only results store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcimages.results import ResultsError, append_run, load, medians, parse_osu
+
+FIXTURES = Path(__file__).parent / "fixtures" / "osu"
+
+# (fixture, benchmark, primary column, {size: value})
+CASES = [
+    ("osu7_bw.txt", "osu_bw", "bandwidth_mbs", {1: 2.45, 1048576: 12254.21}),
+    ("osu7_latency.txt", "osu_latency", "latency_us", {0: 0.21, 4194304: 412.77}),
+    ("osu73_latency.txt", "osu_latency", "latency_us", {0: 1.92, 8: 1.52}),
+    ("osu_allreduce_full.txt", "osu_allreduce", "avg_us", {4: 1.32, 1048576: 512.10}),
+    ("ombpy_bw.txt", "osu_bw", "bandwidth_mbs", {1024: 82.20, 1048576: 1604.63}),
+    ("mpi4py_demo_bw.txt", "osu_bw", "bandwidth_mbs", {1: 0.98, 1048576: 6021.55}),
+    ("java_bw.txt", "osu_bw", "bandwidth_mbs", {1024: 210.51, 1048576: 5120.40}),
+    ("hpcimages_bw.txt", "osu_bw", "bandwidth_mbs", {1: 0.10, 8: 2.27}),
+    ("hpcimages_latency.txt", "osu_latency", "latency_us", {0: 1.82, 8: 2.40}),
+    ("hpcimages_allreduce.txt", "osu_allreduce", "avg_us", {4: 3.89, 16: 6.34}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_recorded_outputs_parse(case):
+    name, benchmark, column, expected = case
+    parsed = parse_osu((FIXTURES / name).read_text())
+    assert parsed.benchmark == benchmark
+    values = {int(row["size"]): row[column] for row in parsed.rows}
+    for size, value in expected.items():
+        assert values[size] == pytest.approx(value)
+
+
+def test_allreduce_keeps_min_and_max_and_the_library_line():
+    parsed = parse_osu((FIXTURES / "hpcimages_allreduce.txt").read_text())
+    assert parsed.columns == ("size", "avg_us", "min_us", "max_us", "iterations")
+    assert parsed.rows[0]["min_us"] == pytest.approx(3.44)
+    assert parsed.library == "MPICH Version:      4.3.2"
+
+
+def test_output_without_header_or_rows_is_an_error():
+    with pytest.raises(ResultsError, match="no '# Size"):
+        parse_osu("Hello World! I am process 0 of 2 on x.\n")
+    with pytest.raises(ResultsError, match="no result rows"):
+        parse_osu("# OSU MPI Bandwidth Test v7.5\n# Size      Bandwidth (MB/s)\nAbort(1) on node 0\n")
+
+
+def record(i: int, **extra) -> dict:
+    return {"benchmark": "osu_bw", "variant": "container", "cell": "c", "size": 1024, "value": float(i), **extra}
+
+
+def test_append_is_atomic_per_run_and_never_truncates(tmp_path):
+    store = tmp_path / "results" / "ci.jsonl"
+    append_run(store, [record(1), record(2)])
+    append_run(store, [record(3)])
+    records, problems = load([store])
+    assert [r["value"] for r in records] == [1.0, 2.0, 3.0] and problems == []
+
+
+def test_a_torn_line_from_an_interrupted_run_is_reported_and_loses_nothing_else(tmp_path):
+    store = tmp_path / "ci.jsonl"
+    append_run(store, [record(1), record(2)])
+    with store.open("ab") as f:  # what a writer killed mid-line leaves behind
+        f.write(b'{"benchmark": "osu_bw", "variant": "cont')
+    append_run(store, [record(3)])  # the next run starts on a line of its own
+    with pytest.raises(ResultsError, match=r"ci\.jsonl:3: corrupt result line"):
+        load([store])
+    records, problems = load([store], skip_corrupt=True)
+    assert [r["value"] for r in records] == [1.0, 2.0, 3.0]
+    assert len(problems) == 1 and ":3:" in problems[0]
+
+
+def test_records_without_required_keys_are_corrupt(tmp_path):
+    store = tmp_path / "x.jsonl"
+    store.write_text(json.dumps(record(1)) + "\n" + json.dumps({"benchmark": "osu_bw"}) + "\n")
+    with pytest.raises(ResultsError, match=r"x\.jsonl:2: corrupt result line \(missing variant, size, value\)"):
+        load([store])
+
+
+def test_missing_results_file_is_an_error(tmp_path):
+    with pytest.raises(ResultsError, match="no such results file"):
+        load([tmp_path / "nope.jsonl"])
+
+
+def test_medians_over_repeats():
+    rows = [record(v, repeat=i) for i, v in enumerate((5, 1, 3))]
+    assert medians(rows) == {("c", "osu_bw", "container", 1024): 3.0}
