@@ -27,3 +27,13 @@ def render_check(session: nox.Session) -> None:
     """Fail when committed Dockerfiles or locks differ from what matrix.toml and requirements.in give."""
     session.install("-e", ".")
     session.run("invoke", "render", "--check")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks in every built image, with the bind-model swap, C references and bare metal; tables, plots.
+
+    Options after `--` (see `nox -s bench -- --help`): --profile, --only, --bench, --sizes, --repeats, --strict.
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "hpcimages.commands", "bench", *session.posargs)

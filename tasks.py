@@ -74,3 +74,17 @@ def build(c, all=False, profile="published", only=None, jobs=2, dry_run=False, f
 def check(c, profile="published", only=None, matrix="matrix.toml"):
     """Run the checks inside every built image: contents, labels, linking, 2-rank MPI, bind-model swap, hygiene."""
     _run(commands.check, matrix=matrix, profile=profile, only=only or [])
+
+
+@task(positional=["results"], iterable=["results"], help={
+    "results": "results files (JSON lines), e.g. results/ci.jsonl (repeatable)",
+    "session": "only the runs of one `nox -s bench` session",
+    "out": "Markdown file to write (default: beside the first results file)",
+    "no-plots": "do not draw the PNG plots",
+    "strict": "exit 3 when a variant looks misconfigured (far below bare metal)",
+    "skip-corrupt": "warn about corrupt lines instead of failing",
+})
+def tabulate(c, results=None, session=None, out=None, no_plots=False, strict=False, skip_corrupt=False):
+    """Rebuild the benchmark tables and plots from stored results, without running anything."""
+    _run(commands.tabulate_results, paths=results or [], session=session, out=out, plots=not no_plots,
+         strict=strict, skip_corrupt=skip_corrupt)

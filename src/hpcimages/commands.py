@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -9,11 +10,15 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import bases as bases_mod
+from . import bench as bench_mod
 from . import build as build_mod
 from . import check as check_mod
 from . import lock as lock_mod
 from . import render as render_mod
+from . import report as report_mod
+from . import results as results_mod
 from .engine import connect
+from .errors import HpcImagesError
 from .matrix import Matrix, load_matrix
 
 DEFAULT_MATRIX = "matrix.toml"
@@ -90,3 +95,97 @@ def check(matrix: str = DEFAULT_MATRIX, profile: str = "published", only: Iterab
     say(f"\n{passed}/{len(results)} cells passed; report: build/check-report.json "
         "(publishable cells marked in build/build-report.json)")
     return 0 if passed == len(results) else 1
+
+
+def tabulate_results(paths: Iterable[str], session: str | None = None, out: str | None = None,
+                     plots: bool = True, strict: bool = False, skip_corrupt: bool = False) -> int:
+    """Tables (and plots) from stored results, printed and written as Markdown."""
+    files = [Path(p) for p in paths]
+    if not files:
+        raise results_mod.ResultsError("name at least one results file, e.g. results/ci.jsonl")
+    records, problems = results_mod.load(files, skip_corrupt=skip_corrupt)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if session:
+        records = [r for r in records if r.get("session") == session]
+    if not records:
+        raise results_mod.ResultsError(f"no results in {', '.join(map(str, files))}"
+                                       + (f" for session {session}" if session else ""))
+    report = report_mod.build_report(records)
+    say(report.text())
+    target = Path(out) if out else files[0].with_suffix(".md")
+    report_mod.write_markdown(report, target, files)
+    say(f"tables: {target}")
+    if plots:
+        for png in report_mod.plot(records, target.parent / "plots"):
+            say(f"plot:   {png}")
+    if report.anomalies and strict:
+        print(f"{len(report.anomalies)} anomalies (--strict)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """`nox -s bench -- [options]`: run the benchmarks, store the results, print tables, draw plots."""
+    import argparse
+    import datetime as dt
+    import uuid
+
+    parser = argparse.ArgumentParser(prog="nox -s bench --", description=bench_mod.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="ci", help="matrix profile (default: ci)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="cells (glob on family:tag); default: every cell of the profile's root family")
+    parser.add_argument("--bench", default=",".join(bench_mod.BENCHMARKS),
+                        help=f"comma-separated benchmarks (default: {','.join(bench_mod.BENCHMARKS)})")
+    parser.add_argument("--sizes", action="append", default=[], metavar="BENCH=MIN:MAX",
+                        help="message sizes of one benchmark, e.g. osu_bw=1048576:4194304")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats, median kept (default 3)")
+    parser.add_argument("--no-swap", action="store_true", help="skip the bind-model (Intel MPI) variant")
+    parser.add_argument("--no-c", action="store_true", help="skip the C reference variants")
+    parser.add_argument("--no-bare-metal", action="store_true", help="skip the bare-metal variants")
+    parser.add_argument("--results", default=None, help="results file (default: results/<profile>.jsonl)")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when a variant looks misconfigured")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--matrix", default=DEFAULT_MATRIX)
+    args = parser.parse_args(argv)
+    try:
+        m = load(args.matrix)
+        cells = m.cells(args.profile)
+        if args.only:
+            import fnmatch
+
+            cells = [c for c in cells if any(fnmatch.fnmatchcase(c.ref, p) for p in args.only)]
+        else:
+            cells = [c for c in cells if c.family.parent is None]
+        if not cells:
+            raise bench_mod.BenchError(f"no cell of profile {args.profile!r} matches {args.only}")
+        sizes = {}
+        for item in args.sizes:
+            name, _, rng = item.partition("=")
+            if name not in bench_mod.BENCHMARKS or not re.match(r"^\d*:\d*$", rng):
+                raise bench_mod.BenchError(f"--sizes {item!r}: use BENCH=MIN:MAX with BENCH one of "
+                                           f"{', '.join(bench_mod.BENCHMARKS)}")
+            sizes[name] = rng
+        store = Path(args.results or m.root / "results" / f"{args.profile}.jsonl")
+        session = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        try:
+            stored = bench_mod.run(connect(), m, args.profile, cells, [b for b in args.bench.split(",") if b],
+                                   store, repeats=args.repeats, sizes=sizes, swap=not args.no_swap,
+                                   c_reference=not args.no_c, bare_metal=not args.no_bare_metal, progress=say,
+                                   session=session)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the runs finished before it are in {store} (session {session})", file=sys.stderr)
+            return 130
+        say(f"{stored} runs stored in {store} (session {session})")
+        return tabulate_results([str(store)], session=session, out=str(store.with_suffix(".md")),
+                                plots=not args.no_plots, strict=args.strict)
+    except HpcImagesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # `python -m hpcimages.commands bench ...` (what `nox -s bench` runs)
+    if sys.argv[1:2] != ["bench"]:
+        sys.exit("usage: python -m hpcimages.commands bench [options]")
+    sys.exit(bench_main(sys.argv[2:]))

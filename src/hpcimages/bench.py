@@ -1,0 +1,266 @@
+"""Run the benchmark scripts of ``bench/`` in built images and on bare metal, interleaved, into the store.
+
+Variants of one cell (an image):
+
+``container``       the image's own MPICH, ``mpiexec -n 2 python3 bench/<script>.py`` inside it
+``container+impi``  the bind-model swap: the stand-in host MPI (Intel MPI) mounted and on LD_LIBRARY_PATH
+``container (C)``   the C reference, compiled with the image's ``mpicc`` at bench time, same image and MPI
+``bare-metal``      the host, in a venv with the same MPICH wheel and the same locked mpi4py / numpy
+``bare-metal (C)``  the C reference compiled with that venv's ``mpicc``
+
+Every repeat runs every benchmark in every variant before the next repeat starts, so drift on a noisy
+machine hits all variants alike; tables use the median over repeats. Each finished run is appended to
+the results file at once (see results.py): an interrupted bench loses at most the run in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from . import hostmpi, wheelhouse
+from .engine import find_image
+from .errors import HpcImagesError
+from .matrix import Cell, Matrix
+from .results import PRIMARY, ResultsError, append_run, parse_osu
+from .templates import lock_path, mpi_lock_path
+
+BENCH_MOUNT = "/opt/hpcimages-bench"
+C_DIR = "/opt/hpcimages-bench-c"
+RUN_TIMEOUT_S = 900
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    script: str
+    c_source: str | None
+    default_sizes: str
+
+
+BENCHMARKS = {
+    "osu_bw": Benchmark("osu_bw", "osu_bw.py", "osu_bw.c", "1:4194304"),
+    "osu_latency": Benchmark("osu_latency", "osu_latency.py", "osu_latency.c", "0:4194304"),
+    "osu_allreduce": Benchmark("osu_allreduce", "osu_allreduce.py", None, "4:1048576"),
+}
+
+
+class BenchError(HpcImagesError):
+    """The benchmarks cannot run."""
+
+
+@dataclass
+class Variant:
+    name: str
+    language: str  # python | c
+    mpi: str  # the matrix's MPI axis value, e.g. mpich4.3.2
+    cell: Cell | None = None  # None: bare metal
+    image: str | None = None
+    image_id: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    host_mpi: Path | None = None
+    venv: Path | None = None
+    scripts: Path | None = None  # bench/ on the host, for bare-metal runs
+
+    def command(self, bench: Benchmark, args: list[str]) -> list[str]:
+        if self.cell is not None:
+            mpiexec = f"{hostmpi.MOUNT}/bin/mpiexec" if self.host_mpi else "mpiexec"
+            program = [f"{C_DIR}/{bench.name}"] if self.language == "c" else \
+                ["python3", f"{BENCH_MOUNT}/{bench.script}"]
+            return [mpiexec, "-n", "2", *program, *args]
+        assert self.venv is not None and self.scripts is not None
+        program = [str(self.venv / "bin" / f"{bench.name}_c")] if self.language == "c" else \
+            [str(self.venv / "bin" / "python"), str(self.scripts / bench.script)]
+        return [str(self.venv / "bin" / "mpiexec"), "-n", "2", *program, *args]
+
+
+def bench_dir(matrix: Matrix) -> Path:
+    return matrix.root / "bench"
+
+
+# ---------------------------------------------------------------------------------------------
+# preparing the variants
+
+
+def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str, progress: Progress) -> str:
+    """A child of the cell's image with a compiler and the C references built by the image's own mpicc."""
+    tag = f"hpcimages-bench/{cell.family.name}:{cell.tag}"
+    dockerfile = (
+        f"FROM {image}\n"
+        "RUN set -eux; apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; "
+        "rm -rf /var/lib/apt/lists/*\n"
+        f"COPY osu_bw.c osu_latency.c {C_DIR}/\n"
+        f"RUN cd {C_DIR} && mpicc -O2 -o osu_bw osu_bw.c && mpicc -O2 -o osu_latency osu_latency.c\n"
+    )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("Dockerfile", dockerfile.encode()),
+                           *((n, (bench_dir(matrix) / n).read_bytes()) for n in ("osu_bw.c", "osu_latency.c"))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    progress(f"  compiling the C references in {tag} with the image's mpicc ...")
+    try:
+        client.images.build(fileobj=buf, custom_context=True, tag=tag, network_mode="host", rm=True, forcerm=True)
+    except docker.errors.BuildError as exc:
+        raise BenchError(f"cannot build {tag}: {exc.msg}") from None
+    return tag
+
+
+def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | None:
+    """A venv on the host with the cell's MPICH wheel and the same locked packages (wheel method only)."""
+    if cell.mpi.method != "wheel":
+        return None
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    twin = next((c for c in matrix.all_cells if c.family.name == cell.family.name and c.mpi.key == cell.mpi.key
+                 and c.python == python), None)
+    if twin is None:
+        progress(f"  no bare-metal twin for {cell.mpi.key}: the matrix has no Python {python} cell with it")
+        return None
+    venv = matrix.root / "build" / "bench" / f"venv-py{python}-{cell.mpi.key}"
+    stamp = venv / ".hpcimages-ready"
+    if stamp.exists():
+        return venv
+    cache = wheelhouse.cache_root()
+    locks = [matrix.root / p for p in (mpi_lock_path(twin), lock_path(twin)) if p]
+    progress(f"  bare metal: creating {venv.relative_to(matrix.root)} (MPICH {cell.mpi.version} wheel, locked mpi4py)")
+    for lock in locks:
+        wheelhouse.download_wheels(lock, python, cache)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    cmd = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-index", "--find-links", str(wheelhouse.wheelhouse_dir(cache)), "--require-hashes"]
+    for lock in locks:
+        cmd += ["-r", str(lock)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"cannot create the bare-metal venv {venv}: {proc.stderr.strip()[-800:]}")
+    if shutil.which("cc") or shutil.which("gcc"):
+        for name in ("osu_bw", "osu_latency"):
+            subprocess.run([str(venv / "bin" / "mpicc"), "-O2", "-o", str(venv / "bin" / f"{name}_c"),
+                            str(bench_dir(matrix) / f"{name}.c")], check=True, capture_output=True)
+    stamp.touch()
+    return venv
+
+
+def variants(client: docker.DockerClient, matrix: Matrix, profile: str, cells: list[Cell], *, swap: bool = True,
+             c_reference: bool = True, bare_metal: bool = True, progress: Progress = print) -> list[Variant]:
+    registry = matrix.profile(profile).registry
+    host = hostmpi.prepare(matrix.root) if swap else None
+    out: list[Variant] = []
+    twins: dict[str, Path | None] = {}
+    for cell in cells:
+        image = cell.image(registry)
+        found = find_image(client, image)
+        if found is None:
+            raise BenchError(f"{image} is not built: run `invoke build --profile {profile}`")
+        out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id))
+        if host is not None:
+            out.append(Variant("container+impi", "python", cell.mpi.key, cell, image, found.id,
+                               env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}, host_mpi=host))
+        if c_reference:
+            tag = c_image(client, matrix, cell, image, progress)
+            c_found = find_image(client, tag)
+            out.append(Variant("container (C)", "c", cell.mpi.key, cell, tag, c_found.id if c_found else None))
+        if bare_metal and cell.mpi.key not in twins:
+            twins[cell.mpi.key] = bare_metal_venv(matrix, cell, progress)
+            venv = twins[cell.mpi.key]
+            if venv is not None:
+                scripts = bench_dir(matrix)
+                out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=scripts))
+                if (venv / "bin" / "osu_bw_c").exists() and c_reference:
+                    out.append(Variant("bare-metal (C)", "c", cell.mpi.key, venv=venv, scripts=scripts))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, command: list[str]) -> tuple[int, str]:
+    if variant.cell is None:
+        env = {**os.environ, "PATH": f"{variant.venv}/bin:{os.environ.get('PATH', '')}"}
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env, check=False)
+        except subprocess.TimeoutExpired:
+            return 124, f"timed out after {RUN_TIMEOUT_S}s"
+        return proc.returncode, proc.stdout + proc.stderr
+    volumes = {str(bench_dir(matrix)): {"bind": BENCH_MOUNT, "mode": "ro"}}
+    if variant.host_mpi is not None:
+        volumes[str(variant.host_mpi)] = {"bind": hostmpi.MOUNT, "mode": "ro"}
+    container = client.containers.create(variant.image, ["timeout", str(RUN_TIMEOUT_S), *command],
+                                         environment=variant.env, network_mode="none", volumes=volumes,
+                                         shm_size="1g", user="0")
+    try:
+        container.start()
+        status = container.wait(timeout=RUN_TIMEOUT_S + 60)
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)  # also on Ctrl-C: no container is left running
+    return int(status.get("StatusCode", 1)), output
+
+
+def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
+               repeat: int, run_id: str, session: str) -> list[dict]:
+    parsed = parse_osu(output)
+    metric, unit = PRIMARY[bench.name]
+    base = {
+        "session": session, "run_id": run_id, "repeat": repeat,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host": socket.gethostname(), "site": "local", "profile": profile, "benchmark": bench.name,
+        "variant": variant.name, "language": variant.language, "mpi": variant.mpi,
+        "cell": variant.cell.ref if variant.cell else None, "image": variant.image, "image_id": variant.image_id,
+        "mpi_library": parsed.library, "command": " ".join(command), "metric": metric, "unit": unit,
+    }
+    rows = []
+    for row in parsed.rows:
+        extra = {k: v for k, v in row.items() if k not in ("size", metric)}
+        rows.append({**base, "size": int(row["size"]), "value": row[metric], "extra": extra})
+    return rows
+
+
+def run(client: docker.DockerClient, matrix: Matrix, profile: str, cells: list[Cell], benchmarks: Iterable[str],
+        store: Path, *, repeats: int = 3, sizes: dict[str, str] | None = None, swap: bool = True,
+        c_reference: bool = True, bare_metal: bool = True, progress: Progress = print, session: str = "") -> int:
+    """Run everything; returns the number of runs stored. Raises KeyboardInterrupt through, after cleanup."""
+    chosen = []
+    for name in benchmarks:
+        if name not in BENCHMARKS:
+            raise BenchError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        chosen.append(BENCHMARKS[name])
+    plan = variants(client, matrix, profile, cells, swap=swap, c_reference=c_reference, bare_metal=bare_metal,
+                    progress=progress)
+    jobs = [(b, v) for b in chosen for v in plan if v.language == "python" or b.c_source]
+    total, stored = repeats * len(jobs), 0
+    progress(f"{len(plan)} variants x {len(chosen)} benchmarks x {repeats} repeats = {total} runs -> {store}")
+    for repeat in range(1, repeats + 1):
+        for bench, variant in jobs:
+            args = ["-m", (sizes or {}).get(bench.name, bench.default_sizes)]
+            command = variant.command(bench, args)
+            label = f"{variant.cell.ref if variant.cell else 'host'} {variant.name} {bench.name}"
+            progress(f"[{stored + 1}/{total}] repeat {repeat}: {label}")
+            code, output = run_variant(client, matrix, variant, command)
+            if code != 0:
+                raise BenchError(f"{label} failed (exit {code}): {output.strip()[-600:]}")
+            try:
+                rows = records_of(output, variant, bench, command, profile, repeat, uuid.uuid4().hex, session)
+            except ResultsError as exc:
+                raise BenchError(f"{label}: {exc}: {output.strip()[-400:]}") from None
+            append_run(store, rows)
+            stored += 1
+    return stored

@@ -1,0 +1,222 @@
+"""Tables, ratios, targets, anomalies and plots, computed from stored results (never typed).
+
+Results are grouped by image (cell); a cell's group also holds the bare-metal runs with the same MPI.
+Every figure is the median over repeats.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .results import medians
+
+VARIANT_ORDER = ("container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)")
+LARGE = 1024 * 1024
+ANOMALY_RATIO = 0.5
+TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (us)",
+          "osu_allreduce": "Allreduce latency, average over ranks (us)"}
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[object]]
+
+    def text(self, fmt: str = "simple") -> str:
+        return f"{self.title}\n\n" + tabulate(self.rows, headers=self.headers, tablefmt=fmt, floatfmt=".2f",
+                                              missingval="-", disable_numparse=False)
+
+
+@dataclass
+class Target:
+    group: str
+    statement: str
+    measured: float | None
+    met: bool | None  # None: not measured
+
+    def line(self) -> str:
+        if self.met is None:
+            return f"[not measured] {self.group}: {self.statement}"
+        return f"[{'met' if self.met else 'NOT met'}] {self.group}: {self.statement}: {self.measured:.3f}"
+
+
+def groups(records: list[dict]) -> dict[str, list[dict]]:
+    """cell ref (or site/host label) -> its records plus the bare-metal records of the same MPI."""
+    out: dict[str, list[dict]] = {}
+    cells = sorted({r["cell"] for r in records if r.get("cell")})
+    for cell in cells:
+        mpis = {r.get("mpi") for r in records if r.get("cell") == cell}
+        out[cell] = [r for r in records if r.get("cell") == cell or (not r.get("cell") and r.get("mpi") in mpis)]
+    orphans = [r for r in records if not r.get("cell") and not any(r in g for g in out.values())]
+    for r in orphans:
+        out.setdefault(f"bare metal {r.get('mpi')}", []).append(r)
+    return out
+
+
+def _variants(med: dict, benchmark: str) -> list[str]:
+    present = {v for (_, b, v, _) in med if b == benchmark}
+    return [v for v in VARIANT_ORDER if v in present] + sorted(present - set(VARIANT_ORDER))
+
+
+def _sizes(med: dict, benchmark: str) -> list[int]:
+    return sorted({s for (_, b, _, s) in med if b == benchmark})
+
+
+def value_table(group: str, med: dict, benchmark: str, flagged: set[tuple[str, int]]) -> Table | None:
+    variants = _variants(med, benchmark)
+    if not variants:
+        return None
+    rows = []
+    for size in _sizes(med, benchmark):
+        row: list[object] = [size]
+        for v in variants:
+            value = med.get((group, benchmark, v, size))
+            row.append(None if value is None else (f"{value:.2f} !" if (v, size) in flagged else value))
+        rows.append(row)
+    return Table(f"{group}: {TITLES.get(benchmark, benchmark)}", ["size (B)", *variants], rows)
+
+
+def _ratio(med: dict, group: str, bench: str, a: str, b: str, size: int) -> float | None:
+    x, y = med.get((group, bench, a, size)), med.get((group, bench, b, size))
+    return None if x is None or y is None or y == 0 else x / y
+
+
+RATIOS = (
+    ("osu_bw", "container", "bare-metal", "bw container / bare metal"),
+    ("osu_bw", "container+impi", "bare-metal", "bw container+impi / bare metal"),
+    ("osu_bw", "container", "container (C)", "bw Python / C (container)"),
+    ("osu_bw", "bare-metal", "bare-metal (C)", "bw Python / C (bare metal)"),
+    ("osu_latency", "container", "bare-metal", "latency container / bare metal"),
+    ("osu_latency", "container", "container (C)", "latency Python / C (container)"),
+)
+
+
+def ratio_table(group: str, med: dict) -> Table | None:
+    columns = [(b, x, y, title) for b, x, y, title in RATIOS
+               if any(k[1] == b and k[2] == x for k in med) and any(k[1] == b and k[2] == y for k in med)]
+    if not columns:
+        return None
+    sizes = sorted({s for (_, b, _, s) in med if b in ("osu_bw", "osu_latency")})
+    rows = [[size, *(_ratio(med, group, b, x, y, size) for b, x, y, _ in columns)] for size in sizes]
+    return Table(f"{group}: ratios (median / median)", ["size (B)", *(c[3] for c in columns)], rows)
+
+
+def anomalies(group: str, med: dict) -> tuple[list[str], set[tuple[str, int]]]:
+    """Variants far below bare metal at large messages: a broken setup, not noise."""
+    found, flagged = [], set()
+    for (g, bench, variant, size), value in sorted(med.items()):
+        if g != group or bench != "osu_bw" or size < LARGE or variant.startswith("bare-metal"):
+            continue
+        reference = "bare-metal (C)" if variant.endswith("(C)") else "bare-metal"
+        base = med.get((group, bench, reference, size))
+        if base and value < ANOMALY_RATIO * base:
+            flagged.add((variant, size))
+            found.append(f"{group} {variant}: {value:.0f} MB/s at {size} B is {value / base:.3f} x {reference} "
+                         f"({base:.0f} MB/s): probable misconfiguration (e.g. a TCP fallback or no shared memory)")
+    return found, flagged
+
+
+def targets(group: str, med: dict) -> list[Target]:
+    def worst(bench: str, a: str, b: str, min_size: int, fn=min) -> float | None:
+        values = [r for s in _sizes(med, bench) if s >= min_size
+                  if (r := _ratio(med, group, bench, a, b, s)) is not None]
+        return fn(values) if values else None
+
+    py_c = worst("osu_bw", "container", "container (C)", 64 * 1024)
+    cont_bm = worst("osu_bw", "container", "bare-metal", LARGE)
+    lat = _ratio(med, group, "osu_latency", "container", "bare-metal", 8)
+    return [
+        Target(group, "osu_bw.py >= 0.95 x C reference at every size >= 64 KiB (min ratio)", py_c,
+               None if py_c is None else py_c >= 0.95),
+        Target(group, "container >= 0.95 x bare metal bandwidth at >= 1 MiB (min ratio)", cont_bm,
+               None if cont_bm is None else cont_bm >= 0.95),
+        Target(group, "container latency at 8 B within +10 % of bare metal (ratio)", lat,
+               None if lat is None else lat <= 1.10),
+    ]
+
+
+@dataclass
+class Report:
+    tables: list[Table]
+    targets: list[Target]
+    anomalies: list[str]
+
+    def text(self, fmt: str = "simple") -> str:
+        parts = [t.text(fmt) for t in self.tables]
+        parts.append("Targets\n\n" + "\n".join(t.line() for t in self.targets))
+        parts.append("Anomalies\n\n" + ("\n".join(self.anomalies) or "none"))
+        return "\n\n".join(parts) + "\n"
+
+
+def build_report(records: list[dict]) -> Report:
+    tables, all_targets, all_anomalies = [], [], []
+    for group, rows in groups(records).items():
+        med = _group_medians(group, rows)
+        found, flagged = anomalies(group, med)
+        for bench in ("osu_bw", "osu_latency", "osu_allreduce"):
+            table = value_table(group, med, bench, flagged)
+            if table:
+                tables.append(table)
+        ratios = ratio_table(group, med)
+        if ratios:
+            tables.append(ratios)
+        all_targets += targets(group, med)
+        all_anomalies += found
+    return Report(tables, all_targets, all_anomalies)
+
+
+def _group_medians(group: str, rows: Iterable[dict]) -> dict[tuple[str, str, str, int], float]:
+    return {(group, b, v, s): value for (_, b, v, s), value in medians({**r, "cell": group} for r in rows).items()}
+
+
+def write_markdown(report: Report, path: Path, sources: list[Path]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "<!-- GENERATED by `invoke tabulate` / `nox -s bench` from: " + \
+        ", ".join(str(p) for p in sources) + " -->\n\n"
+    body = "\n\n".join(f"### {t.title}\n\n" + tabulate(t.rows, headers=t.headers, tablefmt="github",
+                                                          floatfmt=".2f", missingval="-") for t in report.tables)
+    tail = "\n\n### Targets\n\n" + "\n".join(f"- {t.line()}" for t in report.targets) + \
+        "\n\n### Anomalies\n\n" + ("\n".join(f"- {a}" for a in report.anomalies) or "none") + "\n"
+    path.write_text(header + body + tail, encoding="utf-8")
+
+
+def plot(records: list[dict], outdir: Path) -> list[Path]:
+    """PNG plots per group: bandwidth, point-to-point latency and allreduce latency vs message size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for group, rows in groups(records).items():
+        med = _group_medians(group, rows)
+        for bench in ("osu_bw", "osu_latency", "osu_allreduce"):
+            variants = _variants(med, bench)
+            if not variants:
+                continue
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for v in variants:
+                points = sorted((s, val) for (_, b, vv, s), val in med.items() if b == bench and vv == v and s > 0)
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=v,
+                            linestyle="--" if "bare-metal" in v else "-")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("message size (bytes)")
+            ax.set_ylabel(TITLES[bench])
+            ax.set_title(f"{bench}: {group}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            path = outdir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', group)}-{bench}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
