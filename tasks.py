@@ -76,15 +76,15 @@ def check(c, profile="published", only=None, matrix="matrix.toml"):
     _run(commands.check, matrix=matrix, profile=profile, only=only or [])
 
 
-@task(positional=["results"], iterable=["results"], help={
-    "results": "results files (JSON lines), e.g. results/ci.jsonl (repeatable)",
+@task(help={
+    "results": "results files: a path, a glob or a comma-separated list (e.g. 'results/*.jsonl')",
     "session": "only the runs of one `nox -s bench` session",
     "out": "Markdown file to write (default: beside the first results file)",
     "no-plots": "do not draw the PNG plots",
     "strict": "exit 3 when a variant looks misconfigured (far below bare metal)",
     "skip-corrupt": "warn about corrupt lines instead of failing",
 })
-def tabulate(c, results=None, session=None, out=None, no_plots=False, strict=False, skip_corrupt=False):
+def tabulate(c, results, session=None, out=None, no_plots=False, strict=False, skip_corrupt=False):
     """Rebuild the benchmark tables and plots from stored results, without running anything."""
-    _run(commands.tabulate_results, paths=results or [], session=session, out=out, plots=not no_plots,
-         strict=strict, skip_corrupt=skip_corrupt)
+    _run(commands.tabulate_results, paths=commands.expand_paths(results), session=session, out=out,
+         plots=not no_plots, strict=strict, skip_corrupt=skip_corrupt)

@@ -97,6 +97,17 @@ def check(matrix: str = DEFAULT_MATRIX, profile: str = "published", only: Iterab
     return 0 if passed == len(results) else 1
 
 
+def expand_paths(spec: str) -> list[str]:
+    """'a.jsonl,b.jsonl' or 'results/*.jsonl' -> paths (a glob that matches nothing stays, to be reported)."""
+    import glob
+
+    paths: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part:
+            paths.extend(sorted(glob.glob(part)) or [part])
+    return paths
+
+
 def tabulate_results(paths: Iterable[str], session: str | None = None, out: str | None = None,
                      plots: bool = True, strict: bool = False, skip_corrupt: bool = False) -> int:
     """Tables (and plots) from stored results, printed and written as Markdown."""

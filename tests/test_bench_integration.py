@@ -1,0 +1,155 @@
+"""The benchmark scripts for real: 2-rank runs in a `ci` image, validation, the CUDA simulator, and the
+runner (a short complete run, and an interrupted one)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hpcimages.bases import ensure_bases
+from hpcimages.build import build
+from hpcimages.engine import connect
+from hpcimages.matrix import load_matrix
+from hpcimages.results import load, parse_osu
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
+CUDA_IMAGE = "hpcimages/cuda-python:py3.11-mpich4.3.2-cuda12.8"
+
+# Rank 1 sees one flipped byte in what it received: -c must notice and fail the run.
+CORRUPTING_WRAPPER = """
+import sys
+sys.path.insert(0, "/opt/hpcimages-bench")
+import osu_bw
+from mpi4py import MPI
+real = osu_bw.received_bytes
+def corrupted(buf, kind, nbytes):
+    data = bytearray(real(buf, kind, nbytes))
+    if MPI.COMM_WORLD.Get_rank() == 1 and nbytes >= 64:
+        data[nbytes // 2] ^= 0xFF
+    return bytes(data)
+osu_bw.received_bytes = corrupted
+sys.exit(osu_bw.main(["-m", "1:256", "-c", "-i", "5", "-x", "1"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = connect()
+    m = load_matrix(ROOT / "matrix.toml")
+    ensure_bases(c, m.profile("ci"))
+    report = build(c, m, "ci", jobs=2)
+    assert report.ok, report.table()
+    return c
+
+
+def run(client, image: str, command: str, env: dict | None = None) -> tuple[int, str]:
+    container = client.containers.create(image, ["sh", "-c", command], network_mode="none", environment=env or {},
+                                         volumes={str(ROOT / "bench"): {"bind": "/opt/hpcimages-bench",
+                                                                        "mode": "ro"}})
+    try:
+        container.start()
+        code = container.wait(timeout=600)["StatusCode"]
+        return code, container.logs().decode()
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.parametrize("script,args,benchmark,first,last", [
+    ("osu_bw.py", "-m 1:65536 -c -i 20 -x 2", "osu_bw", 1, 65536),
+    ("osu_bw.py", "-m 1024:4096 -c -b bytearray", "osu_bw", 1024, 4096),
+    ("osu_latency.py", "-m 0:8192 -c -i 200 -x 10", "osu_latency", 0, 8192),
+    ("osu_allreduce.py", "-m 4:65536 -c -i 50 -x 5", "osu_allreduce", 4, 65536),
+])
+def test_each_mpi_script_runs_with_two_ranks(client, script, args, benchmark, first, last):
+    code, out = run(client, IMAGE, f"mpiexec -n 2 python3 /opt/hpcimages-bench/{script} {args}")
+    assert code == 0, out
+    parsed = parse_osu(out)
+    assert parsed.benchmark == benchmark
+    sizes = [int(r["size"]) for r in parsed.rows]
+    assert sizes[0] == first and sizes[-1] == last
+    assert parsed.library and parsed.library.startswith("MPICH Version:")
+    assert "FAILED" not in out
+
+
+def test_hello_prints_every_rank(client):
+    code, out = run(client, IMAGE, "mpiexec -n 2 python3 /opt/hpcimages-bench/hello_mpi4py.py")
+    assert code == 0
+    assert "Hello World! I am process 0 of 2 on" in out and "Hello World! I am process 1 of 2 on" in out
+
+
+def test_validation_catches_a_corrupted_buffer(client):
+    code, out = run(client, IMAGE, f"mpiexec -n 2 python3 -c '{CORRUPTING_WRAPPER}'")
+    assert code != 0, out
+    assert "validation FAILED at 64 bytes" in out and "validation FAILED at 32 bytes" not in out
+
+
+def test_scripts_refuse_a_wrong_rank_count(client):
+    code, out = run(client, IMAGE, "mpiexec -n 1 python3 /opt/hpcimages-bench/osu_bw.py")
+    assert code != 0 and "needs exactly 2 ranks" in out
+
+
+def test_cuda_script_under_the_simulator(client):
+    code, out = run(client, CUDA_IMAGE, "python3 /opt/hpcimages-bench/add_cuda_numba.py -n 8 --bandwidth-mib 1",
+                    env={"NUMBA_ENABLE_CUDASIM": "1"})
+    assert code == 0, out
+    assert "[ 0.  3.  6.  9. 12. 15. 18. 21.]" in out
+    assert "host-to-device" in out and "simulator: not a GPU figure" in out
+
+
+def test_cuda_script_without_a_driver_says_how_to_get_one(client):
+    code, out = run(client, CUDA_IMAGE, "python3 /opt/hpcimages-bench/add_cuda_numba.py")
+    assert code == 3
+    assert "no CUDA driver found" in out and "--nv" in out and "Traceback" not in out
+
+
+def bench_cmd(results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hpcimages.commands", "bench", "--profile", "ci",
+            "--only", "mpi4py:py3.11-mpich4.3.2", "--results", str(results), "--no-plots", *extra]
+
+
+def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
+    results = tmp_path / "ci.jsonl"
+    proc = subprocess.run(bench_cmd(results, "--repeats", "1", "--sizes", "osu_bw=4096:65536",
+                                    "--sizes", "osu_latency=0:64", "--sizes", "osu_allreduce=4:64"),
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([results])
+    variants = {(r["benchmark"], r["variant"]) for r in records}
+    for variant in ("container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)"):
+        assert ("osu_bw", variant) in variants
+    assert ("osu_allreduce", "container (C)") not in variants  # no C reference for it
+    impi = next(r for r in records if r["variant"] == "container+impi")
+    assert impi["mpi_library"].startswith("Intel(R) MPI Library")
+    own = next(r for r in records if r["variant"] == "container")
+    assert own["mpi_library"].startswith("MPICH Version:") and own["image_id"].startswith("sha256:")
+    assert {"host", "date", "command", "session", "site"} <= set(own)
+    assert "Bandwidth (MB/s)" in proc.stdout and "Targets" in proc.stdout
+    assert results.with_suffix(".md").is_file()
+
+
+def test_an_interrupted_bench_keeps_every_finished_run(client, tmp_path):
+    results = tmp_path / "ci.jsonl"
+    proc = subprocess.Popen(bench_cmd(results, "--repeats", "5", "--no-c", "--no-bare-metal",
+                                      "--sizes", "osu_bw=1:1024", "--bench", "osu_bw"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not results.exists() or results.read_text().count("\n") < 11):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted: the runs finished before it are in" in err
+    lines = results.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every stored line is whole
+    per_run = Counter(r["run_id"] for r in rows)
+    assert per_run and set(per_run.values()) == {11}, per_run  # 1..1024 B: 11 sizes in every stored run
+    assert len(per_run) < 10  # it stopped early

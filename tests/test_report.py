@@ -1,0 +1,113 @@
+"""Tables, ratios, targets, anomalies and plots from fixture results; `invoke tabulate` on them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcimages.report import build_report, plot, write_markdown
+from hpcimages.results import append_run
+
+ROOT = Path(__file__).resolve().parent.parent
+CELL = "mpi4py:py3.11-mpich4.3.2"
+MiB = 1024 * 1024
+
+# median over three repeats is the middle value; the first repeat is deliberately the odd one out
+BANDWIDTH = {  # variant -> size -> three repeats (MB/s)
+    "container": {65536: (900, 4800, 5100), MiB: (23000, 23965, 23970)},
+    "container+impi": {65536: (4900, 5000, 5050), MiB: (118, 118, 120)},  # a TCP fallback (the LUMI story)
+    "container (C)": {65536: (5200, 5200, 5300), MiB: (24000, 24010, 24020)},
+    "bare-metal": {65536: (5000, 5100, 5200), MiB: (23969, 23969, 23969)},
+    "bare-metal (C)": {65536: (5300, 5300, 5300), MiB: (24100, 24100, 24100)},
+}
+LATENCY = {"container": {8: (0.50, 0.52, 0.51)}, "bare-metal": {8: (0.49, 0.50, 0.50)},
+           "container (C)": {8: (0.30, 0.31, 0.30)}}
+
+
+def records() -> list[dict]:
+    out = []
+    for bench, table in (("osu_bw", BANDWIDTH), ("osu_latency", LATENCY)):
+        for variant, sizes in table.items():
+            for size, values in sizes.items():
+                for repeat, value in enumerate(values, 1):
+                    out.append({"benchmark": bench, "variant": variant, "size": size, "value": value,
+                                "repeat": repeat, "mpi": "mpich4.3.2",
+                                "cell": None if variant.startswith("bare-metal") else CELL})
+    return out
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    path = tmp_path / "results" / "ci.jsonl"
+    append_run(path, records())
+    return path
+
+
+def test_tables_hold_medians_and_ratios():
+    report = build_report(records())
+    bw = next(t for t in report.tables if t.title == f"{CELL}: Bandwidth (MB/s)")
+    assert bw.headers == ["size (B)", "container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)"]
+    assert bw.rows[0] == [65536, 4800, 5000, 5200, 5100, 5300]
+    assert bw.rows[1][1] == 23965 and bw.rows[1][2] == "118.00 !"  # the anomaly is marked in the table
+    ratios = next(t for t in report.tables if "ratios" in t.title)
+    row = dict(zip(ratios.headers, next(r for r in ratios.rows if r[0] == MiB), strict=True))
+    assert row["bw container / bare metal"] == pytest.approx(23965 / 23969)
+    assert row["bw container+impi / bare metal"] == pytest.approx(118 / 23969)
+    assert row["bw Python / C (container)"] == pytest.approx(23965 / 24010)
+
+
+def test_targets_are_judged_from_the_data():
+    lines = [t.line() for t in build_report(records()).targets]
+    assert lines[0].startswith("[NOT met]") and "0.923" in lines[0]  # 4800 / 5200 at 64 KiB
+    assert lines[1].startswith("[met]") and "1.000" in lines[1]
+    assert lines[2].startswith("[met]") and "1.020" in lines[2]
+
+
+def test_tcp_fallback_is_flagged_as_a_misconfiguration():
+    anomalies = build_report(records()).anomalies
+    assert len(anomalies) == 1
+    assert "container+impi: 118 MB/s at 1048576 B is 0.005 x bare-metal" in anomalies[0]
+    assert "probable misconfiguration" in anomalies[0]
+
+
+def test_markdown_and_plots_are_written(tmp_path):
+    report = build_report(records())
+    md = tmp_path / "ci.md"
+    write_markdown(report, md, [Path("results/ci.jsonl")])
+    text = md.read_text()
+    assert text.startswith("<!-- GENERATED") and "### Anomalies" in text
+    assert "size (B)" in text and "|---" in text.replace(" ", "").replace(":", "")
+    pngs = plot(records(), tmp_path / "plots")
+    assert sorted(p.name for p in pngs) == [f"mpi4py_py3.11-mpich4.3.2-{b}.png" for b in ("osu_bw", "osu_latency")]
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+
+
+def test_invoke_tabulate_rebuilds_tables_without_running(store):
+    proc = invoke("tabulate", str(store), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert "Bandwidth (MB/s)" in proc.stdout and "probable misconfiguration" in proc.stdout
+    assert store.with_suffix(".md").is_file()
+    strict = invoke("tabulate", str(store), "--no-plots", "--strict")
+    assert strict.returncode == 3 and "1 anomalies (--strict)" in strict.stderr
+
+
+def test_invoke_tabulate_names_a_corrupt_line(store):
+    with store.open("a") as f:
+        f.write('{"benchmark": "osu_bw", "variant"\n')
+    proc = invoke("tabulate", str(store), "--no-plots")
+    assert proc.returncode == 2
+    line = len(store.read_text().splitlines())
+    assert f"{store}:{line}: corrupt result line" in proc.stderr and "Traceback" not in proc.stderr
+    skipped = invoke("tabulate", str(store), "--no-plots", "--skip-corrupt")
+    assert skipped.returncode == 0 and "warning:" in skipped.stderr
+    assert json.loads(store.read_text().splitlines()[0])["benchmark"] == "osu_bw"  # nothing else was lost
