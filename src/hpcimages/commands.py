@@ -41,7 +41,8 @@ def render(matrix: str = DEFAULT_MATRIX, check: bool = False) -> int:
         if problems:
             print(f"{len(problems)} generated file(s) out of date", file=sys.stderr)
             return 1
-        say(f"{len(m.all_cells)} Dockerfiles and {len(lock_mod.lock_jobs(m))} locks are up to date")
+        say(f"{len(m.all_cells)} Dockerfiles, {len(m.all_cells)} Singularity recipes and "
+            f"{len(lock_mod.lock_jobs(m))} locks are up to date")
         return 0
     result = render_mod.render_all(m)
     for path in result.written:

@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import difflib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .matrix import Cell, Matrix
+from .singularity import recipe
 from .templates import render_cell
 
 GENERATED = Path("dockerfiles") / "generated"
+
+
+RECIPE_HEADER = """GENERATED FILE - DO NOT EDIT.
+Converted by `invoke render` with spython from the Dockerfile beside it (plus fixes for spython's known
+defects, see src/hpcimages/singularity.py); `nox -s render_check` fails when it differs from a fresh render.
+Build from the repository root:  apptainer build x.sif dockerfiles/generated/{family}/{tag}/Singularity.def
+Offline:  --build-arg BOOTSTRAP=docker-archive --build-arg FROM=<image.tar> --build-arg WHEELHOUSE=<url>"""
 
 
 def dockerfile_path(matrix: Matrix, cell: Cell) -> Path:
     return matrix.root / GENERATED / cell.family.name / cell.tag / "Dockerfile"
 
 
+def recipe_path(matrix: Matrix, cell: Cell) -> Path:
+    return dockerfile_path(matrix, cell).with_name("Singularity.def")
+
+
+def singularity_recipe(cell: Cell, dockerfile_text: str) -> str:
+    """spython works on files: convert a fresh render through a temporary one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "Dockerfile"
+        path.write_text(dockerfile_text, encoding="utf-8")
+        return recipe(path, RECIPE_HEADER.format(family=cell.family.name, tag=cell.tag))
+
+
 def expected_files(matrix: Matrix) -> dict[Path, str]:
     """Every generated file and the text a fresh render gives it."""
-    return {dockerfile_path(matrix, cell): render_cell(matrix, cell).text for cell in matrix.all_cells}
+    files = {}
+    for cell in matrix.all_cells:
+        text = render_cell(matrix, cell).text
+        files[dockerfile_path(matrix, cell)] = text
+        files[recipe_path(matrix, cell)] = singularity_recipe(cell, text)
+    return files
 
 
 @dataclass
@@ -71,7 +97,9 @@ def drift(matrix: Matrix) -> list[str]:
 
 def _generated_files(matrix: Matrix) -> list[Path]:
     root = matrix.root / GENERATED
-    return sorted(p for p in root.glob("*/*/Dockerfile")) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted([*root.glob("*/*/Dockerfile"), *root.glob("*/*/Singularity.def")])
 
 
 def _remove_empty_parents(folder: Path, stop: Path) -> None:
