@@ -88,3 +88,26 @@ def tabulate(c, results, session=None, out=None, no_plots=False, strict=False, s
     """Rebuild the benchmark tables and plots from stored results, without running anything."""
     _run(commands.tabulate_results, paths=commands.expand_paths(results), session=session, out=out,
          plots=not no_plots, strict=strict, skip_corrupt=skip_corrupt)
+
+
+@task(iterable=["only"], help={
+    "profile": PROFILE_HELP + " (default: published)",
+    "only": "only cells matching this glob on family:tag or family (repeatable)",
+    "runtime": "auto (a host apptainer/singularity, else the containerised one), host or container",
+    "force": "convert again even when the .sif is newer than its image",
+    "from-recipe": "build from the committed Singularity.def files instead of the Docker images",
+    "matrix": MATRIX_HELP,
+})
+def convert(c, profile="published", only=None, runtime="auto", force=False, from_recipe=False,
+            matrix="matrix.toml"):
+    """Convert built images to .sif files in build/sif/ with a real Apptainer, then run the hello test in each."""
+    if from_recipe:
+        _run(commands.build_from_recipe, matrix=matrix, profile=profile, only=only or [], runtime=runtime)
+    else:
+        _run(commands.convert, matrix=matrix, profile=profile, only=only or [], runtime=runtime, force=force)
+
+
+@task(help={"force": "bootstrap and build again"})
+def tools(c, force=False):
+    """Bootstrap the tools image (Apptainer, Slurm, munge, MPICH's launcher; Debian sid) into the engine."""
+    _run(commands.tools, force=force)

@@ -65,31 +65,42 @@ def ensure_bases(client: docker.DockerClient, profile: Profile, progress: Callab
 
 
 def bootstrap(client: docker.DockerClient, python: str, base: Base, mirror: str, digest: str) -> None:
+    assert base.debian is not None
+    debootstrap_import(
+        client, base.debian, PACKAGES, base.image, mirror,
+        changes=["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "ENV LANG=C.UTF-8",
+                 'CMD ["python3"]',
+                 f"LABEL {RECIPE_LABEL}={digest} io.hpcimages.debian={base.debian} io.hpcimages.python={python}"],
+        prepare=lambda rootfs: _make_python_slim_like(rootfs, python, base),
+    )
+
+
+def debootstrap_import(client: docker.DockerClient, suite: str, packages: tuple[str, ...], image: str, mirror: str,
+                       changes: list[str], prepare: Callable[[Path], None] | None = None) -> None:
+    """debootstrap a minimal Debian `suite` with `packages`, adjust it, and `docker import` it as `image`."""
     if shutil.which("debootstrap") is None:
         raise BaseImageError("debootstrap is not installed: `apt-get install debootstrap` (the set-up script does)")
     if os.geteuid() != 0:
-        raise BaseImageError("debootstrap needs root to build a root file system; run `invoke bases` as root")
-    assert base.debian is not None
-    with tempfile.TemporaryDirectory(prefix="hpcimages-base-", dir=_scratch()) as tmp:
+        raise BaseImageError("debootstrap needs root to build a root file system; run this as root")
+    with tempfile.TemporaryDirectory(prefix="hpcimages-rootfs-", dir=_scratch()) as tmp:
         rootfs = Path(tmp) / "rootfs"
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", base.debian, str(rootfs), mirror]
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(rootfs), mirror]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise BaseImageError(f"debootstrap of Debian {base.debian} failed (exit {proc.returncode}):\n{tail}")
-        _make_python_slim_like(rootfs, python, base)
+            raise BaseImageError(f"debootstrap of Debian {suite} failed (exit {proc.returncode}):\n{tail}")
+        if prepare is not None:
+            prepare(rootfs)
+        for leftovers in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in (rootfs / leftovers).glob("*"):
+                if entry.is_file():
+                    entry.unlink()
         archive = Path(tmp) / "rootfs.tar"
         subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
-        repository, _, tag = base.image.rpartition(":")
-        changes = [
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-            'CMD ["python3"]',
-            f"LABEL {RECIPE_LABEL}={digest} io.hpcimages.debian={base.debian} io.hpcimages.python={python}",
-        ]
+        repository, _, tag = image.rpartition(":")
         client.api.import_image_from_file(str(archive), repository=repository, tag=tag, changes=changes)
-    if find_image(client, base.image) is None:
-        raise BaseImageError(f"docker import reported success but {base.image} is not in the engine")
+    if find_image(client, image) is None:
+        raise BaseImageError(f"docker import reported success but {image} is not in the engine")
 
 
 def _make_python_slim_like(rootfs: Path, python: str, base: Base) -> None:
@@ -100,10 +111,6 @@ def _make_python_slim_like(rootfs: Path, python: str, base: Base) -> None:
                              f"Python {python}; fix profiles.*.bases in matrix.toml")
     (rootfs / f"usr/lib/python{python}/EXTERNALLY-MANAGED").unlink(missing_ok=True)
     (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3")
-    for leftovers in ("var/cache/apt/archives", "var/lib/apt/lists"):
-        for entry in (rootfs / leftovers).glob("*"):
-            if entry.is_file():
-                entry.unlink()
 
 
 def _scratch() -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from tabulate import tabulate
 
+from . import apptainer as apptainer_mod
 from . import bases as bases_mod
 from . import bench as bench_mod
 from . import build as build_mod
@@ -195,6 +197,108 @@ def bench_main(argv: list[str] | None = None) -> int:
     except HpcImagesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _selected(m: Matrix, profile: str, only: Iterable[str]) -> list:
+    import fnmatch
+
+    cells = m.cells(profile)
+    only = [p for p in only if p]
+    if only:
+        cells = [c for c in cells if any(fnmatch.fnmatchcase(c.ref, p) or c.family.name == p for p in only)]
+        if not cells:
+            raise HpcImagesError(f"--only {' '.join(only)} matches no cell of profile {profile!r}")
+    return cells
+
+
+def convert(matrix: str = DEFAULT_MATRIX, profile: str = "published", only: Iterable[str] = (),
+            runtime: str = "auto", force: bool = False, smoke: bool = True) -> int:
+    """Docker images -> build/sif/*.sif, then the hello test in each (1 rank, and 2 ranks launched outside)."""
+    m = load(matrix)
+    cells = _selected(m, profile, only)
+    registry = m.profile(profile).registry
+    rt = apptainer_mod.choose_runtime(runtime, connect, m.root, progress=say)
+    out_dir = m.root / "build" / "sif"
+    results = apptainer_mod.convert(connect(), rt, [c.image(registry) for c in cells], out_dir, progress=say,
+                                    force=force)
+    rows = []
+    if smoke:
+        for result in results:
+            if result.status == "failed":
+                rows.append([result.image, "skip", "skip"])
+                continue
+            one = apptainer_mod.exec_in_sif(rt, Path(result.sif), ["python3", "{bench}/hello_mpi4py.py"],
+                                            m.root / "bench")
+            two = apptainer_mod.exec_in_sif(rt, Path(result.sif), ["python3", "{bench}/hello_mpi4py.py"],
+                                            m.root / "bench", ranks=2)
+            ok1 = one[0] == 0 and "process 0 of 1" in one[1]
+            ok2 = two[0] == 0 and "process 0 of 2" in two[1] and "process 1 of 2" in two[1]
+            rows.append([result.image, "pass" if ok1 else "FAIL", "pass" if ok2 else "FAIL"])
+            if not (ok1 and ok2):
+                result.status, result.reason = "failed", "hello test failed: " + apptainer_mod._tail(
+                    (one[1] if not ok1 else "") + (two[1] if not ok2 else ""))
+    say("")
+    say(apptainer_mod.table(results))
+    if smoke:
+        say("")
+        say(tabulate(rows, headers=["image", "exec -e hello (1 rank)", "mpiexec -n 2 apptainer exec hello"]))
+    failed = [r for r in results if r.status == "failed"]
+    say(f"\n{len(results) - len(failed)}/{len(results)} converted or up to date; .sif files in {out_dir}")
+    return 1 if failed else 0
+
+
+def build_from_recipe(matrix: str = DEFAULT_MATRIX, profile: str = "offline", only: Iterable[str] = (),
+                      runtime: str = "auto") -> int:
+    """Build .sif files from the committed Singularity.def of each cell (bootstrapping from local images)."""
+    from . import wheelhouse
+    from .render import recipe_path
+    from .templates import lock_path, mpi_lock_path
+
+    m = load(matrix)
+    cells = _selected(m, profile, only)
+    prof = m.profile(profile)
+    client = connect()
+    rt = apptainer_mod.choose_runtime(runtime, lambda: client, m.root, progress=say)
+    out_dir = m.root / "build" / "sif" / "from-recipe"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = wheelhouse.cache_root()
+    failures = 0
+    for cell in cells:
+        for lock in filter(None, (mpi_lock_path(cell), lock_path(cell))):
+            wheelhouse.download_wheels(m.root / lock, cell.python, cache)
+        source = prof.sources.get(cell.mpi.key)
+        if source is not None:
+            wheelhouse.fetch_source(source, cache)
+        with wheelhouse.serve(cache) as served:
+            args = build_mod.build_args(m, prof, cell, served)
+            from_image = args.pop("BASE_IMAGE", None) or args.pop("PARENT_IMAGE")
+            for name in ("PIP_NO_INDEX", "PIP_FIND_LINKS", "MPI_SOURCE_ORIGIN"):
+                args.pop(name, None)
+            args["WHEELHOUSE"] = f"{served}/wheelhouse/"
+            sif = out_dir / apptainer_mod.sif_name(cell.image(prof.registry))
+            say(f"apptainer build {sif.name} from {recipe_path(m, cell).relative_to(m.root)} (FROM {from_image})")
+            start = time.monotonic()
+            code, output = apptainer_mod.build_recipe(client, rt, m.root, recipe_path(m, cell), from_image, sif, args)
+        if code != 0:
+            failures += 1
+            say(f"  FAILED (exit {code}): {apptainer_mod._tail(output)}")
+            continue
+        check = apptainer_mod.exec_in_sif(rt, sif, ["python3", "-c", MPI_VERSION_SNIPPET], m.root / "bench")
+        ok = check[0] == 0 and f"MPICH Version:      {cell.mpi.version}" in check[1]
+        failures += 0 if ok else 1
+        say(f"  built in {time.monotonic() - start:.0f}s, {sif.stat().st_size / 1e6:.0f} MB; smoke test: "
+            f"{'pass' if ok else 'FAIL ' + apptainer_mod._tail(check[1])}")
+    return 1 if failures else 0
+
+
+def tools(force: bool = False) -> int:
+    from . import tools as tools_mod
+
+    say(f"ready: {tools_mod.ensure_tools_image(connect(), Path('.').resolve(), progress=say, force=force)}")
+    return 0
+
+
+MPI_VERSION_SNIPPET = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
 
 
 if __name__ == "__main__":  # `python -m hpcimages.commands bench ...` (what `nox -s bench` runs)

@@ -95,8 +95,10 @@ def recipe(dockerfile: Path, generated_by: str) -> str:
             fixed_post.append(line)
     while fixed_post and not fixed_post[0].strip():
         fixed_post.pop(0)
-    wheelhouse = ['# `--build-arg WHEELHOUSE=<url>`: pip installs from that wheelhouse only (offline builds)',
-                  'if [ "{{ WHEELHOUSE }}" != "none" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="{{ WHEELHOUSE }}"; fi']
+    wheelhouse = ["# `--build-arg WHEELHOUSE=<url>`: pip installs from that wheelhouse only (offline builds)",
+                  'if [ "{{ WHEELHOUSE }}" != "none" ]; then',
+                  '    export PIP_NO_INDEX=1 PIP_FIND_LINKS="{{ WHEELHOUSE }}"',
+                  "fi"]
     labels = [_label(line) for line in sections.get("labels", []) if line.strip()]
     out = [
         *(f"# {line}" if line else "#" for line in generated_by.splitlines()),
