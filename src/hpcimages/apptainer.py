@@ -25,6 +25,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 from tabulate import tabulate
 
 from . import tools
@@ -91,18 +92,21 @@ class ContainerRuntime(Runtime):
     def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
             network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
         volumes = {str(m.host): {"bind": m.inside, "mode": "ro" if m.read_only else "rw"} for m in mounts}
-        container = self.client.containers.create(
-            self.image, ["timeout", str(timeout), *command], environment=env or {}, volumes=volumes,
-            network_mode="host" if network else "none", working_dir=workdir, security_opt=tools.SECURITY_OPT,
-            devices=[f"{d}:{d}:rwm" for d in tools.DEVICES],
+        container = tools.create_container(
+            self.client, self.image, command, environment=env, volumes=volumes,
+            network_mode="host" if network else "none", working_dir=workdir,
         )
         try:
             container.start()
-            status = container.wait(timeout=timeout + 60)
+            try:
+                code = int(container.wait(timeout=timeout).get("StatusCode", 1))
+            except requests.exceptions.ConnectionError:  # the engine's wait timed out: the run hangs
+                container.kill()
+                code = 124
             output = container.logs(stdout=True, stderr=True).decode(errors="replace")
         finally:
             container.remove(force=True)
-        return int(status.get("StatusCode", 1)), output
+        return code, output
 
 
 def choose_runtime(kind: str, client_factory: Callable[[], docker.DockerClient], root: Path,

@@ -28,9 +28,10 @@ PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "mpich", "slurm-wlm", "munge",
 ROOTFS_IMAGE = "hpcimages-tools/sid-rootfs:latest"
 TOOLS_IMAGE = "hpcimages-tools/cluster:sid"
 RECIPE_LABEL = "io.hpcimages.tools-recipe"
-#: what Apptainer needs from the engine to run unprivileged inside a container
-SECURITY_OPT = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"]
-DEVICES = ["/dev/fuse"]
+#: what Apptainer needs from the engine to run unprivileged inside a container; the CLI's
+#: `--security-opt systempaths=unconfined` is client-side sugar for empty masked and read-only /proc paths
+SECURITY_OPT = ["seccomp=unconfined", "apparmor=unconfined"]
+DEVICES = ["/dev/fuse:/dev/fuse:rwm"]
 
 
 def context_dir(root: Path) -> Path:
@@ -70,3 +71,21 @@ def ensure_tools_image(client: docker.DockerClient, root: Path, progress: Callab
     except docker.errors.BuildError as exc:
         raise BaseImageError(f"cannot build {TOOLS_IMAGE}: {exc.msg}") from None
     return TOOLS_IMAGE
+
+
+def create_container(client: docker.DockerClient, image: str, command: list[str] | None, *,
+                     environment: dict[str, str] | None = None, volumes: dict[str, dict[str, str]] | None = None,
+                     network_mode: str = "none", working_dir: str | None = None, name: str | None = None,
+                     hostname: str | None = None, detach_init: bool = False) -> docker.models.containers.Container:
+    """A container of the tools image with what Apptainer needs (the engine's API has no `systempaths`)."""
+    binds = {host: spec for host, spec in (volumes or {}).items()}
+    host_config = client.api.create_host_config(
+        binds=binds, network_mode=network_mode, security_opt=SECURITY_OPT, devices=DEVICES, init=detach_init,
+    )
+    host_config["MaskedPaths"] = []
+    host_config["ReadonlyPaths"] = []
+    created = client.api.create_container(
+        image, command, environment=environment or {}, host_config=host_config, working_dir=working_dir,
+        name=name, hostname=hostname, volumes=[spec["bind"] for spec in binds.values()],
+    )
+    return client.containers.get(created["Id"])

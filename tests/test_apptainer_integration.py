@@ -1,0 +1,107 @@
+"""A real Apptainer (the containerised one of the tools image): conversions, runs, recipes, failures."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcimages import apptainer as ap
+from hpcimages.bases import ensure_bases
+from hpcimages.build import build
+from hpcimages.engine import connect
+from hpcimages.matrix import load_matrix
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+BASE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = connect()
+    m = load_matrix(ROOT / "matrix.toml")
+    ensure_bases(c, m.profile("ci"))
+    report = build(c, m, "ci", jobs=2)
+    assert report.ok, report.table()
+    return c
+
+
+@pytest.fixture(scope="module")
+def runtime(client):
+    rt = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
+    assert isinstance(rt, ap.ContainerRuntime)
+    return rt
+
+
+def derived(client, tag: str, label: str) -> str:
+    dockerfile = f"FROM {BASE}\nLABEL io.hpcimages.test={label}\n"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    return tag
+
+
+def test_invoke_convert_converts_every_ci_cell_and_runs_hello(client):
+    proc = subprocess.run([sys.executable, "-m", "invoke", "convert", "--profile", "ci"], cwd=ROOT,
+                          capture_output=True, text=True, check=False, timeout=3000)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    m = load_matrix(ROOT / "matrix.toml")
+    for cell in m.cells("ci"):
+        sif = ROOT / "build" / "sif" / ap.sif_name(cell.image("hpcimages"))
+        assert sif.is_file() and sif.read_bytes()[:10].startswith(b"#!/usr/bin"), sif
+    assert proc.stdout.count(" pass ") + proc.stdout.count(" pass\n") >= 2 * len(m.cells("ci"))
+    assert "FAIL" not in proc.stdout
+    again = subprocess.run([sys.executable, "-m", "invoke", "convert", "--profile", "ci", "--only", "mpi4py"],
+                           cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
+    assert again.returncode == 0 and again.stdout.count("up to date (") == 3, again.stdout[-3000:]
+
+
+def test_labels_survive_the_conversion(client, runtime):
+    sif = ROOT / "build" / "sif" / ap.sif_name(BASE)
+    if not sif.is_file():
+        ap.convert(client, runtime, [BASE], sif.parent, progress=lambda _: None)
+    code, out = runtime.run(["apptainer", "inspect", f"/sif/{sif.name}"], [ap.Mount(sif.parent, "/sif")])
+    assert code == 0 and "io.hpcimages.mpi.version: 4.3.2" in out and "org.opencontainers.image.revision" in out
+
+
+def test_ranks_launched_outside_the_container(client, runtime):
+    sif = ROOT / "build" / "sif" / ap.sif_name(BASE)
+    if not sif.is_file():
+        ap.convert(client, runtime, [BASE], sif.parent, progress=lambda _: None)
+    code, out = ap.exec_in_sif(runtime, sif, ["python3", "{bench}/osu_bw.py", "-m", "65536:65536", "-c"],
+                               ROOT / "bench", ranks=2)
+    assert code == 0, out
+    assert "65536" in out and "FAILED" not in out and "mm_posix" not in out  # no UCX /proc fd trap
+
+
+def test_stale_sif_is_rebuilt_and_fresh_one_is_kept(client, runtime, tmp_path):
+    tag = derived(client, "hpcimages-test/stale:one", "1")
+    first = ap.convert(client, runtime, [tag], tmp_path, progress=lambda _: None)
+    assert first[0].status == "converted", first[0].reason
+    assert ap.convert(client, runtime, [tag], tmp_path, progress=lambda _: None)[0].status == "up to date"
+    derived(client, tag, "2")  # same tag, new image
+    again = ap.convert(client, runtime, [tag], tmp_path, progress=lambda _: None)
+    assert again[0].status == "converted"
+
+
+def test_failed_conversion_names_the_cell_and_the_others_continue(client, runtime, tmp_path):
+    empty = "hpcimages-test/empty:nolayers"  # an image without a file system: Apptainer refuses it
+    client.images.build(fileobj=io.BytesIO(b"FROM scratch\nLABEL io.hpcimages.test=empty\n"), tag=empty, rm=True)
+    good = derived(client, "hpcimages-test/stale:good", "good")
+    results = ap.convert(client, runtime, ["hpcimages-test/never:built", empty, good], tmp_path,
+                         progress=lambda _: None)
+    assert [r.status for r in results] == ["failed", "failed", "converted"]
+    assert "is not built" in results[0].reason
+    assert "apptainer build failed" in results[1].reason
+    assert "hpcimages-test/empty:nolayers" in ap.table(results)
+
+
+def test_a_committed_recipe_builds_with_a_real_apptainer(client):
+    proc = subprocess.run([sys.executable, "-m", "invoke", "convert", "--from-recipe", "--profile", "ci",
+                           "--only", "mpi4py:py3.11-mpich4.3.2"], cwd=ROOT, capture_output=True, text=True,
+                          check=False, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "smoke test: pass" in proc.stdout
+    assert (ROOT / "build" / "sif" / "from-recipe" / ap.sif_name(BASE)).is_file()

@@ -1,0 +1,80 @@
+"""Recipes from spython, with its defects fixed; runtime selection errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hpcimages.apptainer import ConvertError, choose_runtime, sif_name
+from hpcimages.engine import connect
+from hpcimages.matrix import load_matrix
+from hpcimages.render import recipe_path
+from hpcimages.singularity import dockerfile_args, spython_convert
+
+ROOT = Path(__file__).resolve().parent.parent
+M = load_matrix(ROOT / "matrix.toml")
+
+
+def committed(ref: str) -> str:
+    return recipe_path(M, next(c for c in M.all_cells if c.ref == ref)).read_text()
+
+
+def test_spython_alone_has_the_defects_we_fix():
+    raw = spython_convert(ROOT / "dockerfiles/generated/mpi4py/py3.11-mpich4.3.2/Dockerfile")
+    assert "From: python:3.11-slim-bookworm" in raw  # FROM ${BASE_IMAGE} frozen to its default
+    assert 'org.opencontainers.image.title="mpi4py"' in raw  # LABEL k="v" copied verbatim
+    assert "exec /bin/bash python3" in raw  # CMD ["python3"] as an argument of bash
+    assert "PIP_FIND_LINKS" not in raw  # an ARG without a default silently dropped
+
+
+def test_recipe_header_and_arguments_make_it_buildable_offline():
+    text = committed("mpi4py:py3.11-mpich4.3.2")
+    assert text.startswith("# GENERATED FILE - DO NOT EDIT.")
+    assert "Bootstrap: {{ BOOTSTRAP }}\nFrom: {{ FROM }}\n" in text
+    arguments = text.split("%arguments\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert arguments[:3] == ["BOOTSTRAP=docker", "FROM=python:3.11-slim-bookworm", "WHEELHOUSE=none"]
+    assert "MPI_VERSION=4.3.2" in arguments
+    assert 'MPI_VERSION="{{ MPI_VERSION }}"' in text
+    assert 'export PIP_NO_INDEX=1 PIP_FIND_LINKS="{{ WHEELHOUSE }}"' in text
+
+
+def test_recipe_labels_runscript_and_files_are_fixed():
+    text = committed("mpi4py:py3.11-mpich4.3.2")
+    assert "org.opencontainers.image.title mpi4py\n" in text
+    assert '%runscript\n    exec python3 "$@"' in text
+    assert "%files\npip-requirements/mpi/mpich-4.3.2.txt /usr/local/share/hpcimages/requirements/mpi.txt" in text
+    assert "# GENERATED FILE - DO NOT EDIT.\n# Rendered from" not in text  # the Dockerfile's header left %post
+
+
+def test_every_arg_with_a_default_is_a_build_argument():
+    for cell in M.all_cells[:12]:
+        dockerfile = recipe_path(M, cell).with_name("Dockerfile").read_text()
+        text = recipe_path(M, cell).read_text()
+        for name, default in dockerfile_args(dockerfile).items():
+            if default is None or name in ("BASE_IMAGE", "PARENT_IMAGE"):
+                continue
+            assert re.search(rf"^{name}=", text, re.M), (cell.ref, name)
+
+
+def test_child_recipe_starts_from_the_parent_cell():
+    text = committed("hpc-python:py3.11-mpich4.3.2")
+    assert "FROM=hpcimages/mpi4py:py3.11-mpich4.3.2" in text
+
+
+def test_sif_names_follow_the_tags():
+    assert sif_name("hpcimages/mpi4py:py3.11-mpich4.3.2") == "mpi4py_py3.11-mpich4.3.2.sif"
+
+
+def test_no_runtime_at_all_names_both_ways_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apptainer, no singularity
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(ConvertError) as info:
+        choose_runtime("auto", connect, ROOT)
+    message = str(info.value)
+    assert "install one on this machine" in message and "start a Docker engine" in message
+    with pytest.raises(ConvertError, match="install one on this machine"):
+        choose_runtime("host", connect, ROOT)
+    with pytest.raises(ConvertError, match="unknown runtime"):
+        choose_runtime("podman", connect, ROOT)
