@@ -111,3 +111,46 @@ def convert(c, profile="published", only=None, runtime="auto", force=False, from
 def tools(c, force=False):
     """Bootstrap the tools image (Apptainer, Slurm, munge, MPICH's launcher; Debian sid) into the engine."""
     _run(commands.tools, force=force)
+
+
+SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelmpi, local, ...)"
+
+
+@task(help={
+    "site": SITE_HELP,
+    "bench": "hello, osu_bw, osu_latency, osu_allreduce, cuda or convert",
+    "image": "image tag, e.g. hpcimages/mpi4py:py3.11-mpich4.3.2 (its .sif must be converted, or be in the "
+             "site's sif_dir)",
+    "model": "hybrid (the image's MPICH; default) or bind (the site's host MPI injected)",
+    "sizes": "message sizes for the OSU benchmarks, e.g. 1:4194304",
+    "source": "convert only: what to build the .sif from (default docker://IMAGE)",
+    "dry-run": "render the script into build/slurm/runs/ and print it; submit nothing",
+    "matrix": MATRIX_HELP,
+})
+def submit(c, site, bench, image, model="hybrid", sizes="", source="", dry_run=False, matrix="matrix.toml"):
+    """Render a batch script for a site profile and submit it with `sbatch --parsable`, keeping a job record."""
+    _run(commands.submit, site=site, bench=bench, image=image, model=model, sizes=sizes, source=source,
+         dry_run=dry_run, matrix=matrix)
+
+
+@task(help={"all": "also list scripts only rendered (--dry-run)", "matrix": MATRIX_HELP})
+def jobs(c, all=False, matrix="matrix.toml"):
+    """List the job records with their live Slurm state (squeue, then sacct, then scontrol)."""
+    _run(commands.jobs, all_states=all, matrix=matrix)
+
+
+@task(iterable=["site"], help={
+    "timeout": "seconds to wait for unfinished jobs (default 1800); they stay pending for a later collect",
+    "site": "only this site's jobs (repeatable)",
+    "store": "results file (default: results/slurm-<site>.jsonl)",
+    "matrix": MATRIX_HELP,
+})
+def collect(c, timeout=1800, site=None, store=None, matrix="matrix.toml"):
+    """Wait for submitted jobs and store their results beside the `nox -s bench` ones (site = variant)."""
+    _run(commands.collect, timeout=int(timeout), site=site or [], store=store, matrix=matrix)
+
+
+@task(help={"stop": "stop and remove the test cluster"})
+def testcluster(c, stop=False):
+    """Start the one-node Slurm test cluster (a container with Slurm, munge, Apptainer) for the site `local`."""
+    _run(commands.testcluster, stop=stop)

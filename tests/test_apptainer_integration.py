@@ -87,15 +87,34 @@ def test_stale_sif_is_rebuilt_and_fresh_one_is_kept(client, runtime, tmp_path):
 
 
 def test_failed_conversion_names_the_cell_and_the_others_continue(client, runtime, tmp_path):
-    empty = "hpcimages-test/empty:nolayers"  # an image without a file system: Apptainer refuses it
+    empty = "hpcimages-test/empty:nolayers"  # an image without a file system: the engine refuses to export it
     client.images.build(fileobj=io.BytesIO(b"FROM scratch\nLABEL io.hpcimages.test=empty\n"), tag=empty, rm=True)
     good = derived(client, "hpcimages-test/stale:good", "good")
     results = ap.convert(client, runtime, ["hpcimages-test/never:built", empty, good], tmp_path,
                          progress=lambda _: None)
     assert [r.status for r in results] == ["failed", "failed", "converted"]
     assert "is not built" in results[0].reason
-    assert "apptainer build failed" in results[1].reason
+    assert results[1].reason
     assert "hpcimages-test/empty:nolayers" in ap.table(results)
+    assert not (tmp_path / ap.sif_name(empty)).exists()
+
+
+def test_apptainer_refusing_an_archive_is_reported_and_leaves_no_partial_sif(client, runtime, tmp_path, monkeypatch):
+    # A corrupt archive cannot be made with a real engine on demand: cut a real export short instead.
+    real_save = ap.save_image
+
+    def truncated_save(client, image, tar):
+        real_save(client, image, tar)
+        with tar.open("r+b") as f:
+            f.truncate(tar.stat().st_size // 3)
+
+    monkeypatch.setattr(ap, "save_image", truncated_save)
+    good = derived(client, "hpcimages-test/stale:good", "good")
+    [result] = ap.convert(client, runtime, [good], tmp_path, progress=lambda _: None, force=True)
+    assert result.status == "failed"
+    assert "apptainer build failed" in result.reason
+    assert not (tmp_path / ap.sif_name(good)).exists()
+    assert not list((tmp_path / ".work").glob("*.sif"))
 
 
 def test_a_committed_recipe_builds_with_a_real_apptainer(client):

@@ -38,7 +38,8 @@ NO_RUNTIME = ("no Apptainer/Singularity runtime: either install one on this mach
               "hpcimages runs its containerised Apptainer")
 #: Unprivileged ranks live in separate user namespaces: UCX must not open /proc/<pid>/fd of the other rank
 #: (hybrid model with Debian's or the wheel's MPICH, whose shared memory goes through UCX).
-MPI_ENV = {"APPTAINERENV_UCX_POSIX_USE_PROC_LINK": "n"}
+MPI_ENV_IN_CONTAINER = {"UCX_POSIX_USE_PROC_LINK": "n"}
+MPI_ENV = {f"APPTAINERENV_{k}": v for k, v in MPI_ENV_IN_CONTAINER.items()}
 
 
 class ConvertError(HpcImagesError):

@@ -19,6 +19,9 @@ from . import lock as lock_mod
 from . import render as render_mod
 from . import report as report_mod
 from . import results as results_mod
+from . import sites as sites_mod
+from . import slurm as slurm_mod
+from . import testcluster as testcluster_mod
 from .engine import connect
 from .errors import HpcImagesError
 from .matrix import Matrix, load_matrix
@@ -299,6 +302,73 @@ def tools(force: bool = False) -> int:
 
 
 MPI_VERSION_SNIPPET = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm
+
+
+def _sites(root: Path) -> dict[str, sites_mod.Site]:
+    directory = root / "slurm" / "sites"
+    return {name: sites_mod.load_site(directory, name) for name in sites_mod.site_names(directory)}
+
+
+def submit(site: str, bench: str, image: str, model: str = "hybrid", sizes: str = "", source: str = "",
+           dry_run: bool = False, matrix: str = DEFAULT_MATRIX) -> int:
+    m = load(matrix)
+    profile = sites_mod.load_site(m.root / "slurm" / "sites", site)
+    spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source)
+    record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
+    script = Path(record.script)
+    if dry_run:
+        say(script.read_text(encoding="utf-8"))
+        say(f"rendered {script} (not submitted: --dry-run); submit it by hand with: sbatch {script}")
+        return 0
+    say(f"submitted {bench} ({model} model, {image}) to {site}: job {record.job_id}; script {script}")
+    say("follow it with `invoke jobs`; store its results with `invoke collect`")
+    return 0
+
+
+def jobs(all_states: bool = False, matrix: str = DEFAULT_MATRIX) -> int:
+    root = load(matrix).root
+    records = slurm_mod.load_records(root)
+    if not all_states:
+        records = [r for r in records if r.state != "rendered"]
+    if not records:
+        say("no job records in build/slurm/runs (submit one with `invoke submit`)")
+        return 0
+    say(slurm_mod.jobs_table(records, slurm_mod.live_states(root, _sites(root), records)))
+    return 0
+
+
+def collect(timeout: int = 1800, site: Iterable[str] = (), store: str | None = None,
+            matrix: str = DEFAULT_MATRIX) -> int:
+    root = load(matrix).root
+
+    def store_for(name: str) -> Path:
+        return Path(store) if store else root / "results" / f"slurm-{name}.jsonl"
+
+    done = slurm_mod.collect(root, _sites(root), store_for, timeout_s=timeout, only=site, progress=say)
+    failed = [c.record for c in done if c.record.state == "failed"]
+    stored = sorted({c.record.store for c in done if c.record.store})
+    if stored:
+        say("tables: invoke tabulate " + ",".join(str(Path(s).relative_to(root)) if Path(s).is_relative_to(root)
+                                                  else s for s in stored))
+    if failed:
+        print(f"{len(failed)} job(s) failed: " + "; ".join(f"{r.job_id} ({r.bench}): {r.message[:300]}"
+                                                          for r in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def testcluster(stop: bool = False) -> int:
+    root = Path(".").resolve()
+    if stop:
+        say("stopped" if testcluster_mod.stop(connect()) else "no test cluster is running")
+        return 0
+    testcluster_mod.start(connect(), root, progress=say)
+    say("submit to it with `invoke submit --site local ...`")
+    return 0
 
 
 if __name__ == "__main__":  # `python -m hpcimages.commands bench ...` (what `nox -s bench` runs)

@@ -76,16 +76,20 @@ def ensure_tools_image(client: docker.DockerClient, root: Path, progress: Callab
 def create_container(client: docker.DockerClient, image: str, command: list[str] | None, *,
                      environment: dict[str, str] | None = None, volumes: dict[str, dict[str, str]] | None = None,
                      network_mode: str = "none", working_dir: str | None = None, name: str | None = None,
-                     hostname: str | None = None, detach_init: bool = False) -> docker.models.containers.Container:
+                     hostname: str | None = None, detach_init: bool = False, entrypoint: list[str] | None = None,
+                     labels: dict[str, str] | None = None,
+                     shm_size: int | None = None) -> docker.models.containers.Container:
     """A container of the tools image with what Apptainer needs (the engine's API has no `systempaths`)."""
     binds = {host: spec for host, spec in (volumes or {}).items()}
     host_config = client.api.create_host_config(
         binds=binds, network_mode=network_mode, security_opt=SECURITY_OPT, devices=DEVICES, init=detach_init,
+        shm_size=shm_size,
     )
     host_config["MaskedPaths"] = []
     host_config["ReadonlyPaths"] = []
     created = client.api.create_container(
         image, command, environment=environment or {}, host_config=host_config, working_dir=working_dir,
-        name=name, hostname=hostname, volumes=[spec["bind"] for spec in binds.values()],
+        name=name, hostname=hostname, volumes=[spec["bind"] for spec in binds.values()], entrypoint=entrypoint,
+        labels=labels,
     )
     return client.containers.get(created["Id"])

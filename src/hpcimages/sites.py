@@ -1,0 +1,296 @@
+"""Site profiles: ``slurm/sites/<site>.toml`` validated into a typed object.
+
+A site profile describes one cluster the way its users submit there: partition, account, layout, modules,
+container runtime, bind paths, the host MPI of the bind model, the launcher and GPU options. Every value ends
+up in a batch script, so each is checked against a strict pattern here (no spaces, no shell
+metacharacters) and the templates quote them again::
+
+    >>> site = load_site(Path("slurm/sites"), "local")       # doctest: +SKIP
+    >>> site.launcher.mpi                                     # doctest: +SKIP
+    'pmi2'
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import HpcImagesError
+
+SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+# What a value may contain: it is written into a shell script. No blanks, quotes, $, ;, |, &, <, >, *, ...
+SAFE_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
+SAFE_CHARS = "letters, digits and _ @ % + = : , . / -"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,80}$")
+TIME_RE = re.compile(r"^(\d{1,3}-)?\d{1,2}(:\d{2}){0,2}$")
+SBATCH_OPTION_RE = re.compile(r"^--[a-z][a-z-]*(=[A-Za-z0-9_@%+:,./-]+)?$")
+RUNTIMES = ("apptainer", "singularity")
+LAUNCHER_MPI = ("pmi2", "pmix", "cray_shasta", "none")
+GPU_FLAGS = ("--nv", "--rocm", "")
+
+SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
+    "": {"description": str},
+    "slurm": {"partition": str, "account": str, "qos": str, "time": str, "nodes": int, "ntasks_per_node": int,
+              "cpus_per_task": int, "options": list, "commands": str},
+    "environment": {"modules": list, "vars": dict},
+    "container": {"runtime": str, "binary": str, "cleanenv": bool, "bind": list, "sif_dir": str},
+    "host_mpi": {"lib_dirs": list, "bind": list, "vars": dict},
+    "launcher": {"command": str, "mpi": str, "options": list},
+    "gpu": {"gres": str, "flag": str},
+}
+
+
+class SiteError(HpcImagesError):
+    """A site profile is wrong: names the file and every offending key."""
+
+
+@dataclass(frozen=True)
+class Slurm:
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = "00:10:00"
+    nodes: int = 2
+    ntasks_per_node: int = 1
+    cpus_per_task: int = 0
+    options: tuple[str, ...] = ()
+    commands: str = ""  # directory of sbatch/squeue/...; "" = the PATH
+
+
+@dataclass(frozen=True)
+class Container:
+    runtime: str = "apptainer"
+    binary: str = ""
+    cleanenv: bool = True
+    bind: tuple[str, ...] = ()
+    sif_dir: str = ""  # where the .sif files are on the cluster; "" = this project's build/sif
+
+    @property
+    def executable(self) -> str:
+        return self.binary or self.runtime
+
+    @property
+    def env_prefix(self) -> str:
+        """APPTAINERENV_ / SINGULARITYENV_: variables with it reach the container even with --cleanenv."""
+        return f"{self.runtime.upper()}ENV_"
+
+    @property
+    def bindpath_var(self) -> str:
+        return f"{self.runtime.upper()}_BINDPATH"
+
+
+@dataclass(frozen=True)
+class HostMpi:
+    lib_dirs: tuple[str, ...] = ()
+    bind: tuple[str, ...] = ()
+    vars: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Launcher:
+    command: str = "srun"
+    mpi: str = "pmi2"
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gpu:
+    gres: str = ""
+    flag: str = "--nv"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    path: Path
+    description: str = ""
+    slurm: Slurm = field(default_factory=Slurm)
+    modules: tuple[str, ...] = ()
+    vars: tuple[tuple[str, str], ...] = ()
+    container: Container = field(default_factory=Container)
+    host_mpi: HostMpi = field(default_factory=HostMpi)
+    launcher: Launcher = field(default_factory=Launcher)
+    gpu: Gpu = field(default_factory=Gpu)
+
+    @property
+    def has_bind_model(self) -> bool:
+        return bool(self.host_mpi.lib_dirs)
+
+
+def site_names(sites_dir: Path) -> list[str]:
+    return sorted(p.stem for p in sites_dir.glob("*.toml"))
+
+
+def load_site(sites_dir: Path, name: str) -> Site:
+    if not SITE_NAME_RE.match(name):
+        raise SiteError(f"site name {name!r}: use lower-case letters, digits and '-'")
+    path = sites_dir / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(site_names(sites_dir)) or "none"
+        raise SiteError(f"no site profile {path} (known sites: {known})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SiteError(f"{path}: not valid TOML: {exc}") from None
+    return parse_site(name, path, data)
+
+
+def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
+    """Validate everything first and report every problem at once: a maintainer fixes the file in one go."""
+    problems: list[str] = []
+    _check_shape(data, problems)
+    if problems:
+        raise SiteError(f"{path}: " + "; ".join(problems))
+    get = _Getter(data, problems)
+    site = Site(
+        name=name, path=path,
+        description=get.text("", "description", free=True),
+        slurm=Slurm(
+            partition=get.text("slurm", "partition"), account=get.text("slurm", "account"),
+            qos=get.text("slurm", "qos"), time=get.time("slurm", "time", "00:10:00"),
+            nodes=get.count("slurm", "nodes", 2), ntasks_per_node=get.count("slurm", "ntasks_per_node", 1),
+            cpus_per_task=get.count("slurm", "cpus_per_task", 0, minimum=0),
+            options=get.sbatch_options("slurm", "options"), commands=get.text("slurm", "commands"),
+        ),
+        modules=get.words("environment", "modules"),
+        vars=get.variables("environment", "vars"),
+        container=Container(
+            runtime=get.choice("container", "runtime", RUNTIMES, "apptainer"),
+            binary=get.text("container", "binary"), cleanenv=get.flag("container", "cleanenv", True),
+            bind=get.words("container", "bind"), sif_dir=get.text("container", "sif_dir"),
+        ),
+        host_mpi=HostMpi(lib_dirs=get.words("host_mpi", "lib_dirs"), bind=get.words("host_mpi", "bind"),
+                         vars=get.variables("host_mpi", "vars")),
+        launcher=Launcher(command=get.text("launcher", "command") or "srun",
+                          mpi=get.choice("launcher", "mpi", LAUNCHER_MPI, "pmi2"),
+                          options=get.words("launcher", "options")),
+        gpu=Gpu(gres=get.text("gpu", "gres"), flag=get.choice("gpu", "flag", GPU_FLAGS, "--nv")),
+    )
+    if problems:
+        raise SiteError(f"{path}: " + "; ".join(problems))
+    return site
+
+
+def _check_shape(data: dict[str, Any], problems: list[str]) -> None:
+    for key, value in data.items():
+        if key in SCHEMA and key != "":
+            if not isinstance(value, dict):
+                problems.append(f"[{key}] must be a table")
+                continue
+            unknown = sorted(set(value) - set(SCHEMA[key]))
+            if unknown:
+                problems.append(f"[{key}]: unknown key(s) {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(SCHEMA[key]))})")
+        elif key not in SCHEMA[""]:
+            known = sorted({*SCHEMA[""], *(f"[{s}]" for s in SCHEMA if s)})
+            problems.append(f"unknown key {key!r} (known: {', '.join(known)})")
+
+
+class _Getter:
+    """Reads typed values and records problems in the form `section.key = value: what is wrong`."""
+
+    def __init__(self, data: dict[str, Any], problems: list[str]) -> None:
+        self.data = data
+        self.problems = problems
+
+    def _raw(self, section: str, key: str) -> Any:
+        table = self.data if section == "" else self.data.get(section, {})
+        return table.get(key)
+
+    def _where(self, section: str, key: str) -> str:
+        return f"{section}.{key}" if section else key
+
+    def _typed(self, section: str, key: str, kind: type) -> Any:
+        value = self._raw(section, key)
+        if value is None:
+            return None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.problems.append(f"{self._where(section, key)} = {value!r}: must be a {kind.__name__}")
+            return None
+        return value
+
+    def _safe(self, where: str, value: str) -> bool:
+        if SAFE_RE.match(value):
+            return True
+        bad = "".join(sorted({c for c in value if not SAFE_RE.match(c)}))
+        self.problems.append(f"{where} = {value!r}: {bad!r} not allowed: values reach a shell script, "
+                             f"so only {SAFE_CHARS} may be used")
+        return False
+
+    def text(self, section: str, key: str, free: bool = False) -> str:
+        value = self._typed(section, key, str)
+        if value is None:
+            return ""
+        if free:  # a description: only shown in comments, but never over two lines
+            if "\n" in value or len(value) > 200:
+                self.problems.append(f"{self._where(section, key)}: one line of at most 200 characters")
+                return ""
+            return value
+        return value if self._safe(self._where(section, key), value) else ""
+
+    def time(self, section: str, key: str, default: str) -> str:
+        value = self.text(section, key) or default
+        if not TIME_RE.match(value):
+            self.problems.append(f"{self._where(section, key)} = {value!r}: Slurm time like 00:10:00 or 1-00:00:00")
+        return value
+
+    def count(self, section: str, key: str, default: int, minimum: int = 1) -> int:
+        value = self._typed(section, key, int)
+        if value is None:
+            return default
+        if not minimum <= value <= 100000:
+            self.problems.append(f"{self._where(section, key)} = {value}: must be between {minimum} and 100000")
+        return value
+
+    def flag(self, section: str, key: str, default: bool) -> bool:
+        value = self._typed(section, key, bool)
+        return default if value is None else value
+
+    def choice(self, section: str, key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self._typed(section, key, str)
+        if value is None:
+            return default
+        if value not in allowed:
+            self.problems.append(f"{self._where(section, key)} = {value!r}: one of {', '.join(map(repr, allowed))}")
+        return value
+
+    def words(self, section: str, key: str) -> tuple[str, ...]:
+        value = self._typed(section, key, list)
+        if value is None:
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            where = f"{self._where(section, key)}[{i}]"
+            if not isinstance(item, str) or not item:
+                self.problems.append(f"{where} = {item!r}: must be a non-empty string")
+            elif self._safe(where, item):
+                out.append(item)
+        return tuple(out)
+
+    def sbatch_options(self, section: str, key: str) -> tuple[str, ...]:
+        out = []
+        for i, option in enumerate(self.words(section, key)):
+            if not SBATCH_OPTION_RE.match(option):
+                self.problems.append(f"{self._where(section, key)}[{i}] = {option!r}: a long sbatch option "
+                                     "like --exclusive or --constraint=mc")
+            else:
+                out.append(option)
+        return tuple(out)
+
+    def variables(self, section: str, key: str) -> tuple[tuple[str, str], ...]:
+        value = self._typed(section, key, dict)
+        if value is None:
+            return ()
+        out = []
+        for name, item in value.items():
+            where = f"{self._where(section, key)}.{name}"
+            if not ENV_NAME_RE.match(name):
+                self.problems.append(f"{where}: not a valid environment variable name")
+            elif not isinstance(item, str | int):
+                self.problems.append(f"{where} = {item!r}: must be a string or a number")
+            elif self._safe(where, str(item)):
+                out.append((name, str(item)))
+        return tuple(out)

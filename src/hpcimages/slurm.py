@@ -1,0 +1,455 @@
+"""Slurm: batch scripts rendered for a site profile, submitted with sbatch, tracked, and collected.
+
+Every submission has a job record (``build/slurm/runs/<key>/record.json``) written before ``sbatch`` runs
+and again after, so a job is never lost: an interrupted submission shows up as ``submitting``. ``collect``
+waits for the jobs, parses their output into the same results store as ``nox -s bench`` (the site is the
+variant), and marks each record only after its results are stored; a results row carries its job key, so a
+collect interrupted between the two steps does not store a job twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from . import apptainer
+from .bench import BENCHMARKS
+from .errors import HpcImagesError
+from .matrix import IMAGE_RE, Matrix
+from .results import PRIMARY, ResultsError, append_run, load, parse_osu
+from .sites import Site
+
+BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "cuda", "convert")
+MODELS = ("hybrid", "bind")
+SIZES_RE = re.compile(r"^\d{1,10}(:\d{1,10})?$")
+HELLO_RE = re.compile(r"Hello World! I am process (\d+) of (\d+) on (\S+?)\.?$", re.M)
+LIBRARY_RE = re.compile(r"^# library: (.+)$", re.M)
+PROVENANCE_RE = re.compile(r"^# hpcimages: (.*)$", re.M)
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+COMMAND_TIMEOUT_S = 120
+Progress = Callable[[str], None]
+
+
+class SlurmError(HpcImagesError):
+    """Slurm refused something or cannot be reached; the message carries Slurm's own words."""
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    site: Site
+    bench: str
+    image: str
+    model: str = "hybrid"
+    sizes: str = ""
+    source: str = ""  # convert: what to build the .sif from (default docker://<image>)
+
+    def validate(self) -> None:
+        if self.bench not in BENCHES:
+            raise SlurmError(f"unknown benchmark {self.bench!r}; known: {', '.join(BENCHES)}")
+        if self.model not in MODELS:
+            raise SlurmError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+        if not IMAGE_RE.match(self.image):
+            raise SlurmError(f"image {self.image!r}: not an image reference like hpcimages/mpi4py:py3.11-mpich4.3.2")
+        if self.model == "bind" and not self.site.has_bind_model:
+            raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs: the bind model needs them "
+                             f"({self.site.path})")
+        if self.sizes and not SIZES_RE.match(self.sizes):
+            raise SlurmError(f"sizes {self.sizes!r}: a size or a range like 1:4194304")
+        if self.source and not re.match(r"^(docker|docker-archive|oras|library)://[A-Za-z0-9_@%+=:,./-]+$",
+                                        self.source):
+            raise SlurmError(f"source {self.source!r}: like docker://registry/repo:tag or docker-archive:///x.tar")
+
+    @property
+    def variant(self) -> str:
+        return self.site.name if self.model == "hybrid" else f"{self.site.name}+hostmpi"
+
+
+def job_key(spec: JobSpec, now: dt.datetime | None = None) -> str:
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%f")
+    return f"{stamp}-{spec.site.name}-{spec.bench}-{spec.model}-{apptainer.sif_name(spec.image)[:-4]}"
+
+
+def sif_path(root: Path, spec: JobSpec) -> str:
+    directory = spec.site.container.sif_dir or str(root / "build" / "sif")
+    return f"{directory.rstrip('/')}/{apptainer.sif_name(spec.image)}"
+
+
+def _environment(root: Path) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(root / "slurm" / "templates"),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def launch_line(spec: JobSpec) -> str:
+    """The launcher and the runtime, e.g. `srun --mpi=pmi2 bash -c ... rank "$RUNTIME" exec -e "$IMAGE"`."""
+    site = spec.site
+    words = [shlex.quote(site.launcher.command)]
+    if site.launcher.mpi != "none":
+        words.append(f"--mpi={site.launcher.mpi}")
+    words += [shlex.quote(o) for o in site.launcher.options]
+    if site.container.cleanenv:
+        words += ['bash -c "$PASS_LAUNCHER_ENV" rank']
+    words += ['"$RUNTIME"', "exec"]
+    if site.container.cleanenv:
+        words.append("-e")
+    if spec.bench == "cuda" and site.gpu.flag:
+        words.append(site.gpu.flag)
+    words.append('"$IMAGE"')
+    return " ".join(words)
+
+
+def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
+    spec.validate()
+    site = spec.site
+    bench_dir = str(root / "bench")
+    binds = [*site.container.bind, bench_dir]
+    if spec.model == "bind":
+        binds += [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
+    one_task = spec.bench == "convert"
+    default_sizes = BENCHMARKS[spec.bench].default_sizes if spec.bench in BENCHMARKS else ""
+    context = {
+        "title": f"hpcimages {spec.bench} job: {spec.image} on {site.name} ({spec.model} model)",
+        "site": site, "bench": spec.bench, "image": spec.image, "model": spec.model,
+        "script": str(run_dir / "job.sbatch"), "output": str(run_dir / "slurm-%j.out"),
+        "job_name": f"hpcimages-{spec.bench}", "sif": sif_path(root, spec), "bench_dir": bench_dir,
+        "nodes": 1 if one_task else site.slurm.nodes, "ntasks_per_node": 1 if one_task else site.slurm.ntasks_per_node,
+        "gpu": spec.bench == "cuda", "bindpath": ",".join(binds),
+        "ld_library_path": ":".join(site.host_mpi.lib_dirs),
+        "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
+        "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
+        "source": spec.source or f"docker://{spec.image}",
+    }
+    return _environment(root).get_template(f"{spec.bench}.sbatch.j2").render(context).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# job records
+
+
+@dataclass
+class JobRecord:
+    key: str
+    site: str
+    bench: str
+    image: str
+    model: str
+    variant: str
+    script: str
+    run_dir: str
+    sif: str
+    cell: str | None = None
+    mpi: str | None = None
+    state: str = "rendered"  # rendered | submitting | submitted | rejected | failed | collected
+    job_id: str | None = None
+    slurm_state: str | None = None
+    message: str = ""
+    created: str = field(default_factory=lambda: _now())
+    submitted: str | None = None
+    finished: str | None = None
+    store: str | None = None
+    summary: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir) / "record.json"
+
+    @property
+    def output(self) -> Path | None:
+        return Path(self.run_dir) / f"slurm-{self.job_id}.out" if self.job_id else None
+
+    def save(self) -> None:
+        """Written atomically: a reader never sees half a record."""
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def runs_dir(root: Path) -> Path:
+    return root / "build" / "slurm" / "runs"
+
+
+def load_records(root: Path) -> list[JobRecord]:
+    records = []
+    for path in sorted(runs_dir(root).glob("*/record.json")):
+        try:
+            records.append(JobRecord(**json.loads(path.read_text(encoding="utf-8"))))
+        except (ValueError, TypeError) as exc:
+            raise SlurmError(f"{path}: unreadable job record ({exc}); move it away to go on") from None
+    return records
+
+
+def cell_of(matrix: Matrix, image: str) -> tuple[str | None, str | None]:
+    """The matrix cell (and its MPI) of an image tag, if the tag is one of the matrix's."""
+    repo, _, tag = image.rpartition(":")
+    ref = f"{repo.rsplit('/', 1)[-1]}:{tag}"
+    for profile in matrix.profiles:
+        for cell in matrix.cells(profile):
+            if cell.ref == ref:
+                return cell.ref, cell.mpi.key
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# talking to Slurm
+
+
+class SlurmClient:
+    """sbatch / squeue / sacct / scontrol, from the site's `commands` directory or the PATH."""
+
+    def __init__(self, root: Path, site: Site) -> None:
+        self.site = site
+        self.bin_dir = (root / site.slurm.commands) if site.slurm.commands else None
+        self.hint = f" (`invoke testcluster` provides them for the site {site.name})" if self.bin_dir else ""
+
+    def command(self, name: str) -> str:
+        found = shutil.which(name, path=str(self.bin_dir)) if self.bin_dir else shutil.which(name)
+        if not found:
+            where = self.bin_dir or "the PATH"
+            raise SlurmError(f"`{name}` is not in {where}{self.hint}: run this where Slurm's commands are")
+        return found
+
+    def run(self, name: str, args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([self.command(name), *args], cwd=cwd, capture_output=True, text=True,
+                                  timeout=COMMAND_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise SlurmError(f"`{name} {' '.join(args)}` did not answer in {COMMAND_TIMEOUT_S}s") from None
+
+    def sbatch(self, script: Path) -> str:
+        proc = self.run("sbatch", ["--parsable", str(script)], cwd=script.parent)
+        message = (proc.stderr.strip() or proc.stdout.strip())
+        if proc.returncode != 0:
+            raise SlurmError(f"sbatch rejected {script.name}: {message or f'exit {proc.returncode}'}")
+        job_id = proc.stdout.strip().splitlines()[-1].split(";")[0] if proc.stdout.strip() else ""
+        if not job_id.isdigit():
+            raise SlurmError(f"sbatch printed no job id: {message!r}")
+        return job_id
+
+    def state(self, job_id: str) -> tuple[str, str]:
+        """(state, detail): squeue for live jobs, then sacct, then scontrol (clusters without accounting)."""
+        proc = self.run("squeue", ["-h", "-j", job_id, "-o", "%T|%r"])
+        if proc.returncode == 0 and proc.stdout.strip():
+            state, _, reason = proc.stdout.strip().splitlines()[0].partition("|")
+            return state, "" if reason in ("None", "") else reason
+        if shutil.which("sacct", path=str(self.bin_dir) if self.bin_dir else None):
+            proc = self.run("sacct", ["-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Reason"])
+            if proc.returncode == 0 and proc.stdout.strip():
+                state, exit_code, reason = [*proc.stdout.strip().splitlines()[0].split("|"), "", ""][:3]
+                return state.split()[0], f"exit {exit_code}" + (f", {reason}" if reason not in ("", "None") else "")
+        proc = self.run("scontrol", ["show", "job", "-o", job_id])
+        if proc.returncode == 0 and "JobState=" in proc.stdout:
+            fields = dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+            reason = fields.get("Reason", "None")
+            detail = f"exit {fields.get('ExitCode', '?')}" + (f", {reason}" if reason != "None" else "")
+            return fields["JobState"], detail
+        return "UNKNOWN", (proc.stderr.strip() or "no longer known to squeue, sacct or scontrol")[:300]
+
+
+# ---------------------------------------------------------------------------------------------
+# submit / jobs / collect
+
+
+def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None = None) -> JobRecord:
+    """Render the script into its run directory and write the record (state `rendered`)."""
+    spec.validate()
+    sif = sif_path(root, spec)
+    if not spec.site.container.sif_dir and spec.bench != "convert" and not Path(sif).is_file():
+        raise SlurmError(f"{sif} does not exist: convert the image first (`invoke convert --only ...`), or set "
+                         f"[container] sif_dir in {spec.site.path} to where the .sif files are on the cluster")
+    key = job_key(spec, now)
+    run_dir = runs_dir(root) / key
+    run_dir.mkdir(parents=True)
+    script = run_dir / "job.sbatch"
+    script.write_text(render(root, spec, run_dir), encoding="utf-8")
+    script.chmod(0o755)
+    cell, mpi = cell_of(matrix, spec.image)
+    record = JobRecord(key=key, site=spec.site.name, bench=spec.bench, image=spec.image, model=spec.model,
+                       variant=spec.variant, script=str(script), run_dir=str(run_dir), sif=sif, cell=cell, mpi=mpi)
+    record.save()
+    return record
+
+
+def submit(root: Path, matrix: Matrix, spec: JobSpec, dry_run: bool = False) -> JobRecord:
+    record = prepare(root, matrix, spec)
+    if dry_run:
+        return record
+    client = SlurmClient(root, spec.site)
+    client.command("sbatch")  # a missing sbatch is not a rejection: fail before the record says `submitting`
+    record.state = "submitting"
+    record.save()
+    try:
+        record.job_id = client.sbatch(Path(record.script))
+    except SlurmError as exc:
+        record.state, record.message = "rejected", str(exc)
+        record.save()
+        raise
+    record.state, record.submitted = "submitted", _now()
+    record.save()
+    return record
+
+
+def live_states(root: Path, sites: dict[str, Site], records: Iterable[JobRecord]) -> dict[str, tuple[str, str]]:
+    states = {}
+    for record in records:
+        if record.state == "submitted" and record.job_id and record.site in sites:
+            try:
+                states[record.key] = SlurmClient(root, sites[record.site]).state(record.job_id)
+            except SlurmError as exc:
+                states[record.key] = ("?", str(exc))
+    return states
+
+
+def jobs_table(records: list[JobRecord], states: dict[str, tuple[str, str]]) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for r in records:
+        live, detail = states.get(r.key, (r.slurm_state or "-", ""))
+        note = r.summary or r.message or detail
+        rows.append([r.key[:15], r.site, r.bench, r.model, r.image.rsplit("/", 1)[-1], r.job_id or "-", r.state,
+                     live, note[:100]])
+    return tabulate(rows, headers=["record", "site", "bench", "model", "image", "job", "state", "slurm", "note"])
+
+
+@dataclass
+class Collected:
+    record: JobRecord
+    stored: int = 0
+
+
+def parse_output(record: JobRecord, text: str, expected_ranks: int) -> tuple[list[dict], str]:
+    """Result rows from a job's output, and a one-line summary; raises ResultsError when it holds none."""
+    body = PROVENANCE_RE.sub("", text)
+    provenance = dict(kv.split("=", 1) for line in PROVENANCE_RE.findall(text) for kv in line.split() if "=" in kv)
+    library = (LIBRARY_RE.findall(text) or [None])[0]
+    base = {"session": record.key, "run_id": record.key, "job": f"{record.site}:{record.job_id}:{record.key}",
+            "repeat": 1, "date": record.finished or _now(), "host": provenance.get("node", "?"),
+            "site": record.site, "profile": None, "variant": record.variant, "language": "python",
+            "mpi": record.mpi, "cell": record.cell, "image": record.image, "image_id": _image_id(record.sif),
+            "command": record.script, "model": record.model}
+    if record.bench == "hello":
+        ranks = sorted({(int(r), int(n)) for r, n, _ in HELLO_RE.findall(body)})
+        seen = {r for r, _ in ranks}
+        if not ranks or seen != set(range(expected_ranks)) or {n for _, n in ranks} != {expected_ranks}:
+            raise ResultsError(f"expected 'process R of {expected_ranks}' from every rank, got "
+                               f"{[f'{r} of {n}' for r, n in ranks] or 'no hello lines'}")
+        row = {**base, "benchmark": "hello", "size": 0, "value": len(seen), "metric": "ranks", "unit": "ranks",
+               "mpi_library": library, "extra": {}}
+        return [row], f"{len(seen)} of {expected_ranks} ranks answered" + (f"; {library}" if library else "")
+    if record.bench not in PRIMARY:
+        return [], "done (no figures to store)"
+    parsed = parse_osu(body)
+    metric, unit = PRIMARY[parsed.benchmark]
+    rows = [{**base, "benchmark": parsed.benchmark, "size": int(r["size"]), "value": r[metric], "metric": metric,
+             "unit": unit, "mpi_library": parsed.library,
+             "extra": {k: v for k, v in r.items() if k not in ("size", metric)}} for r in parsed.rows]
+    last = parsed.rows[-1]
+    return rows, f"{len(rows)} sizes; {int(last['size'])} B: {last[metric]:.2f} {unit}; {parsed.library or ''}".strip()
+
+
+def _image_id(sif: str) -> str | None:
+    meta = Path(sif).with_suffix(".json")
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("image_id")
+    except (OSError, ValueError):
+        return None
+
+
+def _already_stored(store: Path) -> set[str]:
+    if not store.is_file():
+        return set()
+    records, _ = load([store], skip_corrupt=True)
+    return {r["job"] for r in records if r.get("job")}
+
+
+def collect(root: Path, sites: dict[str, Site], store_for: Callable[[str], Path], *, timeout_s: float = 1800,
+            poll_s: float = 5, progress: Progress = print, only: Iterable[str] = ()) -> list[Collected]:
+    """Wait for every submitted job, store its results, mark its record. Returns what this call collected.
+
+    Raises SlurmError when jobs are still running at the timeout (their records stay `submitted`: a later
+    collect goes on with them)."""
+    wanted = set(only)
+    pending = [r for r in load_records(root) if r.state == "submitted" and (not wanted or r.site in wanted)]
+    if not pending:
+        progress("nothing to collect: no submitted jobs")
+        return []
+    progress(f"collecting {len(pending)} job(s): " + ", ".join(f"{r.job_id} ({r.bench})" for r in pending))
+    deadline = time.monotonic() + timeout_s
+    done: list[Collected] = []
+    last_report = 0.0
+    while pending:
+        for record in list(pending):
+            site = sites.get(record.site)
+            if site is None:
+                raise SlurmError(f"record {record.key}: unknown site {record.site!r}")
+            state, detail = SlurmClient(root, site).state(record.job_id or "")
+            if state not in TERMINAL and state != "UNKNOWN":
+                continue
+            pending.remove(record)
+            done.append(_finish(record, site, state, detail, store_for(record.site), progress))
+        if not pending:
+            break
+        now = time.monotonic()
+        if now > deadline:
+            raise SlurmError(f"{len(pending)} job(s) still not finished after {timeout_s:.0f}s: "
+                             + ", ".join(f"{r.job_id}" for r in pending) + " (run `invoke collect` again later)")
+        if now - last_report >= 30:
+            progress(f"waiting for {len(pending)} job(s): " + ", ".join(f"{r.job_id} ({r.bench})" for r in pending))
+            last_report = now
+        time.sleep(poll_s)
+    return done
+
+
+def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path, progress: Progress) -> Collected:
+    record.slurm_state, record.finished = state, _now()
+    output = record.output
+    text = output.read_text(encoding="utf-8", errors="replace") if output and output.is_file() else ""
+    if state != "COMPLETED":
+        record.state = "failed"
+        record.message = f"Slurm: {state} ({detail}): " + _tail(text)
+        record.save()
+        progress(f"job {record.job_id} ({record.bench}) {state}: {record.message}")
+        return Collected(record)
+    expected = site.slurm.nodes * site.slurm.ntasks_per_node
+    try:
+        rows, summary = parse_output(record, text, expected)
+    except ResultsError as exc:
+        record.state, record.message = "failed", f"completed, but its output is not usable: {exc}: {_tail(text)}"
+        record.save()
+        progress(f"job {record.job_id} ({record.bench}): {record.message}")
+        return Collected(record)
+    job = f"{record.site}:{record.job_id}:{record.key}"
+    if job not in _already_stored(store):
+        append_run(store, rows)
+    record.state, record.store, record.summary = "collected", str(store), summary
+    record.save()
+    progress(f"job {record.job_id} ({record.bench}, {record.variant}): {summary} -> {store}")
+    return Collected(record, len(rows))
+
+
+def _tail(text: str, n: int = 6) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "gocryptfs" not in ln]
+    return " | ".join(lines[-n:])[:800] or "(no output)"
