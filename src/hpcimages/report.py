@@ -19,7 +19,8 @@ VARIANT_ORDER = ("container", "container+impi", "container (C)", "bare-metal", "
 LARGE = 1024 * 1024
 ANOMALY_RATIO = 0.5
 TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (us)",
-          "osu_allreduce": "Allreduce latency, average over ranks (us)"}
+          "osu_allreduce": "Allreduce latency, average over ranks (us)", "hello": "MPI hello: ranks that answered"}
+TABLE_BENCHMARKS = ("hello", "osu_bw", "osu_latency", "osu_allreduce")
 
 
 @dataclass
@@ -97,8 +98,15 @@ RATIOS = (
 )
 
 
+def _site_ratios(med: dict) -> list[tuple[str, str, str, str]]:
+    """Runs from elsewhere (a Slurm site's variants) against the same image in Docker."""
+    others = sorted({k[2] for k in med if k[1] in ("osu_bw", "osu_latency")} - set(VARIANT_ORDER))
+    return [(b, v, "container", f"{'bw' if b == 'osu_bw' else 'latency'} {v} / container")
+            for b in ("osu_bw", "osu_latency") for v in others]
+
+
 def ratio_table(group: str, med: dict) -> Table | None:
-    columns = [(b, x, y, title) for b, x, y, title in RATIOS
+    columns = [(b, x, y, title) for b, x, y, title in (*RATIOS, *_site_ratios(med))
                if any(k[1] == b and k[2] == x for k in med) and any(k[1] == b and k[2] == y for k in med)]
     if not columns:
         return None
@@ -159,7 +167,7 @@ def build_report(records: list[dict]) -> Report:
     for group, rows in groups(records).items():
         med = _group_medians(group, rows)
         found, flagged = anomalies(group, med)
-        for bench in ("osu_bw", "osu_latency", "osu_allreduce"):
+        for bench in TABLE_BENCHMARKS:
             table = value_table(group, med, bench, flagged)
             if table:
                 tables.append(table)

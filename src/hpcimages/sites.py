@@ -30,6 +30,7 @@ SBATCH_OPTION_RE = re.compile(r"^--[a-z][a-z-]*(=[A-Za-z0-9_@%+:,./-]+)?$")
 RUNTIMES = ("apptainer", "singularity")
 LAUNCHER_MPI = ("pmi2", "pmix", "cray_shasta", "none")
 GPU_FLAGS = ("--nv", "--rocm", "")
+KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a table"}
 
 SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
     "": {"description": str},
@@ -208,7 +209,7 @@ class _Getter:
         if value is None:
             return None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.problems.append(f"{self._where(section, key)} = {value!r}: must be a {kind.__name__}")
+            self.problems.append(f"{self._where(section, key)} = {value!r}: must be {KIND_NAMES[kind]}")
             return None
         return value
 

@@ -188,7 +188,9 @@ def _now() -> str:
 
 
 def runs_dir(root: Path) -> Path:
-    return root / "build" / "slurm" / "runs"
+    """Where scripts, outputs and records go; HPCIMAGES_SLURM_RUNS moves them (it must be visible to the jobs)."""
+    override = os.environ.get("HPCIMAGES_SLURM_RUNS")
+    return Path(override) if override else root / "build" / "slurm" / "runs"
 
 
 def load_records(root: Path) -> list[JobRecord]:

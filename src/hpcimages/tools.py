@@ -24,7 +24,7 @@ from .errors import BaseImageError
 
 SUITE = "sid"
 PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "mpich", "slurm-wlm", "munge", "python3", "procps",
-            "ca-certificates", "util-linux", "hostname")
+            "ca-certificates", "util-linux", "hostname", "libpmi2-0t64")
 ROOTFS_IMAGE = "hpcimages-tools/sid-rootfs:latest"
 TOOLS_IMAGE = "hpcimages-tools/cluster:sid"
 RECIPE_LABEL = "io.hpcimages.tools-recipe"

@@ -1,0 +1,169 @@
+"""Site profiles and batch scripts: validation, quoting, rendering (no cluster needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hpcimages import slurm
+from hpcimages.matrix import load_matrix
+from hpcimages.sites import SiteError, load_site, parse_site, site_names
+
+ROOT = Path(__file__).resolve().parent.parent
+SITES = ROOT / "slurm" / "sites"
+IMAGE = "hpcimages/mpi4py:py3.13-mpich4.3.2"
+
+
+def site_from(text: str, name: str = "t"):
+    return parse_site(name, Path(f"{name}.toml"), tomllib.loads(text))
+
+
+def test_the_shipped_profiles_load():
+    assert {"cray-ex", "ib-intelmpi", "local"} <= set(site_names(SITES))
+    cray = load_site(SITES, "cray-ex")
+    assert cray.launcher.mpi == "cray_shasta" and cray.container.runtime == "singularity"
+    assert any("lib-abi-mpich" in d for d in cray.host_mpi.lib_dirs)
+    ib = load_site(SITES, "ib-intelmpi")
+    assert "/etc/libibverbs.d" in ib.host_mpi.bind and dict(ib.host_mpi.vars)["I_MPI_PMI_LIBRARY"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[slurm]\npartition = "debug; rm -rf ~"\n', "slurm.partition = 'debug; rm -rf ~': ' ;~' not allowed"),
+    ('[slurm]\naccount = "$(reboot)"\n', "slurm.account"),
+    ('[slurm]\npartition = "a`id`"\n', "not allowed"),
+    ('[environment]\nmodules = ["ok/1.0", "x && y"]\n', "environment.modules[1]"),
+    ('[environment.vars]\nFOO = "bar\\nbaz"\n', "environment.vars.FOO"),
+    ('[environment.vars]\n"BAD NAME" = "x"\n', "not a valid environment variable name"),
+    ('[host_mpi]\nlib_dirs = ["/opt/mpi lib"]\n', "host_mpi.lib_dirs[0]"),
+    ('[slurm]\nnodes = "2"\n', "slurm.nodes = '2': must be an integer"),
+    ('[slurm]\nnodes = 0\n', "between 1 and 100000"),
+    ('[slurm]\ntime = "ten minutes"\n', "slurm.time"),
+    ('[slurm]\noptions = ["-x"]\n', "a long sbatch option"),
+    ('[slurm]\npartitoin = "debug"\n', "unknown key(s) partitoin"),
+    ('colour = "blue"\n', "unknown key 'colour'"),
+    ('slurm = "debug"\n', "[slurm] must be a table"),
+    ('[container]\nruntime = "docker"\n', "container.runtime = 'docker': one of 'apptainer', 'singularity'"),
+    ('[launcher]\nmpi = "pmi3"\n', "launcher.mpi"),
+    ('[container]\ncleanenv = "yes"\n', "container.cleanenv = 'yes': must be true or false"),
+])
+def test_bad_values_are_refused_with_the_key_named(text, expected):
+    with pytest.raises(SiteError) as info:
+        site_from(text)
+    assert expected in str(info.value)
+    assert "t.toml" in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SiteError) as info:
+        site_from('[slurm]\npartition = "a;b"\naccount = "c|d"\n')
+    assert "slurm.partition" in str(info.value) and "slurm.account" in str(info.value)
+
+
+def test_unknown_site_names_the_known_ones():
+    with pytest.raises(SiteError, match="known sites: .*cray-ex"):
+        load_site(SITES, "nowhere")
+    with pytest.raises(SiteError, match="lower-case"):
+        load_site(SITES, "../etc/passwd")
+
+
+def test_broken_toml_is_one_clear_error(tmp_path):
+    (tmp_path / "bad.toml").write_text("[slurm\npartition=", encoding="utf-8")
+    with pytest.raises(SiteError, match="bad.toml: not valid TOML"):
+        load_site(tmp_path, "bad")
+
+
+@pytest.mark.parametrize("site", ["cray-ex", "ib-intelmpi", "local"])
+@pytest.mark.parametrize("bench", slurm.BENCHES)
+@pytest.mark.parametrize("model", slurm.MODELS)
+def test_every_rendered_script_is_valid_bash(tmp_path, site, bench, model):
+    spec = slurm.JobSpec(load_site(SITES, site), bench, IMAGE, model)
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm.render(ROOT, spec, tmp_path), encoding="utf-8")
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = script.read_text()
+    assert text.startswith("#!/bin/bash\n") and "set -euo pipefail" in text
+    assert f"#SBATCH --output={tmp_path}/slurm-%j.out" in text
+
+
+def test_cray_script_binds_the_host_mpi_for_singularity(tmp_path):
+    text = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "cray-ex"), "osu_bw", IMAGE, "bind"), tmp_path)
+    assert "srun --mpi=cray_shasta --cpu-bind=cores" in text
+    assert "export SINGULARITYENV_LD_LIBRARY_PATH=/opt/cray/pe/mpich/" in text
+    assert "export SINGULARITY_BINDPATH=" in text and "/usr/lib64/libcxi.so.1" in text
+    assert "module load singularity/4.1.0-mpi" in text
+    assert "#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1" in text
+    assert 'exec -e "$IMAGE" python3 "$BENCH/osu_bw.py" -m 1:4194304' in text
+    hybrid = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "cray-ex"), "osu_bw", IMAGE), tmp_path)
+    assert "LD_LIBRARY_PATH" not in hybrid and "lib-abi-mpich" not in hybrid
+
+
+def test_gpu_options_only_in_the_cuda_job(tmp_path):
+    site = load_site(SITES, "ib-intelmpi")
+    cuda = slurm.render(ROOT, slurm.JobSpec(site, "cuda", IMAGE), tmp_path)
+    assert "#SBATCH --gres=gpu:1" in cuda and 'exec -e --nv "$IMAGE"' in cuda
+    bw = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE), tmp_path)
+    assert "--gres" not in bw and "--nv" not in bw
+
+
+def test_command_line_values_are_checked_before_rendering(tmp_path):
+    site = load_site(SITES, "local")
+    for spec, message in [
+        (slurm.JobSpec(site, "osu_bww", IMAGE), "unknown benchmark 'osu_bww'"),
+        (slurm.JobSpec(site, "osu_bw", IMAGE, "hybird"), "unknown model"),
+        (slurm.JobSpec(site, "osu_bw", "x; rm -rf ~"), "not an image reference"),
+        (slurm.JobSpec(site, "osu_bw", IMAGE, sizes="1:2;id"), "sizes"),
+        (slurm.JobSpec(site, "convert", IMAGE, source="http://x/$(id)"), "source"),
+        (slurm.JobSpec(site_from('description = "no host MPI"\n'), "hello", IMAGE, "bind"), "no [host_mpi]"),
+    ]:
+        with pytest.raises(slurm.SlurmError, match=message.replace("[", r"\[")):
+            slurm.render(ROOT, spec, tmp_path)
+
+
+def test_quoting_holds_even_for_a_value_that_passed_validation(tmp_path):
+    # Defence in depth: the template quotes what reaches the shell; a validated value needs no quotes.
+    env = slurm._environment(ROOT)
+    assert env.from_string("{{ v | q }}").render(v="a b;c") == "'a b;c'"
+    assert env.from_string("{{ v | q }}").render(v="/opt/x:/y,z") == "/opt/x:/y,z"
+
+
+def test_dry_run_writes_script_and_record_and_submits_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
+    site = site_from('[slurm]\ncommands = "no/such/dir"\n[container]\nsif_dir = "/cluster/sif"\n', "nowhere")
+    record = slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", IMAGE), dry_run=True)
+    assert record.state == "rendered" and record.job_id is None
+    assert Path(record.script).is_file() and record.cell == "mpi4py:py3.13-mpich4.3.2" and record.mpi == "mpich4.3.2"
+    assert "IMAGE=/cluster/sif/mpi4py_py3.13-mpich4.3.2.sif" in Path(record.script).read_text()
+    assert [r.key for r in slurm.load_records(ROOT)] == [record.key]
+
+
+def test_missing_sbatch_is_a_clear_error_and_no_record_claims_a_submission(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
+    site = site_from('[slurm]\ncommands = "no/such/dir"\n[container]\nsif_dir = "/cluster/sif"\n', "nowhere")
+    with pytest.raises(slurm.SlurmError, match="`sbatch` is not in .*no/such/dir"):
+        slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", IMAGE))
+    [record] = slurm.load_records(ROOT)
+    assert record.state == "rendered"
+
+
+def test_a_missing_sif_is_named_with_the_command_that_makes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
+    site = load_site(SITES, "local")
+    with pytest.raises(slurm.SlurmError, match="does not exist: convert the image first"):
+        slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", "hpcimages/x:never"))
+
+
+def test_hello_output_must_have_every_rank():
+    record = slurm.JobRecord(key="k", site="s", bench="hello", image=IMAGE, model="hybrid", variant="s",
+                             script="x", run_dir="/nonexistent", sif="/nonexistent.sif", job_id="7")
+    good = ("# hpcimages: job=7 site=s bench=hello model=hybrid node=n1\nHello World! I am process 1 of 2 on n1.\n"
+            "Hello World! I am process 0 of 2 on n1.\n# library: MPICH Version:      4.3.2\n")
+    rows, summary = slurm.parse_output(record, good, 2)
+    assert rows[0]["value"] == 2 and rows[0]["mpi_library"].startswith("MPICH") and rows[0]["host"] == "n1"
+    assert rows[0]["job"] == "s:7:k" and "2 of 2 ranks" in summary
+    singletons = "Hello World! I am process 0 of 1 on n1.\nHello World! I am process 0 of 1 on n1.\n"
+    with pytest.raises(slurm.ResultsError, match="every rank"):
+        slurm.parse_output(record, singletons, 2)

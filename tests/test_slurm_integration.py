@@ -1,0 +1,158 @@
+"""A real Slurm (the containerised test cluster): submit, track, collect, in the hybrid and the bind model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hpcimages import apptainer as ap
+from hpcimages import bench, slurm, testcluster
+from hpcimages.bases import ensure_bases
+from hpcimages.build import build
+from hpcimages.engine import connect
+from hpcimages.matrix import load_matrix
+from hpcimages.results import load
+from hpcimages.sites import load_site, parse_site
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+# trixie: its glibc loads the cluster's (sid) libpmi2 in the bind model; bookworm's is too old for it
+CELL = "mpi4py:py3.13-mpich4.3.2"
+IMAGE = f"hpcimages/{CELL}"
+SIZES = "1:1048576"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    client = connect()
+    m = load_matrix(ROOT / "matrix.toml")
+    ensure_bases(client, m.profile("ci"))
+    report = build(client, m, "ci", only=[CELL], jobs=1, progress=lambda _: None)
+    assert report.ok, report.table()
+    runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
+    [converted] = ap.convert(client, runtime, [IMAGE], ROOT / "build" / "sif", progress=lambda _: None)
+    assert converted.status in ("converted", "up to date"), converted.reason
+    testcluster.start(client, ROOT, progress=lambda _: None)
+    # this module's scripts, outputs and records: inside the project (the cluster sees it), apart from the user's
+    runs = ROOT / "build" / "slurm" / f"test-runs-{uuid.uuid4().hex[:8]}"
+    os.environ["HPCIMAGES_SLURM_RUNS"] = str(runs)
+    yield client
+    del os.environ["HPCIMAGES_SLURM_RUNS"]
+    shutil.rmtree(runs, ignore_errors=True)
+
+
+def invoke(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False, timeout=timeout)
+
+
+def local_site_with(**changes: dict) -> object:
+    data = tomllib.loads((ROOT / "slurm" / "sites" / "local.toml").read_text())
+    for section, values in changes.items():
+        data.setdefault(section, {}).update(values)
+    return parse_site("local", ROOT / "slurm" / "sites" / "local.toml", data)
+
+
+def collect_all(**kwargs) -> list[slurm.Collected]:
+    sites = {"local": load_site(ROOT / "slurm" / "sites", "local")}
+    return slurm.collect(ROOT, sites, kwargs.pop("store_for"), poll_s=1, timeout_s=600, **kwargs)
+
+
+def test_hello_and_osu_bw_in_both_models_land_beside_the_docker_runs(cluster, tmp_path):
+    submitted = []
+    for bench_name in ("hello", "osu_bw"):
+        for model in ("hybrid", "bind"):
+            proc = invoke("submit", "--site", "local", "--bench", bench_name, "--image", IMAGE, "--model", model,
+                          "--sizes", SIZES)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "submitted" in proc.stdout
+            submitted.append((bench_name, model))
+    listing = invoke("jobs")
+    assert listing.returncode == 0 and listing.stdout.count("submitted") >= 4, listing.stdout + listing.stderr
+
+    store = tmp_path / "slurm-local.jsonl"
+    proc = invoke("collect", "--store", str(store), "--timeout", "900")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([store])
+    by = {(r["benchmark"], r["variant"]) for r in records}
+    assert by == {("hello", "local"), ("hello", "local+hostmpi"), ("osu_bw", "local"), ("osu_bw", "local+hostmpi")}
+    hello = {r["variant"]: r for r in records if r["benchmark"] == "hello"}
+    assert hello["local"]["value"] == 2 and hello["local+hostmpi"]["value"] == 2
+    assert hello["local"]["mpi_library"].startswith("MPICH Version")
+    assert hello["local+hostmpi"]["mpi_library"].startswith("Intel(R) MPI Library")
+    bw = [r for r in records if r["benchmark"] == "osu_bw"]
+    assert {r["cell"] for r in records} == {CELL} and all(r["value"] > 0 for r in bw)
+    assert {r["mpi_library"].split()[0] for r in bw} == {"MPICH", "Intel(R)"}
+    for job_output in Path(os.environ["HPCIMAGES_SLURM_RUNS"]).glob("*hello*/slurm-*.out"):
+        text = job_output.read_text()
+        assert "process 0 of 2" in text and "process 1 of 2" in text, text
+
+    # the same cell measured by `nox -s bench` in Docker, then one table with both
+    docker_store = tmp_path / "docker.jsonl"
+    m = load_matrix(ROOT / "matrix.toml")
+    cells = [c for c in m.cells("ci") if c.ref == CELL]
+    bench.run(cluster, m, "ci", cells, ["osu_bw"], docker_store, repeats=1, sizes={"osu_bw": SIZES}, swap=False,
+              c_reference=False, bare_metal=False, progress=lambda _: None)
+    table = invoke("tabulate", f"{docker_store},{store}", "--no-plots", "--out", str(tmp_path / "t.md"))
+    assert table.returncode == 0, table.stdout + table.stderr
+    header = next(ln for ln in table.stdout.splitlines() if ln.strip().startswith("size (B)") and "container" in ln)
+    assert "local" in header and "local+hostmpi" in header, table.stdout
+    assert "bw local / container" in table.stdout
+
+
+def test_an_sbatch_rejection_carries_slurms_message_and_marks_the_record(cluster):
+    site = local_site_with(slurm={"partition": "nosuchpartition"})
+    spec = slurm.JobSpec(site, "hello", IMAGE)
+    with pytest.raises(slurm.SlurmError) as info:
+        slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), spec)
+    assert "invalid partition" in str(info.value).lower()
+    [record] = [r for r in slurm.load_records(ROOT) if r.state == "rejected"]
+    assert "invalid partition" in record.message.lower() and record.job_id is None
+
+
+def test_a_failed_job_is_reported_with_slurms_words(cluster, tmp_path):
+    site = local_site_with(container={"binary": "/opt/no-such-runtime/apptainer"})
+    record = slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", IMAGE))
+    done = collect_all(store_for=lambda _: tmp_path / "r.jsonl")
+    [failed] = [c.record for c in done if c.record.key == record.key]
+    assert failed.state == "failed" and failed.slurm_state == "FAILED"
+    assert "no-such-runtime" in failed.message and "Slurm: FAILED" in failed.message
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_collect_after_an_interruption_goes_on_where_it_stopped(cluster, tmp_path):
+    m = load_matrix(ROOT / "matrix.toml")
+    site = load_site(ROOT / "slurm" / "sites", "local")
+    keys = [slurm.submit(ROOT, m, slurm.JobSpec(site, "hello", IMAGE)).key for _ in range(2)]
+    store = tmp_path / "r.jsonl"
+
+    def interrupt_after_first_stored(message: str) -> None:
+        if " -> " in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        collect_all(store_for=lambda _: store, progress=interrupt_after_first_stored)
+    states = {r.key: r.state for r in slurm.load_records(ROOT) if r.key in keys}
+    assert sorted(states.values()) == ["collected", "submitted"]
+    assert len(load([store])[0]) == 1
+
+    done = collect_all(store_for=lambda _: store, progress=lambda _: None)
+    assert [c.record.key for c in done] == [k for k, s in states.items() if s == "submitted"]
+    assert all(r.state == "collected" for r in slurm.load_records(ROOT) if r.key in keys)
+    assert len(load([store])[0]) == 2
+
+    # killed after storing a job's rows but before marking its record: collecting it again stores nothing twice
+    record = next(r for r in slurm.load_records(ROOT) if r.key == keys[0])
+    record.state = "submitted"
+    record.save()
+    collect_all(store_for=lambda _: store, progress=lambda _: None)
+    assert len(load([store])[0]) == 2
+    assert json.loads(Path(record.path).read_text())["state"] == "collected"
