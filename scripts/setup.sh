@@ -4,6 +4,7 @@
 #   2. a running Docker engine, started when none answers
 #   3. .venv with the project's pinned Python dependencies
 #   4. the offline base images (invoke bases), bootstrapped from the configured Debian mirror
+#   5. the tools image (invoke tools): Apptainer, Slurm and munge for .sif conversion and the test cluster
 # Safe to run again: every step does nothing when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +44,13 @@ fi
 stamp=".venv/.hpcimages-deps-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
     log "installing the pinned Python dependencies into .venv"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
     rm -f .venv/.hpcimages-deps-*
     touch "$stamp"
 fi
 
 log "offline base images"
 as_root .venv/bin/invoke bases --profile offline
+log "tools image (Apptainer, Slurm, munge)"
+as_root .venv/bin/invoke tools
 log "ready: .venv/bin/invoke build --all --profile ci   |   .venv/bin/nox -s tests"

@@ -63,7 +63,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_unknown_site_names_the_known_ones():
-    with pytest.raises(SiteError, match="known sites: .*cray-ex"):
+    with pytest.raises(SiteError, match=r"known sites: .*cray-ex"):
         load_site(SITES, "nowhere")
     with pytest.raises(SiteError, match="lower-case"):
         load_site(SITES, "../etc/passwd")
@@ -71,7 +71,7 @@ def test_unknown_site_names_the_known_ones():
 
 def test_broken_toml_is_one_clear_error(tmp_path):
     (tmp_path / "bad.toml").write_text("[slurm\npartition=", encoding="utf-8")
-    with pytest.raises(SiteError, match="bad.toml: not valid TOML"):
+    with pytest.raises(SiteError, match=r"bad\.toml: not valid TOML"):
         load_site(tmp_path, "bad")
 
 
@@ -143,7 +143,7 @@ def test_dry_run_writes_script_and_record_and_submits_nothing(tmp_path, monkeypa
 def test_missing_sbatch_is_a_clear_error_and_no_record_claims_a_submission(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
     site = site_from('[slurm]\ncommands = "no/such/dir"\n[container]\nsif_dir = "/cluster/sif"\n', "nowhere")
-    with pytest.raises(slurm.SlurmError, match="`sbatch` is not in .*no/such/dir"):
+    with pytest.raises(slurm.SlurmError, match=r"`sbatch` is not in .*no/such/dir"):
         slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", IMAGE))
     [record] = slurm.load_records(ROOT)
     assert record.state == "rendered"
