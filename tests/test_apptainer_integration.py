@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 
 from hpcimages import apptainer as ap
-from hpcimages.bases import ensure_bases
-from hpcimages.build import build
-from hpcimages.engine import connect
 from hpcimages.matrix import load_matrix
 
 pytestmark = pytest.mark.integration
@@ -21,13 +18,8 @@ BASE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
 
 
 @pytest.fixture(scope="module")
-def client():
-    c = connect()
-    m = load_matrix(ROOT / "matrix.toml")
-    ensure_bases(c, m.profile("ci"))
-    report = build(c, m, "ci", jobs=2)
-    assert report.ok, report.table()
-    return c
+def client(ci_built):
+    return ci_built[0]
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages.bases import ensure_bases
-from hpcimages.build import build
-from hpcimages.engine import connect
-from hpcimages.matrix import load_matrix
 from hpcimages.results import load, parse_osu
 
 pytestmark = pytest.mark.integration
@@ -42,13 +38,8 @@ sys.exit(osu_bw.main(["-m", "1:256", "-c", "-i", "5", "-x", "1"]))
 
 
 @pytest.fixture(scope="module")
-def client():
-    c = connect()
-    m = load_matrix(ROOT / "matrix.toml")
-    ensure_bases(c, m.profile("ci"))
-    report = build(c, m, "ci", jobs=2)
-    assert report.ok, report.table()
-    return c
+def client(ci_built):
+    return ci_built[0]
 
 
 def run(client, image: str, command: str, env: dict | None = None) -> tuple[int, str]:

@@ -10,11 +10,8 @@ from pathlib import Path
 import pytest
 
 from hpcimages import hostmpi
-from hpcimages.bases import ensure_bases
-from hpcimages.build import build
 from hpcimages.check import Checker
 from hpcimages.engine import connect
-from hpcimages.matrix import load_matrix
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,12 +39,8 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def matrix(client):
-    m = load_matrix(ROOT / "matrix.toml")
-    ensure_bases(client, m.profile("ci"))
-    report = build(client, m, "ci", jobs=2)
-    assert report.ok, report.table()
-    return m
+def matrix(ci_built):
+    return ci_built[1]
 
 
 @pytest.fixture(scope="module")

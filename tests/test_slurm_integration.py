@@ -15,9 +15,6 @@ import pytest
 
 from hpcimages import apptainer as ap
 from hpcimages import bench, slurm, testcluster
-from hpcimages.bases import ensure_bases
-from hpcimages.build import build
-from hpcimages.engine import connect
 from hpcimages.matrix import load_matrix
 from hpcimages.results import load
 from hpcimages.sites import load_site, parse_site
@@ -31,12 +28,8 @@ SIZES = "1:1048576"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    client = connect()
-    m = load_matrix(ROOT / "matrix.toml")
-    ensure_bases(client, m.profile("ci"))
-    report = build(client, m, "ci", only=[CELL], jobs=1, progress=lambda _: None)
-    assert report.ok, report.table()
+def cluster(ci_built):
+    client = ci_built[0]
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
     [converted] = ap.convert(client, runtime, [IMAGE], ROOT / "build" / "sif", progress=lambda _: None)
     assert converted.status in ("converted", "up to date"), converted.reason
