@@ -167,3 +167,15 @@ def test_hello_output_must_have_every_rank():
     singletons = "Hello World! I am process 0 of 1 on n1.\nHello World! I am process 0 of 1 on n1.\n"
     with pytest.raises(slurm.ResultsError, match="every rank"):
         slurm.parse_output(record, singletons, 2)
+
+
+def test_the_bind_model_checks_its_host_libraries_load_before_any_rank_starts(tmp_path):
+    site = load_site(SITES, "ib-intelmpi")
+    bind = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE, "bind"), tmp_path)
+    preflight = bind.index("bind model pre-flight failed")
+    assert preflight < bind.index("srun ")
+    assert "' libmpi.so.12 /usr/lib64/libpmi2.so.0\n" in bind
+    assert "LD_LIBRARY_PATH=/opt/intel/oneapi/mpi/2021.13/lib:/opt/intel/oneapi/mpi/2021.13/opt/mpi/libfabric/lib:" \
+           "/usr/lib64\n" in bind
+    hybrid = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE), tmp_path)
+    assert "pre-flight" not in hybrid

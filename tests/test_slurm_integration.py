@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # trixie: its glibc loads the cluster's (sid) libpmi2 in the bind model; bookworm's is too old for it
 CELL = "mpi4py:py3.13-mpich4.3.2"
 IMAGE = f"hpcimages/{CELL}"
+BOOKWORM_IMAGE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
 SIZES = "1:1048576"
 
 
@@ -31,8 +32,9 @@ SIZES = "1:1048576"
 def cluster(ci_built):
     client = ci_built[0]
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
-    [converted] = ap.convert(client, runtime, [IMAGE], ROOT / "build" / "sif", progress=lambda _: None)
-    assert converted.status in ("converted", "up to date"), converted.reason
+    for converted in ap.convert(client, runtime, [IMAGE, BOOKWORM_IMAGE], ROOT / "build" / "sif",
+                                progress=lambda _: None):
+        assert converted.status in ("converted", "up to date"), converted.reason
     testcluster.start(client, ROOT, progress=lambda _: None)
     # this module's scripts, outputs and records: inside the project (the cluster sees it), apart from the user's
     runs = ROOT / "build" / "slurm" / f"test-runs-{uuid.uuid4().hex[:8]}"
@@ -119,6 +121,17 @@ def test_a_failed_job_is_reported_with_slurms_words(cluster, tmp_path):
     assert failed.state == "failed" and failed.slurm_state == "FAILED"
     assert "no-such-runtime" in failed.message and "Slurm: FAILED" in failed.message
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_host_library_the_image_cannot_load_fails_the_bind_pre_flight_with_the_reason(cluster, tmp_path):
+    # the cluster's Slurm PMI2 library wants glibc 2.38; the bookworm image has 2.36
+    site = load_site(ROOT / "slurm" / "sites", "local")
+    record = slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", BOOKWORM_IMAGE, "bind"))
+    done = collect_all(store_for=lambda _: tmp_path / "r.jsonl")
+    [failed] = [c.record for c in done if c.record.key == record.key]
+    assert failed.state == "failed" and failed.slurm_state == "FAILED"
+    assert "bind model pre-flight failed" in failed.message and "GLIBC_2.38" in failed.message, failed.message
+    assert "Hello World" not in Path(failed.output).read_text()
 
 
 def test_collect_after_an_interruption_goes_on_where_it_stopped(cluster, tmp_path):

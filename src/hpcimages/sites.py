@@ -38,7 +38,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
               "cpus_per_task": int, "options": list, "commands": str},
     "environment": {"modules": list, "vars": dict},
     "container": {"runtime": str, "binary": str, "cleanenv": bool, "bind": list, "sif_dir": str},
-    "host_mpi": {"lib_dirs": list, "bind": list, "vars": dict},
+    "host_mpi": {"lib_dirs": list, "lib_path": list, "bind": list, "vars": dict},
     "launcher": {"command": str, "mpi": str, "options": list},
     "gpu": {"gres": str, "flag": str},
 }
@@ -86,6 +86,7 @@ class Container:
 @dataclass(frozen=True)
 class HostMpi:
     lib_dirs: tuple[str, ...] = ()
+    lib_path: tuple[str, ...] = ()  # more directories for LD_LIBRARY_PATH, not bound (where `bind` files land)
     bind: tuple[str, ...] = ()
     vars: tuple[tuple[str, str], ...] = ()
 
@@ -163,8 +164,8 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
             binary=get.text("container", "binary"), cleanenv=get.flag("container", "cleanenv", True),
             bind=get.words("container", "bind"), sif_dir=get.text("container", "sif_dir"),
         ),
-        host_mpi=HostMpi(lib_dirs=get.words("host_mpi", "lib_dirs"), bind=get.words("host_mpi", "bind"),
-                         vars=get.variables("host_mpi", "vars")),
+        host_mpi=HostMpi(lib_dirs=get.words("host_mpi", "lib_dirs"), lib_path=get.words("host_mpi", "lib_path"),
+                         bind=get.words("host_mpi", "bind"), vars=get.variables("host_mpi", "vars")),
         launcher=Launcher(command=get.text("launcher", "command") or "srun",
                           mpi=get.choice("launcher", "mpi", LAUNCHER_MPI, "pmi2"),
                           options=get.words("launcher", "options")),

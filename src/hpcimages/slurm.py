@@ -115,6 +115,13 @@ def launch_line(spec: JobSpec) -> str:
     return " ".join(words)
 
 
+def preflight_libraries(site: Site) -> list[str]:
+    """What the bind model must be able to load inside the image: the host MPI, and libraries its variables
+    name (e.g. I_MPI_PMI_LIBRARY). A host library built for a newer C library than the image's fails here."""
+    named = [value for _, value in site.host_mpi.vars if value.startswith("/") and re.search(r"\.so(\.|$)", value)]
+    return ["libmpi.so.12", *named]
+
+
 def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
     spec.validate()
     site = spec.site
@@ -131,7 +138,8 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
         "job_name": f"hpcimages-{spec.bench}", "sif": sif_path(root, spec), "bench_dir": bench_dir,
         "nodes": 1 if one_task else site.slurm.nodes, "ntasks_per_node": 1 if one_task else site.slurm.ntasks_per_node,
         "gpu": spec.bench == "cuda", "bindpath": ",".join(binds),
-        "ld_library_path": ":".join(site.host_mpi.lib_dirs),
+        "ld_library_path": ":".join((*site.host_mpi.lib_dirs, *site.host_mpi.lib_path)),
+        "preflight_libs": preflight_libraries(site),
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}",
