@@ -28,11 +28,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 engine_up() { timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+if ! engine_up && pgrep -x dockerd >/dev/null; then
+    # an engine that is starting, or still shutting down: a second one would refuse to start beside it
+    log "waiting for the running dockerd to answer or exit"
+    for _ in $(seq 1 60); do engine_up && break; pgrep -x dockerd >/dev/null || break; sleep 1; done
+fi
 if ! engine_up; then
     log "starting the Docker engine (log: /var/log/hpcimages-dockerd.log)"
-    as_root sh -c 'setsid dockerd >/var/log/hpcimages-dockerd.log 2>&1 < /dev/null &'
+    as_root sh -c 'setsid dockerd >>/var/log/hpcimages-dockerd.log 2>&1 < /dev/null &'
     for _ in $(seq 1 60); do engine_up && break; sleep 1; done
-    engine_up || die "the Docker engine did not start; see /var/log/hpcimages-dockerd.log"
+    engine_up || die "the Docker engine did not start; see the end of /var/log/hpcimages-dockerd.log"
 fi
 log "Docker engine $(docker version --format '{{.Server.Version}}') is running"
 
