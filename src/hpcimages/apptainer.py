@@ -30,7 +30,7 @@ from tabulate import tabulate
 
 from . import tools
 from .engine import find_image
-from .errors import HpcImagesError
+from .errors import HpcImagesError, output_tail
 
 Progress = Callable[[str], None]
 NO_RUNTIME = ("no Apptainer/Singularity runtime: either install one on this machine (`apptainer` or `singularity` "
@@ -195,7 +195,7 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
             code, output = runtime.run(["apptainer", "build", "--force", f"/work/{partial.name}",
                                         f"docker-archive:///work/{tar.name}"], [Mount(work, "/work", False)])
         if code != 0 or not partial.is_file():
-            raise ConvertError(f"apptainer build failed (exit {code}): {_tail(output)}")
+            raise ConvertError(f"apptainer build failed (exit {code}): {tail(output)}")
         partial.replace(sif)
         sif.with_suffix(".json").write_text(json.dumps({"image": image_ref, "image_id": image.id,
                                                         "runtime": runtime.name}, indent=2) + "\n")
@@ -266,9 +266,9 @@ def exec_in_sif(runtime: Runtime, sif: Path, command: list[str], bench: Path, ra
     return runtime.run(["apptainer", "exec", "-e", "-B", bench_path, sif_path, *command], mounts, env=env)
 
 
-def _tail(output: str, n: int = 4) -> str:
-    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip() and "gocryptfs" not in ln]
-    return " | ".join(lines[-n:])[:500] or "(no output)"
+def tail(output: str, lines: int = 4, limit: int = 500) -> str:
+    """The end of an Apptainer run's output for a message, without its `gocryptfs not found` notices."""
+    return output_tail(output, lines, limit, skip=("gocryptfs",))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ Every container runs with ``--network none``: an image must work without a netwo
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import time
@@ -33,8 +32,8 @@ from tabulate import tabulate
 
 from . import hostmpi
 from .engine import find_image
-from .errors import HpcImagesError
-from .matrix import Cell, Matrix
+from .errors import output_tail
+from .matrix import Cell, Matrix, only_cells
 
 PROBE_DIR = Path(__file__).parent / "incontainer"
 PROBE_MOUNT = "/opt/hpcimages-probe"
@@ -119,10 +118,6 @@ class CellCheck:
     def passed(self) -> bool:
         return bool(self.checks) and all(o.status != "fail" for o in self.checks.values()) and \
             self.checks.get("contents", Outcome("fail")).status == "pass"
-
-
-class CheckError(HpcImagesError):
-    """The checks cannot start."""
 
 
 class Checker:
@@ -328,9 +323,8 @@ def _json_tail(out: str) -> dict | None:
     return None
 
 
-def _tail(out: str, n: int = 3) -> str:
-    lines = [ln.strip() for ln in out.strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])[:400] or "(no output)"
+def _tail(out: str) -> str:
+    return output_tail(out, lines=3, limit=400)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,12 +370,7 @@ def _write_json(path: Path, data: object) -> None:
 
 def check(client: docker.DockerClient, matrix: Matrix, profile: str, only: Iterable[str] = (),
           progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
-    cells = matrix.cells(profile)
-    only = [p for p in only if p]
-    if only:
-        cells = [c for c in cells if any(fnmatch.fnmatchcase(c.ref, p) or c.family.name == p for p in only)]
-        if not cells:
-            raise CheckError(f"--only {' '.join(only)} matches no cell of profile {profile!r}")
+    cells = only_cells(matrix, profile, only)
     host = None
     if with_host_mpi:
         progress(f"preparing the stand-in host MPI ({hostmpi.NAME} {hostmpi.VERSION}) ...")

@@ -24,7 +24,7 @@ from . import slurm as slurm_mod
 from . import testcluster as testcluster_mod
 from .engine import connect
 from .errors import HpcImagesError
-from .matrix import Matrix, load_matrix
+from .matrix import Matrix, load_matrix, only_cells
 
 DEFAULT_MATRIX = "matrix.toml"
 
@@ -202,27 +202,16 @@ def bench_main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _selected(m: Matrix, profile: str, only: Iterable[str]) -> list:
-    import fnmatch
-
-    cells = m.cells(profile)
-    only = [p for p in only if p]
-    if only:
-        cells = [c for c in cells if any(fnmatch.fnmatchcase(c.ref, p) or c.family.name == p for p in only)]
-        if not cells:
-            raise HpcImagesError(f"--only {' '.join(only)} matches no cell of profile {profile!r}")
-    return cells
-
-
 def convert(matrix: str = DEFAULT_MATRIX, profile: str = "published", only: Iterable[str] = (),
             runtime: str = "auto", force: bool = False, smoke: bool = True) -> int:
     """Docker images -> build/sif/*.sif, then the hello test in each (1 rank, and 2 ranks launched outside)."""
     m = load(matrix)
-    cells = _selected(m, profile, only)
+    cells = only_cells(m, profile, only)
     registry = m.profile(profile).registry
-    rt = apptainer_mod.choose_runtime(runtime, connect, m.root, progress=say)
+    client = connect()  # `docker save` needs the engine whichever runtime converts
+    rt = apptainer_mod.choose_runtime(runtime, lambda: client, m.root, progress=say)
     out_dir = m.root / "build" / "sif"
-    results = apptainer_mod.convert(connect(), rt, [c.image(registry) for c in cells], out_dir, progress=say,
+    results = apptainer_mod.convert(client, rt, [c.image(registry) for c in cells], out_dir, progress=say,
                                     force=force)
     rows = []
     if smoke:
@@ -238,7 +227,7 @@ def convert(matrix: str = DEFAULT_MATRIX, profile: str = "published", only: Iter
             ok2 = two[0] == 0 and "process 0 of 2" in two[1] and "process 1 of 2" in two[1]
             rows.append([result.image, "pass" if ok1 else "FAIL", "pass" if ok2 else "FAIL"])
             if not (ok1 and ok2):
-                result.status, result.reason = "failed", "hello test failed: " + apptainer_mod._tail(
+                result.status, result.reason = "failed", "hello test failed: " + apptainer_mod.tail(
                     (one[1] if not ok1 else "") + (two[1] if not ok2 else ""))
     say("")
     say(apptainer_mod.table(results))
@@ -258,7 +247,7 @@ def build_from_recipe(matrix: str = DEFAULT_MATRIX, profile: str = "offline", on
     from .templates import lock_path, mpi_lock_path
 
     m = load(matrix)
-    cells = _selected(m, profile, only)
+    cells = only_cells(m, profile, only)
     prof = m.profile(profile)
     client = connect()
     rt = apptainer_mod.choose_runtime(runtime, lambda: client, m.root, progress=say)
@@ -284,13 +273,13 @@ def build_from_recipe(matrix: str = DEFAULT_MATRIX, profile: str = "offline", on
             code, output = apptainer_mod.build_recipe(client, rt, m.root, recipe_path(m, cell), from_image, sif, args)
         if code != 0:
             failures += 1
-            say(f"  FAILED (exit {code}): {apptainer_mod._tail(output)}")
+            say(f"  FAILED (exit {code}): {apptainer_mod.tail(output)}")
             continue
         check = apptainer_mod.exec_in_sif(rt, sif, ["python3", "-c", MPI_VERSION_SNIPPET], m.root / "bench")
         ok = check[0] == 0 and f"MPICH Version:      {cell.mpi.version}" in check[1]
         failures += 0 if ok else 1
         say(f"  built in {time.monotonic() - start:.0f}s, {sif.stat().st_size / 1e6:.0f} MB; smoke test: "
-            f"{'pass' if ok else 'FAIL ' + apptainer_mod._tail(check[1])}")
+            f"{'pass' if ok else 'FAIL ' + apptainer_mod.tail(check[1])}")
     return 1 if failures else 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class HpcImagesError(Exception):
     """Base class: the message is meant for the person at the terminal."""
@@ -27,3 +29,13 @@ class LockError(HpcImagesError):
 
 class BaseImageError(HpcImagesError):
     """An offline base image could not be bootstrapped."""
+
+
+class SelectionError(HpcImagesError):
+    """`--only` names no cell of the profile."""
+
+
+def output_tail(text: str, lines: int, limit: int, skip: Iterable[str] = ()) -> str:
+    """The last non-empty lines of a command's output, on one line, for an error message."""
+    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not any(s in ln for s in skip)]
+    return " | ".join(kept[-lines:])[:limit] or "(no output)"

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import MatrixError
+from .errors import MatrixError, SelectionError
 
 AXES = ("python", "mpi", "cuda")
 MPI_METHODS = ("wheel", "source", "apt")
@@ -544,3 +544,16 @@ def select(cells: list[Cell], patterns: Iterable[str]) -> list[Cell]:
                 wanted.setdefault(ref, by_ref[ref])
                 ref = by_ref[ref].parent_ref()
     return order_by_parents(list(wanted.values()))
+
+
+def only_cells(matrix: Matrix, profile: str, only: Iterable[str]) -> list[Cell]:
+    """The profile's cells matching any ``--only`` pattern (fnmatch on ``family:tag``, or a family name),
+    without their ancestors; every cell when no pattern is given."""
+    cells = matrix.cells(profile)
+    patterns = [p for p in only if p]
+    if not patterns:
+        return cells
+    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.ref, p) or c.family.name == p for p in patterns)]
+    if not chosen:
+        raise SelectionError(f"--only {' '.join(patterns)} matches no cell of profile {profile!r}")
+    return chosen

@@ -179,6 +179,11 @@ class JobRecord:
         return Path(self.run_dir) / "record.json"
 
     @property
+    def result_key(self) -> str:
+        """What each of its results rows carries as `job`: unique across sites and restarted clusters."""
+        return f"{self.site}:{self.job_id}:{self.key}"
+
+    @property
     def output(self) -> Path | None:
         return Path(self.run_dir) / f"slurm-{self.job_id}.out" if self.job_id else None
 
@@ -355,7 +360,7 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int) -> tuple[lis
     body = PROVENANCE_RE.sub("", text)
     provenance = dict(kv.split("=", 1) for line in PROVENANCE_RE.findall(text) for kv in line.split() if "=" in kv)
     library = (LIBRARY_RE.findall(text) or [None])[0]
-    base = {"session": record.key, "run_id": record.key, "job": f"{record.site}:{record.job_id}:{record.key}",
+    base = {"session": record.key, "run_id": record.key, "job": record.result_key,
             "repeat": 1, "date": record.finished or _now(), "host": provenance.get("node", "?"),
             "site": record.site, "profile": None, "variant": record.variant, "language": "python",
             "mpi": record.mpi, "cell": record.cell, "image": record.image, "image_id": _image_id(record.sif),
@@ -409,6 +414,7 @@ def collect(root: Path, sites: dict[str, Site], store_for: Callable[[str], Path]
     progress(f"collecting {len(pending)} job(s): " + ", ".join(f"{r.job_id} ({r.bench})" for r in pending))
     deadline = time.monotonic() + timeout_s
     done: list[Collected] = []
+    stored: dict[Path, set[str]] = {}
     last_report = 0.0
     while pending:
         for record in list(pending):
@@ -419,7 +425,10 @@ def collect(root: Path, sites: dict[str, Site], store_for: Callable[[str], Path]
             if state not in TERMINAL and state != "UNKNOWN":
                 continue
             pending.remove(record)
-            done.append(_finish(record, site, state, detail, store_for(record.site), progress))
+            store = store_for(record.site)
+            if store not in stored:  # read each store once, not once per job
+                stored[store] = _already_stored(store)
+            done.append(_finish(record, site, state, detail, store, stored[store], progress))
         if not pending:
             break
         now = time.monotonic()
@@ -433,7 +442,8 @@ def collect(root: Path, sites: dict[str, Site], store_for: Callable[[str], Path]
     return done
 
 
-def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path, progress: Progress) -> Collected:
+def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path, stored: set[str],
+            progress: Progress) -> Collected:
     record.slurm_state, record.finished = state, _now()
     output = record.output
     text = output.read_text(encoding="utf-8", errors="replace") if output and output.is_file() else ""
@@ -451,15 +461,14 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         record.save()
         progress(f"job {record.job_id} ({record.bench}): {record.message}")
         return Collected(record)
-    job = f"{record.site}:{record.job_id}:{record.key}"
-    if job not in _already_stored(store):
+    if record.result_key not in stored:
         append_run(store, rows)
+        stored.add(record.result_key)
     record.state, record.store, record.summary = "collected", str(store), summary
     record.save()
     progress(f"job {record.job_id} ({record.bench}, {record.variant}): {summary} -> {store}")
     return Collected(record, len(rows))
 
 
-def _tail(text: str, n: int = 6) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "gocryptfs" not in ln]
-    return " | ".join(lines[-n:])[:800] or "(no output)"
+def _tail(text: str) -> str:
+    return apptainer.tail(text, lines=6, limit=800)
