@@ -38,8 +38,13 @@ def context_dir(root: Path) -> Path:
     return root / "dockerfiles" / "tools"
 
 
+def _rootfs_hash() -> hashlib._Hash:
+    """What the root file system is made of: the suite and its packages."""
+    return hashlib.sha256(f"{SUITE}\0{','.join(PACKAGES)}".encode())
+
+
 def recipe_digest(root: Path) -> str:
-    h = hashlib.sha256(f"{SUITE}\0{','.join(PACKAGES)}".encode())
+    h = _rootfs_hash()
     for path in sorted(context_dir(root).iterdir()):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
@@ -51,7 +56,7 @@ def ensure_tools_image(client: docker.DockerClient, root: Path, progress: Callab
     image = find_image(client, TOOLS_IMAGE)
     if image is not None and image.labels.get(RECIPE_LABEL) == digest and not force:
         return TOOLS_IMAGE
-    rootfs_digest = hashlib.sha256(f"{SUITE}\0{','.join(PACKAGES)}".encode()).hexdigest()[:16]
+    rootfs_digest = _rootfs_hash().hexdigest()[:16]
     rootfs = find_image(client, ROOTFS_IMAGE)
     if rootfs is None or rootfs.labels.get(RECIPE_LABEL) != rootfs_digest or force:
         mirror = debian_mirror()
