@@ -33,7 +33,8 @@ def render_check(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks in every built image, with the bind-model swap, C references and bare metal; tables, plots.
 
-    Options after `--` (see `nox -s bench -- --help`): --profile, --only, --bench, --sizes, --repeats, --strict.
+    Options after `--` are `invoke bench`'s (`nox -s bench -- --help` lists them): --profile, --only, --bench,
+    --sizes, --repeats, --strict, ...
     """
     session.install("-e", ".[bench]")
-    session.run("python", "-m", "hpcimages.commands", "bench", *session.posargs)
+    session.run("invoke", "bench", *session.posargs)

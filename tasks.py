@@ -1,4 +1,5 @@
-"""Invoke tasks: thin wrappers over hpcimages.commands (run `invoke --list`, `invoke --help TASK`)."""
+"""Invoke tasks: each one calls one function of the pipeline stage that owns it (`invoke --list`, `invoke --help
+TASK`). Every task goes through hpcimages.cli.exit_code: a mistake is one line on stderr and exit 2, Ctrl-C 130."""
 
 from __future__ import annotations
 
@@ -10,70 +11,115 @@ from invoke import Exit, task
 
 sys.path.insert(0, str(Path(__file__).parent / "src"))  # works before `pip install -e .` too
 
-from hpcimages import commands
-from hpcimages.errors import HpcImagesError
+from hpcimages.cli import exit_code
+from hpcimages.cluster import commands as cluster
+from hpcimages.define import commands as define
+from hpcimages.images import commands as images
+from hpcimages.measure import commands as measure
+from hpcimages.sif import commands as sif
 
-MATRIX_HELP = "matrix file (default: matrix.toml)"
+MATRIX = "matrix.toml"
+MATRIX_HELP = "matrix file (default: matrix.toml); the repository is its folder"
 PROFILE_HELP = "matrix profile: published, offline or ci (see matrix.toml)"
+ONLY_HELP = ("only cells matching this glob on family:tag or on the family name, e.g. 'mpi4py', 'cuda-*', "
+             "'*:py3.11-*' (repeatable; the same rule in every task{})")
 
 
 def _run(fn: Callable[..., int], **kwargs: object) -> None:
-    try:
-        code = fn(**kwargs)
-    except HpcImagesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise Exit(code=2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise Exit(code=130) from None
+    code = exit_code(fn, **kwargs)
     if code:
         raise Exit(code=code)
 
 
 @task(help={"matrix": MATRIX_HELP, "check": "only report files that differ from a fresh render (exit 1)"})
-def render(c, matrix="matrix.toml", check=False):
+def render(c, matrix=MATRIX, check=False):
     """Render dockerfiles/generated/<family>/<tag>/Dockerfile for every cell of every profile."""
-    _run(commands.render, matrix=matrix, check=check)
+    _run(define.render, matrix=matrix, check=check)
 
 
 @task(iterable=["only"], help={"matrix": MATRIX_HELP, "upgrade": "allow every pin to move to its newest version",
                                "only": "compile only locks whose path contains this (repeatable)",
                                "profile": "only the locks this profile's cells use (default: every profile's)"})
-def lock(c, matrix="matrix.toml", upgrade=False, only=None, profile=None):
+def lock(c, matrix=MATRIX, upgrade=False, only=None, profile=None):
     """Compile pinned, hashed locks (uv pip compile) per family and Python version into pip-requirements/."""
-    _run(commands.lock, matrix=matrix, upgrade=upgrade, only=only or [], profile=profile)
+    _run(define.lock, matrix=matrix, upgrade=upgrade, only=only or [], profile=profile)
 
 
 @task(help={"matrix": MATRIX_HELP, "profile": "profile whose bases to bootstrap (default: offline)",
             "force": "bootstrap again even if the image is up to date"})
-def bases(c, matrix="matrix.toml", profile="offline", force=False):
+def bases(c, matrix=MATRIX, profile="offline", force=False):
     """Bootstrap offline base images (debootstrap from the configured Debian mirror + docker import)."""
-    _run(commands.bases, matrix=matrix, profile=profile, force=force)
+    _run(images.bases, matrix=matrix, profile=profile, force=force)
 
 
 @task(iterable=["only"], help={
     "all": "build every cell of the profile (the default when --only is not given)",
     "profile": PROFILE_HELP + " (default: published)",
-    "only": "only cells matching this glob on family:tag or family (repeatable); their parents come too",
+    "only": ONLY_HELP.format("; the parents of the chosen cells are built too"),
     "jobs": "cells built in parallel (default 2)",
     "dry-run": "print the plan (cells, tags, FROM) and build nothing",
     "force": "rebuild cells even when their inputs are unchanged",
     "matrix": MATRIX_HELP,
 })
-def build(c, all=False, profile="published", only=None, jobs=2, dry_run=False, force=False, matrix="matrix.toml"):
+def build(c, all=False, profile="published", only=None, jobs=2, dry_run=False, force=False, matrix=MATRIX):
     """Build the image matrix in dependency order: incremental, parallel, fail-soft, with a summary table."""
-    _run(commands.build, matrix=matrix, profile=profile, only=only or [], jobs=int(jobs), dry_run=dry_run,
+    _run(images.build, matrix=matrix, profile=profile, only=only or [], jobs=int(jobs), dry_run=dry_run,
          force=force)
 
 
 @task(iterable=["only"], help={
     "profile": PROFILE_HELP + " (default: published)",
-    "only": "only cells matching this glob on family:tag or family (repeatable)",
+    "only": ONLY_HELP.format(""),
     "matrix": MATRIX_HELP,
 })
-def check(c, profile="published", only=None, matrix="matrix.toml"):
+def check(c, profile="published", only=None, matrix=MATRIX):
     """Run the checks inside every built image: contents, labels, linking, 2-rank MPI, bind-model swap, hygiene."""
-    _run(commands.check, matrix=matrix, profile=profile, only=only or [])
+    _run(images.check, matrix=matrix, profile=profile, only=only or [])
+
+
+@task(iterable=["only"], help={
+    "profile": PROFILE_HELP + " (default: published)",
+    "only": ONLY_HELP.format(""),
+    "runtime": "auto (a host apptainer/singularity, else the containerised one), host or container",
+    "force": "convert again even when the .sif is newer than its image",
+    "from-recipe": "build from the committed Singularity.def files instead of the Docker images",
+    "matrix": MATRIX_HELP,
+})
+def convert(c, profile="published", only=None, runtime="auto", force=False, from_recipe=False, matrix=MATRIX):
+    """Convert built images to .sif files in build/sif/ with a real Apptainer, then run the hello test in each."""
+    _run(sif.convert, matrix=matrix, profile=profile, only=only or [], runtime=runtime, force=force,
+         from_recipe=from_recipe)
+
+
+@task(help={"force": "bootstrap and build again", "matrix": MATRIX_HELP})
+def tools(c, force=False, matrix=MATRIX):
+    """Bootstrap the tools image (Apptainer, Slurm, munge, MPICH's launcher; Debian sid) into the engine."""
+    _run(sif.tools, matrix=matrix, force=force)
+
+
+@task(iterable=["only", "sizes"], auto_shortflags=False, help={
+    "profile": PROFILE_HELP + " (default: ci)",
+    "only": ONLY_HELP.format("; default: every cell of the profile's root family (mpi4py)"),
+    "bench": "comma-separated benchmarks (default: osu_bw,osu_latency,osu_allreduce)",
+    "sizes": "message sizes of one benchmark, BENCH=MIN:MAX, e.g. osu_bw=1048576:4194304 (repeatable)",
+    "repeats": "interleaved repeats; tables keep the median (default 3)",
+    "no-swap": "skip the bind-model (Intel MPI) variant",
+    "no-c": "skip the C reference variants",
+    "no-bare-metal": "skip the bare-metal variants",
+    "results": "results file (default: results/<profile>.jsonl)",
+    "strict": "exit 3 when a variant looks misconfigured (far below bare metal)",
+    "no-plots": "do not draw the PNG plots",
+    "matrix": MATRIX_HELP,
+})
+def bench(c, profile="ci", only=None, bench="", sizes=None, repeats=3, no_swap=False, no_c=False,
+          no_bare_metal=False, results=None, strict=False, no_plots=False, matrix=MATRIX):
+    """Benchmarks (OSU method) in built images, with the bind-model swap, C references and bare metal; tables, plots.
+
+    Every repeat runs every variant before the next repeat starts; results are appended to a JSON-lines store.
+    `nox -s bench -- OPTIONS` runs this task."""
+    _run(measure.bench, matrix=matrix, profile=profile, only=only or [], benchmarks=bench, sizes=sizes or [],
+         repeats=int(repeats), swap=not no_swap, c_reference=not no_c, bare_metal=not no_bare_metal,
+         results=results, strict=strict, plots=not no_plots)
 
 
 @task(help={
@@ -86,31 +132,8 @@ def check(c, profile="published", only=None, matrix="matrix.toml"):
 })
 def tabulate(c, results, session=None, out=None, no_plots=False, strict=False, skip_corrupt=False):
     """Rebuild the benchmark tables and plots from stored results, without running anything."""
-    _run(commands.tabulate_results, paths=commands.expand_paths(results), session=session, out=out,
-         plots=not no_plots, strict=strict, skip_corrupt=skip_corrupt)
-
-
-@task(iterable=["only"], help={
-    "profile": PROFILE_HELP + " (default: published)",
-    "only": "only cells matching this glob on family:tag or family (repeatable)",
-    "runtime": "auto (a host apptainer/singularity, else the containerised one), host or container",
-    "force": "convert again even when the .sif is newer than its image",
-    "from-recipe": "build from the committed Singularity.def files instead of the Docker images",
-    "matrix": MATRIX_HELP,
-})
-def convert(c, profile="published", only=None, runtime="auto", force=False, from_recipe=False,
-            matrix="matrix.toml"):
-    """Convert built images to .sif files in build/sif/ with a real Apptainer, then run the hello test in each."""
-    if from_recipe:
-        _run(commands.build_from_recipe, matrix=matrix, profile=profile, only=only or [], runtime=runtime)
-    else:
-        _run(commands.convert, matrix=matrix, profile=profile, only=only or [], runtime=runtime, force=force)
-
-
-@task(help={"force": "bootstrap and build again"})
-def tools(c, force=False):
-    """Bootstrap the tools image (Apptainer, Slurm, munge, MPICH's launcher; Debian sid) into the engine."""
-    _run(commands.tools, force=force)
+    _run(measure.tabulate, results=results, session=session, out=out, plots=not no_plots, strict=strict,
+         skip_corrupt=skip_corrupt)
 
 
 SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelmpi, local, ...)"
@@ -127,16 +150,16 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
     "dry-run": "render the script into build/slurm/runs/ and print it; submit nothing",
     "matrix": MATRIX_HELP,
 })
-def submit(c, site, bench, image, model="hybrid", sizes="", source="", dry_run=False, matrix="matrix.toml"):
+def submit(c, site, bench, image, model="hybrid", sizes="", source="", dry_run=False, matrix=MATRIX):
     """Render a batch script for a site profile and submit it with `sbatch --parsable`, keeping a job record."""
-    _run(commands.submit, site=site, bench=bench, image=image, model=model, sizes=sizes, source=source,
-         dry_run=dry_run, matrix=matrix)
+    _run(cluster.submit, matrix=matrix, site=site, bench=bench, image=image, model=model, sizes=sizes, source=source,
+         dry_run=dry_run)
 
 
 @task(help={"all": "also list scripts only rendered (--dry-run)", "matrix": MATRIX_HELP})
-def jobs(c, all=False, matrix="matrix.toml"):
+def jobs(c, all=False, matrix=MATRIX):
     """List the job records with their live Slurm state (squeue, then sacct, then scontrol)."""
-    _run(commands.jobs, all_states=all, matrix=matrix)
+    _run(cluster.jobs, matrix=matrix, all_states=all)
 
 
 @task(iterable=["site"], help={
@@ -145,12 +168,12 @@ def jobs(c, all=False, matrix="matrix.toml"):
     "store": "results file (default: results/slurm-<site>.jsonl)",
     "matrix": MATRIX_HELP,
 })
-def collect(c, timeout=1800, site=None, store=None, matrix="matrix.toml"):
+def collect(c, timeout=1800, site=None, store=None, matrix=MATRIX):
     """Wait for submitted jobs and store their results beside the `nox -s bench` ones (site = variant)."""
-    _run(commands.collect, timeout=int(timeout), site=site or [], store=store, matrix=matrix)
+    _run(cluster.collect, matrix=matrix, timeout=int(timeout), site=site or [], store=store)
 
 
-@task(help={"stop": "stop and remove the test cluster"})
-def testcluster(c, stop=False):
+@task(help={"stop": "stop and remove the test cluster", "matrix": MATRIX_HELP})
+def testcluster(c, stop=False, matrix=MATRIX):
     """Start the one-node Slurm test cluster (a container with Slurm, munge, Apptainer) for the site `local`."""
-    _run(commands.testcluster, stop=stop)
+    _run(cluster.testcluster, matrix=matrix, stop=stop)

@@ -1,11 +1,31 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import pytest
 
+from hpcimages.define.matrix import Matrix
+from hpcimages.images.build import BuildReport
+from hpcimages.paths import BUILD_DIR_VAR
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def build_dir():
+    """Everything the tests make (reports, logs, .sif files, job records) goes to a build folder of their own,
+    never into the checkout's build/ (a maintainer's reports and .sif files stay as they are). It is readable
+    by the unprivileged users of the Apptainer and Slurm containers, which mount it."""
+    path = Path(tempfile.mkdtemp(prefix="hpcimages-test-build-"))
+    path.chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(BUILD_DIR_VAR, str(path))
+        yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -18,17 +38,24 @@ def repo_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@dataclass(frozen=True)
+class CiBuild:
+    client: docker.DockerClient
+    matrix: Matrix
+    report: BuildReport
+
+
 @pytest.fixture(scope="session")
-def ci_built():
-    """(engine client, matrix) once the `ci` profile is built: what every integration test starts from."""
-    from hpcimages.bases import ensure_bases
-    from hpcimages.build import build
+def ci_built(build_dir) -> CiBuild:
+    """The `ci` profile built (or found up to date): what every integration test starts from."""
+    from hpcimages.define import load_matrix
     from hpcimages.engine import connect
-    from hpcimages.matrix import load_matrix
+    from hpcimages.images.bases import ensure_bases
+    from hpcimages.images.build import build
 
     client = connect()
     matrix = load_matrix(ROOT / "matrix.toml")
     ensure_bases(client, matrix.profile("ci"))
     report = build(client, matrix, "ci", jobs=2)
     assert report.ok, report.table()
-    return client, matrix
+    return CiBuild(client, matrix, report)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpcimages.aptsources import debian_mirror, resolve_debian_url
 from hpcimages.errors import BaseImageError
+from hpcimages.images.aptsources import debian_mirror, resolve_debian_url
 
 
 def test_deb822_sources(tmp_path):

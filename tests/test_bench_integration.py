@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages.results import load, parse_osu
+from hpcimages import engine
+from hpcimages.engine import Mount
+from hpcimages.measure.results import load, parse_osu
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,19 +41,12 @@ sys.exit(osu_bw.main(["-m", "1:256", "-c", "-i", "5", "-x", "1"]))
 
 @pytest.fixture(scope="module")
 def client(ci_built):
-    return ci_built[0]
+    return ci_built.client
 
 
 def run(client, image: str, command: str, env: dict | None = None) -> tuple[int, str]:
-    container = client.containers.create(image, ["sh", "-c", command], network_mode="none", environment=env or {},
-                                         volumes={str(ROOT / "bench"): {"bind": "/opt/hpcimages-bench",
-                                                                        "mode": "ro"}})
-    try:
-        container.start()
-        code = container.wait(timeout=600)["StatusCode"]
-        return code, container.logs().decode()
-    finally:
-        container.remove(force=True)
+    return engine.run(client, image, ["sh", "-c", command], timeout=600, env=env,
+                      mounts=[Mount(ROOT / "bench", "/opt/hpcimages-bench")])
 
 
 @pytest.mark.parametrize("script,args,benchmark,first,last", [
@@ -103,7 +98,7 @@ def test_cuda_script_without_a_driver_says_how_to_get_one(client):
 
 
 def bench_cmd(results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hpcimages.commands", "bench", "--profile", "ci",
+    return [sys.executable, "-m", "invoke", "bench", "--profile", "ci",
             "--only", "mpi4py:py3.11-mpich4.3.2", "--results", str(results), "--no-plots", *extra]
 
 
@@ -114,15 +109,15 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records, _ = load([results])
-    variants = {(r["benchmark"], r["variant"]) for r in records}
+    variants = {(r.benchmark, r.variant) for r in records}
     for variant in ("container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)"):
         assert ("osu_bw", variant) in variants
     assert ("osu_allreduce", "container (C)") not in variants  # no C reference for it
-    impi = next(r for r in records if r["variant"] == "container+impi")
-    assert impi["mpi_library"].startswith("Intel(R) MPI Library")
-    own = next(r for r in records if r["variant"] == "container")
-    assert own["mpi_library"].startswith("MPICH Version:") and own["image_id"].startswith("sha256:")
-    assert {"host", "date", "command", "session", "site"} <= set(own)
+    impi = next(r for r in records if r.variant == "container+impi")
+    assert impi.mpi_library.startswith("Intel(R) MPI Library")
+    own = next(r for r in records if r.variant == "container")
+    assert own.mpi_library.startswith("MPICH Version:") and own.image_id.startswith("sha256:")
+    assert {"host", "date", "command", "session", "site"} <= {k for k, v in own.to_json().items() if v}
     assert "Bandwidth (MB/s)" in proc.stdout and "Targets" in proc.stdout
     assert results.with_suffix(".md").is_file()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcimages.check import CellCheck, Outcome, check_contents, check_labels, check_linking, family_checks, table
-from hpcimages.matrix import load_matrix
+from hpcimages.define import load_matrix
+from hpcimages.images.check import CellCheck, Outcome, check_contents, check_labels, check_linking, family_checks, table
 
 ROOT = Path(__file__).resolve().parent.parent
 M = load_matrix(ROOT / "matrix.toml")
@@ -104,13 +104,36 @@ def test_table_lists_failures_with_reasons():
 def test_build_keeps_a_check_verdict_only_for_the_same_image(tmp_path):
     import json
 
-    from hpcimages.build import BuildReport, CellResult, write_report
+    from hpcimages.images.build import CellResult
+    from hpcimages.images.reports import record_build
 
     path = tmp_path / "build-report.json"
     path.write_text(json.dumps({"cells": {"ci/a:t": {"publishable": True, "checked_image_id": "sha256:1"},
                                           "ci/b:t": {"publishable": True, "checked_image_id": "sha256:2"}}}))
-    write_report(BuildReport("ci", [CellResult("a:t", "x/a:t", "up to date", image_id="sha256:1"),
-                                    CellResult("b:t", "x/b:t", "built", image_id="sha256:3")], 1.0), path)
+    record_build(tmp_path, "ci", [CellResult("a:t", "x/a:t", "up to date", image_id="sha256:1"),
+                                  CellResult("b:t", "x/b:t", "built", image_id="sha256:3")])
     cells = json.loads(path.read_text())["cells"]
     assert cells["ci/a:t"]["publishable"] is True
     assert cells["ci/b:t"]["publishable"] is False, "a rebuilt image must be checked again"
+
+
+def test_one_entry_shape_whoever_writes_it_and_an_unreadable_report_is_never_reset(tmp_path):
+    import json
+
+    import pytest
+
+    from hpcimages.images.build import CellResult
+    from hpcimages.images.reports import ReportError, load_entries, record_build, record_check
+
+    record_check(tmp_path, "ci", [CellCheck("c:t", "x/c:t", image_id="sha256:9", checks={"contents": Outcome("pass")})])
+    record_build(tmp_path, "ci", [CellResult("a:t", "x/a:t", "built", image_id="sha256:1")])
+    cells = json.loads((tmp_path / "build-report.json").read_text())["cells"]
+    assert set(cells["ci/c:t"]) == set(cells["ci/a:t"]), "check and build write the same entry shape"
+    assert cells["ci/c:t"]["publishable"] is True and cells["ci/a:t"]["publishable"] is False
+    report = tmp_path / "build-report.json"
+    report.write_text(report.read_text()[:40])  # a report cut short (a full disk, a killed writer)
+    with pytest.raises(ReportError, match=r"build-report\.json cannot be read .* left as it is"):
+        load_entries(tmp_path)
+    with pytest.raises(ReportError):
+        record_build(tmp_path, "ci", [CellResult("b:t", "x/b:t", "built", image_id="sha256:2")])
+    assert len(report.read_text()) == 40, "the unreadable report was not overwritten"

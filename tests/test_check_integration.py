@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages import hostmpi
-from hpcimages.check import Checker
-from hpcimages.engine import connect
+from hpcimages.images import hostmpi
+from hpcimages.images.check import MPI_LIBRARY_VERSION, Checker
+from hpcimages.paths import build_dir
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +34,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends patchelf \\
 
 
 @pytest.fixture(scope="module")
-def client():
-    return connect()
+def client(ci_built):
+    return ci_built.client
 
 
 @pytest.fixture(scope="module")
 def matrix(ci_built):
-    return ci_built[1]
+    return ci_built.matrix
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +68,12 @@ def test_invoke_check_passes_every_ci_cell(matrix):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert f"{len(matrix.cells('ci'))}/{len(matrix.cells('ci'))} cells passed" in proc.stdout
     assert "FAIL" not in proc.stdout
-    report = (ROOT / "build" / "check-report.json").read_text()
+    report = (build_dir(ROOT) / "check-report.json").read_text()
     assert '"bind-swap"' in report and "Intel MPI injected" in report
 
 
 def test_bind_swap_really_loads_intel_mpi(checker):
-    command = "python3 -c 'from mpi4py import MPI; print(MPI.Get_library_version())'"
+    command = MPI_LIBRARY_VERSION
     code, out = checker.run(GOOD, command, env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib"}, host_mpi=True)
     assert code == 0 and out.startswith("Intel(R) MPI Library"), out
     code, out = checker.run(GOOD, command)

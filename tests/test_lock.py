@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcimages.lock import compile_lock, lock_drift, lock_jobs, locked_pins
-from hpcimages.matrix import load_matrix
+from hpcimages.define import load_matrix
+from hpcimages.define.lock import compile_lock, lock_drift, lock_jobs, locked_pins
 
 ROOT = Path(__file__).resolve().parent.parent
 

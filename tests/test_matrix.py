@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from hpcimages.define import load_matrix
+from hpcimages.define.matrix import select
 from hpcimages.errors import MatrixError
-from hpcimages.matrix import load_matrix, select
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +98,7 @@ def test_parents_come_before_children_and_only_adds_parents(workdir):
     for cell in cells:
         assert cell.parent_ref() is None or cell.parent_ref() in seen
         seen.add(cell.ref)
-    chosen = [c.ref for c in select(cells, ["hpc-python:py3.13-*4.0.2"])]
+    chosen = [c.ref for c in select(cells, ["hpc-python:py3.13-*4.0.2"], with_parents=True)]
     assert chosen == ["mpi4py:py3.13-mpich4.0.2", "hpc-python:py3.13-mpich4.0.2"]
 
 

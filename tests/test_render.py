@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcimages.matrix import load_matrix
-from hpcimages.render import dockerfile_path, drift, render_all
-from hpcimages.templates import render_cell
+from hpcimages.define import load_matrix
+from hpcimages.define.render import dockerfile_path, drift, render_all
+from hpcimages.define.templates import render_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 

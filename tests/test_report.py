@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages.report import build_report, plot, write_markdown
-from hpcimages.results import append_run
+from hpcimages.measure.report import build_report, plot, write_markdown
+from hpcimages.measure.results import ResultRow, append_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CELL = "mpi4py:py3.11-mpich4.3.2"
@@ -28,15 +28,14 @@ LATENCY = {"container": {8: (0.50, 0.52, 0.51)}, "bare-metal": {8: (0.49, 0.50, 
            "container (C)": {8: (0.30, 0.31, 0.30)}}
 
 
-def records() -> list[dict]:
+def records() -> list[ResultRow]:
     out = []
     for bench, table in (("osu_bw", BANDWIDTH), ("osu_latency", LATENCY)):
         for variant, sizes in table.items():
             for size, values in sizes.items():
                 for repeat, value in enumerate(values, 1):
-                    out.append({"benchmark": bench, "variant": variant, "size": size, "value": value,
-                                "repeat": repeat, "mpi": "mpich4.3.2",
-                                "cell": None if variant.startswith("bare-metal") else CELL})
+                    out.append(ResultRow(benchmark=bench, variant=variant, size=size, value=value, repeat=repeat,
+                                         mpi="mpich4.3.2", cell=None if variant.startswith("bare-metal") else CELL))
     return out
 
 

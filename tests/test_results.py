@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages.results import ResultsError, append_run, load, medians, parse_osu
+from hpcimages.measure.results import ResultRow, ResultsError, append_run, load, medians, parse_osu
 
 FIXTURES = Path(__file__).parent / "fixtures" / "osu"
 
@@ -50,8 +50,9 @@ def test_output_without_header_or_rows_is_an_error():
         parse_osu("# OSU MPI Bandwidth Test v7.5\n# Size      Bandwidth (MB/s)\nAbort(1) on node 0\n")
 
 
-def record(i: int, **extra) -> dict:
-    return {"benchmark": "osu_bw", "variant": "container", "cell": "c", "size": 1024, "value": float(i), **extra}
+def record(i: int, **extra) -> ResultRow:
+    return ResultRow(**{"benchmark": "osu_bw", "variant": "container", "cell": "c", "size": 1024, "value": float(i),
+                        **extra})
 
 
 def test_append_is_atomic_per_run_and_never_truncates(tmp_path):
@@ -59,7 +60,7 @@ def test_append_is_atomic_per_run_and_never_truncates(tmp_path):
     append_run(store, [record(1), record(2)])
     append_run(store, [record(3)])
     records, problems = load([store])
-    assert [r["value"] for r in records] == [1.0, 2.0, 3.0] and problems == []
+    assert [r.value for r in records] == [1.0, 2.0, 3.0] and problems == []
 
 
 def test_a_torn_line_from_an_interrupted_run_is_reported_and_loses_nothing_else(tmp_path):
@@ -71,13 +72,13 @@ def test_a_torn_line_from_an_interrupted_run_is_reported_and_loses_nothing_else(
     with pytest.raises(ResultsError, match=r"ci\.jsonl:3: corrupt result line"):
         load([store])
     records, problems = load([store], skip_corrupt=True)
-    assert [r["value"] for r in records] == [1.0, 2.0, 3.0]
+    assert [r.value for r in records] == [1.0, 2.0, 3.0]
     assert len(problems) == 1 and ":3:" in problems[0]
 
 
 def test_records_without_required_keys_are_corrupt(tmp_path):
     store = tmp_path / "x.jsonl"
-    store.write_text(json.dumps(record(1)) + "\n" + json.dumps({"benchmark": "osu_bw"}) + "\n")
+    store.write_text(json.dumps(record(1).to_json()) + "\n" + json.dumps({"benchmark": "osu_bw"}) + "\n")
     with pytest.raises(ResultsError, match=r"x\.jsonl:2: corrupt result line \(missing variant, size, value\)"):
         load([store])
 
@@ -90,3 +91,17 @@ def test_missing_results_file_is_an_error(tmp_path):
 def test_medians_over_repeats():
     rows = [record(v, repeat=i) for i, v in enumerate((5, 1, 3))]
     assert medians(rows) == {("c", "osu_bw", "container", 1024): 3.0}
+
+
+def test_a_row_whose_value_is_not_a_number_is_corrupt_not_a_traceback(tmp_path):
+    store = tmp_path / "x.jsonl"
+    store.write_text(json.dumps({**record(1).to_json(), "value": "fast"}) + "\n")
+    with pytest.raises(ResultsError, match=r"x\.jsonl:1: corrupt result line \(value must be a number"):
+        load([store])
+    assert load([store], skip_corrupt=True)[0] == []
+
+
+def test_rows_round_trip_through_the_store(tmp_path):
+    row = record(7, extra={"min_us": 1.5}, mpi_library="MPICH Version: 4.3.2", job="s:1:k")
+    append_run(tmp_path / "r.jsonl", [row])
+    assert load([tmp_path / "r.jsonl"])[0] == [row]

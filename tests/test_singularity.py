@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages.apptainer import ConvertError, choose_runtime, sif_name
+from hpcimages.define import load_matrix
+from hpcimages.define.render import recipe_path
+from hpcimages.define.singularity import dockerfile_args, spython_convert
 from hpcimages.engine import connect
-from hpcimages.matrix import load_matrix
-from hpcimages.render import recipe_path
-from hpcimages.singularity import dockerfile_args, spython_convert
+from hpcimages.sif.apptainer import ConvertError, choose_runtime
+from hpcimages.sif.convert import sif_name
 
 ROOT = Path(__file__).resolve().parent.parent
 M = load_matrix(ROOT / "matrix.toml")

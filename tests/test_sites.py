@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages import slurm
-from hpcimages.matrix import load_matrix
-from hpcimages.sites import SiteError, load_site, parse_site, site_names
+from hpcimages.cluster import slurm
+from hpcimages.define import load_matrix
+from hpcimages.define.sites import SiteError, load_site, parse_site, site_names
 
 ROOT = Path(__file__).resolve().parent.parent
 SITES = ROOT / "slurm" / "sites"
@@ -162,8 +162,8 @@ def test_hello_output_must_have_every_rank():
     good = ("# hpcimages: job=7 site=s bench=hello model=hybrid node=n1\nHello World! I am process 1 of 2 on n1.\n"
             "Hello World! I am process 0 of 2 on n1.\n# library: MPICH Version:      4.3.2\n")
     rows, summary = slurm.parse_output(record, good, 2)
-    assert rows[0]["value"] == 2 and rows[0]["mpi_library"].startswith("MPICH") and rows[0]["host"] == "n1"
-    assert rows[0]["job"] == "s:7:k" and "2 of 2 ranks" in summary
+    assert rows[0].value == 2 and rows[0].mpi_library.startswith("MPICH") and rows[0].host == "n1"
+    assert rows[0].job == "s:7:k" and "2 of 2 ranks" in summary
     singletons = "Hello World! I am process 0 of 1 on n1.\nHello World! I am process 0 of 1 on n1.\n"
     with pytest.raises(slurm.ResultsError, match="every rank"):
         slurm.parse_output(record, singletons, 2)

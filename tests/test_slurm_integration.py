@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from hpcimages import apptainer as ap
-from hpcimages import bench, slurm, testcluster
-from hpcimages.matrix import load_matrix
-from hpcimages.results import load
-from hpcimages.sites import load_site, parse_site
+from hpcimages.cluster import slurm, testcluster
+from hpcimages.define import load_matrix
+from hpcimages.define.sites import load_site, parse_site
+from hpcimages.measure import bench
+from hpcimages.measure.results import load
+from hpcimages.paths import build_dir
+from hpcimages.sif import apptainer as ap
+from hpcimages.sif import convert as cv
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,17 +33,17 @@ SIZES = "1:1048576"
 
 @pytest.fixture(scope="module")
 def cluster(ci_built):
-    client = ci_built[0]
+    client = ci_built.client
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
-    for converted in ap.convert(client, runtime, [IMAGE, BOOKWORM_IMAGE], ROOT / "build" / "sif",
+    for converted in cv.convert(client, runtime, [IMAGE, BOOKWORM_IMAGE], cv.sif_dir(ROOT),
                                 progress=lambda _: None):
         assert converted.status in ("converted", "up to date"), converted.reason
     testcluster.start(client, ROOT, progress=lambda _: None)
-    # this module's scripts, outputs and records: inside the project (the cluster sees it), apart from the user's
-    runs = ROOT / "build" / "slurm" / f"test-runs-{uuid.uuid4().hex[:8]}"
-    os.environ["HPCIMAGES_SLURM_RUNS"] = str(runs)
-    yield client
-    del os.environ["HPCIMAGES_SLURM_RUNS"]
+    # this module's scripts, outputs and records: in the tests' build folder (the cluster mounts it)
+    runs = build_dir(ROOT) / "slurm" / f"test-runs-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HPCIMAGES_SLURM_RUNS", str(runs))
+        yield client
     shutil.rmtree(runs, ignore_errors=True)
 
 
@@ -77,15 +80,15 @@ def test_hello_and_osu_bw_in_both_models_land_beside_the_docker_runs(cluster, tm
     proc = invoke("collect", "--store", str(store), "--timeout", "900")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records, _ = load([store])
-    by = {(r["benchmark"], r["variant"]) for r in records}
+    by = {(r.benchmark, r.variant) for r in records}
     assert by == {("hello", "local"), ("hello", "local+hostmpi"), ("osu_bw", "local"), ("osu_bw", "local+hostmpi")}
-    hello = {r["variant"]: r for r in records if r["benchmark"] == "hello"}
-    assert hello["local"]["value"] == 2 and hello["local+hostmpi"]["value"] == 2
-    assert hello["local"]["mpi_library"].startswith("MPICH Version")
-    assert hello["local+hostmpi"]["mpi_library"].startswith("Intel(R) MPI Library")
-    bw = [r for r in records if r["benchmark"] == "osu_bw"]
-    assert {r["cell"] for r in records} == {CELL} and all(r["value"] > 0 for r in bw)
-    assert {r["mpi_library"].split()[0] for r in bw} == {"MPICH", "Intel(R)"}
+    hello = {r.variant: r for r in records if r.benchmark == "hello"}
+    assert hello["local"].value == 2 and hello["local+hostmpi"].value == 2
+    assert hello["local"].mpi_library.startswith("MPICH Version")
+    assert hello["local+hostmpi"].mpi_library.startswith("Intel(R) MPI Library")
+    bw = [r for r in records if r.benchmark == "osu_bw"]
+    assert {r.cell for r in records} == {CELL} and all(r.value > 0 for r in bw)
+    assert {r.mpi_library.split()[0] for r in bw} == {"MPICH", "Intel(R)"}
     for job_output in Path(os.environ["HPCIMAGES_SLURM_RUNS"]).glob("*hello*/slurm-*.out"):
         text = job_output.read_text()
         assert "process 0 of 2" in text and "process 1 of 2" in text, text

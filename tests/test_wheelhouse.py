@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from hpcimages import wheelhouse
-from hpcimages.matrix import Source
+from hpcimages.define.matrix import Source
+from hpcimages.images import wheelhouse
 
 
 @pytest.fixture

@@ -1,15 +1,23 @@
-"""The Docker engine, through the Docker SDK, with one clear error when it cannot be reached."""
+"""The Docker engine, through the Docker SDK: one clear error when it cannot be reached, and one way to run a
+command in a container (check, bench, convert and the test cluster all go through ``run``/``create``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
 import docker
 import docker.errors
+import requests
+from docker.models.containers import Container
 from docker.models.images import Image
 
 from .errors import EngineError
 
 HOW_TO_START = ("start one first: `bash scripts/setup.sh` (installs and starts it), or `dockerd &` as root, "
                 "or `systemctl start docker`")
+EXIT_TIMEOUT = 124
 
 
 def connect(timeout: int = 900) -> docker.DockerClient:
@@ -30,6 +38,71 @@ def find_image(client: docker.DockerClient, ref: str) -> Image | None:
         return None
     except docker.errors.APIError as exc:
         raise EngineError(f"the Docker engine failed to inspect {ref}: {_short(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bound into a container."""
+
+    host: Path
+    inside: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What a container may do beyond the engine's defaults (Apptainer inside a container needs FUSE, no
+    seccomp/AppArmor confinement and unmasked /proc paths; the CLI's `systempaths=unconfined` is client-side
+    sugar for the last, so the API gets empty masked and read-only path lists)."""
+
+    security_opt: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    unmask_paths: bool = False
+
+
+DEFAULT_SANDBOX = Sandbox()
+
+
+def create(client: docker.DockerClient, image: str, command: list[str] | None, *, env: dict[str, str] | None = None,
+           mounts: Iterable[Mount] = (), network: str = "none", workdir: str | None = None, user: str | None = None,
+           sandbox: Sandbox = DEFAULT_SANDBOX, shm_size: int | str | None = None, name: str | None = None,
+           hostname: str | None = None, entrypoint: list[str] | None = None,
+           labels: dict[str, str] | None = None, init: bool = False) -> Container:
+    """A created (not started) container; ``command`` is an argument list, never a shell string."""
+    binds = {str(m.host): {"bind": m.inside, "mode": "ro" if m.read_only else "rw"} for m in mounts}
+    host_config = client.api.create_host_config(
+        binds=binds, network_mode=network, security_opt=list(sandbox.security_opt) or None,
+        devices=list(sandbox.devices) or None, shm_size=shm_size, init=init,
+    )
+    if sandbox.unmask_paths:
+        host_config["MaskedPaths"] = []
+        host_config["ReadonlyPaths"] = []
+    created = client.api.create_container(
+        image, command, environment=env or {}, host_config=host_config, working_dir=workdir, user=user,
+        name=name, hostname=hostname, volumes=[spec["bind"] for spec in binds.values()], entrypoint=entrypoint,
+        labels=labels,
+    )
+    return client.containers.get(created["Id"])
+
+
+def run(client: docker.DockerClient, image: str, command: list[str], *, timeout: int, **options: object) -> \
+        tuple[int, str]:
+    """Run ``command`` in a new container to its end: (exit status, stdout+stderr). The container is removed
+    whatever happens (Ctrl-C included); one that outlives ``timeout`` is killed and reports 124."""
+    container = create(client, image, command, **options)  # type: ignore[arg-type]
+    try:
+        container.start()
+        try:
+            code = int(container.wait(timeout=timeout).get("StatusCode", 1))
+        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+            container.kill()
+            code = EXIT_TIMEOUT
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    if code == EXIT_TIMEOUT:
+        output += f"\n(timed out after {timeout}s)"
+    return code, output
 
 
 def _short(exc: Exception) -> str:

@@ -23,12 +23,15 @@ from pathlib import Path
 
 import jinja2
 
-from . import apptainer
-from .bench import BENCHMARKS
-from .errors import HpcImagesError
-from .matrix import IMAGE_RE, Matrix
-from .results import PRIMARY, ResultsError, append_run, load, parse_osu
-from .sites import Site
+from ..define.matrix import IMAGE_RE, Matrix
+from ..define.sites import Site
+from ..errors import HpcImagesError
+from ..files import write_json
+from ..measure.bench import BENCHMARKS
+from ..measure.results import PRIMARY, ResultRow, ResultsError, append_run, load, parse_osu
+from ..paths import build_dir
+from ..sif import apptainer
+from ..sif.convert import sif_dir, sif_name
 
 BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "cuda", "convert")
 MODELS = ("hybrid", "bind")
@@ -82,12 +85,12 @@ class JobSpec:
 
 def job_key(spec: JobSpec, now: dt.datetime | None = None) -> str:
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%f")
-    return f"{stamp}-{spec.site.name}-{spec.bench}-{spec.model}-{apptainer.sif_name(spec.image)[:-4]}"
+    return f"{stamp}-{spec.site.name}-{spec.bench}-{spec.model}-{sif_name(spec.image)[:-4]}"
 
 
 def sif_path(root: Path, spec: JobSpec) -> str:
-    directory = spec.site.container.sif_dir or str(root / "build" / "sif")
-    return f"{directory.rstrip('/')}/{apptainer.sif_name(spec.image)}"
+    directory = spec.site.container.sif_dir or str(sif_dir(root))
+    return f"{directory.rstrip('/')}/{sif_name(spec.image)}"
 
 
 def _environment(root: Path) -> jinja2.Environment:
@@ -188,12 +191,8 @@ class JobRecord:
         return Path(self.run_dir) / f"slurm-{self.job_id}.out" if self.job_id else None
 
     def save(self) -> None:
-        """Written atomically: a reader never sees half a record."""
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        """Written atomically and synced: a reader never sees half a record, a crash never loses a submission."""
+        write_json(self.path, asdict(self), sync=True)
 
 
 def _now() -> str:
@@ -203,7 +202,7 @@ def _now() -> str:
 def runs_dir(root: Path) -> Path:
     """Where scripts, outputs and records go; HPCIMAGES_SLURM_RUNS moves them (it must be visible to the jobs)."""
     override = os.environ.get("HPCIMAGES_SLURM_RUNS")
-    return Path(override) if override else root / "build" / "slurm" / "runs"
+    return Path(override) if override else build_dir(root) / "slurm" / "runs"
 
 
 def load_records(root: Path) -> list[JobRecord]:
@@ -219,12 +218,8 @@ def load_records(root: Path) -> list[JobRecord]:
 def cell_of(matrix: Matrix, image: str) -> tuple[str | None, str | None]:
     """The matrix cell (and its MPI) of an image tag, if the tag is one of the matrix's."""
     repo, _, tag = image.rpartition(":")
-    ref = f"{repo.rsplit('/', 1)[-1]}:{tag}"
-    for profile in matrix.profiles:
-        for cell in matrix.cells(profile):
-            if cell.ref == ref:
-                return cell.ref, cell.mpi.key
-    return None, None
+    cell = matrix.cell(f"{repo.rsplit('/', 1)[-1]}:{tag}")
+    return (cell.ref, cell.mpi.key) if cell else (None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +350,7 @@ class Collected:
     stored: int = 0
 
 
-def parse_output(record: JobRecord, text: str, expected_ranks: int) -> tuple[list[dict], str]:
+def parse_output(record: JobRecord, text: str, expected_ranks: int) -> tuple[list[ResultRow], str]:
     """Result rows from a job's output, and a one-line summary; raises ResultsError when it holds none."""
     body = PROVENANCE_RE.sub("", text)
     provenance = dict(kv.split("=", 1) for line in PROVENANCE_RE.findall(text) for kv in line.split() if "=" in kv)
@@ -364,23 +359,23 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int) -> tuple[lis
             "repeat": 1, "date": record.finished or _now(), "host": provenance.get("node", "?"),
             "site": record.site, "profile": None, "variant": record.variant, "language": "python",
             "mpi": record.mpi, "cell": record.cell, "image": record.image, "image_id": _image_id(record.sif),
-            "command": record.script, "model": record.model}
+            "command": record.script, "model": record.model}  # what every row of this job shares
     if record.bench == "hello":
         ranks = sorted({(int(r), int(n)) for r, n, _ in HELLO_RE.findall(body)})
         seen = {r for r, _ in ranks}
         if not ranks or seen != set(range(expected_ranks)) or {n for _, n in ranks} != {expected_ranks}:
             raise ResultsError(f"expected 'process R of {expected_ranks}' from every rank, got "
                                f"{[f'{r} of {n}' for r, n in ranks] or 'no hello lines'}")
-        row = {**base, "benchmark": "hello", "size": 0, "value": len(seen), "metric": "ranks", "unit": "ranks",
-               "mpi_library": library, "extra": {}}
+        row = ResultRow(**base, benchmark="hello", size=0, value=len(seen), metric="ranks", unit="ranks",
+                        mpi_library=library)
         return [row], f"{len(seen)} of {expected_ranks} ranks answered" + (f"; {library}" if library else "")
     if record.bench not in PRIMARY:
         return [], "done (no figures to store)"
     parsed = parse_osu(body)
     metric, unit = PRIMARY[parsed.benchmark]
-    rows = [{**base, "benchmark": parsed.benchmark, "size": int(r["size"]), "value": r[metric], "metric": metric,
-             "unit": unit, "mpi_library": parsed.library,
-             "extra": {k: v for k, v in r.items() if k not in ("size", metric)}} for r in parsed.rows]
+    rows = [ResultRow(**base, benchmark=parsed.benchmark, size=int(r["size"]), value=r[metric], metric=metric,
+                      unit=unit, mpi_library=parsed.library,
+                      extra={k: v for k, v in r.items() if k not in ("size", metric)}) for r in parsed.rows]
     last = parsed.rows[-1]
     return rows, f"{len(rows)} sizes; {int(last['size'])} B: {last[metric]:.2f} {unit}; {parsed.library or ''}".strip()
 
@@ -397,7 +392,7 @@ def _already_stored(store: Path) -> set[str]:
     if not store.is_file():
         return set()
     records, _ = load([store], skip_corrupt=True)
-    return {r["job"] for r in records if r.get("job")}
+    return {r.job for r in records if r.job}
 
 
 def collect(root: Path, sites: dict[str, Site], store_for: Callable[[str], Path], *, timeout_s: float = 1800,

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import docker
 
+from ..define.matrix import Base, Profile
+from ..engine import find_image
+from ..errors import BaseImageError
 from .aptsources import debian_mirror
-from .engine import find_image
-from .errors import BaseImageError
-from .matrix import Base, Profile
 
 RECIPE_LABEL = "io.hpcimages.base-recipe"
 PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")

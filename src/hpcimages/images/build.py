@@ -5,8 +5,8 @@
   rendered Dockerfile, every file it COPYs, the build args, the id of the image it starts FROM) is
   stored in the image's ``io.hpcimages.input-hash`` label.
 * A failed cell does not stop the others; its descendants are reported as skipped.
-* Each cell's engine output is streamed to ``build/logs/<family>/<tag>.log``; a summary table and
-  ``build/build-report.json`` are written at the end.
+* Each cell's engine output is streamed to ``<build>/logs/<family>/<tag>.log``; a summary table is printed
+  and the build report (reports.py) is written at the end.
 """
 
 from __future__ import annotations
@@ -22,20 +22,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import docker.errors
 from tabulate import tabulate
 
-from . import wheelhouse
-from .engine import find_image
-from .errors import HpcImagesError
-from .lock import lock_drift
-from .matrix import Cell, Matrix, Profile, select
-from .render import dockerfile_path, drift
-from .templates import lock_path, mpi_lock_path
+from ..define.lock import lock_drift
+from ..define.matrix import Cell, Matrix, Profile, select_cells
+from ..define.render import dockerfile_path, drift
+from ..engine import find_image
+from ..errors import HpcImagesError
+from ..paths import build_dir, shown
+from . import reports, wheelhouse
 
 INPUT_LABEL = "io.hpcimages.input-hash"
 COPY_RE = re.compile(r"^\s*COPY\s+(?!--from)(?:--\S+\s+)*(\S+)\s+\S+\s*$", re.M)
@@ -99,20 +99,12 @@ class BuildError(HpcImagesError):
 # planning
 
 
-def plan(matrix: Matrix, profile: str, only: Iterable[str] = ()) -> list[Cell]:
-    cells = matrix.cells(profile)
-    only = [p for p in only if p]
-    if only:
-        chosen = select(cells, only)
-        if not chosen:
-            raise BuildError(f"--only {' '.join(only)!s} matches no cell of profile {profile!r}; cells: "
-                             + ", ".join(c.ref for c in cells))
-        return chosen
-    return cells
+def plan(matrix: Matrix, profile: str | Profile, only: Iterable[str] = ()) -> list[Cell]:
+    """The cells to build: ``--only`` (the one selection rule) plus the parents the chosen cells need."""
+    return select_cells(matrix, profile, only, with_parents=True)
 
 
-def describe_plan(matrix: Matrix, profile_name: str, cells: list[Cell]) -> str:
-    profile = matrix.profile(profile_name)
+def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell]) -> str:
     rows = []
     for cell in cells:
         tags = [cell.image(profile.registry), *cell.aliases(profile.registry)]
@@ -136,22 +128,39 @@ def copied_files(dockerfile: str) -> list[str]:
     return COPY_RE.findall(dockerfile)
 
 
-def build_args(matrix: Matrix, profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
-    args = dict(cell.family.build_args)
+def from_image(matrix: Matrix, profile: Profile, cell: Cell) -> tuple[str, str]:
+    """(the ARG that names it, the image) a cell starts FROM: its base, or its parent cell's image."""
     if cell.family.parent is None:
-        args["BASE_IMAGE"] = profile.bases[cell.python].image
-        source = profile.sources.get(cell.mpi.key)
-        if source is not None:
-            args["MPI_SOURCE_URL"] = f"{served}/sources/{source.filename}" if served else source.url
-            args["MPI_SOURCE_SHA256"] = source.sha256
-            args["MPI_SOURCE_ORIGIN"] = source.url  # hashed only: where the tarball really comes from
-    else:
-        parent = next(c for c in matrix.cells(profile.name) if c.ref == cell.parent_ref())
-        args["PARENT_IMAGE"] = parent.image(profile.registry)
+        return "BASE_IMAGE", profile.bases[cell.python].image
+    parent = next(c for c in matrix.cells(profile) if c.ref == cell.parent_ref())
+    return "PARENT_IMAGE", parent.image(profile.registry)
+
+
+def source_args(profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
+    """The MPI tarball of a source cell: served from the wheelhouse during a build, else its own URL."""
+    source = profile.sources.get(cell.mpi.key)
+    if source is None or cell.family.parent is not None:
+        return {}
+    return {"MPI_SOURCE_URL": f"{served}/sources/{source.filename}" if served else source.url,
+            "MPI_SOURCE_SHA256": source.sha256}
+
+
+def build_args(matrix: Matrix, profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
+    """Every build arg of a cell: the family's, FROM, the MPI tarball, and the wheelhouse when one is served."""
+    name, image = from_image(matrix, profile, cell)
+    args = {**cell.family.build_args, name: image, **source_args(profile, cell, served)}
     if served:
         args["PIP_NO_INDEX"] = "1"
         args["PIP_FIND_LINKS"] = f"{served}/wheelhouse/"
     return args
+
+
+def hashed_args(profile: Profile, cell: Cell, args: dict[str, str]) -> dict[str, str]:
+    """What the input hash sees: the args, plus where a tarball really comes from (the served URL is transient)."""
+    source = profile.sources.get(cell.mpi.key)
+    if source is None or cell.family.parent is not None:
+        return args
+    return {**args, "MPI_SOURCE_ORIGIN": source.url}
 
 
 def input_hash(matrix: Matrix, cell: Cell, args: dict[str, str], from_id: str) -> str:
@@ -212,13 +221,13 @@ def _git(root: Path, *args: str) -> str:
 
 
 class Builder:
-    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str, *, jobs: int = 2,
+    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: Profile, *, jobs: int = 2,
                  log_dir: Path | None = None, progress: Progress = print, force: bool = False) -> None:
         self.client = client
         self.matrix = matrix
-        self.profile = matrix.profile(profile)
+        self.profile = profile
         self.jobs = max(1, jobs)
-        self.log_dir = log_dir or matrix.root / "build" / "logs"
+        self.log_dir = log_dir or build_dir(matrix.root) / "logs"
         self.progress = progress
         self.force = force
         self.cache = wheelhouse.cache_root()
@@ -240,7 +249,8 @@ class Builder:
         from_id = parent_id if cell.family.parent else self.base_id(cell) or self.profile.bases[cell.python].image
         if from_id is None:
             return None
-        return input_hash(self.matrix, cell, build_args(self.matrix, self.profile, cell, None), from_id)
+        args = build_args(self.matrix, self.profile, cell, None)
+        return input_hash(self.matrix, cell, hashed_args(self.profile, cell, args), from_id)
 
     def up_to_date(self, cell: Cell, parent_id: str | None) -> tuple[bool, str | None]:
         image = find_image(self.client, cell.image(self.profile.registry))
@@ -270,7 +280,7 @@ class Builder:
         broken: dict[str, str] = {}
         done: dict[tuple[str, str], str | None] = {}
         for cell in cells:
-            for lock in filter(None, (mpi_lock_path(cell), lock_path(cell))):
+            for lock in filter(None, (cell.mpi_lock, cell.lock)):
                 key = (lock, cell.python)
                 if key not in done:
                     self.say(f"  wheelhouse: {lock} for Python {cell.python}")
@@ -321,13 +331,11 @@ class Builder:
     def _engine_build(self, cell: Cell, parent_id: str | None, served: str, result: CellResult) -> None:
         args = build_args(self.matrix, self.profile, cell, served)
         from_id = parent_id if cell.family.parent else (self.base_id(cell) or args["BASE_IMAGE"])
-        digest = input_hash(self.matrix, cell, args, str(from_id))
-        args.pop("MPI_SOURCE_ORIGIN", None)
+        digest = input_hash(self.matrix, cell, hashed_args(self.profile, cell, args), str(from_id))
         context, dockerfile = context_archive(self.matrix, cell)
         log_path = self.log_dir / cell.family.name / f"{cell.tag}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        result.log = str(log_path.relative_to(self.matrix.root)) if log_path.is_relative_to(self.matrix.root) \
-            else str(log_path)
+        result.log = shown(log_path, self.matrix.root)
         self.say(f"  building {cell.ref} (log: {result.log})")
         image_id, error = None, None
         with log_path.open("w", encoding="utf-8", buffering=1) as log:  # line-buffered: `tail -f` works
@@ -408,34 +416,20 @@ class Builder:
                     self.say(f"[{done}/{total}] {cell.ref}: {r.status} ({detail})")
 
 
-def write_report(report: BuildReport, path: Path) -> None:
-    """Merge this run into ``build/build-report.json`` (cells of other runs keep their entries)."""
-    data: dict[str, dict] = {}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8")).get("cells", {})
-        except (json.JSONDecodeError, AttributeError):
-            data = {}
-    for r in report.results:
-        key = f"{report.profile}/{r.ref}"
-        entry = {"profile": report.profile, **asdict(r), "publishable": False}
-        previous = data.get(key, {})
-        if r.image_id and previous.get("checked_image_id") == r.image_id:
-            # the same image already passed (or failed) `invoke check`: its verdict still holds
-            entry["publishable"] = bool(previous.get("publishable"))
-            entry["checked_image_id"] = r.image_id
-        data[key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"cells": data}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+def build(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, only: Iterable[str] = (),
+          jobs: int = 2, progress: Progress = print, force: bool = False, log_dir: Path | None = None) -> BuildReport:
+    prof = matrix.profile(profile)
+    return build_cells(client, matrix, prof, plan(matrix, prof, only), jobs=jobs, progress=progress, force=force,
+                       log_dir=log_dir)
 
 
-def build(client: docker.DockerClient, matrix: Matrix, profile: str, only: Iterable[str] = (), jobs: int = 2,
-          progress: Progress = print, force: bool = False, log_dir: Path | None = None) -> BuildReport:
+def build_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cells: list[Cell], jobs: int = 2,
+                progress: Progress = print, force: bool = False, log_dir: Path | None = None) -> BuildReport:
+    """Build a planned list of cells (parents first, see ``plan``) and record them in the build report."""
     check_inputs_fresh(matrix)
-    cells = plan(matrix, profile, only)
-    builder = Builder(client, matrix, profile, jobs=jobs, progress=progress, force=force, log_dir=log_dir)
+    out = build_dir(matrix.root)
+    reports.load_entries(out)  # an unreadable report stops the build before it starts, not after
+    builder = Builder(client, matrix, prof, jobs=jobs, progress=progress, force=force, log_dir=log_dir)
     report = builder.run(cells)
-    write_report(report, matrix.root / "build" / "build-report.json")
+    reports.record_build(out, prof.name, report.results)
     return report

@@ -4,6 +4,9 @@ Parsing accepts the header variants in use: the OSU Micro-Benchmarks (``# Size  
 OMB-Py (``# Size (B)      Bandwidth (MB/s)``), mpi4py's demos (``# Size [B]  Bandwidth [MB/s]``) and the
 scripts in ``bench/``.
 
+A result is a ``ResultRow``: the one way a row is made (``nox -s bench`` and ``invoke collect``), written
+and read back (validated: a row with a missing key or a value of the wrong type is corrupt).
+
 The store is append-only: each run's rows are written with one ``write`` on a file opened for appending and
 synced, so an interrupted benchmark loses at most the run in flight, and a torn last line never merges into
 the next run. Reading names the file and line of anything corrupt.
@@ -17,10 +20,11 @@ import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from .errors import HpcImagesError
+from ..errors import HpcImagesError
 
 COLUMN_PATTERNS = (
     ("size", re.compile(r"^size\b", re.I)),
@@ -40,6 +44,66 @@ REQUIRED_KEYS = ("benchmark", "variant", "size", "value")
 
 class ResultsError(HpcImagesError):
     """Benchmark output or a results file is not what it should be."""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One figure of one run: a benchmark at one message size, with its provenance.
+
+    ``variant`` says what ran (``container``, ``bare-metal (C)``, ``<site>+hostmpi``, ...); ``cell`` is the
+    image's ``family:tag`` (None on bare metal); ``job`` is set for rows collected from a Slurm job; ``extra``
+    keeps the other columns of the benchmark's output (min/max latency, iterations).
+    """
+
+    benchmark: str
+    variant: str
+    size: int
+    value: float
+    metric: str = ""
+    unit: str = ""
+    session: str | None = None
+    run_id: str | None = None
+    repeat: int = 1
+    date: str | None = None
+    host: str | None = None
+    site: str | None = None
+    profile: str | None = None
+    language: str | None = None
+    mpi: str | None = None
+    cell: str | None = None
+    image: str | None = None
+    image_id: str | None = None
+    mpi_library: str | None = None
+    command: str | None = None
+    model: str | None = None
+    job: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> ResultRow:
+        """A stored row, validated; raises ValueError saying what is wrong (the loader adds file and line)."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        for key in ("benchmark", "variant"):
+            if not isinstance(data[key], str):
+                raise ValueError(f"{key} must be a string, got {data[key]!r}"[:120])
+        size, value = data["size"], data["value"]
+        if isinstance(size, bool) or not isinstance(size, int | float) or size != int(size) or size < 0:
+            raise ValueError(f"size must be a whole number of bytes, got {size!r}"[:120])
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"value must be a number, got {value!r}"[:120])
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["size"], values["value"] = int(size), float(value)
+        if not isinstance(values.get("extra", {}), dict):
+            raise ValueError("extra must be a table")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -113,12 +177,12 @@ def parse_osu(text: str) -> Parsed:
 # the store
 
 
-def append_run(path: Path, records: list[dict]) -> None:
-    """Append one run's records atomically (one write, synced); never truncates."""
-    if not records:
+def append_run(path: Path, rows: list[ResultRow]) -> None:
+    """Append one run's rows atomically (one write, synced); never truncates."""
+    if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+    payload = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in rows).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -133,9 +197,9 @@ def append_run(path: Path, records: list[dict]) -> None:
         os.close(fd)
 
 
-def load(paths: Iterable[Path], skip_corrupt: bool = False) -> tuple[list[dict], list[str]]:
-    """All records of the files; corrupt lines raise (or, with skip_corrupt, are returned as warnings)."""
-    records: list[dict] = []
+def load(paths: Iterable[Path], skip_corrupt: bool = False) -> tuple[list[ResultRow], list[str]]:
+    """All rows of the files; corrupt lines raise (or, with skip_corrupt, are returned as warnings)."""
+    records: list[ResultRow] = []
     problems: list[str] = []
     for path in paths:
         if not path.is_file():
@@ -145,13 +209,8 @@ def load(paths: Iterable[Path], skip_corrupt: bool = False) -> tuple[list[dict],
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError("not a JSON object")
-                    missing = [k for k in REQUIRED_KEYS if k not in record]
-                    if missing:
-                        raise ValueError(f"missing {', '.join(missing)}")
-                except ValueError as exc:
+                    record = ResultRow.from_json(json.loads(line))
+                except (ValueError, TypeError) as exc:
                     problem = f"{path}:{number}: corrupt result line ({exc}): {line.strip()[:80]!r}"
                     if not skip_corrupt:
                         raise ResultsError(problem + " (fix or delete the line; --skip-corrupt ignores it)") from None
@@ -161,9 +220,9 @@ def load(paths: Iterable[Path], skip_corrupt: bool = False) -> tuple[list[dict],
     return records, problems
 
 
-def medians(records: Iterable[dict]) -> dict[tuple[str, str, str, int], float]:
+def medians(records: Iterable[ResultRow]) -> dict[tuple[str, str, str, int], float]:
     """(cell, benchmark, variant, size) -> median value over repeats."""
     groups: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
     for r in records:
-        groups[(r.get("cell") or "-", r["benchmark"], r["variant"], int(r["size"]))].append(float(r["value"]))
+        groups[(r.cell or "-", r.benchmark, r.variant, r.size)].append(r.value)
     return {key: statistics.median(values) for key, values in groups.items()}

@@ -12,12 +12,11 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from ..define.lock import HOST_MPI_LOCK, HOST_MPI_NAME, HOST_MPI_VERSION
+from ..errors import HpcImagesError
 from . import wheelhouse
-from .errors import HpcImagesError
 
-NAME = "impi-rt"
-VERSION = "2021.17.2"
-LOCK = f"pip-requirements/mpi/{NAME}-{VERSION}.txt"
+NAME, VERSION, LOCK = HOST_MPI_NAME, HOST_MPI_VERSION, HOST_MPI_LOCK
 #: What Intel MPI needs to run ranks on one node inside a container with no network.
 LAUNCH_ENV = {"I_MPI_FABRICS": "shm"}
 MOUNT = "/opt/host-mpi"
@@ -25,10 +24,6 @@ MOUNT = "/opt/host-mpi"
 
 class HostMpiError(HpcImagesError):
     """The stand-in host MPI could not be prepared."""
-
-
-def lock_input() -> str:
-    return f"# the stand-in host MPI of the bind-model checks (invoke check)\n{NAME}=={VERSION}\n"
 
 
 def prepare(root: Path, cache: Path | None = None) -> Path:

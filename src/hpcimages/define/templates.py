@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from .errors import MatrixError
+from ..errors import MatrixError
 from .matrix import Cell, Matrix, Profile
 
 FRONT_MATTER_RE = re.compile(r"\{#-?\s*hpcimages\s*\n(.*?)-?#\}", re.S)
@@ -103,23 +103,9 @@ def template_context(matrix: Matrix, cell: Cell, profile: Profile) -> dict[str, 
         "source_url": source.url if source and not source.url.startswith("debian:") else "",
         "source_sha256": source.sha256 if source else "",
         "build_args": cell.family.build_args,
-        "mpi_lock": mpi_lock_path(cell),
-        "lock": lock_path(cell),
+        "mpi_lock": cell.mpi_lock,
+        "lock": cell.lock,
     }
-
-
-def mpi_lock_path(cell: Cell) -> str | None:
-    """The hashed lock of the MPI wheel (wheel method only)."""
-    return f"pip-requirements/mpi/{cell.mpi.name}-{cell.mpi.version}.txt" if cell.mpi.method == "wheel" else None
-
-
-def lock_path(cell: Cell) -> str | None:
-    """The family's lock for this cell's Python (and CUDA) version."""
-    if cell.family.requirements is None:
-        return None
-    folder = str(Path(cell.family.requirements).parent)
-    suffix = f"-cuda{cell.cuda}" if cell.cuda else ""
-    return f"{folder}/requirements-py{cell.python}{suffix}.txt"
 
 
 def header(matrix: Matrix, cell: Cell, profile: Profile) -> str:

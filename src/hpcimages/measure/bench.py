@@ -31,12 +31,13 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from . import hostmpi, wheelhouse
-from .engine import find_image
-from .errors import HpcImagesError
-from .matrix import Cell, Matrix
-from .results import PRIMARY, ResultsError, append_run, parse_osu
-from .templates import lock_path, mpi_lock_path
+from .. import engine
+from ..define.matrix import Cell, Matrix, Profile
+from ..engine import Mount, find_image
+from ..errors import HpcImagesError
+from ..images import hostmpi, wheelhouse
+from ..paths import build_dir, shown
+from .results import PRIMARY, ResultRow, ResultsError, append_run, parse_osu
 
 BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
@@ -132,13 +133,13 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     if twin is None:
         progress(f"  no bare-metal twin for {cell.mpi.key}: the matrix has no Python {python} cell with it")
         return None
-    venv = matrix.root / "build" / "bench" / f"venv-py{python}-{cell.mpi.key}"
+    venv = build_dir(matrix.root) / "bench" / f"venv-py{python}-{cell.mpi.key}"
     stamp = venv / ".hpcimages-ready"
     if stamp.exists():
         return venv
     cache = wheelhouse.cache_root()
-    locks = [matrix.root / p for p in (mpi_lock_path(twin), lock_path(twin)) if p]
-    progress(f"  bare metal: creating {venv.relative_to(matrix.root)} (MPICH {cell.mpi.version} wheel, locked mpi4py)")
+    locks = [matrix.root / p for p in (twin.mpi_lock, twin.lock) if p]
+    progress(f"  bare metal: creating {shown(venv, matrix.root)} (MPICH {cell.mpi.version} wheel, locked mpi4py)")
     for lock in locks:
         wheelhouse.download_wheels(lock, python, cache)
     shutil.rmtree(venv, ignore_errors=True)
@@ -158,9 +159,9 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     return venv
 
 
-def variants(client: docker.DockerClient, matrix: Matrix, profile: str, cells: list[Cell], *, swap: bool = True,
+def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell], *, swap: bool = True,
              c_reference: bool = True, bare_metal: bool = True, progress: Progress = print) -> list[Variant]:
-    registry = matrix.profile(profile).registry
+    registry = profile.registry
     host = hostmpi.prepare(matrix.root) if swap else None
     out: list[Variant] = []
     twins: dict[str, Path | None] = {}
@@ -168,7 +169,7 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: str, cells: l
         image = cell.image(registry)
         found = find_image(client, image)
         if found is None:
-            raise BenchError(f"{image} is not built: run `invoke build --profile {profile}`")
+            raise BenchError(f"{image} is not built: run `invoke build --profile {profile.name}`")
         out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id))
         if host is not None:
             out.append(Variant("container+impi", "python", cell.mpi.key, cell, image, found.id,
@@ -200,41 +201,31 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
         except subprocess.TimeoutExpired:
             return 124, f"timed out after {RUN_TIMEOUT_S}s"
         return proc.returncode, proc.stdout + proc.stderr
-    volumes = {str(bench_dir(matrix)): {"bind": BENCH_MOUNT, "mode": "ro"}}
+    mounts = [Mount(bench_dir(matrix), BENCH_MOUNT)]
     if variant.host_mpi is not None:
-        volumes[str(variant.host_mpi)] = {"bind": hostmpi.MOUNT, "mode": "ro"}
-    container = client.containers.create(variant.image, ["timeout", str(RUN_TIMEOUT_S), *command],
-                                         environment=variant.env, network_mode="none", volumes=volumes,
-                                         shm_size="1g", user="0")
-    try:
-        container.start()
-        status = container.wait(timeout=RUN_TIMEOUT_S + 60)
-        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
-    finally:
-        container.remove(force=True)  # also on Ctrl-C: no container is left running
-    return int(status.get("StatusCode", 1)), output
+        mounts.append(Mount(variant.host_mpi, hostmpi.MOUNT))
+    assert variant.image is not None
+    return engine.run(client, variant.image, command, timeout=RUN_TIMEOUT_S, env=variant.env, mounts=mounts,
+                      shm_size="1g", user="0")
 
 
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
-               repeat: int, run_id: str, session: str) -> list[dict]:
+               repeat: int, run_id: str, session: str) -> list[ResultRow]:
     parsed = parse_osu(output)
     metric, unit = PRIMARY[bench.name]
-    base = {
-        "session": session, "run_id": run_id, "repeat": repeat,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "host": socket.gethostname(), "site": "local", "profile": profile, "benchmark": bench.name,
-        "variant": variant.name, "language": variant.language, "mpi": variant.mpi,
-        "cell": variant.cell.ref if variant.cell else None, "image": variant.image, "image_id": variant.image_id,
-        "mpi_library": parsed.library, "command": " ".join(command), "metric": metric, "unit": unit,
-    }
-    rows = []
-    for row in parsed.rows:
-        extra = {k: v for k, v in row.items() if k not in ("size", metric)}
-        rows.append({**base, "size": int(row["size"]), "value": row[metric], "extra": extra})
-    return rows
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [ResultRow(
+        benchmark=bench.name, variant=variant.name, size=int(row["size"]), value=row[metric], metric=metric,
+        unit=unit, session=session, run_id=run_id, repeat=repeat, date=date, host=socket.gethostname(),
+        site="local", profile=profile, language=variant.language, mpi=variant.mpi,
+        cell=variant.cell.ref if variant.cell else None, image=variant.image, image_id=variant.image_id,
+        mpi_library=parsed.library, command=" ".join(command),
+        extra={k: v for k, v in row.items() if k not in ("size", metric)},
+    ) for row in parsed.rows]
 
 
-def run(client: docker.DockerClient, matrix: Matrix, profile: str, cells: list[Cell], benchmarks: Iterable[str],
+def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cells: list[Cell],
+        benchmarks: Iterable[str],
         store: Path, *, repeats: int = 3, sizes: dict[str, str] | None = None, swap: bool = True,
         c_reference: bool = True, bare_metal: bool = True, progress: Progress = print, session: str = "") -> int:
     """Run everything; returns the number of runs stored. Raises KeyboardInterrupt through, after cleanup."""
@@ -243,7 +234,8 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str, cells: list[C
         if name not in BENCHMARKS:
             raise BenchError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
         chosen.append(BENCHMARKS[name])
-    plan = variants(client, matrix, profile, cells, swap=swap, c_reference=c_reference, bare_metal=bare_metal,
+    prof = matrix.profile(profile)
+    plan = variants(client, matrix, prof, cells, swap=swap, c_reference=c_reference, bare_metal=bare_metal,
                     progress=progress)
     jobs = [(b, v) for b in chosen for v in plan if v.language == "python" or b.c_source]
     total, stored = repeats * len(jobs), 0
@@ -258,7 +250,7 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str, cells: list[C
             if code != 0:
                 raise BenchError(f"{label} failed (exit {code}): {output.strip()[-600:]}")
             try:
-                rows = records_of(output, variant, bench, command, profile, repeat, uuid.uuid4().hex, session)
+                rows = records_of(output, variant, bench, command, prof.name, repeat, uuid.uuid4().hex, session)
             except ResultsError as exc:
                 raise BenchError(f"{label}: {exc}: {output.strip()[-400:]}") from None
             append_run(store, rows)

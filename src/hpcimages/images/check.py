@@ -23,17 +23,18 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
-import docker.errors
 from tabulate import tabulate
 
-from . import hostmpi
-from .engine import find_image
-from .errors import output_tail
-from .matrix import Cell, Matrix, only_cells
+from .. import engine
+from ..define.matrix import Cell, Matrix, Profile, select_cells
+from ..engine import Mount, find_image
+from ..errors import output_tail
+from ..paths import build_dir
+from . import hostmpi, reports
 
 PROBE_DIR = Path(__file__).parent / "incontainer"
 PROBE_MOUNT = "/opt/hpcimages-probe"
@@ -50,38 +51,46 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class FamilyCommand:
+    """A family-specific proof: an argument list run in the image, and text its output must contain."""
+
+    what: str
+    argv: tuple[str, ...]
+    expected: str
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class FamilyChecks:
     """What one family adds to the checks of its parent."""
 
     imports: tuple[str, ...] = ()
     mpi_extensions: tuple[str, ...] = ()  # compiled modules that must link libmpi.so.12 dynamically
     extensions: tuple[str, ...] = ()  # compiled modules inspected too (they must not pin an MPI)
-    commands: tuple[tuple[str, str, str], ...] = ()  # (what, shell command, text the output must contain)
+    commands: tuple[FamilyCommand, ...] = ()
 
 
-CUDA_SIM_KERNEL = (
-    "NUMBA_ENABLE_CUDASIM=1 python3 -c \""
+CUDA_SIM_KERNEL = FamilyCommand("CUDA kernel under the simulator", ("python3", "-c", (
     "import numpy as np; from numba import cuda\n"
     "@cuda.jit\n"
     "def add(a, b, out):\n"
     "    i = cuda.grid(1)\n"
     "    if i < out.size: out[i] = a[i] + b[i]\n"
     "a = np.arange(16, dtype=np.float32); out = np.zeros_like(a); add[2, 8](a, a, out)\n"
-    "assert (out == 2 * a).all(); print('cuda-sim vector add ok')\""
-)
-CUDA_TOOLKIT = (
-    "python3 -c \"import importlib.metadata as md, pathlib, nvidia; "
+    "assert (out == 2 * a).all(); print('cuda-sim vector add ok')")), "vector add ok",
+    env=(("NUMBA_ENABLE_CUDASIM", "1"),))
+CUDA_TOOLKIT = FamilyCommand("CUDA toolkit wheels", ("python3", "-c", (
+    "import importlib.metadata as md, pathlib, nvidia; "
     "base = pathlib.Path(list(nvidia.__path__)[0]); "
     "print('runtime', md.version('nvidia-cuda-runtime-cu12')); "
-    "print('nvvm', *sorted(p.name for p in base.glob('cuda_nvcc/nvvm/lib64/libnvvm.so*')))\""
-)
+    "print('nvvm', *sorted(p.name for p in base.glob('cuda_nvcc/nvvm/lib64/libnvvm.so*')))")), "libnvvm.so")
+MPI_LIBRARY_VERSION = ("python3", "-c", "from mpi4py import MPI; print(MPI.Get_library_version())")
 
 FAMILY_CHECKS: dict[str, FamilyChecks] = {
     "mpi4py": FamilyChecks(imports=("mpi4py", "mpi4py.MPI", "numpy"), mpi_extensions=("mpi4py.MPI",)),
     "hpc-python": FamilyChecks(imports=("scipy", "h5py", "pandas"), extensions=("h5py._conv",)),
     "cuda-python": FamilyChecks(imports=("numba", "numba.cuda"),
-                                commands=(("CUDA kernel under the simulator", CUDA_SIM_KERNEL, "vector add ok"),
-                                          ("CUDA toolkit wheels", CUDA_TOOLKIT, "libnvvm.so"))),
+                                commands=(CUDA_SIM_KERNEL, CUDA_TOOLKIT)),
 }
 
 
@@ -121,7 +130,7 @@ class CellCheck:
 
 
 class Checker:
-    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str, host_mpi: Path | None,
+    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str | Profile, host_mpi: Path | None,
                  progress: Progress = print) -> None:
         self.client = client
         self.matrix = matrix
@@ -129,23 +138,13 @@ class Checker:
         self.host_mpi = host_mpi
         self.progress = progress
 
-    def run(self, image: str, command: str, env: dict[str, str] | None = None,
+    def run(self, image: str, argv: Iterable[str], env: dict[str, str] | None = None,
             host_mpi: bool = False) -> tuple[int, str]:
-        volumes = {str(PROBE_DIR): {"bind": PROBE_MOUNT, "mode": "ro"},
-                   str(self.matrix.root / "bench"): {"bind": BENCH_MOUNT, "mode": "ro"}}
+        """Run an argument list in the image, as root, with no network, the probe and bench/ mounted."""
+        mounts = [Mount(PROBE_DIR, PROBE_MOUNT), Mount(self.matrix.root / "bench", BENCH_MOUNT)]
         if host_mpi and self.host_mpi is not None:
-            volumes[str(self.host_mpi)] = {"bind": hostmpi.MOUNT, "mode": "ro"}
-        container = self.client.containers.create(
-            image, ["timeout", str(RUN_TIMEOUT_S), "sh", "-c", command], environment=env or {},
-            network_mode="none", volumes=volumes, user="0",
-        )
-        try:
-            container.start()
-            status = container.wait(timeout=RUN_TIMEOUT_S + 30)
-            logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
-        finally:
-            container.remove(force=True)
-        return int(status.get("StatusCode", 1)), logs
+            mounts.append(Mount(self.host_mpi, hostmpi.MOUNT))
+        return engine.run(self.client, image, list(argv), timeout=RUN_TIMEOUT_S, env=env, mounts=mounts, user="0")
 
     def check_cell(self, cell: Cell, image_ref: str | None = None) -> CellCheck:
         """Check the cell's image (or ``image_ref``, an image that claims to be this cell)."""
@@ -159,9 +158,9 @@ class Checker:
             return result
         result.image_id = image.id
         fc = family_checks(self.matrix, cell.family.name)
-        args = " ".join([*(f"--import {m}" for m in fc.imports),
-                         *(f"--extension {m}" for m in fc.mpi_extensions + fc.extensions), "--scan"])
-        code, out = self.run(image.id, f"env -u LD_LIBRARY_PATH python3 {PROBE_MOUNT}/probe.py {args}")
+        args = [*(a for m in fc.imports for a in ("--import", m)),
+                *(a for m in fc.mpi_extensions + fc.extensions for a in ("--extension", m)), "--scan"]
+        code, out = self.run(image.id, ["env", "-u", "LD_LIBRARY_PATH", "python3", f"{PROBE_MOUNT}/probe.py", *args])
         facts = _json_tail(out)
         if code != 0 or facts is None:
             result.checks["contents"] = Outcome("fail", f"the probe failed in the image (exit {code}): {_tail(out)}")
@@ -179,20 +178,19 @@ class Checker:
         return result
 
     def check_mpi_run(self, image_id: str) -> Outcome:
-        code, out = self.run(image_id, f"mpiexec -n 2 python3 {BENCH_MOUNT}/hello_mpi4py.py")
+        code, out = self.run(image_id, ["mpiexec", "-n", "2", "python3", f"{BENCH_MOUNT}/hello_mpi4py.py"])
         return _two_ranks(code, out, "the image's mpiexec")
 
     def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
         if self.host_mpi is None:
             return Outcome("skip", "no stand-in host MPI (impi-rt) available")
         env = {"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}
-        code, out = self.run(image_id, "python3 -c 'from mpi4py import MPI; print(MPI.Get_library_version())'",
-                             env=env, host_mpi=True)
+        code, out = self.run(image_id, MPI_LIBRARY_VERSION, env=env, host_mpi=True)
         if code != 0 or "Intel(R) MPI Library" not in out:
             return Outcome("fail", f"with LD_LIBRARY_PATH={hostmpi.MOUNT}/lib mpi4py did not load the injected "
                                    f"Intel MPI (exit {code}): {_tail(out)}")
-        code, out = self.run(image_id, f"{hostmpi.MOUNT}/bin/mpiexec -n 2 python3 {BENCH_MOUNT}/hello_mpi4py.py",
-                             env=env, host_mpi=True)
+        code, out = self.run(image_id, [f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3",
+                                        f"{BENCH_MOUNT}/hello_mpi4py.py"], env=env, host_mpi=True)
         ranks = _two_ranks(code, out, "Intel MPI's mpiexec")
         if ranks.status != "pass":
             return ranks
@@ -205,11 +203,11 @@ class Checker:
     def check_family(self, fc: FamilyChecks, image_id: str) -> Outcome:
         if not fc.commands:
             return Outcome("skip", "nothing family-specific")
-        for what, command, expected in fc.commands:
-            code, out = self.run(image_id, command)
-            if code != 0 or expected not in out:
-                return Outcome("fail", f"{what}: exit {code}: {_tail(out)}")
-        return Outcome("pass", "; ".join(what for what, _, _ in fc.commands))
+        for command in fc.commands:
+            code, out = self.run(image_id, command.argv, env=dict(command.env))
+            if code != 0 or command.expected not in out:
+                return Outcome("fail", f"{command.what}: exit {code}: {_tail(out)}")
+        return Outcome("pass", "; ".join(command.what for command in fc.commands))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,42 +338,21 @@ def table(results: list[CellCheck]) -> str:
     return text + ("\n\nfailures:\n" + "\n".join(failures) if failures else "")
 
 
-def write_reports(matrix: Matrix, profile: str, results: list[CellCheck]) -> Path:
-    """build/check-report.json, and the ``publishable`` mark of each cell in build/build-report.json."""
-    root = matrix.root / "build"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "check-report.json"
-    data = {"profile": profile, "cells": {r.ref: {**asdict(r), "passed": r.passed} for r in results}}
-    _write_json(path, data)
-    build_report = root / "build-report.json"
-    cells = {}
-    if build_report.is_file():
-        try:
-            cells = json.loads(build_report.read_text(encoding="utf-8")).get("cells", {})
-        except (json.JSONDecodeError, AttributeError):
-            cells = {}
-    for r in results:
-        entry = cells.setdefault(f"{profile}/{r.ref}", {"profile": profile, "ref": r.ref, "image": r.image})
-        entry["publishable"] = r.passed
-        entry["checked_image_id"] = r.image_id
-    _write_json(build_report, {"cells": cells})
-    return path
-
-
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def check(client: docker.DockerClient, matrix: Matrix, profile: str, only: Iterable[str] = (),
+def check(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, only: Iterable[str] = (),
           progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
-    cells = only_cells(matrix, profile, only)
+    prof = matrix.profile(profile)
+    return check_cells(client, matrix, prof, select_cells(matrix, prof, only, with_parents=False), progress,
+                       with_host_mpi)
+
+
+def check_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cells: list[Cell],
+                progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
+    """Check each cell's image and record the verdicts (reports.py)."""
     host = None
     if with_host_mpi:
         progress(f"preparing the stand-in host MPI ({hostmpi.NAME} {hostmpi.VERSION}) ...")
         host = hostmpi.prepare(matrix.root)
-    checker = Checker(client, matrix, profile, host, progress)
+    checker = Checker(client, matrix, prof, host, progress)
     results = []
     for i, cell in enumerate(cells, 1):
         progress(f"[{i}/{len(cells)}] checking {cell.ref} ...")
@@ -384,5 +361,5 @@ def check(client: docker.DockerClient, matrix: Matrix, profile: str, only: Itera
         progress(f"[{i}/{len(cells)}] {cell.ref}: {'passed' if result.passed else 'FAILED ' + ', '.join(failed)}"
                  f" ({result.seconds:.1f}s)")
         results.append(result)
-    write_reports(matrix, profile, results)
+    reports.record_check(build_dir(matrix.root), prof.name, results)
     return results

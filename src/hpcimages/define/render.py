@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_text
 from .matrix import Cell, Matrix
 from .singularity import recipe
 from .templates import render_cell
@@ -62,10 +63,7 @@ def render_all(matrix: Matrix) -> RenderResult:
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             result.unchanged.append(path)
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, text)
         result.written.append(path)
     for stale in _generated_files(matrix):
         if stale not in expected:

@@ -6,6 +6,7 @@ Every figure is the median over repeats.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .results import medians
+from ..files import write_text
+from .results import ResultRow, medians
 
 VARIANT_ORDER = ("container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)")
 LARGE = 1024 * 1024
@@ -47,16 +49,16 @@ class Target:
         return f"[{'met' if self.met else 'NOT met'}] {self.group}: {self.statement}: {self.measured:.3f}"
 
 
-def groups(records: list[dict]) -> dict[str, list[dict]]:
+def groups(records: list[ResultRow]) -> dict[str, list[ResultRow]]:
     """cell ref (or site/host label) -> its records plus the bare-metal records of the same MPI."""
-    out: dict[str, list[dict]] = {}
-    cells = sorted({r["cell"] for r in records if r.get("cell")})
+    out: dict[str, list[ResultRow]] = {}
+    cells = sorted({r.cell for r in records if r.cell})
     for cell in cells:
-        mpis = {r.get("mpi") for r in records if r.get("cell") == cell}
-        out[cell] = [r for r in records if r.get("cell") == cell or (not r.get("cell") and r.get("mpi") in mpis)]
-    orphans = [r for r in records if not r.get("cell") and not any(r in g for g in out.values())]
+        mpis = {r.mpi for r in records if r.cell == cell}
+        out[cell] = [r for r in records if r.cell == cell or (not r.cell and r.mpi in mpis)]
+    orphans = [r for r in records if not r.cell and not any(r in g for g in out.values())]
     for r in orphans:
-        out.setdefault(f"bare metal {r.get('mpi')}", []).append(r)
+        out.setdefault(f"bare metal {r.mpi}", []).append(r)
     return out
 
 
@@ -162,7 +164,7 @@ class Report:
         return "\n\n".join(parts) + "\n"
 
 
-def build_report(records: list[dict]) -> Report:
+def build_report(records: list[ResultRow]) -> Report:
     tables, all_targets, all_anomalies = [], [], []
     for group, rows in groups(records).items():
         med = _group_medians(group, rows)
@@ -179,8 +181,9 @@ def build_report(records: list[dict]) -> Report:
     return Report(tables, all_targets, all_anomalies)
 
 
-def _group_medians(group: str, rows: Iterable[dict]) -> dict[tuple[str, str, str, int], float]:
-    return {(group, b, v, s): value for (_, b, v, s), value in medians({**r, "cell": group} for r in rows).items()}
+def _group_medians(group: str, rows: Iterable[ResultRow]) -> dict[tuple[str, str, str, int], float]:
+    regrouped = (dataclasses.replace(r, cell=group) for r in rows)
+    return {(group, b, v, s): value for (_, b, v, s), value in medians(regrouped).items()}
 
 
 def write_markdown(report: Report, path: Path, sources: list[Path]) -> None:
@@ -191,10 +194,10 @@ def write_markdown(report: Report, path: Path, sources: list[Path]) -> None:
                                                           floatfmt=".2f", missingval="-") for t in report.tables)
     tail = "\n\n### Targets\n\n" + "\n".join(f"- {t.line()}" for t in report.targets) + \
         "\n\n### Anomalies\n\n" + ("\n".join(f"- {a}" for a in report.anomalies) or "none") + "\n"
-    path.write_text(header + body + tail, encoding="utf-8")
+    write_text(path, header + body + tail)
 
 
-def plot(records: list[dict], outdir: Path) -> list[Path]:
+def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
     """PNG plots per group: bandwidth, point-to-point latency and allreduce latency vs message size."""
     import matplotlib
 

@@ -23,9 +23,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..define.matrix import Source
+from ..errors import HpcImagesError
 from .aptsources import resolve_debian_url
-from .errors import HpcImagesError
-from .matrix import Source
 
 #: Every base of the matrix has at least this glibc (Debian bookworm): wheels must run there.
 MIN_GLIBC = (2, 36)

@@ -17,10 +17,10 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .aptsources import debian_mirror
-from .bases import debootstrap_import
-from .engine import find_image
-from .errors import BaseImageError
+from ..engine import Sandbox, find_image
+from ..errors import BaseImageError
+from ..images.aptsources import debian_mirror
+from ..images.bases import debootstrap_import
 
 SUITE = "sid"
 PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "mpich", "slurm-wlm", "munge", "python3", "procps",
@@ -28,10 +28,9 @@ PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "mpich", "slurm-wlm", "munge",
 ROOTFS_IMAGE = "hpcimages-tools/sid-rootfs:latest"
 TOOLS_IMAGE = "hpcimages-tools/cluster:sid"
 RECIPE_LABEL = "io.hpcimages.tools-recipe"
-#: what Apptainer needs from the engine to run unprivileged inside a container; the CLI's
-#: `--security-opt systempaths=unconfined` is client-side sugar for empty masked and read-only /proc paths
-SECURITY_OPT = ["seccomp=unconfined", "apparmor=unconfined"]
-DEVICES = ["/dev/fuse:/dev/fuse:rwm"]
+#: what Apptainer needs from the engine to run unprivileged inside a container (see engine.Sandbox)
+APPTAINER_SANDBOX = Sandbox(security_opt=("seccomp=unconfined", "apparmor=unconfined"),
+                            devices=("/dev/fuse:/dev/fuse:rwm",), unmask_paths=True)
 
 
 def context_dir(root: Path) -> Path:
@@ -76,25 +75,3 @@ def ensure_tools_image(client: docker.DockerClient, root: Path, progress: Callab
     except docker.errors.BuildError as exc:
         raise BaseImageError(f"cannot build {TOOLS_IMAGE}: {exc.msg}") from None
     return TOOLS_IMAGE
-
-
-def create_container(client: docker.DockerClient, image: str, command: list[str] | None, *,
-                     environment: dict[str, str] | None = None, volumes: dict[str, dict[str, str]] | None = None,
-                     network_mode: str = "none", working_dir: str | None = None, name: str | None = None,
-                     hostname: str | None = None, detach_init: bool = False, entrypoint: list[str] | None = None,
-                     labels: dict[str, str] | None = None,
-                     shm_size: int | None = None) -> docker.models.containers.Container:
-    """A container of the tools image with what Apptainer needs (the engine's API has no `systempaths`)."""
-    binds = {host: spec for host, spec in (volumes or {}).items()}
-    host_config = client.api.create_host_config(
-        binds=binds, network_mode=network_mode, security_opt=SECURITY_OPT, devices=DEVICES, init=detach_init,
-        shm_size=shm_size,
-    )
-    host_config["MaskedPaths"] = []
-    host_config["ReadonlyPaths"] = []
-    created = client.api.create_container(
-        image, command, environment=environment or {}, host_config=host_config, working_dir=working_dir,
-        name=name, hostname=hostname, volumes=[spec["bind"] for spec in binds.values()], entrypoint=entrypoint,
-        labels=labels,
-    )
-    return client.containers.get(created["Id"])

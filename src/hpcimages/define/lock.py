@@ -19,13 +19,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hostmpi
-from .errors import LockError
-from .matrix import Cell, Matrix
-from .templates import lock_path, mpi_lock_path
+from ..errors import LockError
+from ..files import write_text
+from .matrix import Cell, Matrix, Profile
 
 TARGET_PLATFORM = "x86_64-unknown-linux-gnu"
 INPUT_MARK = "# input-sha256: "
+
+#: The stand-in for a cluster's host MPI in the bind-model checks and benchmarks (images/hostmpi.py unpacks it):
+#: Intel MPI's runtime from PyPI, MPICH ABI. Its lock is compiled and drift-checked with the others.
+HOST_MPI_NAME = "impi-rt"
+HOST_MPI_VERSION = "2021.17.2"
+HOST_MPI_LOCK = f"pip-requirements/mpi/{HOST_MPI_NAME}-{HOST_MPI_VERSION}.txt"
 
 
 @dataclass(frozen=True)
@@ -47,24 +52,28 @@ class LockJob:
         return h.hexdigest()
 
 
-def lock_jobs(matrix: Matrix, profile: str | None = None) -> list[LockJob]:
+def lock_jobs(matrix: Matrix, profile: str | Profile | None = None) -> list[LockJob]:
     """Every lock the matrix (or one profile) needs, parents before children (a child is constrained by its
     parent's lock)."""
     jobs: dict[str, LockJob] = {}
     for cell in matrix.all_cells if profile is None else matrix.cells(profile):
-        mpi_out = mpi_lock_path(cell)
+        mpi_out = cell.mpi_lock
         if mpi_out and mpi_out not in jobs:
             text = f"# the MPI of the cells that install {cell.mpi.name} {cell.mpi.version} as a wheel\n" \
                    f"{cell.mpi.name}=={cell.mpi.version}\n"
             jobs[mpi_out] = LockJob(mpi_out, text, f"{cell.mpi.name}=={cell.mpi.version}", "3.11", None)
-        out = lock_path(cell)
+        out = cell.lock
         if out and out not in jobs:
             jobs[out] = LockJob(out, _input_text(matrix, cell), cell.family.requirements or "", cell.python,
                                 _parent_lock(matrix, cell))
     if profile is None or jobs:
-        jobs[hostmpi.LOCK] = LockJob(hostmpi.LOCK, hostmpi.lock_input(), f"{hostmpi.NAME}=={hostmpi.VERSION}",
-                                     "3.11", None)
+        jobs[HOST_MPI_LOCK] = LockJob(HOST_MPI_LOCK, host_mpi_lock_input(), f"{HOST_MPI_NAME}=={HOST_MPI_VERSION}",
+                                      "3.11", None)
     return list(jobs.values())
+
+
+def host_mpi_lock_input() -> str:
+    return f"# the stand-in host MPI of the bind-model checks (invoke check)\n{HOST_MPI_NAME}=={HOST_MPI_VERSION}\n"
 
 
 def _input_text(matrix: Matrix, cell: Cell) -> str:
@@ -78,7 +87,7 @@ def _parent_lock(matrix: Matrix, cell: Cell) -> str | None:
         return None
     parent = matrix.families[cell.family.parent]
     parent_cell = Cell(parent, cell.python, cell.mpi, cell.cuda if "cuda" in parent.axes else None)
-    return lock_path(parent_cell)
+    return parent_cell.lock
 
 
 def _strip_header(text: str) -> str:
@@ -116,10 +125,7 @@ def compile_lock(job: LockJob, root: Path, upgrade: bool = False) -> Path:
         if proc.returncode != 0:
             raise LockError(f"{job.output}: uv pip compile failed:\n{proc.stderr.strip()}")
         body = raw.read_text(encoding="utf-8")
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(header(job, root) + body, encoding="utf-8")
-    tmp_out.replace(out)
-    return out
+    return write_text(out, header(job, root) + body)
 
 
 def lock_drift(matrix: Matrix) -> list[str]:

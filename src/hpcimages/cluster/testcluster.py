@@ -16,8 +16,12 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from . import hostmpi, tools
-from .errors import HpcImagesError
+from .. import engine
+from ..engine import Mount
+from ..errors import HpcImagesError
+from ..images import hostmpi
+from ..paths import build_dir
+from ..sif import tools
 
 CONTAINER = "hpcimages-testcluster"
 HOSTNAME = "node1"
@@ -33,7 +37,19 @@ class ClusterError(HpcImagesError):
 
 
 def bin_dir(root: Path) -> Path:
+    """Fixed in the checkout, not under a moved build folder: slurm/sites/local.toml names it (`commands`)."""
     return root / "build" / "slurm" / "testcluster" / "bin"
+
+
+def _mounts(root: Path, host_mpi: Path) -> list[Mount]:
+    """The project and the build folder at their own paths (scripts, bench/ and .sif files keep their names
+    inside), and the stand-in host MPI."""
+    mounts = [Mount(root, str(root), read_only=False), Mount(host_mpi, hostmpi.MOUNT)]
+    build = build_dir(root)
+    if not build.is_relative_to(root):
+        build.mkdir(parents=True, exist_ok=True)
+        mounts.append(Mount(build, str(build), read_only=False))
+    return mounts
 
 
 def _running(client: docker.DockerClient, root: Path, image_id: str) -> docker.models.containers.Container | None:
@@ -42,7 +58,8 @@ def _running(client: docker.DockerClient, root: Path, image_id: str) -> docker.m
     except docker.errors.NotFound:
         return None
     labels = container.labels
-    if container.status == "running" and labels.get(ROOT_LABEL) == str(root) and labels.get(IMAGE_LABEL) == image_id:
+    if container.status == "running" and labels.get(ROOT_LABEL) == _identity(root) and \
+            labels.get(IMAGE_LABEL) == image_id:
         return container
     container.remove(force=True)  # another checkout's, an older image's, or a dead one
     return None
@@ -56,11 +73,10 @@ def start(client: docker.DockerClient, root: Path, progress: Callable[[str], Non
     if container is None:
         host_mpi = hostmpi.prepare(root)
         progress(f"starting the Slurm test cluster ({CONTAINER}) ...")
-        container = tools.create_container(
-            client, image, None, entrypoint=[START], name=CONTAINER, hostname=HOSTNAME, network_mode="bridge",
-            volumes={str(root): {"bind": str(root), "mode": "rw"},
-                     str(host_mpi): {"bind": hostmpi.MOUNT, "mode": "ro"}},
-            labels={ROOT_LABEL: str(root), IMAGE_LABEL: image_id}, shm_size=1 << 30,
+        container = engine.create(
+            client, image, None, entrypoint=[START], name=CONTAINER, hostname=HOSTNAME, network="bridge",
+            mounts=_mounts(root, host_mpi), sandbox=tools.APPTAINER_SANDBOX,
+            labels={ROOT_LABEL: _identity(root), IMAGE_LABEL: image_id}, shm_size=1 << 30,
         )
         container.start()
         _wait_ready(container)
@@ -68,6 +84,12 @@ def start(client: docker.DockerClient, root: Path, progress: Callable[[str], Non
     progress(f"Slurm test cluster {CONTAINER} is up: one node ({HOSTNAME}), partition debug; "
              f"commands in {bin_dir(root)}")
     return bin_dir(root)
+
+
+def _identity(root: Path) -> str:
+    """Which checkout (and build folder) a running cluster serves: another one's is replaced."""
+    build = build_dir(root)
+    return str(root) if build == root / "build" else f"{root}:{build}"
 
 
 def _wait_ready(container: docker.models.containers.Container) -> None:

@@ -6,6 +6,9 @@ pattern, so the rest of the tool can trust these objects::
     >>> m = load_matrix("matrix.toml")                      # doctest: +SKIP
     >>> [c.ref for c in m.cells("ci")][:1]                   # doctest: +SKIP
     ['mpi4py:py3.11-mpich4.3.2']
+
+``read_matrix`` checks the file itself; ``hpcimages.define.load_matrix`` also checks it against the templates.
+Cells are chosen with one rule everywhere (``select_cells``): see its docstring.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import MatrixError, SelectionError
+from ..errors import MatrixError, SelectionError
+from ..paths import repository_root
 
 AXES = ("python", "mpi", "cuda")
 MPI_METHODS = ("wheel", "source", "apt")
@@ -139,6 +143,20 @@ class Cell:
             values["cuda"] = self.cuda
         return values
 
+    @property
+    def mpi_lock(self) -> str | None:
+        """The hashed lock of the MPI wheel (wheel method only), relative to the repository."""
+        return f"pip-requirements/mpi/{self.mpi.name}-{self.mpi.version}.txt" if self.mpi.method == "wheel" else None
+
+    @property
+    def lock(self) -> str | None:
+        """The family's lock for this cell's Python (and CUDA) version, relative to the repository."""
+        if self.family.requirements is None:
+            return None
+        folder = self.family.requirements.rsplit("/", 1)[0]
+        suffix = f"-cuda{self.cuda}" if self.cuda else ""
+        return f"{folder}/requirements-py{self.python}{suffix}.txt"
+
     def parent_ref(self) -> str | None:
         return None if self.family.parent is None else f"{self.family.parent}:py{self.python}-{self.mpi.key}"
 
@@ -172,14 +190,25 @@ class Matrix:
     def template_dir(self) -> Path:
         return self.root / "dockerfiles"
 
-    def profile(self, name: str) -> Profile:
+    def profile(self, name: str | Profile) -> Profile:
+        """The profile object of a name (resolved once by each task, then passed on)."""
+        if isinstance(name, Profile):
+            return name
         if name not in self.profiles:
             raise MatrixError(self.path, "profiles", f"unknown profile {name!r}; allowed: {sorted(self.profiles)}")
         return self.profiles[name]
 
-    def cells(self, profile: str) -> list[Cell]:
+    def cells(self, profile: str | Profile) -> list[Cell]:
         """The cells a profile builds, parents before children."""
-        return _select_cells(self, self.profile(profile))
+        return list(self._cells_by_profile[self.profile(profile).name])
+
+    @cached_property
+    def _cells_by_profile(self) -> dict[str, tuple[Cell, ...]]:
+        return {name: tuple(_profile_cells(self, p)) for name, p in self.profiles.items()}
+
+    def cell(self, ref: str) -> Cell | None:
+        """The cell named ``family:tag`` in any profile."""
+        return next((c for c in self.all_cells if c.ref == ref), None)
 
     @cached_property
     def all_cells(self) -> list[Cell]:
@@ -195,8 +224,9 @@ class Matrix:
 # loading
 
 
-def load_matrix(path: str | Path) -> Matrix:
-    """Read and validate a matrix file; raise MatrixError naming file and key on the first problem."""
+def read_matrix(path: str | Path) -> Matrix:
+    """Read and validate a matrix file; raise MatrixError naming file and key on the first problem.
+    (``hpcimages.define.load_matrix`` adds the checks against the templates.)"""
     path = Path(path)
     if not path.is_file():
         raise MatrixError(path, "(file)", "no such matrix file")
@@ -210,7 +240,7 @@ def load_matrix(path: str | Path) -> Matrix:
 class _Loader:
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path = path
-        self.root = path.resolve().parent
+        self.root = repository_root(path)
         self.data = data
 
     def fail(self, key: str, message: str) -> MatrixError:
@@ -267,10 +297,7 @@ class _Loader:
         profiles = self.load_profiles(partial)
         matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles)
         for name in profiles:
-            _select_cells(matrix, profiles[name])  # raises on an impossible profile
-        from .templates import check_templates  # late import: templates use these types
-
-        check_templates(matrix)
+            _profile_cells(matrix, profiles[name])  # raises on an impossible profile
         return matrix
 
     def load_mpi(self, entries: Any) -> dict[str, Mpi]:
@@ -480,7 +507,7 @@ def _excluded(values: Mapping[str, str], rules: Iterable[Mapping[str, str]]) -> 
     return any(all(values.get(axis) == value for axis, value in rule.items()) for rule in rules)
 
 
-def _select_cells(m: Matrix, profile: Profile) -> list[Cell]:
+def _profile_cells(m: Matrix, profile: Profile) -> list[Cell]:
     key = f"profiles.{profile.name}"
     candidates: list[Cell] = []
     for fname in profile.families:
@@ -511,14 +538,6 @@ def _select_cells(m: Matrix, profile: Profile) -> list[Cell]:
     return order_by_parents(candidates)
 
 
-def family_depth(family: Family, families: Mapping[str, Family]) -> int:
-    depth = 0
-    while family.parent is not None:
-        family = families[family.parent]
-        depth += 1
-    return depth
-
-
 def order_by_parents(cells: list[Cell]) -> list[Cell]:
     """Stable order in which every parent comes before its children."""
     by_ref = {c.ref: c for c in cells}
@@ -532,28 +551,38 @@ def order_by_parents(cells: list[Cell]) -> list[Cell]:
     return sorted(cells, key=depth)
 
 
-def select(cells: list[Cell], patterns: Iterable[str]) -> list[Cell]:
-    """Cells matching any ``--only`` pattern (fnmatch on ``family:tag``), with their ancestors."""
-    patterns = list(patterns)
+def matches(cell: Cell, pattern: str) -> bool:
+    """The one selection rule: a glob on ``family:tag`` or on the family name."""
+    return fnmatch.fnmatchcase(cell.ref, pattern) or fnmatch.fnmatchcase(cell.family.name, pattern)
+
+
+def select(cells: list[Cell], patterns: Iterable[str], *, with_parents: bool) -> list[Cell]:
+    """The cells matching any pattern (see ``matches``), parents first; with their ancestors when the task
+    needs them (a build does; check, convert, bench and publish look at the chosen cells only)."""
+    patterns = [p for p in patterns if p]
     by_ref = {c.ref: c for c in cells}
     wanted: dict[str, Cell] = {}
     for cell in cells:
-        if any(fnmatch.fnmatchcase(cell.ref, p) or fnmatch.fnmatchcase(cell.family.name, p) for p in patterns):
-            ref: str | None = cell.ref
-            while ref is not None and ref in by_ref:
-                wanted.setdefault(ref, by_ref[ref])
-                ref = by_ref[ref].parent_ref()
+        if not any(matches(cell, p) for p in patterns):
+            continue
+        ref: str | None = cell.ref
+        while ref is not None and ref in by_ref:
+            wanted.setdefault(ref, by_ref[ref])
+            ref = by_ref[ref].parent_ref() if with_parents else None
     return order_by_parents(list(wanted.values()))
 
 
-def only_cells(matrix: Matrix, profile: str, only: Iterable[str]) -> list[Cell]:
-    """The profile's cells matching any ``--only`` pattern (fnmatch on ``family:tag``, or a family name),
-    without their ancestors; every cell when no pattern is given."""
-    cells = matrix.cells(profile)
+def select_cells(matrix: Matrix, profile: str | Profile, only: Iterable[str] = (), *, with_parents: bool) -> list[Cell]:
+    """``--only`` for every task: the profile's cells (all of them when no pattern is given) that match; each
+    pattern must match at least one cell, so a typo is an error instead of a silent no-op."""
+    prof = matrix.profile(profile)
+    cells = matrix.cells(prof)
     patterns = [p for p in only if p]
     if not patterns:
         return cells
-    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.ref, p) or c.family.name == p for p in patterns)]
-    if not chosen:
-        raise SelectionError(f"--only {' '.join(patterns)} matches no cell of profile {profile!r}")
-    return chosen
+    for pattern in patterns:
+        if not any(matches(c, pattern) for c in cells):
+            shown = ", ".join(c.ref for c in cells[:12]) + (" ..." if len(cells) > 12 else "")
+            raise SelectionError(f"--only {pattern!r} matches no cell of profile {prof.name!r} "
+                                 f"(a glob on family:tag or a family name; cells: {shown})")
+    return select(cells, patterns, with_parents=with_parents)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HpcImagesError
+from ..errors import HpcImagesError
 
 SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 # What a value may contain: it is written into a shell script. No blanks, quotes, $, ;, |, &, <, >, *, ...

@@ -1,0 +1,77 @@
+"""The cluster stage's tasks: `invoke submit`, `invoke jobs`, `invoke collect`, `invoke testcluster`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..cli import say
+from ..define import load_matrix
+from ..define import sites as sites_mod
+from ..engine import connect
+from ..paths import repository_root
+from . import slurm as slurm_mod
+from . import testcluster as testcluster_mod
+
+
+def _sites(root: Path) -> dict[str, sites_mod.Site]:
+    directory = root / "slurm" / "sites"
+    return {name: sites_mod.load_site(directory, name) for name in sites_mod.site_names(directory)}
+
+
+def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid", sizes: str = "",
+           source: str = "", dry_run: bool = False) -> int:
+    m = load_matrix(matrix)
+    profile = sites_mod.load_site(m.root / "slurm" / "sites", site)
+    spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source)
+    record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
+    script = Path(record.script)
+    if dry_run:
+        say(script.read_text(encoding="utf-8"))
+        say(f"rendered {script} (not submitted: --dry-run); submit it by hand with: sbatch {script}")
+        return 0
+    say(f"submitted {bench} ({model} model, {image}) to {site}: job {record.job_id}; script {script}")
+    say("follow it with `invoke jobs`; store its results with `invoke collect`")
+    return 0
+
+
+def jobs(matrix: str, all_states: bool = False) -> int:
+    root = repository_root(matrix)
+    records = slurm_mod.load_records(root)
+    if not all_states:
+        records = [r for r in records if r.state != "rendered"]
+    if not records:
+        say("no job records (submit one with `invoke submit`)")
+        return 0
+    say(slurm_mod.jobs_table(records, slurm_mod.live_states(root, _sites(root), records)))
+    return 0
+
+
+def collect(matrix: str, timeout: int = 1800, site: Iterable[str] = (), store: str | None = None) -> int:
+    root = repository_root(matrix)
+
+    def store_for(name: str) -> Path:
+        return Path(store) if store else root / "results" / f"slurm-{name}.jsonl"
+
+    done = slurm_mod.collect(root, _sites(root), store_for, timeout_s=timeout, only=site, progress=say)
+    failed = [c.record for c in done if c.record.state == "failed"]
+    stored = sorted({c.record.store for c in done if c.record.store})
+    if stored:
+        say("tables: invoke tabulate " + ",".join(str(Path(s).relative_to(root)) if Path(s).is_relative_to(root)
+                                                  else s for s in stored))
+    if failed:
+        print(f"{len(failed)} job(s) failed: " + "; ".join(f"{r.job_id} ({r.bench}): {r.message[:300]}"
+                                                          for r in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def testcluster(matrix: str, stop: bool = False) -> int:
+    root = repository_root(matrix)
+    if stop:
+        say("stopped" if testcluster_mod.stop(connect()) else "no test cluster is running")
+        return 0
+    testcluster_mod.start(connect(), root, progress=say)
+    say("submit to it with `invoke submit --site local ...`")
+    return 0

@@ -1,0 +1,35 @@
+"""Files that other steps read: written atomically, so a reader never sees half of one.
+
+Every JSON report, record and generated file goes through here: the text is written to a temporary file
+beside the target and moved over it in one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text(path: Path, text: str, *, sync: bool = False) -> Path:
+    """Replace ``path`` with ``text`` in one rename; ``sync`` also flushes it to disk first (job records)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, data: object, *, sync: bool = False) -> Path:
+    """``data`` as indented JSON with sorted keys (stable diffs), written atomically."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", sync=sync)

@@ -1,0 +1,56 @@
+"""The images stage's tasks: `invoke bases`, `invoke build`, `invoke check`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tabulate import tabulate
+
+from ..cli import say
+from ..define import load_matrix
+from ..define.matrix import select_cells
+from ..engine import connect
+from ..paths import build_dir, shown
+from . import bases as bases_mod
+from . import build as build_mod
+from . import check as check_mod
+from .reports import BUILD_REPORT, CHECK_REPORT
+
+
+def bases(matrix: str, profile: str = "offline", force: bool = False) -> int:
+    m = load_matrix(matrix)
+    results = bases_mod.ensure_bases(connect(), m.profile(profile), progress=say, force=force)
+    say(tabulate([[r.python, r.image, r.status, r.detail] for r in results],
+                 headers=["python", "image", "status", ""], tablefmt="simple"))
+    return 0
+
+
+def build(matrix: str, profile: str, only: Iterable[str] = (), jobs: int = 2, dry_run: bool = False,
+          force: bool = False) -> int:
+    m = load_matrix(matrix)
+    prof = m.profile(profile)
+    cells = build_mod.plan(m, prof, only)
+    if dry_run:
+        say(f"profile {prof.name!r}: {prof.description}")
+        say(build_mod.describe_plan(m, prof, cells))
+        return 0
+    report = build_mod.build_cells(connect(), m, prof, cells, jobs=jobs, progress=say, force=force)
+    say("")
+    say(report.table())
+    say(f"\n{len(report.results)} cells, {len(report.failed)} failed or skipped, {report.seconds:.0f}s; "
+        f"report: {shown(build_dir(m.root) / BUILD_REPORT, m.root)}")
+    return 0 if report.ok else 1
+
+
+def check(matrix: str, profile: str, only: Iterable[str] = ()) -> int:
+    m = load_matrix(matrix)
+    prof = m.profile(profile)
+    cells = select_cells(m, prof, only, with_parents=False)
+    results = check_mod.check_cells(connect(), m, prof, cells, progress=say)
+    say("")
+    say(check_mod.table(results))
+    passed = sum(r.passed for r in results)
+    out = build_dir(m.root)
+    say(f"\n{passed}/{len(results)} cells passed; report: {shown(out / CHECK_REPORT, m.root)} "
+        f"(publishable cells marked in {shown(out / BUILD_REPORT, m.root)})")
+    return 0 if passed == len(results) else 1

@@ -1,0 +1,93 @@
+"""The measure stage's tasks: `invoke bench` (what `nox -s bench` runs) and `invoke tabulate`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import re
+import sys
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..cli import say
+from ..define import load_matrix
+from ..define.matrix import select_cells
+from ..engine import connect
+from . import bench as bench_mod
+from . import report as report_mod
+from . import results as results_mod
+
+SIZES_RE = re.compile(r"^\d*:\d*$")
+
+
+def expand_paths(spec: str) -> list[str]:
+    """'a.jsonl,b.jsonl' or 'results/*.jsonl' -> paths (a glob that matches nothing stays, to be reported)."""
+    paths: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part:
+            paths.extend(sorted(glob.glob(part)) or [part])
+    return paths
+
+
+def tabulate(results: str, session: str | None = None, out: str | None = None, plots: bool = True,
+             strict: bool = False, skip_corrupt: bool = False) -> int:
+    """Tables (and plots) from stored results, printed and written as Markdown."""
+    files = [Path(p) for p in expand_paths(results)]
+    if not files:
+        raise results_mod.ResultsError("name at least one results file, e.g. results/ci.jsonl")
+    records, problems = results_mod.load(files, skip_corrupt=skip_corrupt)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if session:
+        records = [r for r in records if r.session == session]
+    if not records:
+        raise results_mod.ResultsError(f"no results in {', '.join(map(str, files))}"
+                                       + (f" for session {session}" if session else ""))
+    report = report_mod.build_report(records)
+    say(report.text())
+    target = Path(out) if out else files[0].with_suffix(".md")
+    report_mod.write_markdown(report, target, files)
+    say(f"tables: {target}")
+    if plots:
+        for png in report_mod.plot(records, target.parent / "plots"):
+            say(f"plot:   {png}")
+    if report.anomalies and strict:
+        print(f"{len(report.anomalies)} anomalies (--strict)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def parse_sizes(items: Iterable[str]) -> dict[str, str]:
+    """``BENCH=MIN:MAX`` options -> {bench: "MIN:MAX"}."""
+    sizes = {}
+    for item in items:
+        name, _, rng = item.partition("=")
+        if name not in bench_mod.BENCHMARKS or not SIZES_RE.fullmatch(rng):
+            raise bench_mod.BenchError(f"--sizes {item!r}: use BENCH=MIN:MAX with BENCH one of "
+                                       f"{', '.join(bench_mod.BENCHMARKS)}")
+        sizes[name] = rng
+    return sizes
+
+
+def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks: str = "",
+          sizes: Iterable[str] = (), repeats: int = 3, swap: bool = True, c_reference: bool = True,
+          bare_metal: bool = True, results: str | None = None, strict: bool = False, plots: bool = True) -> int:
+    """Run the benchmarks, store the results, print tables, draw plots."""
+    m = load_matrix(matrix)
+    prof = m.profile(profile)
+    only = [p for p in only if p]
+    cells = select_cells(m, prof, only, with_parents=False) if only else \
+        [c for c in m.cells(prof) if c.family.parent is None]  # default: the root family (plain mpi4py)
+    chosen = [b for b in (benchmarks or ",".join(bench_mod.BENCHMARKS)).split(",") if b]
+    ranges = parse_sizes(sizes)
+    store = Path(results) if results else m.root / "results" / f"{prof.name}.jsonl"
+    session = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    try:
+        stored = bench_mod.run(connect(), m, prof, cells, chosen, store, repeats=repeats, sizes=ranges, swap=swap,
+                               c_reference=c_reference, bare_metal=bare_metal, progress=say, session=session)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the runs finished before it are in {store} (session {session})", file=sys.stderr)
+        raise
+    say(f"{stored} runs stored in {store} (session {session})")
+    return tabulate(str(store), session=session, out=str(store.with_suffix(".md")), plots=plots, strict=strict)

@@ -1,0 +1,27 @@
+"""Where the tool writes: the one place that knows the build folder.
+
+Everything a run produces (logs, reports, ``.sif`` files, job records, bench venvs) goes under the build
+folder: ``<repository>/build`` unless ``HPCIMAGES_BUILD_DIR`` names another (the test suite uses its own).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BUILD_DIR_VAR = "HPCIMAGES_BUILD_DIR"
+
+
+def repository_root(matrix: str | Path) -> Path:
+    """The repository is the folder of its matrix file: the one way every task finds it."""
+    return Path(matrix).resolve().parent
+
+
+def build_dir(root: Path) -> Path:
+    override = os.environ.get(BUILD_DIR_VAR)
+    return Path(override).resolve() if override else root / "build"
+
+
+def shown(path: Path, root: Path) -> str:
+    """A path as a message shows it: relative to the repository when it lies inside it."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)

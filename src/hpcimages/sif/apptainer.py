@@ -1,0 +1,168 @@
+"""Apptainer runtimes: where ``apptainer`` runs, and how a ``.sif`` is run.
+
+Two runtimes, one interface:
+
+* a host ``apptainer`` (or ``singularity``) on PATH; it builds through spython's client with streamed output
+  (spython's non-streamed build returns None on failure, so it is never trusted blindly);
+* the containerised Apptainer of the tools image (tools.py), run unprivileged with the security options it
+  needs, when the host has none.
+
+A runtime says how it sees a host path (``see``): the host runtime uses the path itself, the containerised one
+mounts it. Callers never ask which runtime they have.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import docker
+
+from .. import engine
+from ..engine import Mount
+from ..errors import HpcImagesError, output_tail
+from . import tools
+
+Progress = Callable[[str], None]
+NO_RUNTIME = ("no Apptainer/Singularity runtime: either install one on this machine (`apptainer` or `singularity` "
+              "on PATH; Debian packages it in sid), or start a Docker engine (`bash scripts/setup.sh`) so that "
+              "hpcimages runs its containerised Apptainer")
+#: Unprivileged ranks live in separate user namespaces: UCX must not open /proc/<pid>/fd of the other rank
+#: (hybrid model with Debian's or the wheel's MPICH, whose shared memory goes through UCX).
+MPI_ENV_IN_CONTAINER = {"UCX_POSIX_USE_PROC_LINK": "n"}
+MPI_ENV = {f"APPTAINERENV_{k}": v for k, v in MPI_ENV_IN_CONTAINER.items()}
+BENCH_MOUNT = "/opt/hpcimages-bench"
+
+
+class ConvertError(HpcImagesError):
+    """A conversion or an Apptainer run failed."""
+
+
+class Runtime:
+    name = "runtime"
+
+    def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
+            network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def see(self, host: Path, inside: str, writable: bool = False) -> tuple[str, list[Mount]]:
+        """How this runtime's commands name a host directory, and the mounts that make it so."""
+        raise NotImplementedError
+
+    def build_sif(self, source: str, out: str, mounts: list[Mount]) -> tuple[int, str]:
+        """`apptainer build` of ``source`` (e.g. docker-archive://...) into ``out``, both as the runtime sees them."""
+        return self.run(["apptainer", "build", "--force", out, source], mounts)
+
+
+class HostRuntime(Runtime):
+    """apptainer/singularity installed on this machine."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.name = f"host {Path(binary).name}"
+
+    def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
+            network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
+        # paths are the host's own: mounts map to themselves
+        if command and command[0] in ("apptainer", "singularity"):
+            command = [self.binary, *command[1:]]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                                  cwd=workdir, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return 124, f"timed out after {timeout}s"
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def see(self, host: Path, inside: str, writable: bool = False) -> tuple[str, list[Mount]]:
+        return str(host), []
+
+    def build_sif(self, source: str, out: str, mounts: list[Mount]) -> tuple[int, str]:
+        """spython's client, streamed: the non-streamed call hides failures (it returns None)."""
+        from spython.main import Client
+
+        Client.quiet = True
+        lines = []
+        try:
+            stream = Client.build(recipe=source, image=out, build_folder=str(Path(out).parent), sudo=False,
+                                  stream=True, force=True, options=["--force"])
+            lines.extend(str(line) for line in stream or [])
+        except subprocess.CalledProcessError as exc:  # the streamed build raises on a non-zero exit
+            return exc.returncode or 1, "".join(lines) + str(exc)
+        return (0 if Path(out).is_file() else 1), "".join(lines)
+
+
+class ContainerRuntime(Runtime):
+    """The tools image's Apptainer, as the unprivileged user `hpc` in a container of the local engine."""
+
+    name = "containerised Apptainer"
+
+    def __init__(self, client: docker.DockerClient, image: str) -> None:
+        self.client = client
+        self.image = image
+
+    def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
+            network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
+        return engine.run(self.client, self.image, command, timeout=timeout, env=env, mounts=mounts,
+                          network="host" if network else "none", workdir=workdir, sandbox=tools.APPTAINER_SANDBOX)
+
+    def see(self, host: Path, inside: str, writable: bool = False) -> tuple[str, list[Mount]]:
+        if writable:
+            os.chmod(host, 0o777)  # the unprivileged user in the container writes here
+        return inside, [Mount(host, inside, read_only=not writable)]
+
+
+def choose_runtime(kind: str, client_factory: Callable[[], docker.DockerClient], root: Path,
+                   progress: Progress = print) -> Runtime:
+    """`auto`: a host runtime if there is one, else the containerised one; `host` / `container` force it."""
+    if kind not in ("auto", "host", "container"):
+        raise ConvertError(f"unknown runtime {kind!r}; use auto, host or container")
+    if kind in ("auto", "host"):
+        binary = shutil.which("apptainer") or shutil.which("singularity")
+        if binary:
+            return HostRuntime(binary)
+        if kind == "host":
+            raise ConvertError(NO_RUNTIME)
+    try:
+        client = client_factory()
+    except HpcImagesError as exc:
+        raise ConvertError(f"{NO_RUNTIME} ({exc})") from None
+    return ContainerRuntime(client, tools.ensure_tools_image(client, root, progress))
+
+
+def exec_in_sif(runtime: Runtime, sif: Path, command: list[str], bench: Path, ranks: int = 0,
+                env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`apptainer exec -e x.sif ...`, or with ranks, `mpiexec -n R apptainer exec x.sif ...` (launcher outside).
+    ``{bench}`` in the command names the bench/ directory as the container sees it."""
+    sif_dir, sif_mounts = runtime.see(sif.parent, "/sif")
+    bench_path, bench_mounts = runtime.see(bench, BENCH_MOUNT)
+    mounts = [*sif_mounts, *bench_mounts]
+    command = [c.replace("{bench}", bench_path) for c in command]
+    sif_path = f"{sif_dir}/{sif.name}"
+    if ranks:
+        inner = ["apptainer", "exec", "-B", bench_path, sif_path, *command]
+        return runtime.run(["mpiexec", "-n", str(ranks), *inner], mounts, env={**MPI_ENV, **(env or {})})
+    return runtime.run(["apptainer", "exec", "-e", "-B", bench_path, sif_path, *command], mounts, env=env)
+
+
+def tail(output: str, lines: int = 4, limit: int = 500) -> str:
+    """The end of an Apptainer run's output for a message, without its `gocryptfs not found` notices."""
+    return output_tail(output, lines, limit, skip=("gocryptfs",))
+
+
+def build_recipe(runtime: Runtime, root: Path, recipe: Path, archive: Path, out: Path,
+                 args: dict[str, str]) -> tuple[int, str]:
+    """`apptainer build` of a committed Singularity.def, bootstrapping from a saved image (docker-archive)."""
+    work = archive.parent
+    work_seen, work_mounts = runtime.see(work, "/work", writable=True)
+    src_seen, src_mounts = runtime.see(root, "/src")
+    build_args = {"BOOTSTRAP": "docker-archive", **args, "FROM": f"{work_seen}/{archive.name}"}
+    flags = [part for key, value in build_args.items() for part in ("--build-arg", f"{key}={value}")]
+    command = ["apptainer", "build", "--force", *flags, f"{work_seen}/{out.name}",
+               f"{src_seen}/{recipe.relative_to(root)}"]
+    code, output = runtime.run(command, [*work_mounts, *src_mounts], network=True, workdir=src_seen)
+    if code == 0:
+        (work / out.name).replace(out)
+    return code, output

@@ -1,0 +1,52 @@
+"""The sif stage's tasks: `invoke convert` (and `--from-recipe`), `invoke tools`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tabulate import tabulate
+
+from ..cli import say
+from ..define import load_matrix
+from ..define.matrix import select_cells
+from ..engine import connect
+from ..paths import repository_root
+from . import apptainer
+from . import convert as convert_mod
+from . import tools as tools_mod
+
+
+def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = "auto", force: bool = False,
+            from_recipe: bool = False) -> int:
+    """Docker images -> .sif files, then the hello test in each (1 rank, and 2 ranks launched outside)."""
+    m = load_matrix(matrix)
+    prof = m.profile(profile)
+    cells = select_cells(m, prof, only, with_parents=False)
+    client = connect()  # `docker save` needs the engine whichever runtime converts
+    rt = apptainer.choose_runtime(runtime, lambda: client, m.root, progress=say)
+    if from_recipe:
+        passed = [convert_mod.from_recipe(client, rt, m, prof, cell, progress=say) for cell in cells]
+        return 0 if all(passed) else 1
+    out_dir = convert_mod.sif_dir(m.root)
+    results = convert_mod.convert(client, rt, [c.image(prof.registry) for c in cells], out_dir, progress=say,
+                                  force=force)
+    rows = []
+    for result in results:
+        if result.status == "failed":
+            rows.append([result.image, "skip", "skip"])
+            continue
+        one, two = convert_mod.hello_test(rt, result, m.root / "bench")
+        rows.append([result.image, "pass" if one else "FAIL", "pass" if two else "FAIL"])
+    say("")
+    say(convert_mod.table(results))
+    say("")
+    say(tabulate(rows, headers=["image", "exec -e hello (1 rank)", "mpiexec -n 2 apptainer exec hello"]))
+    failed = [r for r in results if r.status == "failed"]
+    say(f"\n{len(results) - len(failed)}/{len(results)} converted or up to date; .sif files in {out_dir}")
+    return 1 if failed else 0
+
+
+def tools(matrix: str, force: bool = False) -> int:
+    root = repository_root(matrix)
+    say(f"ready: {tools_mod.ensure_tools_image(connect(), root, progress=say, force=force)}")
+    return 0

@@ -1,0 +1,182 @@
+"""``invoke convert``: Docker images to ``.sif`` files with a real Apptainer, each then run (hello, 1 and 2 ranks).
+
+A cell's ``.sif`` goes to ``<build>/sif/<family>_<tag>.sif``, with a ``.json`` beside it that records the image
+id it came from; a ``.sif`` is rebuilt when it is older than its image or comes from another image id. A
+half-written ``.sif`` never replaces a good one. ``--from-recipe`` builds from the committed Singularity.def
+files instead (``from_recipe``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+from tabulate import tabulate
+
+from ..define.matrix import Cell, Matrix, Profile
+from ..define.render import recipe_path
+from ..engine import find_image
+from ..files import write_json
+from ..images import wheelhouse
+from ..images.build import from_image, source_args
+from ..paths import build_dir
+from .apptainer import ConvertError, Runtime, build_recipe, exec_in_sif, tail
+
+Progress = Callable[[str], None]
+HELLO = ["python3", "{bench}/hello_mpi4py.py"]
+MPI_VERSION_SNIPPET = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
+
+
+def sif_dir(root: Path) -> Path:
+    return build_dir(root) / "sif"
+
+
+@dataclass
+class Conversion:
+    name: str
+    image: str
+    sif: str
+    status: str = "pending"  # converted | up to date | failed
+    seconds: float = 0.0
+    sif_bytes: int | None = None
+    image_bytes: int | None = None
+    reason: str = ""
+    hello: str = ""  # the smoke test: "pass", or why it failed
+
+
+def sif_name(image: str) -> str:
+    repo, _, tag = image.rpartition(":")
+    return f"{repo.rsplit('/', 1)[-1]}_{tag}.sif"
+
+
+def is_fresh(sif: Path, image: object) -> bool:
+    """The .sif exists, is newer than the image, and records the same image id."""
+    meta = sif.with_suffix(".json")
+    if not sif.is_file() or not meta.is_file():
+        return False
+    try:
+        recorded = json.loads(meta.read_text(encoding="utf-8")).get("image_id")
+    except json.JSONDecodeError:
+        return False
+    created = dt.datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=dt.UTC)  # type: ignore[attr-defined]
+    return recorded == image.id and sif.stat().st_mtime >= created.timestamp()  # type: ignore[attr-defined]
+
+
+def save_image(client: docker.DockerClient, image: str, tar: Path) -> None:
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    with tar.open("wb") as out:
+        for chunk in client.images.get(image).save(named=True):
+            out.write(chunk)
+    tar.chmod(0o644)
+
+
+def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, out_dir: Path,
+                force: bool = False) -> Conversion:
+    sif = out_dir / sif_name(image_ref)
+    result = Conversion(image_ref.rsplit("/", 1)[-1], image_ref, str(sif))
+    start = time.monotonic()
+    image = find_image(client, image_ref)
+    if image is None:
+        result.status, result.reason = "failed", f"{image_ref} is not built: run `invoke build`"
+        return result
+    result.image_bytes = image.attrs.get("Size")
+    if not force and is_fresh(sif, image):
+        result.status, result.sif_bytes = "up to date", sif.stat().st_size
+        return result
+    work = out_dir / ".work"
+    tar = work / f"{sif.stem}.tar"
+    partial = work / f"{sif.stem}.sif"
+    try:
+        save_image(client, image_ref, tar)
+        seen, mounts = runtime.see(work, "/work", writable=True)
+        code, output = runtime.build_sif(f"docker-archive://{seen}/{tar.name}", f"{seen}/{partial.name}", mounts)
+        if code != 0 or not partial.is_file():
+            raise ConvertError(f"apptainer build failed (exit {code}): {tail(output)}")
+        partial.replace(sif)
+        write_json(sif.with_suffix(".json"), {"image": image_ref, "image_id": image.id, "runtime": runtime.name})
+        result.status, result.sif_bytes = "converted", sif.stat().st_size
+    except (ConvertError, docker.errors.APIError, OSError) as exc:
+        result.status, result.reason = "failed", str(exc)
+        partial.unlink(missing_ok=True)
+    finally:
+        tar.unlink(missing_ok=True)
+        result.seconds = time.monotonic() - start
+    return result
+
+
+def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], out_dir: Path,
+            progress: Progress = print, force: bool = False) -> list[Conversion]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, image in enumerate(images, 1):
+        progress(f"[{i}/{len(images)}] {image} -> {out_dir / sif_name(image)} ({runtime.name}) ...")
+        result = convert_one(client, runtime, image, out_dir, force=force)
+        detail = result.reason if result.status == "failed" else f"{result.seconds:.1f}s"
+        progress(f"[{i}/{len(images)}] {image}: {result.status} ({detail})")
+        results.append(result)
+    write_json(out_dir / "convert-report.json", [asdict(r) for r in results])
+    return results
+
+
+def hello_test(runtime: Runtime, result: Conversion, bench: Path) -> tuple[bool, bool]:
+    """1 rank with `exec -e`, and 2 ranks launched outside the container; a failure fails the conversion."""
+    sif = Path(result.sif)
+    one = exec_in_sif(runtime, sif, HELLO, bench)
+    two = exec_in_sif(runtime, sif, HELLO, bench, ranks=2)
+    ok1 = one[0] == 0 and "process 0 of 1" in one[1]
+    ok2 = two[0] == 0 and "process 0 of 2" in two[1] and "process 1 of 2" in two[1]
+    if not (ok1 and ok2):
+        result.status = "failed"
+        result.reason = "hello test failed: " + tail((one[1] if not ok1 else "") + (two[1] if not ok2 else ""))
+    return ok1, ok2
+
+
+def table(results: list[Conversion]) -> str:
+    def mb(n: int | None) -> str:
+        return "-" if n is None else f"{n / 1e6:.0f} MB"
+
+    rows = [[r.image, r.status, f"{r.seconds:.1f}s", mb(r.image_bytes), mb(r.sif_bytes),
+             Path(r.sif).name if r.status != "failed" else r.reason[:90]] for r in results]
+    return tabulate(rows, headers=["image", "status", "time", "image size", "sif size", "sif / reason"])
+
+
+def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, profile: Profile, cell: Cell,
+                progress: Progress = print) -> bool:
+    """Build one cell's .sif from its committed Singularity.def (FROM the local image of its base or parent,
+    wheels and tarballs served from the wheelhouse), then check its MPI version inside."""
+    out_dir = sif_dir(matrix.root) / "from-recipe"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = wheelhouse.cache_root()
+    for lock in filter(None, (cell.mpi_lock, cell.lock)):
+        wheelhouse.download_wheels(matrix.root / lock, cell.python, cache)
+    source = profile.sources.get(cell.mpi.key)
+    if source is not None:
+        wheelhouse.fetch_source(source, cache)
+    _, base = from_image(matrix, profile, cell)
+    sif = out_dir / sif_name(cell.image(profile.registry))
+    recipe = recipe_path(matrix, cell)
+    progress(f"apptainer build {sif.name} from {recipe.relative_to(matrix.root)} (FROM {base})")
+    start = time.monotonic()
+    archive = out_dir / ".work" / f"{sif.stem}-from.tar"
+    save_image(client, base, archive)
+    try:
+        with wheelhouse.serve(cache) as served:
+            args = {**cell.family.build_args, **source_args(profile, cell, served),
+                    "WHEELHOUSE": f"{served}/wheelhouse/"}
+            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args)
+    finally:
+        archive.unlink(missing_ok=True)
+    if code != 0:
+        progress(f"  FAILED (exit {code}): {tail(output)}")
+        return False
+    code, output = exec_in_sif(runtime, sif, ["python3", "-c", MPI_VERSION_SNIPPET], matrix.root / "bench")
+    ok = code == 0 and f"MPICH Version:      {cell.mpi.version}" in output
+    progress(f"  built in {time.monotonic() - start:.0f}s, {sif.stat().st_size / 1e6:.0f} MB; smoke test: "
+             f"{'pass' if ok else 'FAIL ' + tail(output)}")
+    return ok
