@@ -27,3 +27,17 @@ def test_build_without_engine_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: cannot reach a Docker engine" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_engine_that_never_answers_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    import socket
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # accepts connections, never answers
+    server.bind(str(tmp_path / "silent.sock"))
+    server.listen(5)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/silent.sock")
+    try:
+        with pytest.raises(EngineError, match=r"did not answer within 2s"):
+            connect(ping_timeout=2)
+    finally:
+        server.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hpcimages"
 STAGES = ("define", "images", "sif", "measure", "cluster")
-SHARED = ("cli", "engine", "errors", "files", "paths")
+SHARED = ("cli", "engine", "errors", "files", "paths", "validate")
 
 
 def imported_modules(path: Path) -> set[str]:

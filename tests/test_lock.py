@@ -60,3 +60,14 @@ def test_changed_requirements_in_is_drift_and_a_real_compile_fixes_it(repo_copy)
     compile_lock(job, repo_copy)  # real uv run against the package index
     assert not any(p.startswith("pip-requirements/mpi4py/requirements-py3.11.txt") for p in lock_drift(m))
     assert locked_pins(repo_copy / job.output)["mpi4py"] == "4.1.2"
+
+
+def test_a_lock_edited_by_hand_is_flagged_itself_not_only_its_children(repo_copy):
+    m = load_matrix(repo_copy / "matrix.toml")
+    assert lock_drift(m) == []
+    lock = repo_copy / "pip-requirements/mpi/mpich-4.3.2.txt"
+    text = lock.read_text()
+    first_hash = text.split("--hash=sha256:")[1][:64]
+    lock.write_text(text.replace(first_hash, "0" * 64, 1))
+    problems = lock_drift(m)
+    assert [p for p in problems if p.startswith("pip-requirements/mpi/mpich-4.3.2.txt: its content differs")]

@@ -169,6 +169,20 @@ BROKEN = [
      "profiles.offline.extends", "unknown profile 'offline-2'"),
     ("configure-on-wheel", [('method = "wheel"', 'method = "wheel"\nconfigure = "--x"')],
      "axes.mpi[0].configure", "only the 'source' method"),
+    ("exclude-matching-nothing", [("[profiles.offline]", '[[exclude]]\nfamily = "mpi4py"\ncuda = "12.8"\n\n'
+                                  '[profiles.offline]')],  # mpi4py has no CUDA axis: the rule excludes nothing
+     "exclude[0]", "matches no cell of any profile"),
+    ("profile-selecting-nothing", [('registry = "local/hpc"', 'registry = "local/hpc"\nmpi = []')],
+     "profiles.offline", "selects no cell"),
+    ("extends-a-list", [('registry = "local/hpc"', 'registry = "local/hpc"\nextends = ["offline"]')],
+     "profiles.offline.extends", "must be the name of one profile"),
+    ("huge-version", [('version = "4.3.2"', 'version = "4.3.%s"' % ("9" * 5000))], "axes.mpi[0].version",
+     "(5004 characters) is not a valid version"),
+    ("trailing-newline-version", [('version = "4.3.2"', 'version = "4.3.2\\n"')], "axes.mpi[0].version",
+     "control character"),
+    ("injected-description", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                               'axes = ["python", "mpi"]\ndescription = "x\\"\\nRUN echo INJECTED"\n\n[families.hpc')],
+     "families.mpi4py.description", "not a valid description"),
 ]
 
 

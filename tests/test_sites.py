@@ -179,3 +179,19 @@ def test_the_bind_model_checks_its_host_libraries_load_before_any_rank_starts(tm
            "/usr/lib64\n" in bind
     hybrid = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE), tmp_path)
     assert "pre-flight" not in hybrid
+
+
+def test_a_profile_without_a_slurm_table_says_which_defaults_it_gets():
+    site = site_from('description = "defaults"\n')
+    assert site.slurm.nodes == 2 and site.warnings and "no [slurm] table" in site.warnings[0]
+    assert not load_site(SITES, "local").warnings
+
+
+def test_a_trailing_newline_is_refused_in_every_kind_of_value():
+    for text, key in [('[slurm]\naccount = "proj0001\\n"\n', "slurm.account"),
+                      ('[host_mpi.vars]\n"EVIL\\n" = "x"\n', "host_mpi.vars"),
+                      ('[slurm]\ntime = "00:10:00\\n"\n', "slurm.time"),
+                      ('[slurm]\noptions = ["--exclusive\\n"]\n', "slurm.options[0]")]:
+        with pytest.raises(SiteError) as info:
+            site_from(text)
+        assert key in str(info.value) and "\n" not in str(info.value), str(info.value)

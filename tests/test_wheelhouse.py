@@ -65,3 +65,51 @@ def test_platform_tags_stop_at_the_oldest_base_glibc():
 def test_cache_location_can_be_chosen(monkeypatch, tmp_path):
     monkeypatch.setenv("HPCIMAGES_CACHE", str(tmp_path))
     assert wheelhouse.cache_root() == tmp_path
+
+
+def make_wheel(folder, name: str = "hpcdemo", version: str = "1.0"):
+    """A real (tiny) wheel, so pip handles it like any other."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": "",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    with zipfile.ZipFile(path, "w") as wheel:
+        for arcname, text in files.items():
+            wheel.writestr(arcname, text)
+        wheel.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n")
+    return path
+
+
+def test_a_tampered_lock_fails_without_poisoning_the_cache(tmp_path, monkeypatch):
+    upstream = make_wheel(tmp_path / "upstream")
+    good = hashlib.sha256(upstream.read_bytes()).hexdigest()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds the wheel where a package index would serve it
+    monkeypatch.setenv("PIP_FIND_LINKS", str(upstream.parent))
+    lock, cache = tmp_path / "lock.txt", tmp_path / "cache"
+    lock.write_text(f"hpcdemo==1.0 --hash=sha256:{good}\n")
+    wheelhouse.download_wheels(lock, "3.11", cache)
+    cached = wheelhouse.wheelhouse_dir(cache) / upstream.name
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == good
+
+    lock.write_text(f"hpcdemo==1.0 --hash=sha256:{'0' * 64}\n")  # one edited hash
+    with pytest.raises(wheelhouse.CacheError, match=r"pip download of lock\.txt"):
+        wheelhouse.download_wheels(lock, "3.11", cache)
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == good, "the good wheel is still in the cache"
+
+    upstream.unlink()  # the lock put back: the cache alone serves it, nothing is fetched again
+    lock.write_text(f"hpcdemo==1.0 --hash=sha256:{good}\n")
+    wheelhouse.download_wheels(lock, "3.11", cache)
+    cached.write_bytes(b"damaged")  # a damaged copy is not trusted: the stamp's hash no longer holds
+    with pytest.raises(wheelhouse.CacheError):
+        wheelhouse.download_wheels(lock, "3.11", cache)
+
+
+def test_a_cache_below_a_regular_file_is_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("HPCIMAGES_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(wheelhouse.CacheError, match=r"HPCIMAGES_CACHE .*file/cache cannot be used as a folder"):
+        wheelhouse.cache_root()

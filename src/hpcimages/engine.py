@@ -3,6 +3,7 @@ command in a container (check, bench, convert and the test cluster all go throug
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,24 @@ HOW_TO_START = ("start one first: `bash scripts/setup.sh` (installs and starts i
 EXIT_TIMEOUT = 124
 
 
-def connect(timeout: int = 900) -> docker.DockerClient:
-    """A client for the engine named by DOCKER_HOST (default: the local socket), checked with a ping."""
+def connect(timeout: int = 900, ping_timeout: int = 15) -> docker.DockerClient:
+    """A client for the engine named by DOCKER_HOST (default: the local socket), checked with a ping that may take
+    ``ping_timeout`` seconds (an engine that never answers is an error, not a hang); later calls get ``timeout``."""
     try:
-        client = docker.from_env(timeout=timeout)
+        client = docker.from_env(timeout=ping_timeout)
         client.ping()
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower():
+            raise EngineError(f"the Docker engine at {_host()} did not answer within {ping_timeout}s; is it "
+                              f"running and not stuck? {HOW_TO_START}") from None
         raise EngineError(f"cannot reach a Docker engine ({exc.__class__.__name__}: {_short(exc)}); "
                           f"{HOW_TO_START}") from None
+    client.api.timeout = timeout
     return client
+
+
+def _host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
 def find_image(client: docker.DockerClient, ref: str) -> Image | None:

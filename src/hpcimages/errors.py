@@ -14,9 +14,9 @@ class MatrixError(HpcImagesError):
 
     def __init__(self, path: object, key: str, message: str) -> None:
         self.path = str(path)
-        self.key = key
+        self.key = key if key.isprintable() and len(key) <= 120 else repr(key)[:120]  # a hostile key stays one line
         self.message = message
-        super().__init__(f"{self.path}: {key}: {message}")
+        super().__init__(f"{self.path}: {self.key}: {message}")
 
 
 class EngineError(HpcImagesError):

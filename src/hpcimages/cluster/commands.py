@@ -24,6 +24,8 @@ def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid"
            source: str = "", dry_run: bool = False) -> int:
     m = load_matrix(matrix)
     profile = sites_mod.load_site(m.root / "slurm" / "sites", site)
+    for warning in profile.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source)
     record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
     script = Path(record.script)

@@ -32,10 +32,12 @@ from ..measure.results import PRIMARY, ResultRow, ResultsError, append_run, load
 from ..paths import build_dir
 from ..sif import apptainer
 from ..sif.convert import sif_dir, sif_name
+from ..validate import CONTROL_RE, UnsafeValue, problem, refuse_unsafe, shown
 
 BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "cuda", "convert")
 MODELS = ("hybrid", "bind")
-SIZES_RE = re.compile(r"^\d{1,10}(:\d{1,10})?$")
+SIZES_RE = re.compile(r"\d{1,10}(:\d{1,10})?")
+SOURCE_RE = re.compile(r"(docker|docker-archive|oras|library)://[A-Za-z0-9_@%+=:,./-]+")
 HELLO_RE = re.compile(r"Hello World! I am process (\d+) of (\d+) on (\S+?)\.?$", re.M)
 LIBRARY_RE = re.compile(r"^# library: (.+)$", re.M)
 PROVENANCE_RE = re.compile(r"^# hpcimages: (.*)$", re.M)
@@ -64,19 +66,20 @@ class JobSpec:
 
     def validate(self) -> None:
         if self.bench not in BENCHES:
-            raise SlurmError(f"unknown benchmark {self.bench!r}; known: {', '.join(BENCHES)}")
+            raise SlurmError(f"unknown benchmark {shown(self.bench)}; known: {', '.join(BENCHES)}")
         if self.model not in MODELS:
-            raise SlurmError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
-        if not IMAGE_RE.match(self.image):
-            raise SlurmError(f"image {self.image!r}: not an image reference like hpcimages/mpi4py:py3.11-mpich4.3.2")
+            raise SlurmError(f"unknown model {shown(self.model)}; known: {', '.join(MODELS)}")
+        if problem(self.image, IMAGE_RE):
+            raise SlurmError(f"image {shown(self.image)}: not an image reference like "
+                             "hpcimages/mpi4py:py3.11-mpich4.3.2")
         if self.model == "bind" and not self.site.has_bind_model:
             raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs: the bind model needs them "
                              f"({self.site.path})")
-        if self.sizes and not SIZES_RE.match(self.sizes):
-            raise SlurmError(f"sizes {self.sizes!r}: a size or a range like 1:4194304")
-        if self.source and not re.match(r"^(docker|docker-archive|oras|library)://[A-Za-z0-9_@%+=:,./-]+$",
-                                        self.source):
-            raise SlurmError(f"source {self.source!r}: like docker://registry/repo:tag or docker-archive:///x.tar")
+        if self.sizes and problem(self.sizes, SIZES_RE):
+            raise SlurmError(f"sizes {shown(self.sizes)}: a size or a range like 1:4194304")
+        if self.source and problem(self.source, SOURCE_RE):
+            raise SlurmError(f"source {shown(self.source)}: like docker://registry/repo:tag or "
+                             "docker-archive:///x.tar")
 
     @property
     def variant(self) -> str:
@@ -94,8 +97,11 @@ def sif_path(root: Path, spec: JobSpec) -> str:
 
 
 def _environment(root: Path) -> jinja2.Environment:
+    # finalize: whatever a caller passes, no inserted value can add a line to the script (an sbatch directive
+    # block ends at the first line that is not one, and a quote left open swallows the lines after it)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(root / "slurm" / "templates"),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+                             finalize=lambda value: refuse_unsafe(value, CONTROL_RE))
     env.filters["q"] = lambda value: shlex.quote(str(value))
     return env
 
@@ -147,7 +153,11 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}",
     }
-    return _environment(root).get_template(f"{spec.bench}.sbatch.j2").render(context).rstrip("\n") + "\n"
+    try:
+        text = _environment(root).get_template(f"{spec.bench}.sbatch.j2").render(context)
+    except UnsafeValue as exc:
+        raise SlurmError(f"{spec.site.path}: {exc}") from None
+    return text.rstrip("\n") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
 compiled against its parent's lock, so it never moves a package the parent pinned. The MPI wheels
 (``mpich==X``) get a lock of their own, shared by every cell that installs them.
 
-Every lock starts with a header that names the command that regenerates it and the sha256 of its
-inputs, so ``lock_drift`` can tell a stale lock without the network.
+Every lock starts with a header that names the command that regenerates it, the sha256 of its inputs and the
+sha256 of its own content, so ``lock_drift`` can tell a stale lock, and a lock edited by hand, without the
+network.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .matrix import Cell, Matrix, Profile
 
 TARGET_PLATFORM = "x86_64-unknown-linux-gnu"
 INPUT_MARK = "# input-sha256: "
+CONTENT_MARK = "# content-sha256: "
 
 #: The stand-in for a cluster's host MPI in the bind-model checks and benchmarks (images/hostmpi.py unpacks it):
 #: Intel MPI's runtime from PyPI, MPICH ABI. Its lock is compiled and drift-checked with the others.
@@ -94,12 +96,17 @@ def _strip_header(text: str) -> str:
     return "".join(line for line in text.splitlines(True) if not line.startswith("#"))
 
 
-def header(job: LockJob, root: Path) -> str:
+def content_digest(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def header(job: LockJob, root: Path, body: str) -> str:
     constraint = f", constrained by {job.constraint}" if job.constraint else ""
     return (
         "# GENERATED FILE - DO NOT EDIT. Regenerate with `invoke lock`.\n"
         f"# From {job.input_name} for Python {job.python} ({TARGET_PLATFORM}){constraint}.\n"
         f"{INPUT_MARK}{job.input_digest(root)}\n"
+        f"{CONTENT_MARK}{content_digest(body)}\n"
     )
 
 
@@ -125,20 +132,27 @@ def compile_lock(job: LockJob, root: Path, upgrade: bool = False) -> Path:
         if proc.returncode != 0:
             raise LockError(f"{job.output}: uv pip compile failed:\n{proc.stderr.strip()}")
         body = raw.read_text(encoding="utf-8")
-    return write_text(out, header(job, root) + body)
+    return write_text(out, header(job, root, body) + body)
+
+
+def _marked(text: str, mark: str) -> str | None:
+    return next((line[len(mark):].strip() for line in text.splitlines() if line.startswith(mark)), None)
 
 
 def lock_drift(matrix: Matrix) -> list[str]:
-    """Locks that are missing or whose inputs changed since they were compiled."""
+    """Locks that are missing, whose inputs changed since they were compiled, or whose own content was changed
+    (an edited pin or hash would otherwise only show in the locks compiled against it)."""
     problems = []
     for job in lock_jobs(matrix):
         path = matrix.root / job.output
         if not path.is_file():
             problems.append(f"{job.output}: missing (run `invoke lock`)")
             continue
-        recorded = next((line[len(INPUT_MARK):].strip() for line in path.read_text(encoding="utf-8").splitlines()
-                         if line.startswith(INPUT_MARK)), None)
-        if recorded != job.input_digest(matrix.root):
+        text = path.read_text(encoding="utf-8")
+        if _marked(text, CONTENT_MARK) != content_digest(_strip_header(text)):
+            problems.append(f"{job.output}: its content differs from what `invoke lock` wrote (edited by hand?): "
+                            "run `invoke lock` (or `git checkout` it)")
+        elif _marked(text, INPUT_MARK) != job.input_digest(matrix.root):
             problems.append(f"{job.output}: its inputs changed since it was compiled (run `invoke lock`)")
     return problems
 

@@ -25,23 +25,24 @@ from typing import Any
 
 from ..errors import MatrixError, SelectionError
 from ..paths import repository_root
+from ..validate import free_text_problem, problem, shown
 
 AXES = ("python", "mpi", "cuda")
 MPI_METHODS = ("wheel", "source", "apt")
 
-PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
-VERSION_RE = re.compile(r"^\d+(\.\d+){1,3}$")
-CUDA_RE = re.compile(r"^\d{2}\.\d$")
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+PYTHON_RE = re.compile(r"3\.\d{1,2}")
+VERSION_RE = re.compile(r"\d{1,6}(\.\d{1,6}){1,3}")
+CUDA_RE = re.compile(r"\d{2}\.\d")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,40}")
 # Options handed to ./configure unquoted: words only, no shell metacharacters.
-CONFIGURE_RE = re.compile(r"^[A-Za-z0-9_=,.:/+ -]{0,400}$")
-IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?$")
-REGISTRY_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$")
-URL_RE = re.compile(r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/|debian:pool/)[A-Za-z0-9._~/+%-]+$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-ARG_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,60}$")
-ARG_VALUE_RE = re.compile(r"^[A-Za-z0-9_=,.:/+@ -]{0,400}$")
-TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\.j2$")
+CONFIGURE_RE = re.compile(r"[A-Za-z0-9_=,.:/+ -]{0,400}")
+IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?")
+REGISTRY_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*")
+URL_RE = re.compile(r"(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/|debian:pool/)[A-Za-z0-9._~/+%-]+")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+ARG_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,60}")
+ARG_VALUE_RE = re.compile(r"[A-Za-z0-9_=,.:/+@ -]{0,400}")
+TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\.j2")
 
 TOP_KEYS = {"axes", "families", "exclude", "profiles"}
 AXES_KEYS = {"python", "mpi", "cuda"}
@@ -54,7 +55,7 @@ PROFILE_KEYS = {
 BASE_KEYS = {"image", "debian"}
 SOURCE_KEYS = {"url", "sha256"}
 EXCLUDE_KEYS = {"family", "python", "mpi", "cuda"}
-DEBIAN_SUITE_RE = re.compile(r"^[a-z]{2,20}$")
+DEBIAN_SUITE_RE = re.compile(r"[a-z]{2,20}")
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class Matrix:
         if isinstance(name, Profile):
             return name
         if name not in self.profiles:
-            raise MatrixError(self.path, "profiles", f"unknown profile {name!r}; allowed: {sorted(self.profiles)}")
+            raise MatrixError(self.path, "profiles", f"unknown profile {shown(name)}; allowed: {sorted(self.profiles)}")
         return self.profiles[name]
 
     def cells(self, profile: str | Profile) -> list[Cell]:
@@ -253,7 +254,7 @@ class _Loader:
             raise self.fail(key, f"must be a table, got {type(table).__name__}")
         unknown = sorted(set(table) - allowed)
         if unknown:
-            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0],
+            raise self.fail(f"{key}.{unknown[0]}" if key else str(unknown[0])[:60],
                             f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
         for name in required:
             if name not in table:
@@ -261,10 +262,30 @@ class _Loader:
         return table
 
     def string(self, value: Any, key: str, pattern: re.Pattern[str], what: str) -> str:
+        """A value that reaches generated text: the one rule of validate.py (whole match, one line, bounded)."""
         if not isinstance(value, str):
             raise self.fail(key, f"must be a string ({what}), got {type(value).__name__}")
-        if not pattern.match(value):
-            raise self.fail(key, f"{value!r} is not a valid {what} (must match {pattern.pattern})")
+        reason = problem(value, pattern)
+        if reason:
+            raise self.fail(key, f"{shown(value)} is not a valid {what} ({reason})")
+        return value
+
+    def free_text(self, value: Any, key: str) -> str:
+        """A description: one line of plain text (it lands in image labels and comments)."""
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string (a description), got {type(value).__name__}")
+        reason = free_text_problem(value)
+        if reason:
+            raise self.fail(key, f"{shown(value)} is not a valid description ({reason})")
+        return value
+
+    def name(self, value: str, key: str, what: str) -> str:
+        """A table name that becomes part of a tag, a path or a label (families, profiles)."""
+        reason = problem(value, NAME_RE)
+        if reason:
+            raise self.fail(key, f"{shown(value)} is not a valid {what} name ({reason})")
         return value
 
     def string_list(self, value: Any, key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
@@ -273,14 +294,14 @@ class _Loader:
         items = tuple(self.string(v, f"{key}[{i}]", pattern, what) for i, v in enumerate(value))
         dupes = sorted({v for v in items if items.count(v) > 1})
         if dupes:
-            raise self.fail(key, f"{dupes[0]!r} is listed twice")
+            raise self.fail(key, f"{shown(dupes[0])} is listed twice")
         return items
 
     def subset(self, values: tuple[str, ...], allowed: Iterable[str], key: str) -> tuple[str, ...]:
         allowed = list(allowed)
         for i, v in enumerate(values):
             if v not in allowed:
-                raise self.fail(f"{key}[{i}]", f"unknown value {v!r}; allowed: {', '.join(allowed)}")
+                raise self.fail(f"{key}[{i}]", f"unknown value {shown(v)}; allowed: {', '.join(allowed)}")
         return values
 
     # -- sections --------------------------------------------------------------------------------
@@ -298,6 +319,9 @@ class _Loader:
         matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles)
         for name in profiles:
             _profile_cells(matrix, profiles[name])  # raises on an impossible profile
+        own = {name: len(t.get("exclude", [])) if isinstance(t.get("exclude", []), list) else 1
+               for name, t in self.data["profiles"].items()}
+        check_excludes_and_emptiness(matrix, own)
         return matrix
 
     def load_mpi(self, entries: Any) -> dict[str, Mpi]:
@@ -310,9 +334,9 @@ class _Loader:
             name = self.string(entry["name"], f"{key}.name", NAME_RE, "MPI implementation name")
             version = self.string(entry["version"], f"{key}.version", VERSION_RE, "version (X.Y[.Z])")
             method = entry["method"]
-            if method not in MPI_METHODS:
+            if not isinstance(method, str) or method not in MPI_METHODS:
                 raise self.fail(f"{key}.method",
-                                f"unknown install method {method!r}; allowed: {', '.join(MPI_METHODS)}")
+                                f"unknown install method {shown(method)}; allowed: {', '.join(MPI_METHODS)}")
             configure = ""
             if "configure" in entry:
                 if method != "source":
@@ -332,8 +356,7 @@ class _Loader:
         families: dict[str, Family] = {}
         for name, table in tables.items():
             key = f"families.{name}"
-            if not NAME_RE.match(name):
-                raise self.fail(key, f"{name!r} is not a valid family name (must match {NAME_RE.pattern})")
+            self.name(name, key, "family")
             self.keys(table, key, FAMILY_KEYS, required=("template", "axes"))
             template = self.string(table["template"], f"{key}.template", TEMPLATE_NAME_RE, "template file name")
             if not (self.root / "dockerfiles" / template).is_file():
@@ -341,11 +364,11 @@ class _Loader:
             requirements = table.get("requirements")
             if requirements is not None:
                 requirements = self.string(requirements, f"{key}.requirements",
-                                           re.compile(r"^pip-requirements/[A-Za-z0-9_./-]+\.in$"),
+                                           re.compile(r"pip-requirements/[A-Za-z0-9_./-]+\.in"),
                                            "path pip-requirements/<...>.in")
                 if not (self.root / requirements).is_file():
                     raise self.fail(f"{key}.requirements", f"{requirements} does not exist")
-            axes = self.string_list(table["axes"], f"{key}.axes", re.compile(r"^[a-z]+$"), "axis name")
+            axes = self.string_list(table["axes"], f"{key}.axes", re.compile(r"[a-z]+"), "axis name")
             self.subset(axes, AXES, f"{key}.axes")
             if "python" not in axes or "mpi" not in axes:
                 raise self.fail(f"{key}.axes", "every family varies on 'python' and 'mpi'")
@@ -358,8 +381,8 @@ class _Loader:
             parent = table.get("parent")
             if parent is not None and not isinstance(parent, str):
                 raise self.fail(f"{key}.parent", "must be the name of another family")
-            families[name] = Family(name, str(table.get("description", "")), template, requirements,
-                                    parent, axes, dict(build_args))
+            description = self.free_text(table.get("description"), f"{key}.description")
+            families[name] = Family(name, description, template, requirements, parent, axes, dict(build_args))
         self.check_parents(families)
         return families
 
@@ -369,7 +392,7 @@ class _Loader:
                 continue
             key = f"families.{family.name}.parent"
             if family.parent not in families:
-                raise self.fail(key, f"unknown family {family.parent!r}; families: {', '.join(families)}")
+                raise self.fail(key, f"unknown family {shown(family.parent)}; families: {', '.join(families)}")
             chain, current = [family.name], family
             while current.parent is not None:
                 if current.parent in chain:
@@ -394,8 +417,9 @@ class _Loader:
             if not rule:
                 raise self.fail(rkey, "an empty exclude rule would exclude every cell")
             for axis, value in rule.items():
-                if value not in allowed[axis]:
-                    raise self.fail(f"{rkey}.{axis}", f"unknown value {value!r}; allowed: {', '.join(allowed[axis])}")
+                if not isinstance(value, str) or value not in allowed[axis]:
+                    raise self.fail(f"{rkey}.{axis}",
+                                    f"unknown value {shown(value)}; allowed: {', '.join(allowed[axis])}")
             result.append(dict(rule))
         return tuple(result)
 
@@ -404,8 +428,7 @@ class _Loader:
         if not isinstance(tables, dict) or not tables:
             raise self.fail("profiles", "must define at least one profile")
         for name, table in tables.items():
-            if not NAME_RE.match(name):
-                raise self.fail(f"profiles.{name}", f"{name!r} is not a valid profile name")
+            self.name(name, f"profiles.{name}", "profile")
             self.keys(table, f"profiles.{name}", PROFILE_KEYS)
         resolved: dict[str, dict[str, Any]] = {}
         for name in tables:
@@ -419,8 +442,10 @@ class _Loader:
         while "extends" in table:
             parent = table["extends"]
             key = f"profiles.{chain[-1]}.extends"
+            if not isinstance(parent, str):
+                raise self.fail(key, f"must be the name of one profile, got {shown(parent)}")
             if parent not in tables:
-                raise self.fail(key, f"unknown profile {parent!r}; profiles: {', '.join(tables)}")
+                raise self.fail(key, f"unknown profile {shown(parent)}; profiles: {', '.join(tables)}")
             if parent in chain:
                 raise self.fail(key, f"profiles extend each other in a cycle: {' -> '.join([*chain, parent])}")
             chain.append(parent)
@@ -445,7 +470,7 @@ class _Loader:
         python = self.subset(self.string_list(table.get("python", list(m.python)), f"{key}.python", PYTHON_RE,
                                               "Python version"), m.python, f"{key}.python")
         mpi = self.subset(self.string_list(table.get("mpi", list(m.mpi)), f"{key}.mpi",
-                                           re.compile(r"^[a-z0-9.-]+$"), "MPI axis value"), m.mpi, f"{key}.mpi")
+                                           re.compile(r"[a-z0-9.-]{1,60}"), "MPI axis value"), m.mpi, f"{key}.mpi")
         cuda = self.subset(self.string_list(table.get("cuda", list(m.cuda)), f"{key}.cuda", CUDA_RE,
                                             "CUDA version"), m.cuda, f"{key}.cuda")
         families = self.subset(self.string_list(table.get("families", list(m.families)), f"{key}.families",
@@ -457,10 +482,10 @@ class _Loader:
                 raise self.fail(f"{key}.sources", f"MPI {mpi_key!r} is built from source but the profile gives no "
                                 f"url/sha256 for it (add {key}.sources.\"{mpi_key}\")")
         exclude = self.load_exclude(table.get("exclude", []), f"{key}.exclude", m.python, m.mpi, m.cuda, m.families)
-        cells = self.string_list(table.get("cells", []), f"{key}.cells", re.compile(r"^[A-Za-z0-9_.*?:-]+$"),
+        cells = self.string_list(table.get("cells", []), f"{key}.cells", re.compile(r"[A-Za-z0-9_.*?:-]{1,200}"),
                                  "cell pattern (family:tag, globs allowed)")
-        return Profile(name, str(table.get("description", "")), registry, python, mpi, cuda, families,
-                       bases, sources, exclude, cells)
+        description = self.free_text(table.get("description"), f"{key}.description")
+        return Profile(name, description, registry, python, mpi, cuda, families, bases, sources, exclude, cells)
 
     def load_bases(self, table: Any, key: str, python: tuple[str, ...]) -> dict[str, Base]:
         if table is None:
@@ -503,29 +528,60 @@ class _Loader:
 # cell selection
 
 
-def _excluded(values: Mapping[str, str], rules: Iterable[Mapping[str, str]]) -> bool:
-    return any(all(values.get(axis) == value for axis, value in rule.items()) for rule in rules)
+def _matching_rules(values: Mapping[str, str], rules: Iterable[Mapping[str, str]]) -> list[int]:
+    return [i for i, rule in enumerate(rules) if all(values.get(axis) == value for axis, value in rule.items())]
 
 
-def _profile_cells(m: Matrix, profile: Profile) -> list[Cell]:
-    key = f"profiles.{profile.name}"
+def _candidates(m: Matrix, profile: Profile) -> tuple[list[Cell], set[int], set[int]]:
+    """Every cell of the profile's axes that no exclude rule removes, and which global and profile rules removed
+    something."""
     candidates: list[Cell] = []
+    used_global: set[int] = set()
+    used_profile: set[int] = set()
     for fname in profile.families:
         family = m.families[fname]
         cudas: list[str | None] = list(profile.cuda) if "cuda" in family.axes else [None]
         for py, mpi_key, cuda in itertools.product(profile.python, profile.mpi, cudas):
             cell = Cell(family, py, m.mpi[mpi_key], cuda)
             values = {"family": fname, **cell.axis_values}
-            if _excluded(values, m.exclude) or _excluded(values, profile.exclude):
-                continue
-            candidates.append(cell)
+            hits_global, hits_profile = _matching_rules(values, m.exclude), _matching_rules(values, profile.exclude)
+            used_global.update(hits_global)
+            used_profile.update(hits_profile)
+            if not hits_global and not hits_profile:
+                candidates.append(cell)
+    return candidates, used_global, used_profile
+
+
+def check_excludes_and_emptiness(m: Matrix, own_excludes: Mapping[str, int]) -> None:
+    """A rule that excludes nothing is a typo or a leftover, and a profile that builds nothing is a mistake: both
+    are errors (``own_excludes``: how many of each profile's rules, the last ones, are its own, not inherited)."""
+    used_anywhere: set[int] = set()
+    for name, profile in m.profiles.items():
+        _, used_global, used_profile = _candidates(m, profile)
+        used_anywhere |= used_global
+        first_own = len(profile.exclude) - own_excludes.get(name, 0)
+        for i in range(first_own, len(profile.exclude)):
+            if i not in used_profile:
+                raise MatrixError(m.path, f"profiles.{name}.exclude[{i - first_own}]",
+                                  f"{dict(profile.exclude[i])} matches no cell of the profile: remove it or fix it")
+        if not m.cells(profile):
+            raise MatrixError(m.path, f"profiles.{name}", "selects no cell (every combination is excluded)")
+    for i, rule in enumerate(m.exclude):
+        if i not in used_anywhere:
+            raise MatrixError(m.path, f"exclude[{i}]", f"{dict(rule)} matches no cell of any profile: remove it or "
+                              "fix it")
+
+
+def _profile_cells(m: Matrix, profile: Profile) -> list[Cell]:
+    key = f"profiles.{profile.name}"
+    candidates, _, _ = _candidates(m, profile)
     if profile.cells:
         chosen = []
         for i, pattern in enumerate(profile.cells):
             hits = [c for c in candidates if fnmatch.fnmatchcase(c.ref, pattern)]
             if not hits:
                 raise MatrixError(m.path, f"{key}.cells[{i}]",
-                                  f"{pattern!r} matches no cell of the profile; cells: "
+                                  f"{shown(pattern)} matches no cell of the profile; cells: "
                                   f"{', '.join(c.ref for c in candidates[:8])}{' ...' if len(candidates) > 8 else ''}")
             chosen.extend(c for c in hits if c not in chosen)
         candidates = chosen
@@ -582,7 +638,7 @@ def select_cells(matrix: Matrix, profile: str | Profile, only: Iterable[str] = (
         return cells
     for pattern in patterns:
         if not any(matches(c, pattern) for c in cells):
-            shown = ", ".join(c.ref for c in cells[:12]) + (" ..." if len(cells) > 12 else "")
-            raise SelectionError(f"--only {pattern!r} matches no cell of profile {prof.name!r} "
-                                 f"(a glob on family:tag or a family name; cells: {shown})")
+            listed = ", ".join(c.ref for c in cells[:12]) + (" ..." if len(cells) > 12 else "")
+            raise SelectionError(f"--only {shown(pattern)} matches no cell of profile {prof.name!r} "
+                                 f"(a glob on family:tag or a family name; cells: {listed})")
     return select(cells, patterns, with_parents=with_parents)

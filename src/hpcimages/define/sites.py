@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HpcImagesError
+from ..validate import free_text_problem, problem, shown
 
-SITE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+SITE_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,40}")
 # What a value may contain: it is written into a shell script. No blanks, quotes, $, ;, |, &, <, >, *, ...
-SAFE_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
+SAFE_RE = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
 SAFE_CHARS = "letters, digits and _ @ % + = : , . / -"
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,80}$")
-TIME_RE = re.compile(r"^(\d{1,3}-)?\d{1,2}(:\d{2}){0,2}$")
-SBATCH_OPTION_RE = re.compile(r"^--[a-z][a-z-]*(=[A-Za-z0-9_@%+:,./-]+)?$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,80}")
+TIME_RE = re.compile(r"(\d{1,3}-)?\d{1,2}(:\d{2}){0,2}")
+SBATCH_OPTION_RE = re.compile(r"--[a-z][a-z-]*(=[A-Za-z0-9_@%+:,./-]+)?")
 RUNTIMES = ("apptainer", "singularity")
 LAUNCHER_MPI = ("pmi2", "pmix", "cray_shasta", "none")
 GPU_FLAGS = ("--nv", "--rocm", "")
@@ -116,6 +117,7 @@ class Site:
     host_mpi: HostMpi = field(default_factory=HostMpi)
     launcher: Launcher = field(default_factory=Launcher)
     gpu: Gpu = field(default_factory=Gpu)
+    warnings: tuple[str, ...] = ()  # what the profile leaves to defaults that a maintainer should know about
 
     @property
     def has_bind_model(self) -> bool:
@@ -127,8 +129,8 @@ def site_names(sites_dir: Path) -> list[str]:
 
 
 def load_site(sites_dir: Path, name: str) -> Site:
-    if not SITE_NAME_RE.match(name):
-        raise SiteError(f"site name {name!r}: use lower-case letters, digits and '-'")
+    if problem(name, SITE_NAME_RE):
+        raise SiteError(f"site name {shown(name)}: use lower-case letters, digits and '-'")
     path = sites_dir / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(site_names(sites_dir)) or "none"
@@ -170,6 +172,9 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
                           mpi=get.choice("launcher", "mpi", LAUNCHER_MPI, "pmi2"),
                           options=get.words("launcher", "options")),
         gpu=Gpu(gres=get.text("gpu", "gres"), flag=get.choice("gpu", "flag", GPU_FLAGS, "--nv")),
+        warnings=() if "slurm" in data else (
+            f"{path}: no [slurm] table: jobs get the defaults (nodes = {Slurm.nodes}, ntasks_per_node = "
+            f"{Slurm.ntasks_per_node}, time = {Slurm.time}, the cluster's default partition)",),
     )
     if problems:
         raise SiteError(f"{path}: " + "; ".join(problems))
@@ -184,11 +189,16 @@ def _check_shape(data: dict[str, Any], problems: list[str]) -> None:
                 continue
             unknown = sorted(set(value) - set(SCHEMA[key]))
             if unknown:
-                problems.append(f"[{key}]: unknown key(s) {', '.join(unknown)} "
+                problems.append(f"[{key}]: unknown key(s) {', '.join(_key(u) for u in unknown)} "
                                 f"(known: {', '.join(sorted(SCHEMA[key]))})")
         elif key not in SCHEMA[""]:
             known = sorted({*SCHEMA[""], *(f"[{s}]" for s in SCHEMA if s)})
-            problems.append(f"unknown key {key!r} (known: {', '.join(known)})")
+            problems.append(f"unknown key {shown(key)} (known: {', '.join(known)})")
+
+
+def _key(name: str) -> str:
+    """A key as a message names it: plain when it is a plain word, else quoted and shortened."""
+    return name if re.fullmatch(r"[\w.-]{1,60}", name) else shown(name)
 
 
 class _Getter:
@@ -210,16 +220,19 @@ class _Getter:
         if value is None:
             return None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.problems.append(f"{self._where(section, key)} = {value!r}: must be {KIND_NAMES[kind]}")
+            self.problems.append(f"{self._where(section, key)} = {shown(value)}: must be {KIND_NAMES[kind]}")
             return None
         return value
 
-    def _safe(self, where: str, value: str) -> bool:
-        if SAFE_RE.match(value):
+    def _safe(self, where: str, value: str, pattern: re.Pattern[str] = SAFE_RE) -> bool:
+        """The one rule of validate.py (whole match, one line, bounded), with the offending characters named."""
+        reason = problem(value, pattern)
+        if reason is None:
             return True
-        bad = "".join(sorted({c for c in value if not SAFE_RE.match(c)}))
-        self.problems.append(f"{where} = {value!r}: {bad!r} not allowed: values reach a shell script, "
-                             f"so only {SAFE_CHARS} may be used")
+        bad = "".join(sorted({c for c in value if not SAFE_RE.fullmatch(c)}))
+        if bad and pattern is SAFE_RE and reason.startswith("must match"):
+            reason = (f"{bad!r} not allowed: values reach a shell script, so only {SAFE_CHARS} may be used")
+        self.problems.append(f"{where} = {shown(value)}: {reason}")
         return False
 
     def text(self, section: str, key: str, free: bool = False) -> str:
@@ -227,16 +240,18 @@ class _Getter:
         if value is None:
             return ""
         if free:  # a description: only shown in comments, but never over two lines
-            if "\n" in value or len(value) > 200:
-                self.problems.append(f"{self._where(section, key)}: one line of at most 200 characters")
+            reason = free_text_problem(value)
+            if reason:
+                self.problems.append(f"{self._where(section, key)} = {shown(value)}: {reason}")
                 return ""
             return value
         return value if self._safe(self._where(section, key), value) else ""
 
     def time(self, section: str, key: str, default: str) -> str:
         value = self.text(section, key) or default
-        if not TIME_RE.match(value):
-            self.problems.append(f"{self._where(section, key)} = {value!r}: Slurm time like 00:10:00 or 1-00:00:00")
+        if problem(value, TIME_RE):
+            self.problems.append(f"{self._where(section, key)} = {shown(value)}: Slurm time like 00:10:00 or "
+                                 "1-00:00:00")
         return value
 
     def count(self, section: str, key: str, default: int, minimum: int = 1) -> int:
@@ -256,7 +271,8 @@ class _Getter:
         if value is None:
             return default
         if value not in allowed:
-            self.problems.append(f"{self._where(section, key)} = {value!r}: one of {', '.join(map(repr, allowed))}")
+            self.problems.append(f"{self._where(section, key)} = {shown(value)}: one of "
+                                 f"{', '.join(map(repr, allowed))}")
         return value
 
     def words(self, section: str, key: str) -> tuple[str, ...]:
@@ -267,7 +283,7 @@ class _Getter:
         for i, item in enumerate(value):
             where = f"{self._where(section, key)}[{i}]"
             if not isinstance(item, str) or not item:
-                self.problems.append(f"{where} = {item!r}: must be a non-empty string")
+                self.problems.append(f"{where} = {shown(item)}: must be a non-empty string")
             elif self._safe(where, item):
                 out.append(item)
         return tuple(out)
@@ -275,8 +291,8 @@ class _Getter:
     def sbatch_options(self, section: str, key: str) -> tuple[str, ...]:
         out = []
         for i, option in enumerate(self.words(section, key)):
-            if not SBATCH_OPTION_RE.match(option):
-                self.problems.append(f"{self._where(section, key)}[{i}] = {option!r}: a long sbatch option "
+            if problem(option, SBATCH_OPTION_RE):
+                self.problems.append(f"{self._where(section, key)}[{i}] = {shown(option)}: a long sbatch option "
                                      "like --exclusive or --constraint=mc")
             else:
                 out.append(option)
@@ -289,10 +305,11 @@ class _Getter:
         out = []
         for name, item in value.items():
             where = f"{self._where(section, key)}.{name}"
-            if not ENV_NAME_RE.match(name):
-                self.problems.append(f"{where}: not a valid environment variable name")
-            elif not isinstance(item, str | int):
-                self.problems.append(f"{where} = {item!r}: must be a string or a number")
+            if problem(name, ENV_NAME_RE):
+                self.problems.append(f"{self._where(section, key)}.{shown(name)}: not a valid environment variable "
+                                     "name")
+            elif not isinstance(item, str | int) or isinstance(item, bool):
+                self.problems.append(f"{where} = {shown(item)}: must be a string or a number")
             elif self._safe(where, str(item)):
                 out.append((name, str(item)))
         return tuple(out)

@@ -24,6 +24,7 @@ from typing import Any
 import jinja2
 
 from ..errors import MatrixError
+from ..validate import DOCKERFILE_UNSAFE_RE, UnsafeValue, refuse_unsafe
 from .matrix import Cell, Matrix, Profile
 
 FRONT_MATTER_RE = re.compile(r"\{#-?\s*hpcimages\s*\n(.*?)-?#\}", re.S)
@@ -55,6 +56,8 @@ def _environment(template_dir: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,  # Dockerfiles, not HTML; every value was pattern-checked by the matrix loader
+        # and the template guarantees it again: no inserted value may break a line or a quoted ARG/LABEL value
+        finalize=lambda value: refuse_unsafe(value, DOCKERFILE_UNSAFE_RE),
     )
 
 
@@ -125,7 +128,7 @@ def render_cell(matrix: Matrix, cell: Cell) -> Rendered:
     env = _environment(matrix.template_dir)
     try:
         body = env.get_template(cell.family.template).render(**template_context(matrix, cell, profile))
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, UnsafeValue) as exc:
         raise MatrixError(matrix.template_dir / cell.family.template, "(template)",
                           f"cannot render {cell.ref}: {exc}") from None
     return Rendered(cell, profile.name, header(matrix, cell, profile) + body.lstrip("\n"))

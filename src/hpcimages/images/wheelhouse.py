@@ -13,10 +13,12 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from ..define.matrix import Source
 from ..errors import HpcImagesError
+from ..files import write_json
 from .aptsources import resolve_debian_url
 
 #: Every base of the matrix has at least this glibc (Debian bookworm): wheels must run there.
@@ -36,11 +39,19 @@ class CacheError(HpcImagesError):
 
 
 def cache_root() -> Path:
-    """``$HPCIMAGES_CACHE``, else ``$XDG_CACHE_HOME/hpcimages``, else ``~/.cache/hpcimages``."""
+    """``$HPCIMAGES_CACHE``, else ``$XDG_CACHE_HOME/hpcimages``, else ``~/.cache/hpcimages``; created, or one
+    clear error saying why it cannot be."""
     if os.environ.get("HPCIMAGES_CACHE"):
-        return Path(os.environ["HPCIMAGES_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "hpcimages"
+        root, origin = Path(os.environ["HPCIMAGES_CACHE"]), "HPCIMAGES_CACHE"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root, origin = Path(xdg) / "hpcimages", "the cache folder"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"{origin} {root} cannot be used as a folder ({exc.strerror}): point HPCIMAGES_CACHE at a "
+                         "directory") from None
+    return root
 
 
 def platform_tags(machine: str | None = None) -> list[str]:
@@ -55,14 +66,40 @@ def wheelhouse_dir(root: Path) -> Path:
 
 
 def download_wheels(lock: Path, python: str, root: Path) -> None:
-    """All wheels of one lock for one Python version into the wheelhouse (skipped when done before)."""
+    """All wheels of one lock for one Python version into the wheelhouse.
+
+    The stamp of a lock is keyed by the lock's content and lists the files it brought with their sha256; a lock
+    is done when every listed file is there with that hash. Otherwise pip downloads (hash-checked against the
+    lock) into a scratch folder, and the files move into the wheelhouse only then: a lock that does not match
+    its wheels fails without touching what the wheelhouse holds, and nothing is ever deleted from it."""
     dest = wheelhouse_dir(root)
     stamps = dest / ".done"
     stamps.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(lock.read_bytes() + f"\0{python}\0{platform.machine()}".encode()).hexdigest()
     stamp = stamps / digest
-    if stamp.exists():
+    if _stamp_holds(stamp, dest):
         return
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=dest) as scratch:
+        _pip_download(lock, python, Path(scratch))
+        fetched = {}
+        for wheel in sorted(Path(scratch).iterdir()):
+            fetched[wheel.name] = _sha256(wheel)
+            target = dest / wheel.name
+            if not target.is_file() or _sha256(target) != fetched[wheel.name]:
+                wheel.replace(target)  # a missing or damaged copy; a good one stays as it is
+    write_json(stamp, fetched)
+
+
+def _stamp_holds(stamp: Path, dest: Path) -> bool:
+    try:
+        files = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # none yet, or a stamp of an older hpcimages (an empty file): download again
+    return isinstance(files, dict) and bool(files) and all(
+        (dest / name).is_file() and _sha256(dest / name) == sha for name, sha in files.items())
+
+
+def _pip_download(lock: Path, python: str, dest: Path) -> None:
     abi = "cp" + python.replace(".", "")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
            "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
@@ -73,7 +110,6 @@ def download_wheels(lock: Path, python: str, root: Path) -> None:
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("WARNING: Location")]
         raise CacheError(f"pip download of {lock.name} for Python {python} failed:\n" + "\n".join(lines[-12:]))
-    stamp.touch()
 
 
 def fetch_source(source: Source, root: Path) -> Path:
