@@ -6,11 +6,14 @@ are bootstrapped here if missing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,15 +118,16 @@ def test_a_generated_dockerfile_builds_with_plain_docker_build(ci_build, client)
     client.images.remove(tag)
 
 
-BROKEN_TEMPLATE = """{#- hpcimages
+#: the head of a test family's template built FROM its mpi4py parent
+CHILD_TEMPLATE = """{#- hpcimages
 supports.mpi_name = ["mpich"]
 -#}
 ARG PARENT_IMAGE={{ parent_image }}
 FROM ${PARENT_IMAGE}
 ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
-RUN echo "deliberate failure for the fail-soft test" >&2; exit 3
 """
+BROKEN_TEMPLATE = CHILD_TEMPLATE + 'RUN echo "deliberate failure for the fail-soft test" >&2; exit 3\n'
 
 BROKEN_PROFILE = """
 [families.broken]
@@ -174,3 +178,53 @@ def test_source_and_apt_cells(client, ref):
     assert report.ok, report.table()
     text = run_in(client, f"hpcimages/{ref}", MPI_VERSION)
     assert re.search(r"MPICH Version:\s*4\.0\.2", text), text
+
+
+NAPPER_TEMPLATE = CHILD_TEMPLATE + 'ARG NAP=0\nRUN echo "napping ${NAP}s"; sleep ${NAP}\n'
+
+NAPPER_PROFILE = """
+[families.napper]
+template = "napper.Dockerfile.j2"
+parent = "mpi4py"
+axes = ["python", "mpi"]
+build_args = { NAP = "%s" }
+
+[profiles.napper]
+extends = "offline"
+cells = ["mpi4py:py3.11-mpich4.3.2", "napper:py3.11-mpich4.3.2"]
+"""
+
+
+def test_the_first_ctrl_c_stops_a_build_and_leaves_the_tag_on_its_image(ci_build, client, repo_copy, monkeypatch):
+    (repo_copy / "dockerfiles" / "napper.Dockerfile.j2").write_text(NAPPER_TEMPLATE)
+    matrix = repo_copy / "matrix.toml"
+    original = matrix.read_text()
+    monkeypatch.setenv("HPCIMAGES_BUILD_DIR", str(repo_copy / "build"))
+    command = [sys.executable, "-m", "invoke", "build", "--matrix", str(matrix), "--profile", "napper"]
+
+    matrix.write_text(original + NAPPER_PROFILE % "0")  # a first image under the tag
+    render_all(load_matrix(matrix))
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    tag = f"{load_matrix(matrix).profile('napper').registry}/napper:py3.11-mpich4.3.2"
+    before = client.images.get(tag).id
+
+    matrix.write_text(original + NAPPER_PROFILE % "600")  # new inputs: the cell rebuilds, and its step sleeps
+    render_all(load_matrix(matrix))
+    log = repo_copy / "build/logs/napper/py3.11-mpich4.3.2.log"
+    log.unlink()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (log.is_file() and "napping 600s" in log.read_text()):
+        time.sleep(0.5)
+    assert "napping 600s" in log.read_text(), "the sleeping step never started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)  # far sooner than the 600 s the step would sleep
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted: stopping the builds in flight" in out
+    assert client.images.get(tag).id == before, "the tag still names the image it had"
+    cells = json.loads((repo_copy / "build" / "build-report.json").read_text())["cells"]
+    entry = cells["napper/napper:py3.11-mpich4.3.2"]
+    assert entry["status"] == "interrupted" and "Ctrl-C" in entry["reason"]
+    sleeping = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True, check=False)
+    assert not sleeping.stdout.strip(), "the engine stopped the build's step too"

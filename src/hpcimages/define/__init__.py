@@ -1,4 +1,4 @@
-"""Stage 1, define: the matrix, its templates and generated files, the locks, and the site profiles."""
+"""Stage 1, define: the matrix (and the --only rule), templates, generated files, locks, and site profiles."""
 
 from __future__ import annotations
 

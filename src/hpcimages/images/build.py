@@ -5,17 +5,22 @@
   rendered Dockerfile, every file it COPYs, the build args, the id of the image it starts FROM) is
   stored in the image's ``io.hpcimages.input-hash`` label.
 * A failed cell does not stop the others; its descendants are reported as skipped.
+* The first Ctrl-C stops the builds in flight within seconds (their connections are cut, and the engine stops a
+  build whose client is gone), leaves every tag on the image it had, records those cells as interrupted, and
+  ends the task with exit 130.
 * Each cell's engine output is streamed to ``<build>/logs/<family>/<tag>.log``; a summary table is printed
   and the build report (reports.py) is written at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
 import re
+import socket
 import subprocess
 import tarfile
 import threading
@@ -50,7 +55,7 @@ Progress = Callable[[str], None]
 class CellResult:
     ref: str
     image: str
-    status: str = "pending"  # built | up to date | failed | skipped | planned
+    status: str = "pending"  # built | up to date | failed | skipped | interrupted
     seconds: float = 0.0
     size_bytes: int | None = None
     image_id: str | None = None
@@ -69,9 +74,11 @@ class BuildReport:
     results: list[CellResult]
     seconds: float
 
+    interrupted: bool = False
+
     @property
     def failed(self) -> list[CellResult]:
-        return [r for r in self.results if r.status in ("failed", "skipped")]
+        return [r for r in self.results if r.status in ("failed", "skipped", "interrupted")]
 
     @property
     def ok(self) -> bool:
@@ -93,6 +100,24 @@ def _size(n: int | None) -> str:
 
 class BuildError(HpcImagesError):
     """The build cannot start (stale generated files, unknown cells, ...)."""
+
+
+class _Interrupted(Exception):
+    """Ctrl-C reached the build while this cell was building."""
+
+
+class _BuildAPI(docker.APIClient):
+    """An API client for one cell's build whose stream another thread can cut (the first Ctrl-C)."""
+
+    response = None
+
+    def _stream_helper(self, response, decode=False):  # type: ignore[no-untyped-def]
+        self.response = response
+        return super()._stream_helper(response, decode)
+
+    def cut(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # not streaming yet, or already over
+            self.response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +257,8 @@ class Builder:
         self.force = force
         self.cache = wheelhouse.cache_root()
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._streams: dict[str, _BuildAPI] = {}
 
     def say(self, message: str) -> None:
         with self._lock:
@@ -321,7 +348,10 @@ class Builder:
         except BuildError as exc:
             result.status, result.reason = "failed", str(exc)
         except Exception as exc:  # one cell's failure (engine, I/O, ...) must not stop the others
-            result.status, result.reason = "failed", f"{exc.__class__.__name__}: {exc}"
+            if isinstance(exc, _Interrupted) or self._cancelled.is_set():  # a cut stream ends in a protocol error
+                result.status, result.reason = "interrupted", "Ctrl-C: the build was stopped; the tag keeps its image"
+            else:
+                result.status, result.reason = "failed", f"{exc.__class__.__name__}: {exc}"
         result.seconds = time.monotonic() - start
         if result.ok:
             image = find_image(self.client, result.image)
@@ -338,9 +368,34 @@ class Builder:
         result.log = shown(log_path, self.matrix.root)
         self.say(f"  building {cell.ref} (log: {result.log})")
         image_id, error = None, None
+        api = _BuildAPI(**docker.utils.kwargs_from_env(), version=self.client.api.api_version,
+                        timeout=self.client.api.timeout)
+        with self._lock:
+            if self._cancelled.is_set():
+                raise _Interrupted
+            self._streams[cell.ref] = api
+        try:
+            image_id, error = self._stream_build(api, cell, args, digest, context, dockerfile, log_path, result)
+        finally:
+            with self._lock:
+                self._streams.pop(cell.ref, None)
+            api.close()
+        if self._cancelled.is_set():
+            raise _Interrupted
+        if error or image_id is None:
+            raise BuildError(f"{ANSI_RE.sub('', error or 'the engine returned no image')} (log: {result.log})")
+        for alias in result.aliases:
+            repo, _, tag = alias.rpartition(":")
+            self.client.api.tag(image_id, repo, tag)
+        result.status, result.image_id = "built", image_id
+
+    def _stream_build(self, api: _BuildAPI, cell: Cell, args: dict[str, str], digest: str, context: io.BytesIO,
+                      dockerfile: str, log_path: Path, result: CellResult) -> tuple[str | None, str | None]:
+        """The engine's build of one cell, its output streamed into the cell's log: (image id, error)."""
+        image_id, error = None, None
         with log_path.open("w", encoding="utf-8", buffering=1) as log:  # line-buffered: `tail -f` works
             log.write(f"# {cell.ref} -> {result.image}\n# build args: {json.dumps(args, sort_keys=True)}\n")
-            stream = self.client.api.build(
+            stream = api.build(
                 fileobj=context, custom_context=True, dockerfile=dockerfile, tag=result.image,
                 buildargs=args, labels=provenance_labels(self.matrix, self.profile, digest),
                 network_mode="host", rm=True, forcerm=True, pull=False, decode=True,
@@ -358,12 +413,7 @@ class Builder:
                 if isinstance(aux, dict) and "ID" in aux:
                     image_id = aux["ID"]
             log.flush()
-        if error or image_id is None:
-            raise BuildError(f"{ANSI_RE.sub('', error or 'the engine returned no image')} (log: {result.log})")
-        for alias in result.aliases:
-            repo, _, tag = alias.rpartition(":")
-            self.client.api.tag(image_id, repo, tag)
-        result.status, result.image_id = "built", image_id
+        return image_id, error
 
     # -- the whole plan ---------------------------------------------------------------------------
 
@@ -380,9 +430,24 @@ class Builder:
         for ref, reason in broken.items():
             results[ref].status, results[ref].reason = "failed", reason
             self.say(f"{ref}: failed before the build ({reason})")
+        interrupted = False
         with wheelhouse.serve(self.cache) as served:
-            self._schedule(cells, results, served)
-        return BuildReport(self.profile.name, [results[c.ref] for c in cells], time.monotonic() - start)
+            try:
+                self._schedule(cells, results, served)
+            except KeyboardInterrupt:
+                interrupted = True
+                for r in results.values():
+                    if r.status == "pending":
+                        r.status, r.reason = "interrupted", "Ctrl-C before it started"
+        return BuildReport(self.profile.name, [results[c.ref] for c in cells], time.monotonic() - start, interrupted)
+
+    def cancel(self) -> None:
+        """Cut every build in flight: the engine stops a build whose client is gone, so nothing gets tagged."""
+        self._cancelled.set()
+        with self._lock:
+            streams = list(self._streams.values())
+        for api in streams:
+            api.cut()
 
     def _schedule(self, cells: list[Cell], results: dict[str, CellResult], served: str) -> None:
         pending = [c for c in cells if results[c.ref].status == "pending"]
@@ -407,7 +472,16 @@ class Builder:
                     for cell in pending:  # cannot happen with a valid plan; never spin forever
                         results[cell.ref].status, results[cell.ref].reason = "skipped", "parent never built"
                     break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                try:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    self.say("interrupted: stopping the builds in flight ...")
+                    self.cancel()
+                    wait(running)  # seconds: each stream ends as soon as its connection is cut
+                    for future, cell in running.items():
+                        r = future.result()
+                        self.say(f"{cell.ref}: {r.status} ({r.reason})")
+                    raise
                 for future in finished:
                     cell = running.pop(future)
                     r = future.result()
@@ -432,4 +506,6 @@ def build_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cell
     builder = Builder(client, matrix, prof, jobs=jobs, progress=progress, force=force, log_dir=log_dir)
     report = builder.run(cells)
     reports.record_build(out, prof.name, report.results)
+    if report.interrupted:
+        raise KeyboardInterrupt  # the report says which cells were interrupted; the task exits 130
     return report

@@ -1,0 +1,1 @@
+"""Stage 4, measure: the benchmark runner, the results store (ResultRow) and the tables and plots."""
