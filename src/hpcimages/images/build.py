@@ -35,7 +35,7 @@ import docker.errors
 from tabulate import tabulate
 
 from ..define.lock import lock_drift
-from ..define.matrix import Cell, Matrix, Profile, select_cells
+from ..define.matrix import Cell, Matrix, Profile, Source, select_cells
 from ..define.render import dockerfile_path, drift
 from ..engine import find_image
 from ..errors import HpcImagesError
@@ -161,10 +161,15 @@ def from_image(matrix: Matrix, profile: Profile, cell: Cell) -> tuple[str, str]:
     return "PARENT_IMAGE", parent.image(profile.registry)
 
 
+def mpi_source(profile: Profile, cell: Cell) -> Source | None:
+    """The MPI tarball a cell builds from: only a root-family cell of a source MPI (children inherit the MPI)."""
+    return profile.sources.get(cell.mpi.key) if cell.family.parent is None else None
+
+
 def source_args(profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
     """The MPI tarball of a source cell: served from the wheelhouse during a build, else its own URL."""
-    source = profile.sources.get(cell.mpi.key)
-    if source is None or cell.family.parent is not None:
+    source = mpi_source(profile, cell)
+    if source is None:
         return {}
     return {"MPI_SOURCE_URL": f"{served}/sources/{source.filename}" if served else source.url,
             "MPI_SOURCE_SHA256": source.sha256}
@@ -182,8 +187,8 @@ def build_args(matrix: Matrix, profile: Profile, cell: Cell, served: str | None)
 
 def hashed_args(profile: Profile, cell: Cell, args: dict[str, str]) -> dict[str, str]:
     """What the input hash sees: the args, plus where a tarball really comes from (the served URL is transient)."""
-    source = profile.sources.get(cell.mpi.key)
-    if source is None or cell.family.parent is not None:
+    source = mpi_source(profile, cell)
+    if source is None:
         return args
     return {**args, "MPI_SOURCE_ORIGIN": source.url}
 
@@ -318,8 +323,8 @@ class Builder:
                         done[key] = str(exc)
                 if done[key]:
                     broken.setdefault(cell.ref, done[key] or "")
-            source = self.profile.sources.get(cell.mpi.key)
-            if source is not None and cell.family.parent is None:
+            source = mpi_source(self.profile, cell)
+            if source is not None:
                 try:
                     wheelhouse.fetch_source(source, self.cache)
                 except wheelhouse.CacheError as exc:

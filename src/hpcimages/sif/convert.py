@@ -24,7 +24,7 @@ from ..define.render import recipe_path
 from ..engine import find_image
 from ..files import write_json
 from ..images import wheelhouse
-from ..images.build import from_image, source_args
+from ..images.build import from_image, mpi_source, source_args
 from ..paths import build_dir
 from .apptainer import ConvertError, Runtime, build_recipe, exec_in_sif, tail
 
@@ -155,7 +155,7 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     cache = wheelhouse.cache_root()
     for lock in filter(None, (cell.mpi_lock, cell.lock)):
         wheelhouse.download_wheels(matrix.root / lock, cell.python, cache)
-    source = profile.sources.get(cell.mpi.key)
+    source = mpi_source(profile, cell)
     if source is not None:
         wheelhouse.fetch_source(source, cache)
     _, base = from_image(matrix, profile, cell)
