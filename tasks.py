@@ -61,10 +61,9 @@ def bases(c, matrix=MATRIX, profile="offline", force=False):
     "force": "rebuild cells even when their inputs are unchanged",
     "matrix": MATRIX_HELP,
 })
-def build(c, all=False, profile="published", only=None, jobs=2, dry_run=False, force=False, matrix=MATRIX):
+def build(c, all=False, profile="published", only=None, jobs="2", dry_run=False, force=False, matrix=MATRIX):
     """Build the image matrix in dependency order: incremental, parallel, fail-soft, with a summary table."""
-    _run(images.build, matrix=matrix, profile=profile, only=only or [], jobs=int(jobs), dry_run=dry_run,
-         force=force)
+    _run(images.build, matrix=matrix, profile=profile, only=only or [], jobs=jobs, dry_run=dry_run, force=force)
 
 
 @task(iterable=["only"], help={
@@ -111,14 +110,14 @@ def tools(c, force=False, matrix=MATRIX):
     "no-plots": "do not draw the PNG plots",
     "matrix": MATRIX_HELP,
 })
-def bench(c, profile="ci", only=None, bench="", sizes=None, repeats=3, no_swap=False, no_c=False,
+def bench(c, profile="ci", only=None, bench="", sizes=None, repeats="3", no_swap=False, no_c=False,
           no_bare_metal=False, results=None, strict=False, no_plots=False, matrix=MATRIX):
     """Benchmarks (OSU method) in built images, with the bind-model swap, C references and bare metal; tables, plots.
 
     Every repeat runs every variant before the next repeat starts; results are appended to a JSON-lines store.
     `nox -s bench -- OPTIONS` runs this task."""
     _run(measure.bench, matrix=matrix, profile=profile, only=only or [], benchmarks=bench, sizes=sizes or [],
-         repeats=int(repeats), swap=not no_swap, c_reference=not no_c, bare_metal=not no_bare_metal,
+         repeats=repeats, swap=not no_swap, c_reference=not no_c, bare_metal=not no_bare_metal,
          results=results, strict=strict, plots=not no_plots)
 
 
@@ -168,9 +167,9 @@ def jobs(c, all=False, matrix=MATRIX):
     "store": "results file (default: results/slurm-<site>.jsonl)",
     "matrix": MATRIX_HELP,
 })
-def collect(c, timeout=1800, site=None, store=None, matrix=MATRIX):
+def collect(c, timeout="1800", site=None, store=None, matrix=MATRIX):
     """Wait for submitted jobs and store their results beside the `nox -s bench` ones (site = variant)."""
-    _run(cluster.collect, matrix=matrix, timeout=int(timeout), site=site or [], store=store)
+    _run(cluster.collect, matrix=matrix, timeout=timeout, site=site or [], store=store)
 
 
 @task(help={"stop": "stop and remove the test cluster", "matrix": MATRIX_HELP})

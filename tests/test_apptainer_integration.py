@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpcimages.define import load_matrix
-from hpcimages.engine import Mount
+from hpcimages.engine import Mount, find_image
 from hpcimages.sif import apptainer as ap
 from hpcimages.sif import convert as cv
 
@@ -87,7 +87,7 @@ def test_failed_conversion_names_the_cell_and_the_others_continue(client, runtim
     good = derived(client, "hpcimages-test/stale:good", "good")
     results = cv.convert(client, runtime, ["hpcimages-test/never:built", empty, good], tmp_path,
                          progress=lambda _: None)
-    assert [r.status for r in results] == ["failed", "failed", "converted"]
+    assert [r.status for r in results] == ["not built", "failed", "converted"]
     assert "is not built" in results[0].reason
     assert results[1].reason
     assert "hpcimages-test/empty:nolayers" in cv.table(results)
@@ -119,3 +119,27 @@ def test_a_committed_recipe_builds_with_a_real_apptainer(client):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "smoke test: pass" in proc.stdout
     assert (cv.sif_dir(ROOT) / "from-recipe" / cv.sif_name(BASE)).is_file()
+
+
+def test_convert_skips_cells_that_were_never_built_and_fails_only_when_nothing_converts(client):
+    m = load_matrix(ROOT / "matrix.toml")
+    registry = m.profile("offline").registry
+    unbuilt = [c for c in m.cells("offline")
+               if c.family.name == "mpi4py" and find_image(client, c.image(registry)) is None]
+    assert unbuilt, "the offline profile has mpi4py cells that this engine has never built"
+    both = subprocess.run([sys.executable, "-m", "invoke", "convert", "--profile", "offline", "--only",
+                           "mpi4py:py3.11-mpich4.3.2", "--only", unbuilt[0].ref], cwd=ROOT, capture_output=True,
+                          text=True, check=False, timeout=1200)
+    assert both.returncode == 0, both.stdout[-3000:] + both.stderr[-2000:]
+    assert "1 not built, skipped" in both.stdout and "FAIL" not in both.stdout
+    alone = subprocess.run([sys.executable, "-m", "invoke", "convert", "--profile", "offline", "--only",
+                            unbuilt[0].ref], cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    assert alone.returncode == 1 and "0/1 converted" in alone.stdout, alone.stdout[-2000:]
+
+
+def test_apptainer_runs_without_the_gocryptfs_notice(client, runtime):
+    sif = cv.sif_dir(ROOT) / cv.sif_name(BASE)
+    if not sif.is_file():
+        cv.convert(client, runtime, [BASE], sif.parent, progress=lambda _: None)
+    code, out = ap.exec_in_sif(runtime, sif, ["true"], ROOT / "bench")
+    assert code == 0 and "gocryptfs" not in out, out

@@ -101,3 +101,19 @@ def test_build_check_and_convert_choose_the_same_cells(ci_built):
     assert named(invoke("build", "--dry-run").split("\n", 1)[1]) == expected | {child.parent_ref()}
     assert named(invoke("check")) == expected
     assert named(invoke("convert")) == expected
+
+
+@pytest.mark.parametrize("args,message", [
+    (["build", "--profile", "ci", "--dry-run", "--jobs", "abc"], "--jobs 'abc': a whole number from 1 to 64"),
+    (["build", "--profile", "ci", "--dry-run", "--jobs", "0"], "--jobs 0: must be from 1 to 64"),
+    (["build", "--profile", "ci", "--dry-run", "--jobs", "-1"], "--jobs -1: must be from 1 to 64"),
+    (["bench", "--repeats", "x"], "--repeats 'x': a whole number from 1 to 1000"),
+    (["bench", "--sizes", "osu_bw=5:1"], "--sizes osu_bw='5:1': osu_bw needs 1 <= MIN <= MAX"),
+    (["collect", "--timeout", "-5"], "--timeout -5: must be from 0 to 604800"),
+])
+def test_numeric_options_get_one_clear_error(args, message, tmp_path):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 2 and f"error: {message}" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -195,3 +196,31 @@ def test_a_trailing_newline_is_refused_in_every_kind_of_value():
         with pytest.raises(SiteError) as info:
             site_from(text)
         assert key in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_bench_dir_says_where_the_scripts_are_on_the_cluster(tmp_path):
+    cray = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "cray-ex"), "osu_bw", IMAGE), tmp_path)
+    assert "BENCH=/software/projects/project0001/hpcimages/bench\n" in cray and str(ROOT) not in cray
+    local = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "local"), "osu_bw", IMAGE), tmp_path)
+    assert f"BENCH={ROOT / 'bench'}\n" in local, "default: this checkout's bench/"
+
+
+@pytest.mark.parametrize("bench,sizes,message", [
+    ("osu_bw", "5:1", "osu_bw needs 1 <= MIN <= MAX"),
+    ("osu_bw", "0:8", "osu_bw needs 1 <= MIN <= MAX"),
+    ("osu_allreduce", "1:64", "osu_allreduce needs 4 <= MIN <= MAX"),
+    ("hello", "1:8", "--sizes applies to osu_bw, osu_latency, osu_allreduce, not hello"),
+    ("osu_latency", "a:b", "a size or a range like 1:4194304"),
+])
+def test_sizes_are_checked_with_the_scripts_own_rule_before_submitting(tmp_path, bench, sizes, message):
+    with pytest.raises(slurm.SlurmError, match=re.escape(message)):
+        slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "local"), bench, IMAGE, sizes=sizes), tmp_path)
+    assert slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "local"), "osu_latency", IMAGE, sizes="0:64"), tmp_path)
+
+
+def test_an_image_that_is_no_cell_is_named_with_the_nearest_cells(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
+    nearest = r"not a cell of any profile.*nearest: hpcimages/mpi4py:py3.13-mpich4.3.2"
+    with pytest.raises(slurm.SlurmError, match=nearest):
+        slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"),
+                     slurm.JobSpec(load_site(SITES, "local"), "hello", "hpcimages/mpi4py:py3.13-mpich4.3.3"))

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import HpcImagesError
+from .validate import shown
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -30,3 +31,18 @@ def exit_code(task: Callable[..., int], **kwargs: object) -> int:
 def say(message: str) -> None:
     """Progress and tables for the person at the terminal (flushed: logs show them as they happen)."""
     print(message, flush=True)
+
+
+class UsageError(HpcImagesError):
+    """An option of the command line is wrong."""
+
+
+def whole_number(option: str, value: object, minimum: int, maximum: int) -> int:
+    """A numeric option as the person typed it (invoke passes text): one clear error instead of a traceback."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{option} {shown(value)}: a whole number from {minimum} to {maximum}") from None
+    if not minimum <= number <= maximum:
+        raise UsageError(f"{option} {number}: must be from {minimum} to {maximum}")
+    return number

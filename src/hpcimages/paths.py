@@ -22,6 +22,6 @@ def build_dir(root: Path) -> Path:
     return Path(override).resolve() if override else root / "build"
 
 
-def shown(path: Path, root: Path) -> str:
+def relative(path: Path, root: Path) -> str:
     """A path as a message shows it: relative to the repository when it lies inside it."""
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..cli import say
+from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define import sites as sites_mod
 from ..engine import connect
@@ -27,6 +27,8 @@ def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid"
     for warning in profile.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source)
+    if slurm_mod.cell_of(m, image) == (None, None):
+        print(f"warning: {slurm_mod.not_a_cell(m, image)}", file=sys.stderr)
     record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
     script = Path(record.script)
     if dry_run:
@@ -50,7 +52,8 @@ def jobs(matrix: str, all_states: bool = False) -> int:
     return 0
 
 
-def collect(matrix: str, timeout: int = 1800, site: Iterable[str] = (), store: str | None = None) -> int:
+def collect(matrix: str, timeout: int | str = 1800, site: Iterable[str] = (), store: str | None = None) -> int:
+    timeout = whole_number("--timeout", timeout, 0, 7 * 24 * 3600)
     root = repository_root(matrix)
 
     def store_for(name: str) -> Path:

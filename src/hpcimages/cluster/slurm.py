@@ -10,6 +10,7 @@ collect interrupted between the two steps does not store a job twice.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import os
 import re
@@ -75,8 +76,13 @@ class JobSpec:
         if self.model == "bind" and not self.site.has_bind_model:
             raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs: the bind model needs them "
                              f"({self.site.path})")
-        if self.sizes and problem(self.sizes, SIZES_RE):
-            raise SlurmError(f"sizes {shown(self.sizes)}: a size or a range like 1:4194304")
+        if self.sizes:
+            if self.bench not in BENCHMARKS:
+                raise SlurmError(f"--sizes applies to {', '.join(BENCHMARKS)}, not {self.bench}")
+            reason = problem(self.sizes, SIZES_RE) and f"{shown(self.sizes)}: a size or a range like 1:4194304"
+            reason = reason or BENCHMARKS[self.bench].sizes_problem(self.sizes)
+            if reason:
+                raise SlurmError(f"sizes {reason}")
         if self.source and problem(self.source, SOURCE_RE):
             raise SlurmError(f"source {shown(self.source)}: like docker://registry/repo:tag or "
                              "docker-archive:///x.tar")
@@ -134,7 +140,7 @@ def preflight_libraries(site: Site) -> list[str]:
 def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
     spec.validate()
     site = spec.site
-    bench_dir = str(root / "bench")
+    bench_dir = site.container.bench_dir or str(root / "bench")
     binds = [*site.container.bind, bench_dir]
     if spec.model == "bind":
         binds += [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
@@ -225,6 +231,14 @@ def load_records(root: Path) -> list[JobRecord]:
     return records
 
 
+def not_a_cell(matrix: Matrix, image: str) -> str:
+    """What to tell someone whose image tag is no cell of the matrix: the nearest tags of every profile."""
+    tags = sorted({c.image(p.registry) for p in matrix.profiles.values() for c in matrix.cells(p)})
+    nearest = difflib.get_close_matches(image, tags, n=3, cutoff=0.6)
+    hint = f"; nearest: {', '.join(nearest)}" if nearest else f"; e.g. {tags[0]}"
+    return f"{shown(image)} is not a cell of any profile of the matrix (its results will name no cell){hint}"
+
+
 def cell_of(matrix: Matrix, image: str) -> tuple[str | None, str | None]:
     """The matrix cell (and its MPI) of an image tag, if the tag is one of the matrix's."""
     repo, _, tag = image.rpartition(":")
@@ -297,7 +311,11 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     spec.validate()
     sif = sif_path(root, spec)
     if not spec.site.container.sif_dir and spec.bench != "convert" and not Path(sif).is_file():
-        raise SlurmError(f"{sif} does not exist: convert the image first (`invoke convert --only ...`), or set "
+        cell, _ = cell_of(matrix, spec.image)
+        if cell is None:
+            raise SlurmError(f"{not_a_cell(matrix, spec.image)}, and {sif} does not exist: convert the image "
+                             f"first (`invoke convert --only ...`)")
+        raise SlurmError(f"{sif} does not exist: convert the image first (`invoke convert --only {cell}`), or set "
                          f"[container] sif_dir in {spec.site.path} to where the .sif files are on the cluster")
     key = job_key(spec, now)
     run_dir = runs_dir(root) / key

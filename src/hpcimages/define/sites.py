@@ -38,7 +38,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
     "slurm": {"partition": str, "account": str, "qos": str, "time": str, "nodes": int, "ntasks_per_node": int,
               "cpus_per_task": int, "options": list, "commands": str},
     "environment": {"modules": list, "vars": dict},
-    "container": {"runtime": str, "binary": str, "cleanenv": bool, "bind": list, "sif_dir": str},
+    "container": {"runtime": str, "binary": str, "cleanenv": bool, "bind": list, "sif_dir": str, "bench_dir": str},
     "host_mpi": {"lib_dirs": list, "lib_path": list, "bind": list, "vars": dict},
     "launcher": {"command": str, "mpi": str, "options": list},
     "gpu": {"gres": str, "flag": str},
@@ -69,6 +69,7 @@ class Container:
     cleanenv: bool = True
     bind: tuple[str, ...] = ()
     sif_dir: str = ""  # where the .sif files are on the cluster; "" = this project's build/sif
+    bench_dir: str = ""  # where the benchmark scripts are on the cluster; "" = this checkout's bench/
 
     @property
     def executable(self) -> str:
@@ -165,6 +166,7 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
             runtime=get.choice("container", "runtime", RUNTIMES, "apptainer"),
             binary=get.text("container", "binary"), cleanenv=get.flag("container", "cleanenv", True),
             bind=get.words("container", "bind"), sif_dir=get.text("container", "sif_dir"),
+            bench_dir=get.text("container", "bench_dir"),
         ),
         host_mpi=HostMpi(lib_dirs=get.words("host_mpi", "lib_dirs"), lib_path=get.words("host_mpi", "lib_path"),
                          bind=get.words("host_mpi", "bind"), vars=get.variables("host_mpi", "vars")),

@@ -39,7 +39,7 @@ from ..define.matrix import Cell, Matrix, Profile, Source, select_cells
 from ..define.render import dockerfile_path, drift
 from ..engine import find_image
 from ..errors import HpcImagesError
-from ..paths import build_dir, shown
+from ..paths import build_dir, relative
 from . import reports, wheelhouse
 
 INPUT_LABEL = "io.hpcimages.input-hash"
@@ -370,7 +370,7 @@ class Builder:
         context, dockerfile = context_archive(self.matrix, cell)
         log_path = self.log_dir / cell.family.name / f"{cell.tag}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        result.log = shown(log_path, self.matrix.root)
+        result.log = relative(log_path, self.matrix.root)
         self.say(f"  building {cell.ref} (log: {result.log})")
         image_id, error = None, None
         api = _BuildAPI(**docker.utils.kwargs_from_env(), version=self.client.api.api_version,

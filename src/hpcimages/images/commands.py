@@ -6,11 +6,11 @@ from collections.abc import Iterable
 
 from tabulate import tabulate
 
-from ..cli import say
+from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
-from ..paths import build_dir, shown
+from ..paths import build_dir, relative
 from . import bases as bases_mod
 from . import build as build_mod
 from . import check as check_mod
@@ -25,8 +25,9 @@ def bases(matrix: str, profile: str = "offline", force: bool = False) -> int:
     return 0
 
 
-def build(matrix: str, profile: str, only: Iterable[str] = (), jobs: int = 2, dry_run: bool = False,
+def build(matrix: str, profile: str, only: Iterable[str] = (), jobs: int | str = 2, dry_run: bool = False,
           force: bool = False) -> int:
+    jobs = whole_number("--jobs", jobs, 1, 64)
     m = load_matrix(matrix)
     prof = m.profile(profile)
     cells = build_mod.plan(m, prof, only)
@@ -38,7 +39,7 @@ def build(matrix: str, profile: str, only: Iterable[str] = (), jobs: int = 2, dr
     say("")
     say(report.table())
     say(f"\n{len(report.results)} cells, {len(report.failed)} failed or skipped, {report.seconds:.0f}s; "
-        f"report: {shown(build_dir(m.root) / BUILD_REPORT, m.root)}")
+        f"report: {relative(build_dir(m.root) / BUILD_REPORT, m.root)}")
     return 0 if report.ok else 1
 
 
@@ -51,6 +52,6 @@ def check(matrix: str, profile: str, only: Iterable[str] = ()) -> int:
     say(check_mod.table(results))
     passed = sum(r.passed for r in results)
     out = build_dir(m.root)
-    say(f"\n{passed}/{len(results)} cells passed; report: {shown(out / CHECK_REPORT, m.root)} "
-        f"(publishable cells marked in {shown(out / BUILD_REPORT, m.root)})")
+    say(f"\n{passed}/{len(results)} cells passed; report: {relative(out / CHECK_REPORT, m.root)} "
+        f"(publishable cells marked in {relative(out / BUILD_REPORT, m.root)})")
     return 0 if passed == len(results) else 1

@@ -36,7 +36,8 @@ from ..define.matrix import Cell, Matrix, Profile
 from ..engine import Mount, find_image
 from ..errors import HpcImagesError
 from ..images import hostmpi, wheelhouse
-from ..paths import build_dir, shown
+from ..paths import build_dir, relative
+from ..validate import shown
 from .results import PRIMARY, ResultRow, ResultsError, append_run, parse_osu
 
 BENCH_MOUNT = "/opt/hpcimages-bench"
@@ -51,12 +52,25 @@ class Benchmark:
     script: str
     c_source: str | None
     default_sizes: str
+    min_size: int  # the smallest message the script accepts (its own `-m` check)
+
+    def sizes_problem(self, text: str) -> str | None:
+        """Why ``-m MIN:MAX`` would make the script refuse to run, checked before a job waits in a queue: the
+        same rule as the script's parse_sizes (an empty side takes the default)."""
+        low, _, high = text.partition(":")
+        default_low, _, default_high = self.default_sizes.partition(":")
+        if not all(part.isdigit() for part in (low, high) if part) or len(text) > 24:
+            return f"{shown(text)}: use MIN:MAX in bytes, e.g. {self.default_sizes}"
+        lo, hi = int(low or default_low), int(high or default_high)
+        if lo < self.min_size or hi < lo:
+            return f"{shown(text)}: {self.name} needs {self.min_size} <= MIN <= MAX"
+        return None
 
 
 BENCHMARKS = {
-    "osu_bw": Benchmark("osu_bw", "osu_bw.py", "osu_bw.c", "1:4194304"),
-    "osu_latency": Benchmark("osu_latency", "osu_latency.py", "osu_latency.c", "0:4194304"),
-    "osu_allreduce": Benchmark("osu_allreduce", "osu_allreduce.py", None, "4:1048576"),
+    "osu_bw": Benchmark("osu_bw", "osu_bw.py", "osu_bw.c", "1:4194304", 1),
+    "osu_latency": Benchmark("osu_latency", "osu_latency.py", "osu_latency.c", "0:4194304", 0),
+    "osu_allreduce": Benchmark("osu_allreduce", "osu_allreduce.py", None, "4:1048576", 4),
 }
 
 
@@ -139,7 +153,7 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
         return venv
     cache = wheelhouse.cache_root()
     locks = [matrix.root / p for p in (twin.mpi_lock, twin.lock) if p]
-    progress(f"  bare metal: creating {shown(venv, matrix.root)} (MPICH {cell.mpi.version} wheel, locked mpi4py)")
+    progress(f"  bare metal: creating {relative(venv, matrix.root)} (MPICH {cell.mpi.version} wheel, locked mpi4py)")
     for lock in locks:
         wheelhouse.download_wheels(lock, python, cache)
     shutil.rmtree(venv, ignore_errors=True)

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
-import re
 import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..cli import say
+from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
+from ..validate import shown
 from . import bench as bench_mod
 from . import report as report_mod
 from . import results as results_mod
-
-SIZES_RE = re.compile(r"^\d*:\d*$")
 
 
 def expand_paths(spec: str) -> list[str]:
@@ -59,21 +57,25 @@ def tabulate(results: str, session: str | None = None, out: str | None = None, p
 
 
 def parse_sizes(items: Iterable[str]) -> dict[str, str]:
-    """``BENCH=MIN:MAX`` options -> {bench: "MIN:MAX"}."""
+    """``BENCH=MIN:MAX`` options -> {bench: "MIN:MAX"}, each checked with the script's own rule."""
     sizes = {}
     for item in items:
         name, _, rng = item.partition("=")
-        if name not in bench_mod.BENCHMARKS or not SIZES_RE.fullmatch(rng):
-            raise bench_mod.BenchError(f"--sizes {item!r}: use BENCH=MIN:MAX with BENCH one of "
+        if name not in bench_mod.BENCHMARKS:
+            raise bench_mod.BenchError(f"--sizes {shown(item)}: use BENCH=MIN:MAX with BENCH one of "
                                        f"{', '.join(bench_mod.BENCHMARKS)}")
+        problem = bench_mod.BENCHMARKS[name].sizes_problem(rng)
+        if problem:
+            raise bench_mod.BenchError(f"--sizes {name}={problem}")
         sizes[name] = rng
     return sizes
 
 
 def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks: str = "",
-          sizes: Iterable[str] = (), repeats: int = 3, swap: bool = True, c_reference: bool = True,
+          sizes: Iterable[str] = (), repeats: int | str = 3, swap: bool = True, c_reference: bool = True,
           bare_metal: bool = True, results: str | None = None, strict: bool = False, plots: bool = True) -> int:
     """Run the benchmarks, store the results, print tables, draw plots."""
+    repeats = whole_number("--repeats", repeats, 1, 1000)
     m = load_matrix(matrix)
     prof = m.profile(profile)
     only = [p for p in only if p]

@@ -42,7 +42,7 @@ class Conversion:
     name: str
     image: str
     sif: str
-    status: str = "pending"  # converted | up to date | failed
+    status: str = "pending"  # converted | up to date | not built | failed
     seconds: float = 0.0
     sif_bytes: int | None = None
     image_bytes: int | None = None
@@ -83,7 +83,7 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
     start = time.monotonic()
     image = find_image(client, image_ref)
     if image is None:
-        result.status, result.reason = "failed", f"{image_ref} is not built: run `invoke build`"
+        result.status, result.reason = "not built", f"{image_ref} is not built: run `invoke build`"
         return result
     result.image_bytes = image.attrs.get("Size")
     if not force and is_fresh(sif, image):
@@ -142,7 +142,7 @@ def table(results: list[Conversion]) -> str:
         return "-" if n is None else f"{n / 1e6:.0f} MB"
 
     rows = [[r.image, r.status, f"{r.seconds:.1f}s", mb(r.image_bytes), mb(r.sif_bytes),
-             Path(r.sif).name if r.status != "failed" else r.reason[:90]] for r in results]
+             Path(r.sif).name if r.status in ("converted", "up to date") else r.reason[:90]] for r in results]
     return tabulate(rows, headers=["image", "status", "time", "image size", "sif size", "sif / reason"])
 
 

@@ -23,7 +23,8 @@ from ..images.aptsources import debian_mirror
 from ..images.bases import debootstrap_import
 
 SUITE = "sid"
-PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "mpich", "slurm-wlm", "munge", "python3", "procps",
+# gocryptfs: Apptainer looks for it at every start and says so in every job's output when it is missing
+PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "gocryptfs", "mpich", "slurm-wlm", "munge", "python3", "procps",
             "ca-certificates", "util-linux", "hostname", "libpmi2-0t64")
 ROOTFS_IMAGE = "hpcimages-tools/sid-rootfs:latest"
 TOOLS_IMAGE = "hpcimages-tools/cluster:sid"
