@@ -110,3 +110,14 @@ def test_invoke_tabulate_names_a_corrupt_line(store):
     skipped = invoke("tabulate", str(store), "--no-plots", "--skip-corrupt")
     assert skipped.returncode == 0 and "warning:" in skipped.stderr
     assert json.loads(store.read_text().splitlines()[0])["benchmark"] == "osu_bw"  # nothing else was lost
+
+
+def test_plots_label_sizes_as_people_say_them_and_keep_the_spread():
+    from hpcimages.measure.report import size_label, spread
+
+    assert [size_label(s) for s in (1, 512, 1024, 65536, 1 << 20, 4 << 20)] == \
+        ["1 B", "512 B", "1 KiB", "64 KiB", "1 MiB", "4 MiB"]
+    band = dict((s, (med, lo, hi)) for s, med, lo, hi in spread(records(), "osu_bw", "container"))
+    values = sorted(r.value for r in records() if r.variant == "container" and r.size == 65536 and
+                    r.benchmark == "osu_bw")
+    assert band[65536] == (values[1], values[0], values[-1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,34 +198,65 @@ def write_markdown(report: Report, path: Path, sources: list[Path]) -> None:
     write_text(path, header + body + tail)
 
 
+def size_label(nbytes: float) -> str:
+    """Message sizes the way people say them: 512 B, 64 KiB, 4 MiB."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:g} {unit}"
+    return f"{nbytes:g} B"
+
+
+def spread(rows: Iterable[ResultRow], bench: str, variant: str) -> list[tuple[int, float, float, float]]:
+    """(size, median, lowest, highest) over the repeats of one variant: the line and its band in a plot."""
+    values: dict[int, list[float]] = {}
+    for r in rows:
+        if r.benchmark == bench and r.variant == variant and r.size > 0:
+            values.setdefault(r.size, []).append(r.value)
+    return [(size, statistics.median(v), min(v), max(v)) for size, v in sorted(values.items())]
+
+
 def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
-    """PNG plots per group: bandwidth, point-to-point latency and allreduce latency vs message size."""
+    """PNG plots per group: bandwidth, point-to-point latency and allreduce latency vs message size. Each variant
+    is its median line with a band from the lowest to the highest repeat; sizes are labelled 1 B ... 4 MiB,
+    bandwidth on a linear axis, latencies (which span three decades) on a logarithmic one with plain numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, ScalarFormatter
 
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for group, rows in groups(records).items():
-        med = _group_medians(group, rows)
         for bench in ("osu_bw", "osu_latency", "osu_allreduce"):
-            variants = _variants(med, bench)
+            variants = _variants(_group_medians(group, rows), bench)
             if not variants:
                 continue
-            fig, ax = plt.subplots(figsize=(7, 4.5))
+            fig, ax = plt.subplots(figsize=(8, 4.8))
             for v in variants:
-                points = sorted((s, val) for (_, b, vv, s), val in med.items() if b == bench and vv == v and s > 0)
-                if points:
-                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=v,
-                            linestyle="--" if "bare-metal" in v else "-")
+                points = spread(rows, bench, v)
+                if not points:
+                    continue
+                sizes = [p[0] for p in points]
+                line, = ax.plot(sizes, [p[1] for p in points], marker="o", markersize=3, label=v,
+                                linestyle="--" if "bare-metal" in v else "-")
+                ax.fill_between(sizes, [p[2] for p in points], [p[3] for p in points], color=line.get_color(),
+                                alpha=0.15, linewidth=0)
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("message size (bytes)")
+            ax.xaxis.set_major_locator(LogLocator(base=4))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: size_label(x)))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+            if bench == "osu_bw":
+                ax.set_ylim(bottom=0)
+            else:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(ScalarFormatter())
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+            ax.set_xlabel("message size")
             ax.set_ylabel(TITLES[bench])
-            ax.set_title(f"{bench}: {group}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
+            ax.set_title(f"{bench}: {group}\n(median of the repeats; band: lowest to highest)", fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=8)
             fig.tight_layout()
             path = outdir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', group)}-{bench}.png"
             fig.savefig(path, dpi=110)
