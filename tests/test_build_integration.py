@@ -228,3 +228,18 @@ def test_the_first_ctrl_c_stops_a_build_and_leaves_the_tag_on_its_image(ci_build
     assert entry["status"] == "interrupted" and "Ctrl-C" in entry["reason"]
     sleeping = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True, check=False)
     assert not sleeping.stdout.strip(), "the engine stopped the build's step too"
+
+
+def test_the_default_profile_without_registry_access_stops_at_once_and_says_what_to_do(client):
+    import docker
+
+    try:
+        client.api.inspect_distribution("python:3.11-slim-bookworm")
+        pytest.skip("this machine reaches a registry: the published profile would really build")
+    except docker.errors.APIError:
+        pass
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--all"], cwd=ROOT, capture_output=True,
+                          text=True, check=False, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "cannot pull" in proc.stderr and "`--profile offline`" in proc.stderr and "`--profile ci`" in proc.stderr
+    assert "Traceback" not in proc.stderr and "failed" not in proc.stdout, "no cell was tried"

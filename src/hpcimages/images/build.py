@@ -331,6 +331,25 @@ class Builder:
                     broken.setdefault(cell.ref, str(exc))
         return broken
 
+    def check_registry_bases(self, cells: list[Cell]) -> None:
+        """Bases pulled from a registry (no `debian` suite to bootstrap them) that the engine does not have must be
+        reachable: on an air-gapped machine one message says what to do, instead of every cell failing alone."""
+        missing = sorted({self.profile.bases[c.python].image for c in cells if c.family.parent is None
+                          and self.profile.bases[c.python].debian is None
+                          and find_image(self.client, self.profile.bases[c.python].image) is None})
+        unreachable = {}
+        for image in missing:
+            try:
+                self.client.api.inspect_distribution(image)
+            except docker.errors.APIError as exc:
+                unreachable[image] = str(exc.explanation or exc).strip().splitlines()[0][:160]
+        if unreachable:
+            first, reason = next(iter(unreachable.items()))
+            raise BuildError(
+                f"profile {self.profile.name!r} starts FROM {len(unreachable)} registry image(s) that this engine "
+                f"does not have and cannot pull ({first}: {reason}). On a machine without registry access use "
+                f"`--profile offline` (bases bootstrapped from the Debian mirror by `invoke bases`) or `--profile ci`.")
+
     def check_bases(self, cells: list[Cell]) -> dict[str, str]:
         broken = {}
         for cell in cells:
@@ -427,6 +446,7 @@ class Builder:
         results = {c.ref: CellResult(c.ref, c.image(self.profile.registry),
                                      aliases=c.aliases(self.profile.registry)) for c in cells}
         stale = self.stale_cells(cells)
+        self.check_registry_bases([c for c in cells if c.ref in stale])
         self.say(f"{len(cells)} cells in profile {self.profile.name!r}: {len(stale)} to build, "
                  f"{len(cells) - len(stale)} up to date")
         broken = self.check_bases([c for c in cells if c.ref in stale])
