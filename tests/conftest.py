@@ -59,3 +59,9 @@ def ci_built(build_dir) -> CiBuild:
     report = build(client, matrix, "ci", jobs=2)
     assert report.ok, report.table()
     return CiBuild(client, matrix, report)
+
+
+@pytest.fixture(scope="session")
+def client(ci_built: CiBuild) -> docker.DockerClient:
+    """The engine, once the ci profile is built."""
+    return ci_built.client

@@ -20,11 +20,6 @@ BASE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
 
 
 @pytest.fixture(scope="module")
-def client(ci_built):
-    return ci_built.client
-
-
-@pytest.fixture(scope="module")
 def runtime(client):
     rt = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
     assert isinstance(rt, ap.ContainerRuntime)

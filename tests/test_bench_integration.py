@@ -39,11 +39,6 @@ sys.exit(osu_bw.main(["-m", "1:256", "-c", "-i", "5", "-x", "1"]))
 """
 
 
-@pytest.fixture(scope="module")
-def client(ci_built):
-    return ci_built.client
-
-
 def run(client, image: str, command: str, env: dict | None = None) -> tuple[int, str]:
     return engine.run(client, image, ["sh", "-c", command], timeout=600, env=env,
                       mounts=[Mount(ROOT / "bench", "/opt/hpcimages-bench")])

@@ -31,11 +31,6 @@ MPI_VERSION = 'python3 -c "from mpi4py import MPI; print(MPI.Get_library_version
 
 
 @pytest.fixture(scope="module")
-def client(ci_built):
-    return ci_built.client
-
-
-@pytest.fixture(scope="module")
 def ci_build(ci_built):
     return ci_built.matrix, ci_built.report
 

@@ -34,11 +34,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends patchelf \\
 
 
 @pytest.fixture(scope="module")
-def client(ci_built):
-    return ci_built.client
-
-
-@pytest.fixture(scope="module")
 def matrix(ci_built):
     return ci_built.matrix
 
