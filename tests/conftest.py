@@ -65,3 +65,11 @@ def ci_built(build_dir) -> CiBuild:
 def client(ci_built: CiBuild) -> docker.DockerClient:
     """The engine, once the ci profile is built."""
     return ci_built.client
+
+
+def default_sigint() -> None:
+    """For a child that the test interrupts: a runner started in the background (no job control) ignores SIGINT,
+    the child would inherit that, and Python installs no Ctrl-C handler where SIGINT starts out ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

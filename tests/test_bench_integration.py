@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_sigint
 from hpcimages import engine
 from hpcimages.engine import Mount
 from hpcimages.measure.results import load, parse_osu
@@ -121,7 +122,8 @@ def test_an_interrupted_bench_keeps_every_finished_run(client, tmp_path):
     results = tmp_path / "ci.jsonl"
     proc = subprocess.Popen(bench_cmd(results, "--repeats", "5", "--no-c", "--no-bare-metal",
                                       "--sizes", "osu_bw=1:1024", "--bench", "osu_bw"),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not results.exists() or results.read_text().count("\n") < 11):
         time.sleep(0.5)

@@ -209,13 +209,14 @@ def test_bench_dir_says_where_the_scripts_are_on_the_cluster(tmp_path):
     ("osu_bw", "5:1", "osu_bw needs 1 <= MIN <= MAX"),
     ("osu_bw", "0:8", "osu_bw needs 1 <= MIN <= MAX"),
     ("osu_allreduce", "1:64", "osu_allreduce needs 4 <= MIN <= MAX"),
-    ("hello", "1:8", "--sizes applies to osu_bw, osu_latency, osu_allreduce, not hello"),
     ("osu_latency", "a:b", "a size or a range like 1:4194304"),
 ])
 def test_sizes_are_checked_with_the_scripts_own_rule_before_submitting(tmp_path, bench, sizes, message):
     with pytest.raises(slurm.SlurmError, match=re.escape(message)):
         slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "local"), bench, IMAGE, sizes=sizes), tmp_path)
     assert slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "local"), "osu_latency", IMAGE, sizes="0:64"), tmp_path)
+    hello = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "local"), "hello", IMAGE, sizes="5:1"), tmp_path)
+    assert " -m " not in hello, "a job that takes no sizes ignores them"
 
 
 def test_an_image_that_is_no_cell_is_named_with_the_nearest_cells(tmp_path, monkeypatch):
