@@ -10,7 +10,7 @@ from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define import sites as sites_mod
 from ..engine import connect
-from ..paths import repository_root
+from ..paths import relative, repository_root
 from . import slurm as slurm_mod
 from . import testcluster as testcluster_mod
 
@@ -27,9 +27,9 @@ def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid"
     for warning in profile.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source)
-    if slurm_mod.cell_of(m, image) == (None, None):
-        print(f"warning: {slurm_mod.not_a_cell(m, image)}", file=sys.stderr)
     record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
+    if record.cell is None:  # allowed where the site has the .sif; the results will name no cell
+        print(f"warning: {slurm_mod.not_a_cell(m, image)}", file=sys.stderr)
     script = Path(record.script)
     if dry_run:
         say(script.read_text(encoding="utf-8"))
@@ -63,8 +63,7 @@ def collect(matrix: str, timeout: int | str = 1800, site: Iterable[str] = (), st
     failed = [c.record for c in done if c.record.state == "failed"]
     stored = sorted({c.record.store for c in done if c.record.store})
     if stored:
-        say("tables: invoke tabulate " + ",".join(str(Path(s).relative_to(root)) if Path(s).is_relative_to(root)
-                                                  else s for s in stored))
+        say("tables: invoke tabulate " + ",".join(relative(Path(s), root) for s in stored))
     if failed:
         print(f"{len(failed)} job(s) failed: " + "; ".join(f"{r.job_id} ({r.bench}): {r.message[:300]}"
                                                           for r in failed), file=sys.stderr)

@@ -30,7 +30,7 @@ import docker
 from tabulate import tabulate
 
 from .. import engine
-from ..define.matrix import Cell, Matrix, Profile, select_cells
+from ..define.matrix import Cell, Matrix, Profile
 from ..engine import Mount, find_image
 from ..errors import output_tail
 from ..paths import build_dir
@@ -336,13 +336,6 @@ def table(results: list[CellCheck]) -> str:
     failures = [f"  {r.ref} / {c}: {r.checks[c].reason}" for r in results for c in CHECKS
                 if c in r.checks and r.checks[c].status == "fail"]
     return text + ("\n\nfailures:\n" + "\n".join(failures) if failures else "")
-
-
-def check(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, only: Iterable[str] = (),
-          progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
-    prof = matrix.profile(profile)
-    return check_cells(client, matrix, prof, select_cells(matrix, prof, only, with_parents=False), progress,
-                       with_host_mpi)
 
 
 def check_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cells: list[Cell],
