@@ -16,6 +16,7 @@ from hpcimages.cluster import commands as cluster
 from hpcimages.define import commands as define
 from hpcimages.images import commands as images
 from hpcimages.measure import commands as measure
+from hpcimages.publish import commands as publish_stage
 from hpcimages.sif import commands as sif
 
 MATRIX = "matrix.toml"
@@ -176,3 +177,34 @@ def collect(c, timeout="1800", site=None, store=None, matrix=MATRIX):
 def testcluster(c, stop=False, matrix=MATRIX):
     """Start the one-node Slurm test cluster (a container with Slurm, munge, Apptainer) for the site `local`."""
     _run(cluster.testcluster, matrix=matrix, stop=stop)
+
+
+@task(help={"port": "port on 127.0.0.1 (default 5000)", "stop": "stop it (its storage is kept)", "matrix": MATRIX_HELP})
+def registry(c, port="5000", stop=False, matrix=MATRIX):
+    """Start (or stop) the project's own registry: Debian's docker-registry on 127.0.0.1, storage in build/registry."""
+    _run(publish_stage.registry, matrix=matrix, port=port, stop=stop)
+
+
+@task(iterable=["only"], help={
+    "profile": PROFILE_HELP + " (default: published)",
+    "only": ONLY_HELP.format(""),
+    "registry": "HOST[:PORT]/NAMESPACE to push to (default: the profile's [publish] registry), e.g. 127.0.0.1:5000/hpc",
+    "dry-run": "print what would be pushed under which tags, and what is refused and why; push nothing",
+    "sif": "also push each cell's .sif (invoke convert) with `apptainer push oras://` and pull it back",
+    "runtime": "Apptainer for --sif: auto, host or container",
+    "matrix": MATRIX_HELP,
+})
+def publish(c, profile="published", only=None, registry=None, dry_run=False, sif=False, runtime="auto",
+            matrix=MATRIX):
+    """Push images whose check passed on that exact image id, prove their digests, write the catalogue."""
+    _run(publish_stage.publish, matrix=matrix, profile=profile, only=only or [], registry=registry, dry_run=dry_run,
+         sif=sif, runtime=runtime)
+
+
+@task(help={"profile": "profile whose [publish] registry is meant (default: ci)",
+            "registry": "HOST[:PORT]/NAMESPACE (default: the profile's)",
+            "results": "benchmark stores to summarise (default: results/*.jsonl; a glob or a comma-separated list)",
+            "matrix": MATRIX_HELP})
+def catalogue(c, profile="ci", registry=None, results=None, matrix=MATRIX):
+    """Write build/catalogue/ again (index and one page per published image) from the reports and the images."""
+    _run(publish_stage.catalogue, matrix=matrix, profile=profile, registry=registry, results=results)

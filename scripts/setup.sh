@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The one set-up command (see README): everything `invoke build` and `nox -s tests` need on this machine.
-#   1. Debian packages: a Docker engine (docker.io) and debootstrap, when missing
+#   1. Debian packages, when missing: a Docker engine (docker.io), debootstrap, and for `invoke publish` the
+#      distribution registry (docker-registry) and skopeo
 #   2. a running Docker engine, started when none answers
 #   3. .venv with the project's pinned Python dependencies
 #   4. the offline base images (invoke bases), bootstrapped from the configured Debian mirror
 #   5. the tools image (invoke tools): Apptainer, Slurm and munge for .sif conversion and the test cluster
+#   6. the project's registry on 127.0.0.1:5000 (invoke registry), where `invoke publish --profile ci` pushes
 # Safe to run again: every step does nothing when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +23,16 @@ as_root() {
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} (apt)"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # the package enables a system service with Debian's config; the project starts its own (`invoke registry`)
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
+        as_root systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
 fi
 
 engine_up() { timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
@@ -58,4 +66,6 @@ log "offline base images"
 as_root .venv/bin/invoke bases --profile offline
 log "tools image (Apptainer, Slurm, munge)"
 as_root .venv/bin/invoke tools
+log "the project's registry for invoke publish (invoke registry)"
+as_root .venv/bin/invoke registry || log "warning: the registry did not start (see above); invoke publish needs one"
 log "ready: .venv/bin/invoke build --all --profile ci   |   .venv/bin/nox -s tests"

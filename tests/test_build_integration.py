@@ -64,7 +64,7 @@ def test_images_carry_tags_labels_and_provenance(ci_build, client):
         assert re.match(r"^[0-9a-f]{40}(-dirty)?$", labels["org.opencontainers.image.revision"])
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", labels["org.opencontainers.image.created"])
         assert re.match(r"^[0-9a-f]{64}$", labels[INPUT_LABEL])
-        for alias in cell.aliases("hpcimages"):
+        for alias in cell.aliases(m.profile("ci")):
             assert client.images.get(alias).id == image.id
         python = run_in(client, image.id, "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
         assert python.strip() == cell.python

@@ -115,6 +115,7 @@ def test_build_keeps_a_check_verdict_only_for_the_same_image(tmp_path):
     cells = json.loads(path.read_text())["cells"]
     assert cells["ci/a:t"]["publishable"] is True
     assert cells["ci/b:t"]["publishable"] is False, "a rebuilt image must be checked again"
+    assert cells["ci/b:t"]["checked_image_id"] == "sha256:2", "publish names the image that was checked"
 
 
 def test_one_entry_shape_whoever_writes_it_and_an_unreadable_report_is_never_reset(tmp_path):

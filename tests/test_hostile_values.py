@@ -22,6 +22,7 @@ import pytest
 from hpcimages.cluster import slurm
 from hpcimages.define import load_matrix
 from hpcimages.define import matrix as matrix_mod
+from hpcimages.define import tags as tags_mod
 from hpcimages.define.render import expected_files
 from hpcimages.define.sites import SCHEMA, SiteError, parse_site
 from hpcimages.errors import MatrixError
@@ -55,7 +56,9 @@ MATRIX = {
                  "mpi": ["mpich4.3.2", "mpich4.0.2"], "cuda": ["12.8"], "families": ["mpi4py", "cuda-python"],
                  "bases": {"3.11": {"image": "base/python:3.11", "debian": "bookworm"}},
                  "sources": {"mpich4.0.2": {"url": "debian:pool/main/m/mpich/mpich_4.0.2.orig.tar.xz",
-                                            "sha256": "b" * 64}}},
+                                            "sha256": "b" * 64}},
+                 "publish": {"registry": "127.0.0.1:5000/hpc", "aliases": ["{python}-{mpi_minor}-{cuda}"],
+                             "latest": ["mpi4py:py3.11-mpich4.3.2"], "release": "{tag}-{revision}", "retries": 3}},
         "small": {"extends": "base", "cells": ["mpi4py:py3.11-*"],
                   "exclude": [{"python": "3.11", "mpi": "mpich4.0.2"}]},
     },
@@ -176,6 +179,8 @@ def test_the_samples_cover_every_schema_key():
         "EXCLUDE_KEYS": {p[2] for p in covered if p[0] == "exclude"}
         | {p[4] for p in covered if p[2:3] == ("exclude",)},
     }
+    publish = {p[3] for p in covered if p[2:3] == ("publish",)} | {"retries"}  # the one number
+    assert publish >= tags_mod.PUBLISH_KEYS, f"PUBLISH_KEYS: no sample value for {tags_mod.PUBLISH_KEYS - publish}"
     for name, seen in keys_of.items():
         assert getattr(matrix_mod, name) <= seen, f"{name}: no sample value for {getattr(matrix_mod, name) - seen}"
     for section, keys in SCHEMA.items():

@@ -88,7 +88,7 @@ def test_minimal_matrix_loads(workdir):
     assert "hpc-python:py3.13-mpich4.0.2" in refs
     cell = m.cells("offline")[0]
     assert cell.image("local/hpc") == "local/hpc/mpi4py:py3.11-mpich4.3.2"
-    assert cell.aliases("local/hpc") == ["local/hpc/mpi4py:py3.11-mpich4.3"]
+    assert cell.aliases(m.profile("offline")) == ["local/hpc/mpi4py:py3.11-mpich4.3"]
 
 
 def test_parents_come_before_children_and_only_adds_parents(workdir):
@@ -180,6 +180,37 @@ BROKEN = [
      "(5004 characters) is not a valid version"),
     ("trailing-newline-version", [('version = "4.3.2"', 'version = "4.3.2\\n"')], "axes.mpi[0].version",
      "control character"),
+    ("publish-unknown-key", [('registry = "local/hpc"', 'registry = "local/hpc"\npublish = { tags = [] }')],
+     "profiles.offline.publish.tags", "unknown key"),
+    ("publish-bare-word-registry", [('registry = "local/hpc"',
+                                     'registry = "local/hpc"\npublish = { registry = "hpc" }')],
+     "profiles.offline.publish.registry", "a bare word would mean Docker Hub"),
+    ("publish-registry-with-scheme", [('registry = "local/hpc"',
+                                       'registry = "local/hpc"\npublish = { registry = "http://127.0.0.1:5000/x" }')],
+     "profiles.offline.publish.registry", "not a registry reference"),
+    ("alias-unknown-placeholder", [('registry = "local/hpc"',
+                                    'registry = "local/hpc"\npublish = { aliases = ["{python}-{os}"] }')],
+     "profiles.offline.publish.aliases[0]", "unknown placeholder {os}"),
+    ("alias-claimed-twice", [('registry = "local/hpc"',
+                              'registry = "local/hpc"\npublish = { aliases = ["{python}"] }')],
+     "profiles.offline.publish.aliases", "alias mpi4py:py3.11 would be claimed by mpi4py:py3.11-mpich4.3.2 and "
+     "mpi4py:py3.11-mpich4.0.2"),
+    ("alias-is-another-cells-tag", [('registry = "local/hpc"',
+                                     'registry = "local/hpc"\npublish = { aliases = ["{python}-mpich4.0.2"] }')],
+     "profiles.offline.publish.aliases", "would be claimed by mpi4py:py3.11-mpich4.0.2"),
+    ("alias-hostile", [('registry = "local/hpc"', 'registry = "local/hpc"\npublish = { aliases = ["x;reboot"] }')],
+     "profiles.offline.publish.aliases[0]", "would not give a valid tag"),
+    ("latest-twice-per-family", [('registry = "local/hpc"', 'registry = "local/hpc"\npublish = { latest = '
+                                  '["mpi4py:py3.11-mpich4.3.2", "mpi4py:py3.13-mpich4.3.2"] }')],
+     "profiles.offline.publish.latest[1]", "mpi4py:latest would be claimed by"),
+    ("latest-unknown-cell", [('registry = "local/hpc"',
+                              'registry = "local/hpc"\npublish = { latest = ["mpi4py:py2"] }')],
+     "profiles.offline.publish.latest[0]", "is not a cell of the profile"),
+    ("release-without-release", [('registry = "local/hpc"',
+                                  'registry = "local/hpc"\npublish = { release = "{tag}-stable" }')],
+     "profiles.offline.publish.release", "names no release"),
+    ("publish-retries", [('registry = "local/hpc"', 'registry = "local/hpc"\npublish = { retries = 0 }')],
+     "profiles.offline.publish.retries", "from 1 to 10"),
     ("injected-description", [('axes = ["python", "mpi"]\n\n[families.hpc',
                                'axes = ["python", "mpi"]\ndescription = "x\\"\\nRUN echo INJECTED"\n\n[families.hpc')],
      "families.mpi4py.description", "not a valid description"),

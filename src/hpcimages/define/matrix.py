@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import MatrixError, SelectionError
 from ..paths import repository_root
 from ..validate import free_text_problem, problem, shown
+from .tags import PublishSettings, alias_tags, check_tags, load_publish
 
 AXES = ("python", "mpi", "cuda")
 MPI_METHODS = ("wheel", "source", "apt")
@@ -50,7 +51,7 @@ MPI_KEYS = {"name", "version", "method", "configure"}
 FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args"}
 PROFILE_KEYS = {
     "description", "registry", "extends", "python", "mpi", "cuda", "families",
-    "bases", "sources", "exclude", "cells",
+    "bases", "sources", "exclude", "cells", "publish",
 }
 BASE_KEYS = {"image", "debian"}
 SOURCE_KEYS = {"url", "sha256"}
@@ -114,6 +115,7 @@ class Profile:
     sources: Mapping[str, Source]
     exclude: tuple[Mapping[str, str], ...]
     cells: tuple[str, ...]
+    publish: PublishSettings = field(default_factory=PublishSettings)
 
 
 @dataclass(frozen=True)
@@ -167,13 +169,9 @@ class Cell:
     def image(self, registry: str) -> str:
         return f"{self.repository(registry)}:{self.tag}"
 
-    def aliases(self, registry: str) -> list[str]:
-        """Extra tags: the MPI version shortened to major.minor (``py3.11-mpich4.3``)."""
-        short = ".".join(self.mpi.version.split(".")[:2])
-        if short == self.mpi.version:
-            return []
-        alias = self.tag.replace(f"{self.mpi.name}{self.mpi.version}", f"{self.mpi.name}{short}", 1)
-        return [f"{self.repository(registry)}:{alias}"]
+    def aliases(self, profile: Profile) -> list[str]:
+        """Extra local tags: the profile's alias rules (define/tags.py), e.g. ``py3.11-mpich4.3``."""
+        return [f"{self.repository(profile.registry)}:{tag}" for tag in alias_tags(self, profile.publish.aliases)]
 
 
 @dataclass(frozen=True)
@@ -318,7 +316,8 @@ class _Loader:
         profiles = self.load_profiles(partial)
         matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles)
         for name in profiles:
-            _profile_cells(matrix, profiles[name])  # raises on an impossible profile
+            cells = _profile_cells(matrix, profiles[name])  # raises on an impossible profile
+            check_tags(cells, profiles[name].publish, f"profiles.{name}.publish", self.fail)
         own = {name: len(t.get("exclude", [])) if isinstance(t.get("exclude", []), list) else 1
                for name, t in self.data["profiles"].items()}
         check_excludes_and_emptiness(matrix, own)
@@ -485,7 +484,9 @@ class _Loader:
         cells = self.string_list(table.get("cells", []), f"{key}.cells", re.compile(r"[A-Za-z0-9_.*?:-]{1,200}"),
                                  "cell pattern (family:tag, globs allowed)")
         description = self.free_text(table.get("description"), f"{key}.description")
-        return Profile(name, description, registry, python, mpi, cuda, families, bases, sources, exclude, cells)
+        publish = load_publish(table.get("publish"), f"{key}.publish", self.fail)
+        return Profile(name, description, registry, python, mpi, cuda, families, bases, sources, exclude, cells,
+                       publish)
 
     def load_bases(self, table: Any, key: str, python: tuple[str, ...]) -> dict[str, Base]:
         if table is None:

@@ -132,7 +132,7 @@ def plan(matrix: Matrix, profile: str | Profile, only: Iterable[str] = ()) -> li
 def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell]) -> str:
     rows = []
     for cell in cells:
-        tags = [cell.image(profile.registry), *cell.aliases(profile.registry)]
+        tags = [cell.image(profile.registry), *cell.aliases(profile)]
         rows.append([cell.ref, ", ".join(tags), cell.parent_ref() or profile.bases[cell.python].image])
     return tabulate(rows, headers=["cell", "tags", "FROM"], tablefmt="simple") + f"\n{len(cells)} cells"
 
@@ -228,17 +228,17 @@ def provenance_labels(matrix: Matrix, profile: Profile, digest: str) -> dict[str
         "io.hpcimages.profile": profile.name,
         "org.opencontainers.image.created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    revision = _git(matrix.root, "rev-parse", "HEAD")
+    revision = git(matrix.root, "rev-parse", "HEAD")
     if revision:
-        dirty = _git(matrix.root, "status", "--porcelain", "--untracked-files=no")
+        dirty = git(matrix.root, "status", "--porcelain", "--untracked-files=no")
         labels["org.opencontainers.image.revision"] = revision + ("-dirty" if dirty else "")
-    source = _git(matrix.root, "config", "--get", "remote.origin.url")
+    source = git(matrix.root, "config", "--get", "remote.origin.url")
     if source and "@" not in source:  # never put credentials of a remote URL into a label
         labels["org.opencontainers.image.source"] = source
     return labels
 
 
-def _git(root: Path, *args: str) -> str:
+def git(root: Path, *args: str) -> str:
     try:
         proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
     except OSError:
@@ -444,7 +444,7 @@ class Builder:
     def run(self, cells: list[Cell]) -> BuildReport:
         start = time.monotonic()
         results = {c.ref: CellResult(c.ref, c.image(self.profile.registry),
-                                     aliases=c.aliases(self.profile.registry)) for c in cells}
+                                     aliases=c.aliases(self.profile)) for c in cells}
         stale = self.stale_cells(cells)
         self.check_registry_bases([c for c in cells if c.ref in stale])
         self.say(f"{len(cells)} cells in profile {self.profile.name!r}: {len(stale)} to build, "

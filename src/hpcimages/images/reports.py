@@ -10,7 +10,8 @@ whoever wrote it last::
     publishable                          derived: the check passed on exactly the image the build produced
 
 A rebuilt image has a new id, so its old verdict no longer counts. ``check-report.json`` holds the last check
-run in full (every check's outcome and reason). Publish reads both through this module.
+of each cell of one profile in full (every check's outcome and reason, and the image id it judged; checking
+another profile starts it afresh). Publish and the catalogue read both through this module.
 """
 
 from __future__ import annotations
@@ -97,25 +98,27 @@ def _save_entries(build_dir: Path, entries: dict[str, CellEntry]) -> Path:
 
 
 def record_build(build_dir: Path, profile: str, results: Iterable[Any]) -> Path:
-    """Merge one build run (``images.build.CellResult``s) into the report; a cell keeps its check verdict only
-    while its image is the one that was checked."""
+    """Merge one build run (``images.build.CellResult``s) into the report. The last check's verdict stays with the
+    image id it judged, so a rebuilt cell is no longer publishable and publish can say it was rebuilt."""
     entries = load_entries(build_dir)
     for r in results:
         previous = entries.get(f"{profile}/{r.ref}")
         entry = CellEntry(profile, r.ref, r.image, r.status, r.image_id, r.seconds, r.size_bytes, r.reason, r.log,
                           list(r.aliases))
-        if previous is not None and r.image_id and previous.checked_image_id == r.image_id:
+        if previous is not None:  # kept even for a new image: `publishable` compares the ids, publish says why
             entry.checked_image_id, entry.check_passed = previous.checked_image_id, previous.check_passed
         entries[entry.key] = entry
     return _save_entries(build_dir, entries)
 
 
 def record_check(build_dir: Path, profile: str, results: Iterable[Any]) -> Path:
-    """Write ``check-report.json`` for this run (``images.check.CellCheck``s) and mark the verdicts in the
-    build report."""
+    """Merge this run (``images.check.CellCheck``s) into ``check-report.json`` and mark the verdicts in the build
+    report."""
     results = list(results)
-    path = write_json(build_dir / CHECK_REPORT, {"profile": profile, "cells": {
-        r.ref: {**asdict(r), "passed": r.passed} for r in results}})
+    previous = _read(build_dir / CHECK_REPORT)
+    cells = dict(previous.get("cells") or {}) if previous.get("profile") == profile else {}
+    cells.update({r.ref: {**asdict(r), "passed": r.passed} for r in results})
+    path = write_json(build_dir / CHECK_REPORT, {"profile": profile, "cells": cells})
     entries = load_entries(build_dir)
     for r in results:
         entry = entries.setdefault(f"{profile}/{r.ref}", CellEntry(profile, r.ref, r.image, image_id=r.image_id))

@@ -1,0 +1,223 @@
+"""The image catalogue: what a user reads before picking an image, generated from files, never typed.
+
+For every cell recorded as published to a target (``publish-report.json``): a page in Markdown and the same data as
+JSON under ``<build>/catalogue/<host_port>/<namespace>/<family>/<tag>.{md,json}``, and an index (``index.md``,
+``index.json``) beside them. Sources:
+
+* the publish record: tags, digest, compressed size, when, revision, the pulled-back hello;
+* the image itself: its labels and size, and an inventory run inside it with no network (Python, OS, MPI library,
+  the full ``pip`` list, the Debian packages), cached per image id (an id names fixed content);
+* ``check-report.json``: every check's outcome, when it judged this image id;
+* stored benchmark results (``results/*.jsonl``) of this image id with the bare-metal runs of the same sessions:
+  a bandwidth/latency summary and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from .. import engine
+from ..define.matrix import Cell, Matrix
+from ..engine import Mount
+from ..errors import HpcImagesError, output_tail
+from ..files import write_json, write_text
+from ..images import reports
+from ..measure import report as bench_report
+from ..measure import results as results_mod
+from ..paths import build_dir
+from . import record
+from .remote import Target
+
+INVENTORY_DIR = Path(__file__).parent / "incontainer"
+INVENTORY_MOUNT = "/opt/hpcimages-inventory"
+KEY_PACKAGES = ("mpi4py", "numpy", "h5py", "scipy", "numba", "numba-cuda", "nvidia-cuda-runtime-cu12", "mpich")
+LARGE = 1024 * 1024
+
+Progress = Callable[[str], None]
+
+
+class CatalogueError(HpcImagesError):
+    """An image of the catalogue cannot be read."""
+
+
+def catalogue_dir(root: Path, target: Target | None = None) -> Path:
+    """``<build>/catalogue``, and one folder in it per registry target (``127.0.0.1_5000/hpc``), so publishing
+    to a second registry never overwrites the first one's pages."""
+    base = build_dir(root) / "catalogue"
+    return base if target is None else base / str(target).replace(":", "_")
+
+
+def inventory(client: docker.DockerClient, entry: record.Published, cache: Path) -> dict[str, Any]:
+    cached = cache / f"{entry.image_id.replace(':', '-')}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    image = f"{entry.repository}@{entry.digest}"
+    if engine.find_image(client, entry.image_id) is None:
+        try:
+            client.api.pull(image)
+        except docker.errors.APIError as exc:
+            raise CatalogueError(f"{image} is neither in the engine nor pullable: {exc.explanation or exc}") from None
+    code, out = engine.run(client, entry.image_id, ["python3", f"{INVENTORY_MOUNT}/inventory.py"], timeout=300,
+                           mounts=[Mount(INVENTORY_DIR, INVENTORY_MOUNT)], user="0")
+    line = next((x for x in reversed(out.strip().splitlines()) if x.startswith("{")), "")
+    if code != 0 or not line:
+        raise CatalogueError(f"the inventory failed in {image} (exit {code}): {output_tail(out, lines=3)}")
+    data = json.loads(line)
+    write_json(cached, data)
+    return data
+
+
+def _checks(out: Path, entry: record.Published) -> dict[str, Any]:
+    try:
+        data = json.loads((out / reports.CHECK_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    cell = (data.get("cells") or {}).get(entry.ref) or {}
+    if cell.get("image_id") != entry.image_id:
+        return {}
+    return {name: {"status": o.get("status"), "reason": o.get("reason", "")}
+            for name, o in (cell.get("checks") or {}).items() if isinstance(o, dict)}
+
+
+def _bench(files: list[Path], entry: record.Published, pages: Path, stem: str) -> dict[str, Any]:
+    if not files:
+        return {}
+    rows, _ = results_mod.load(files, skip_corrupt=True)
+    mine = [r for r in rows if r.image_id == entry.image_id]
+    sessions = {r.session for r in mine if r.session}
+    rows = [r for r in rows if r in mine or (not r.cell and r.session in sessions)]
+    if not mine:
+        return {}
+    group = bench_report.groups(rows).get(entry.ref, mine)
+    med = results_mod.medians(group)
+    summary: dict[str, dict[str, float]] = {}
+    for (_, bench, variant, size), value in sorted(med.items()):
+        if bench == "osu_bw" and size == LARGE:
+            summary.setdefault(variant, {})["osu_bw 1 MiB (MB/s)"] = round(value, 2)
+        if bench == "osu_latency" and size == 8:
+            summary.setdefault(variant, {})["osu_latency 8 B (us)"] = round(value, 2)
+    plots = bench_report.plot(group, pages / f"{stem}-plots")
+    return {"rows": len(group), "sessions": sorted(sessions), "summary": summary,
+            "plots": [str(p.relative_to(pages)) for p in plots]}
+
+
+def page_data(client: docker.DockerClient, matrix: Matrix, target: Target, entry: record.Published,
+              pages: Path, results: list[Path]) -> dict[str, Any]:
+    out = build_dir(matrix.root)
+    inv = inventory(client, entry, catalogue_dir(matrix.root) / ".inventory")
+    image = engine.find_image(client, entry.image_id)
+    labels = image.labels if image is not None else {}
+    cell = matrix.cell(entry.ref)
+    checks = _checks(out, entry)
+    stem = entry.ref.split(":", 1)[1]
+    return {
+        "ref": entry.ref, "profile": entry.profile, "registry": str(target), "repository": entry.repository,
+        "tags": entry.tags, "digest": entry.digest, "pull": f"{entry.repository}@{entry.digest}",
+        "image_id": entry.image_id, "published_at": entry.published_at, "revision": entry.revision,
+        "size_bytes": entry.size_bytes, "compressed_bytes": entry.compressed_bytes, "hello": entry.hello,
+        "base": _base(matrix, entry, cell), "suite": labels.get("io.hpcimages.debian", ""), "os": inv.get("os", ""),
+        "python": inv.get("python", ""), "mpi": {
+            "name": cell.mpi.name if cell else labels.get("io.hpcimages.mpi.name", ""),
+            "version": inv.get("mpichversion", ""), "method": labels.get("io.hpcimages.mpi.method", ""),
+            "library": " ".join(str(inv.get("mpi_library", "")).split())},
+        "cuda": labels.get("io.hpcimages.cuda", ""),
+        "packages": {name: inv.get("pip", {}).get(name) for name in KEY_PACKAGES if inv.get("pip", {}).get(name)},
+        "pip": inv.get("pip", {}), "debian": inv.get("debian", {}), "labels": labels, "checks": checks,
+        "sif": entry.sif.ref if entry.sif else None,
+        "bench": _bench(results, entry, pages, stem),
+    }
+
+
+def _base(matrix: Matrix, entry: record.Published, cell: Cell | None) -> str:
+    profile = matrix.profiles.get(entry.profile)
+    base = profile.bases.get(cell.python) if profile is not None and cell is not None else None
+    return base.image if base is not None else ""
+
+
+def verdict(data: dict[str, Any]) -> str:
+    checks = data["checks"]
+    counts = {status: [n for n, o in checks.items() if o["status"] == status] for status in ("pass", "fail", "skip")}
+    if not checks:
+        text = "check passed (details not in the last check report)"
+    elif counts["fail"]:
+        text = f"checks FAILED: {', '.join(counts['fail'])}"
+    else:
+        text = f"checks: {len(counts['pass'])} passed" + \
+            (f", {len(counts['skip'])} skipped ({', '.join(counts['skip'])})" if counts["skip"] else "")
+    bench = data["bench"].get("summary", {})
+    bw = {v: s.get("osu_bw 1 MiB (MB/s)") for v, s in bench.items() if s.get("osu_bw 1 MiB (MB/s)")}
+    if "container" in bw and "bare-metal" in bw:
+        text += f"; osu_bw 1 MiB container/bare-metal {bw['container'] / bw['bare-metal']:.2f}"
+    return text + "; 2-rank hello in the pulled copy"
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / 2**20:.0f} MiB" if n else "-"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = [f"# {data['repository']}:{data['tags'][0]}", "",
+             "<!-- generated by `invoke publish` / `invoke catalogue` from the reports and the image; do not edit -->",
+             "", f"**Verdict**: {verdict(data)}", "",
+             "| | |", "|---|---|",
+             f"| pull | `{data['pull']}` |", f"| tags | {', '.join(f'`{t}`' for t in data['tags'])} |",
+             f"| image id | `{data['image_id']}` |", f"| size | {_mib(data['size_bytes'])} uncompressed, "
+             f"{_mib(data['compressed_bytes'])} compressed |",
+             f"| base | `{data['base']}`: {data['os']} |", f"| Python | {data['python']} |",
+             f"| MPI | {data['mpi']['name']} {data['mpi']['version']} ({data['mpi']['method']}): "
+             f"{data['mpi']['library']} |"]
+    if data["cuda"]:
+        lines.append(f"| CUDA | {data['cuda']} |")
+    lines += [f"| {name} | {version} |" for name, version in data["packages"].items()]
+    lines += [f"| published | {data['published_at']} from revision `{data['revision']}` |"]
+    if data["sif"]:
+        lines.append(f"| .sif | `oras://{data['sif']}` |")
+    if data["checks"]:
+        lines += ["", "## Checks", "", "| check | outcome | detail |", "|---|---|---|"]
+        lines += [f"| {n} | {o['status']} | {o['reason'][:160].replace('|', '/')} |" for n, o in data["checks"].items()]
+    bench = data["bench"]
+    if bench.get("summary"):
+        lines += ["", "## Benchmarks (medians of the stored runs of this image)", "",
+                  "| variant | osu_bw 1 MiB (MB/s) | osu_latency 8 B (us) |", "|---|---|---|"]
+        lines += [f"| {v} | {s.get('osu_bw 1 MiB (MB/s)', '-')} | {s.get('osu_latency 8 B (us)', '-')} |"
+                  for v, s in bench["summary"].items()]
+        lines += [f"\n![{p}]({p})" for p in bench.get("plots", [])]
+    lines += ["", "## Labels", "", *(f"- `{k}` = `{v}`" for k, v in sorted(data["labels"].items())),
+              "", f"## Python packages ({len(data['pip'])})", "", "| package | version |", "|---|---|",
+              *(f"| {k} | {v} |" for k, v in data["pip"].items()),
+              "", f"## Debian packages ({len(data['debian'])})", "", "| package | version |", "|---|---|",
+              *(f"| {k} | {v} |" for k, v in data["debian"].items()), ""]
+    return "\n".join(lines)
+
+
+def write(client: docker.DockerClient, matrix: Matrix, target: Target, progress: Progress = print,
+          results: list[Path] | None = None) -> Path:
+    """Every published cell of the target: its page, then the index. Returns the index page. ``results``: the
+    benchmark stores to read (default: every ``results/*.jsonl`` of the repository)."""
+    folder = catalogue_dir(matrix.root, target)
+    results = sorted((matrix.root / "results").glob("*.jsonl")) if results is None else results
+    entries = sorted(record.load(build_dir(matrix.root)).targets.get(str(target), {}).values(), key=lambda e: e.ref)
+    index = []
+    for entry in entries:
+        family, tag = entry.ref.split(":", 1)
+        pages = folder / family
+        data = page_data(client, matrix, target, entry, pages, results)
+        write_json(pages / f"{tag}.json", data)
+        write_text(pages / f"{tag}.md", markdown(data))
+        index.append({"ref": entry.ref, "tag": f"{entry.repository}:{tag}", "size_bytes": entry.size_bytes,
+                      "compressed_bytes": entry.compressed_bytes, "digest": entry.digest, "verdict": verdict(data),
+                      "page": f"{family}/{tag}.md"})
+    write_json(folder / "index.json", {"registry": str(target), "images": index})
+    lines = [f"# Image catalogue: {target}", "",
+             "<!-- generated by `invoke publish` / `invoke catalogue`; do not edit -->", "",
+             "| image | size (compressed) | digest | verdict |", "|---|---|---|---|"]
+    lines += [f"| [{i['tag']}]({i['page']}) | {_mib(i['size_bytes'])} ({_mib(i['compressed_bytes'])}) | "
+              f"`{i['digest'][:19]}…` | {i['verdict']} |" for i in index]
+    progress(f"catalogue: {len(index)} images of {target}")
+    return write_text(folder / "index.md", "\n".join(lines) + "\n")

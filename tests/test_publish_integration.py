@@ -1,0 +1,300 @@
+"""`invoke publish` against a real registry (Debian's docker-registry, started per test on a free port): pushes,
+independent digest proofs, pulls into a clean engine and through Apptainer, the catalogue, and every fault the
+issue lists (registry down or killed mid-push, login required, unchecked / failed / rebuilt images, a digest that
+does not match, a release tag that would move)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import socket
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hpcimages import engine
+from hpcimages.cli import exit_code
+from hpcimages.define import load_matrix
+from hpcimages.images import check as check_mod
+from hpcimages.images import reports
+from hpcimages.images.build import build
+from hpcimages.measure import commands as measure
+from hpcimages.paths import BUILD_DIR_VAR, build_dir
+from hpcimages.publish import catalogue, publisher, record
+from hpcimages.publish import commands as publish
+from hpcimages.publish.registry import RegistryServer
+from hpcimages.publish.remote import Target
+from hpcimages.sif import apptainer as ap
+from hpcimages.sif import convert as cv
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX = str(ROOT / "matrix.toml")
+CELL = "mpi4py:py3.11-mpich4.2.3"  # no child in the ci profile: it may leave the engine and come back
+OTHER = "hpcimages/mpi4py:py3.13-mpich4.3.2"
+HELLO = ["mpiexec", "-n", "2", "python3", "-m", "mpi4py.bench", "helloworld"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = RegistryServer(tmp_path / "registry", free_port())
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def checked(client):
+    """CELL (and the 4.3.2 cell) built and checked in this session's build folder: publishable."""
+    m = load_matrix(MATRIX)
+    prof = m.profile("ci")
+    cells = [c for c in m.cells(prof) if c.ref in (CELL, "mpi4py:py3.11-mpich4.3.2")]
+    assert build(client, m, prof, only=[c.ref for c in cells], progress=lambda _: None).ok
+    results = check_mod.check_cells(client, m, prof, cells, progress=lambda _: None, with_host_mpi=False)
+    assert all(r.passed for r in results), check_mod.table(results)
+    return m
+
+
+def run_publish(capsys, target: str, *only: str, **options) -> tuple[int, str]:
+    code = exit_code(publish.publish, matrix=MATRIX, profile="ci", only=list(only or [CELL]), registry=target,
+                     **options)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def served_digest(address: str, repository: str, tag: str, auth: str | None = None) -> str:
+    """A third path to the digest, beside the engine and skopeo: the registry API over plain HTTP."""
+    request = urllib.request.Request(f"http://{address}/v2/{repository}/manifests/{tag}", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    if auth:
+        request.add_header("Authorization", auth)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return "sha256:" + hashlib.sha256(response.read()).hexdigest()
+
+
+def entry_of(target: str, ref: str = CELL) -> record.Published | None:
+    return record.load(build_dir(ROOT)).get(target, ref)
+
+
+def test_publish_proves_digests_is_idempotent_and_a_clean_engine_pulls_it(client, checked, server, capsys):
+    target = f"{server.address}/hpc"
+    code, out = run_publish(capsys, target)
+    assert code == 0, out[-3000:]
+    entry = entry_of(target)
+    assert entry is not None and entry.tags[:2] == ["py3.11-mpich4.2.3", "py3.11-mpich4.2"]
+    assert entry.tags[2].startswith("py3.11-mpich4.2.3-") and len(entry.tags) == 3  # release; latest is 4.3.2's
+    for tag in entry.tags:
+        assert served_digest(server.address, "hpc/mpi4py", tag) == entry.digest
+    assert "read back with skopeo" in out and "2-rank hello passed in the pulled copy" in out
+
+    code, again = run_publish(capsys, target)
+    assert code == 0 and "up to date" in again and "pushing" not in again
+    assert entry_of(target).published_at == entry.published_at
+
+    # a clean engine: the image and every tag of it gone, then pulled from the registry by its tag
+    image = client.images.get(f"hpcimages/{CELL}")
+    local_tags = list(image.tags)
+    client.images.remove(image.id, force=True)
+    try:
+        assert engine.find_image(client, f"hpcimages/{CELL}") is None
+        pulled = client.images.pull(f"{target}/mpi4py", tag="py3.11-mpich4.2.3")
+        assert pulled.id == entry.image_id
+        code, hello = engine.run(client, f"{target}/mpi4py:py3.11-mpich4.2.3", HELLO, timeout=180)
+        assert code == 0 and "process 0 of 2" in hello and "process 1 of 2" in hello, hello
+    finally:
+        if engine.find_image(client, entry.image_id) is None:
+            client.images.pull(f"{target}/mpi4py", tag="py3.11-mpich4.2.3")
+        for ref in local_tags:
+            repo, _, tag = ref.rpartition(":")
+            client.api.tag(entry.image_id, repo, tag)
+
+
+def test_sif_is_pushed_beside_the_image_and_apptainer_pulls_both(client, checked, server, capsys):
+    runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
+    assert cv.convert_one(client, runtime, f"hpcimages/{CELL}", cv.sif_dir(ROOT)).status in ("converted",
+                                                                                               "up to date")
+    target = f"{server.address}/hpc"
+    code, out = run_publish(capsys, target, sif=True, runtime="container")
+    assert code == 0, out[-3000:]
+    entry = entry_of(target)
+    assert entry.sif is not None and entry.sif.ref == f"{target}/sif/mpi4py:py3.11-mpich4.2.3"
+    assert entry.sif.sha256 == hashlib.sha256((cv.sif_dir(ROOT) / cv.sif_name(f"hpcimages/{CELL}")).read_bytes()
+                                              ).hexdigest()
+    assert "pulled back: same sha256" in out
+    # the way the seed's users get images on a cluster: apptainer pull docker://, then 2 ranks
+    script = (f"cd /tmp && apptainer pull --no-https x.sif docker://{target}/mpi4py:py3.11-mpich4.2.3 >/dev/null "
+              "2>&1 && mpiexec -n 2 apptainer exec x.sif python3 -m mpi4py.bench helloworld")
+    code, hello = runtime.run(["sh", "-c", script], network=True, env=ap.MPI_ENV, timeout=900)
+    assert code == 0 and "process 0 of 2" in hello and "process 1 of 2" in hello, ap.tail(hello, 10, 2000)
+
+
+def test_the_catalogue_describes_a_published_image_from_files(client, checked, server, capsys, tmp_path):
+    target = f"{server.address}/hpc"
+    assert run_publish(capsys, target)[0] == 0
+    store = tmp_path / "results" / "ci.jsonl"
+    assert exit_code(measure.bench, matrix=MATRIX, profile="ci", only=[CELL], benchmarks="osu_bw,osu_latency",
+                     sizes=["osu_bw=1048576:1048576", "osu_latency=8:8"], repeats=1, swap=False,
+                     c_reference=False, results=str(store), plots=False) == 0
+    capsys.readouterr()
+    index = catalogue.write(client, load_matrix(MATRIX), Target.parse(target), progress=lambda _: None,
+                            results=[store])
+    data = json.loads(index.with_suffix(".json").read_text())
+    assert [i["ref"] for i in data["images"]] == [CELL] and data["registry"] == target
+    page = json.loads((index.parent / "mpi4py" / "py3.11-mpich4.2.3.json").read_text())
+    entry = entry_of(target)
+    assert page["digest"] == entry.digest and page["tags"] == entry.tags
+    assert page["python"].startswith("3.11.") and page["mpi"]["version"] == "4.2.3"
+    assert page["packages"]["mpi4py"] and "numpy" in page["pip"] and "libc6" in page["debian"]
+    assert page["checks"]["mpi-run"]["status"] == "pass"
+    assert page["labels"]["io.hpcimages.mpi.version"] == "4.2.3"
+    summary = page["bench"]["summary"]
+    assert summary["container"]["osu_bw 1 MiB (MB/s)"] > 0 and summary["bare-metal"]["osu_latency 8 B (us)"] > 0
+    assert all((index.parent / "mpi4py" / p).is_file() for p in page["bench"]["plots"])
+    text = (index.parent / "mpi4py" / "py3.11-mpich4.2.3.md").read_text()
+    assert entry.digest in text and "osu_bw 1 MiB container/bare-metal" in index.read_text()
+
+
+def test_an_unreachable_or_malformed_registry_stops_before_anything(client, checked, capsys):
+    port = free_port()
+    code, out = run_publish(capsys, f"127.0.0.1:{port}/hpc")
+    assert code == 2 and f"registry 127.0.0.1:{port} does not answer" in out and "invoke registry" in out
+    for bad in ("hpc", "http://127.0.0.1:5000/hpc", "127.0.0.1:5000/hpc:latest"):
+        code, out = run_publish(capsys, bad)
+        assert code == 2 and "is not a registry reference" in out, out
+    assert entry_of(f"127.0.0.1:{port}/hpc") is None
+
+
+def test_a_registry_killed_mid_push_fails_the_cell_and_a_rerun_completes(client, checked, server, capsys):
+    target = Target.parse(f"{server.address}/hpc")
+    m = load_matrix(MATRIX)
+    cell = m.cell(CELL)
+    killed = threading.Event()
+
+    def kill_soon(line: str) -> None:
+        if "pushing" in line and not killed.is_set():
+            killed.set()
+            pid = server.pid()
+            threading.Timer(1.0, lambda: subprocess.run(["kill", "-9", str(pid)], check=False)).start()
+
+    results = publisher.publish(client, m, m.profile("ci"), [cell], target, progress=kill_soon)
+    assert killed.is_set() and results[0].status == "failed", results
+    assert "failed after 3 attempts" in results[0].reason or "does not answer" in results[0].reason, results[0]
+    assert entry_of(str(target)) is None  # nothing recorded as published
+    server.start()  # same storage
+    code, out = run_publish(capsys, str(target))
+    assert code == 0 and entry_of(str(target)) is not None, out[-2000:]
+
+
+def bcrypt(password: str) -> str:
+    """An htpasswd line's hash, from the system's libcrypt (bcrypt, which the registry requires)."""
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt"))
+    lib.crypt_gensalt.restype, lib.crypt.restype = ctypes.c_char_p, ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    return lib.crypt(password.encode(), lib.crypt_gensalt(b"$2b$", 5, None, 0)).decode()
+
+
+def test_a_registry_that_requires_a_login(client, checked, tmp_path, monkeypatch, capsys):
+    password = "pw-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"maintainer:{bcrypt(password)}\n")
+    server = RegistryServer(tmp_path / "registry", free_port(), htpasswd=htpasswd)
+    server.start()
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # never the maintainer's own logins
+    target = f"{server.address}/hpc"
+    try:
+        code, out = run_publish(capsys, target)
+        assert code == 2 and "requires authentication" in out and f"docker login {server.address}" in out, out
+        login = subprocess.run(["docker", "login", server.address, "-u", "maintainer", "--password-stdin"],
+                               input=password, capture_output=True, text=True, check=False)
+        assert login.returncode == 0, login.stderr
+        code, out = run_publish(capsys, target)
+        assert code == 0, out[-3000:]
+        assert entry_of(target) is not None
+        leaks = [p for p in (build_dir(ROOT) / record.PUBLISH_REPORT, *catalogue.catalogue_dir(ROOT).rglob("*"),
+                             server.log) if p.is_file() and password.encode() in p.read_bytes()]
+        assert not leaks and password not in out
+        saved = b"".join(client.images.get(entry_of(target).image_id).save(chunk_size=1 << 20))
+        assert password.encode() not in saved
+    finally:
+        server.stop()
+
+
+def test_a_digest_mismatch_and_a_moving_release_tag_are_refused(client, checked, server, monkeypatch, capsys):
+    target = f"{server.address}/hpc"
+    real_push = publisher.push_mod.push
+
+    def push_then_overwrite(client_, repository, tag, attempts, progress):
+        pushed = real_push(client_, repository, tag, attempts, progress)
+        if tag == "py3.11-mpich4.2.3":  # another writer replaces the tag before it is read back
+            client_.api.tag(OTHER, repository, tag)
+            real_push(client_, repository, tag, attempts, progress)
+        return pushed
+
+    monkeypatch.setattr(publisher.push_mod, "push", push_then_overwrite)
+    code, out = run_publish(capsys, target)
+    assert code == 1 and "digest mismatch for" in out and "not recorded as published" in out
+    assert entry_of(target) is None
+    monkeypatch.undo()
+    client.api.tag(f"hpcimages/{CELL}", f"{target}/mpi4py", "py3.11-mpich4.2.3")  # put the local tag back
+
+    # the release tag already names another image: it is never moved
+    release = publisher.cell_tags(load_matrix(MATRIX).cell(CELL), load_matrix(MATRIX).profile("ci"),
+                                  client.images.get(f"hpcimages/{CELL}").labels)[-1]
+    client.api.tag(OTHER, f"{target}/mpi4py", release)
+    assert real_push(client, f"{target}/mpi4py", release, 1, lambda _: None).digest
+    code, out = run_publish(capsys, target)
+    assert code == 1 and f"release tag {target}/mpi4py:{release} already names another image" in out
+    assert entry_of(target) is None
+
+
+def test_unchecked_failed_and_rebuilt_images_are_refused(client, checked, tmp_path, monkeypatch, capsys):
+    """In a build folder of its own: real builds and checks; the one fabricated verdict is the failed check (a good
+    image cannot fail a check on demand)."""
+    monkeypatch.setenv(BUILD_DIR_VAR, str(tmp_path / "build"))
+    m = load_matrix(MATRIX)
+    prof = m.profile("ci")
+    assert build(client, m, prof, only=["hpc-python", CELL], progress=lambda _: None).ok
+    code, out = run_publish(capsys, "127.0.0.1:5000/hpc", "hpc-python", CELL, dry_run=True)
+    assert code == 0 and "never checked: run `invoke check`" in out
+    assert "its parent mpi4py:py3.11-mpich4.3.2 is refused (never checked" in out
+
+    cell = m.cell(CELL)
+    image_id = client.images.get(f"hpcimages/{CELL}").id
+    failing = check_mod.CellCheck(CELL, f"hpcimages/{CELL}", image_id,
+                                  {"contents": check_mod.Outcome("fail", "numpy is 1.0, the lock pins 2.4.6")})
+    reports.record_check(build_dir(ROOT), "ci", [failing])
+    code, out = run_publish(capsys, "127.0.0.1:5000/hpc", dry_run=True)
+    assert "its check failed (contents: numpy is 1.0, the lock pins 2.4.6)" in out
+
+    assert all(r.passed for r in check_mod.check_cells(client, m, prof, [cell], progress=lambda _: None,
+                                                        with_host_mpi=False))
+    assert "would publish" in run_publish(capsys, "127.0.0.1:5000/hpc", dry_run=True)[1]
+    assert build(client, m, prof, only=[CELL], force=True, progress=lambda _: None).ok  # a new image id
+    code, out = run_publish(capsys, "127.0.0.1:5000/hpc", dry_run=True)
+    assert "rebuilt after its check" in out and "run `invoke check` again" in out
+
+
+def test_the_registry_starts_once_and_a_taken_port_is_named(tmp_path):
+    from hpcimages.publish.registry import RegistryServerError
+
+    first = RegistryServer(tmp_path / "one", free_port())
+    assert first.start().startswith("started at")
+    try:
+        assert first.start().startswith("already running") and first.answers()
+        with pytest.raises(RegistryServerError, match=f"port {first.port} on 127.0.0.1 is taken"):
+            RegistryServer(tmp_path / "two", first.port).start()
+    finally:
+        assert first.stop().startswith("stopped")
+    assert not first.answers() and first.stop().startswith("not running")
