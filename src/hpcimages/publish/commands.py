@@ -58,7 +58,10 @@ def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str |
             f"to {target}")
         return 0
     written = catalogue_mod.write(client, m, target, progress=say)
-    say(f"\n{sum(r.ok for r in results)}/{len(results)} cells published or up to date at {target}; "
+    images = sum(r.status in ("published", "up to date") for r in results)
+    sif_failed = sum(r.sif.startswith("FAILED") for r in results)
+    say(f"\n{images}/{len(results)} images published or up to date at {target}"
+        f"{f' ({sif_failed} .sif not pushed: see the table)' if sif_failed else ''}; "
         f"report: {relative(out / PUBLISH_REPORT, m.root)}; catalogue: {relative(written, m.root)}")
     return 0 if all(r.ok for r in results) else 1
 
