@@ -16,6 +16,9 @@ def main() -> None:
           flush=True)
     if "--library" in sys.argv[1:] and comm.Get_rank() == 0:
         print(f"# library: {MPI.Get_library_version().splitlines()[0].strip()}", flush=True)
+        from osu_bw import library_file  # same folder
+
+        print(f"# library file: {library_file()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ GPU). ``-c`` fills the send buffer with a pattern and checks every received byte
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from mpi4py import MPI
@@ -20,6 +21,13 @@ from mpi4py import MPI
 LARGE_MESSAGE = 8192
 ACK_BYTES = 4
 
+
+
+def library_file() -> str:
+    """The MPI library file this process loaded (mpi4py chooses and dlopens it): the proof of which MPI ran."""
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        found = sorted({line.split()[-1] for line in maps if re.search(r"/lib(mpi|mpich)[^/ ]*[.]so", line)})
+    return " ".join(found) or "unknown"
 
 def parse_sizes(text: str) -> tuple[int, int]:
     low, _, high = text.partition(":")
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         print("# OSU MPI-Python Bandwidth Test")
         print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
+        print(f"# Library file: {library_file()}")
         print(f"# buffer: {args.buffer}, window: {args.window_size}")
         print(f"# {'Size':<10}{'Bandwidth (MB/s)':>20}", flush=True)
     failures = 0

@@ -113,6 +113,9 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
     assert impi.mpi_library.startswith("Intel(R) MPI Library")
     own = next(r for r in records if r.variant == "container")
     assert own.mpi_library.startswith("MPICH Version:") and own.image_id.startswith("sha256:")
+    # which library ran is proven by the file each run loaded, not by its label
+    assert impi.mpi_library_file.startswith("/opt/host-mpi/"), impi.mpi_library_file
+    assert own.mpi_library_file.startswith("/usr/local/lib/libmpi"), own.mpi_library_file
     assert {"host", "date", "command", "session", "site"} <= {k for k, v in own.to_json().items() if v}
     assert "Bandwidth (MB/s)" in proc.stdout and "Targets" in proc.stdout
     assert results.with_suffix(".md").is_file()

@@ -105,3 +105,25 @@ def test_rows_round_trip_through_the_store(tmp_path):
     row = record(7, extra={"min_us": 1.5}, mpi_library="MPICH Version: 4.3.2", job="s:1:k")
     append_run(tmp_path / "r.jsonl", [row])
     assert load([tmp_path / "r.jsonl"])[0] == [row]
+
+
+def test_the_loaded_library_file_is_parsed_and_kept():
+    text = ("# OSU MPI-Python Bandwidth Test\n# MPICH Version:      4.3.2\n"
+            "# Library file: /usr/local/lib/libmpi.so.12.5.2\n# Size      Bandwidth (MB/s)\n1024   100.0\n")
+    parsed = parse_osu(text)
+    assert parsed.library.startswith("MPICH Version") and parsed.library_file == "/usr/local/lib/libmpi.so.12.5.2"
+
+
+@pytest.mark.parametrize(("library_file", "bind", "wrong"), [
+    ("/opt/host-mpi/lib/release/libmpi.so.12", True, None),
+    ("/usr/local/lib/libmpi.so.12.5.2", True, "labelled as the bind model, but the benchmark loaded /usr/local"),
+    (None, True, "an unnamed library"),
+    ("/usr/local/lib/libmpi.so.12.5.2", False, None),
+    ("/opt/host-mpi/lib/libmpi.so.12", False, "labelled as the image's own MPI, but the benchmark loaded the host"),
+    ("/opt/host-mpi-other/libmpi.so.12", True, "not a library under /opt/host-mpi/"),  # a prefix is no directory
+])
+def test_a_row_whose_library_contradicts_its_label_is_named(library_file, bind, wrong):
+    from hpcimages.measure.results import library_contradiction
+
+    reason = library_contradiction(library_file, ["/opt/host-mpi"], bind)
+    assert (reason is None) if wrong is None else (wrong in reason), reason

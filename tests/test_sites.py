@@ -49,6 +49,12 @@ def test_the_shipped_profiles_load():
     ('[container]\nruntime = "docker"\n', "container.runtime = 'docker': one of 'apptainer', 'singularity'"),
     ('[launcher]\nmpi = "pmi3"\n', "launcher.mpi"),
     ('[container]\ncleanenv = "yes"\n', "container.cleanenv = 'yes': must be true or false"),
+    ('[host_mpi]\nlib_dirs = ["opt/host-mpi/lib"]\n', "host_mpi.lib_dirs[0] = 'opt/host-mpi/lib': must be an absolute"),
+    ('[host_mpi]\nlib_path = ["lib64"]\n', "host_mpi.lib_path[0] = 'lib64': must be an absolute"),
+    ('[host_mpi]\nbind = ["/a:/b:ro:x"]\n', "host_mpi.bind[0] = '/a:/b:ro:x': a bind is SRC[:DST[:OPTS]]"),
+    ('[host_mpi]\nbind = ["/a:b"]\n', "with absolute paths"),
+    ('[host_mpi]\nbind = ["/a:/b:rx"]\n', "OPTS one of ro, rw"),
+    ('[container]\nbind = ["scratch"]\n', "container.bind[0] = 'scratch': a bind is SRC[:DST[:OPTS]]"),
 ])
 def test_bad_values_are_refused_with_the_key_named(text, expected):
     with pytest.raises(SiteError) as info:
@@ -170,12 +176,29 @@ def test_hello_output_must_have_every_rank():
         slurm.parse_output(record, singletons, 2)
 
 
+def test_collect_refuses_rows_whose_library_contradicts_the_model():
+    bw = ("# OSU MPI-Python Bandwidth Test\n# MPICH Version:      4.3.2\n# Library file: {}\n"
+          "# Size      Bandwidth (MB/s)\n1048576   9000.0\n")
+    bind = slurm.JobRecord(key="k", site="s", bench="osu_bw", image=IMAGE, model="bind", variant="s+hostmpi",
+                           script="x", run_dir="/nonexistent", sif="/nonexistent.sif", job_id="8")
+    with pytest.raises(slurm.ResultsError, match="labelled as the bind model, but the benchmark loaded /usr/local"):
+        slurm.parse_output(bind, bw.format("/usr/local/lib/libmpi.so.12.5.2"), 2, ("/opt/host-mpi",))
+    rows, _ = slurm.parse_output(bind, bw.format("/opt/host-mpi/lib/libmpi.so.12"), 2, ("/opt/host-mpi/lib",))
+    assert rows[0].mpi_library_file == "/opt/host-mpi/lib/libmpi.so.12"
+    hybrid = slurm.JobRecord(key="k", site="s", bench="osu_bw", image=IMAGE, model="hybrid", variant="s",
+                             script="x", run_dir="/nonexistent", sif="/nonexistent.sif", job_id="9")
+    with pytest.raises(slurm.ResultsError, match="the image's own MPI, but the benchmark loaded the host library"):
+        slurm.parse_output(hybrid, bw.format("/opt/host-mpi/lib/libmpi.so.12"), 2, ("/opt/host-mpi/lib",))
+
+
 def test_the_bind_model_checks_its_host_libraries_load_before_any_rank_starts(tmp_path):
     site = load_site(SITES, "ib-intelmpi")
     bind = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE, "bind"), tmp_path)
     preflight = bind.index("bind model pre-flight failed")
     assert preflight < bind.index("srun ")
-    assert "' libmpi.so.12 /usr/lib64/libpmi2.so.0\n" in bind
+    assert "' /opt/intel/oneapi/mpi/2021.13/lib:/opt/intel/oneapi/mpi/2021.13/opt/mpi/libfabric/lib " \
+           "libmpi.so.12 /usr/lib64/libpmi2.so.0\n" in bind
+    assert "/proc/self/maps" in bind[preflight - 3000:preflight], "the library is proven by the file it loaded"
     assert "LD_LIBRARY_PATH=/opt/intel/oneapi/mpi/2021.13/lib:/opt/intel/oneapi/mpi/2021.13/opt/mpi/libfabric/lib:" \
            "/usr/lib64\n" in bind
     hybrid = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE), tmp_path)

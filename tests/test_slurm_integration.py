@@ -165,3 +165,21 @@ def test_collect_after_an_interruption_goes_on_where_it_stopped(cluster, tmp_pat
     collect_all(store_for=lambda _: store, progress=lambda _: None)
     assert len(load([store])[0]) == 2
     assert json.loads(Path(record.path).read_text())["state"] == "collected"
+
+
+def test_a_bind_model_that_loads_the_images_own_mpi_fails_before_any_rank(cluster, tmp_path):
+    """The issue's reproduction: lib_dirs one directory above the host library. The loader satisfies libmpi.so.12
+    with the image's own MPICH, so only the file mpi4py loaded tells; and a directory the node lacks."""
+    one_up = local_site_with(host_mpi={"lib_dirs": ["/opt/host-mpi"]})
+    missing = local_site_with(host_mpi={"lib_dirs": ["/opt/no-such-mpi/lib"]})
+    m = load_matrix(ROOT / "matrix.toml")
+    records = [slurm.submit(ROOT, m, slurm.JobSpec(site, "osu_bw", IMAGE, "bind", sizes="1048576:1048576"))
+               for site in (one_up, missing)]
+    done = {c.record.key: c.record for c in collect_all(store_for=lambda _: tmp_path / "r.jsonl")}
+    wrong, absent = (done[r.key] for r in records)
+    assert wrong.state == "failed", wrong.message
+    assert "bind model pre-flight failed: mpi4py loaded /usr/local/lib/libmpi.so.12" in wrong.message, wrong.message
+    assert "MPICH Version:" in wrong.message and "/opt/host-mpi holds no libmpi.so.12" in wrong.message
+    assert "# Size" not in Path(wrong.output).read_text(), "no rank may run on the image's MPI under a bind label"
+    assert absent.state == "failed" and "/opt/no-such-mpi/lib" in absent.message, absent.message
+    assert not (tmp_path / "r.jsonl").exists()

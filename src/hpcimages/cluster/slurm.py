@@ -29,7 +29,7 @@ from ..define.sites import Site
 from ..errors import HpcImagesError
 from ..files import write_json
 from ..measure.bench import BENCHMARKS
-from ..measure.results import PRIMARY, ResultRow, ResultsError, append_run, load, parse_osu
+from ..measure.results import PRIMARY, ResultRow, ResultsError, append_run, library_contradiction, load, parse_osu
 from ..paths import build_dir
 from ..sif import apptainer
 from ..sif.convert import sif_dir, sif_name
@@ -152,7 +152,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
         "nodes": 1 if one_task else site.slurm.nodes, "ntasks_per_node": 1 if one_task else site.slurm.ntasks_per_node,
         "gpu": spec.bench == "cuda", "bindpath": ",".join(binds),
         "ld_library_path": ":".join((*site.host_mpi.lib_dirs, *site.host_mpi.lib_path)),
-        "preflight_libs": preflight_libraries(site),
+        "preflight_libs": preflight_libraries(site), "lib_dirs": ":".join(site.host_mpi.lib_dirs),
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}",
@@ -376,7 +376,8 @@ class Collected:
     stored: int = 0
 
 
-def parse_output(record: JobRecord, text: str, expected_ranks: int) -> tuple[list[ResultRow], str]:
+def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: tuple[str, ...] = ()) -> \
+        tuple[list[ResultRow], str]:
     """Result rows from a job's output, and a one-line summary; raises ResultsError when it holds none."""
     body = PROVENANCE_RE.sub("", text)
     provenance = dict(kv.split("=", 1) for line in PROVENANCE_RE.findall(text) for kv in line.split() if "=" in kv)
@@ -398,9 +399,12 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int) -> tuple[lis
     if record.bench not in PRIMARY:
         return [], "done (no figures to store)"
     parsed = parse_osu(body)
+    contradiction = library_contradiction(parsed.library_file, host_dirs, record.model == "bind")
+    if contradiction:
+        raise ResultsError(f"{contradiction}; the rows are not stored under {record.variant!r}")
     metric, unit = PRIMARY[parsed.benchmark]
     rows = [ResultRow(**base, benchmark=parsed.benchmark, size=int(r["size"]), value=r[metric], metric=metric,
-                      unit=unit, mpi_library=parsed.library,
+                      unit=unit, mpi_library=parsed.library, mpi_library_file=parsed.library_file,
                       extra={k: v for k, v in r.items() if k not in ("size", metric)}) for r in parsed.rows]
     last = parsed.rows[-1]
     return rows, f"{len(rows)} sizes; {int(last['size'])} B: {last[metric]:.2f} {unit}; {parsed.library or ''}".strip()
@@ -476,7 +480,7 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         return Collected(record)
     expected = site.slurm.nodes * site.slurm.ntasks_per_node
     try:
-        rows, summary = parse_output(record, text, expected)
+        rows, summary = parse_output(record, text, expected, site.host_mpi.lib_dirs)
     except ResultsError as exc:
         record.state, record.message = "failed", f"completed, but its output is not usable: {exc}: {_tail(text)}"
         record.save()

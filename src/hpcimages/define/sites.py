@@ -129,6 +129,9 @@ def site_names(sites_dir: Path) -> list[str]:
     return sorted(p.stem for p in sites_dir.glob("*.toml"))
 
 
+BIND_OPTS = ("ro", "rw")
+
+
 def load_site(sites_dir: Path, name: str) -> Site:
     if problem(name, SITE_NAME_RE):
         raise SiteError(f"site name {shown(name)}: use lower-case letters, digits and '-'")
@@ -165,11 +168,11 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
         container=Container(
             runtime=get.choice("container", "runtime", RUNTIMES, "apptainer"),
             binary=get.text("container", "binary"), cleanenv=get.flag("container", "cleanenv", True),
-            bind=get.words("container", "bind"), sif_dir=get.text("container", "sif_dir"),
+            bind=get.binds("container", "bind"), sif_dir=get.text("container", "sif_dir"),
             bench_dir=get.text("container", "bench_dir"),
         ),
-        host_mpi=HostMpi(lib_dirs=get.words("host_mpi", "lib_dirs"), lib_path=get.words("host_mpi", "lib_path"),
-                         bind=get.words("host_mpi", "bind"), vars=get.variables("host_mpi", "vars")),
+        host_mpi=HostMpi(lib_dirs=get.absolute("host_mpi", "lib_dirs"), lib_path=get.absolute("host_mpi", "lib_path"),
+                         bind=get.binds("host_mpi", "bind"), vars=get.variables("host_mpi", "vars")),
         launcher=Launcher(command=get.text("launcher", "command") or "srun",
                           mpi=get.choice("launcher", "mpi", LAUNCHER_MPI, "pmi2"),
                           options=get.words("launcher", "options")),
@@ -287,6 +290,30 @@ class _Getter:
             if not isinstance(item, str) or not item:
                 self.problems.append(f"{where} = {shown(item)}: must be a non-empty string")
             elif self._safe(where, item):
+                out.append(item)
+        return tuple(out)
+
+    def absolute(self, section: str, key: str) -> tuple[str, ...]:
+        """Directories on the compute node: absolute, or they would resolve against the job's working directory."""
+        out = []
+        for i, item in enumerate(self.words(section, key)):
+            if not item.startswith("/") or ":" in item:
+                self.problems.append(f"{self._where(section, key)}[{i}] = {shown(item)}: must be an absolute "
+                                     "directory on the compute node (starting with /, no ':')")
+            else:
+                out.append(item)
+        return tuple(out)
+
+    def binds(self, section: str, key: str) -> tuple[str, ...]:
+        """Bind specs ``SRC[:DST[:OPTS]]`` as Apptainer reads them: absolute paths, OPTS ``ro`` or ``rw``."""
+        out = []
+        for i, item in enumerate(self.words(section, key)):
+            parts = item.split(":")
+            paths, opts = parts[:2], parts[2:]
+            if len(parts) > 3 or any(not p.startswith("/") for p in paths) or any(o not in BIND_OPTS for o in opts):
+                self.problems.append(f"{self._where(section, key)}[{i}] = {shown(item)}: a bind is SRC[:DST[:OPTS]] "
+                                     f"with absolute paths and OPTS one of {', '.join(BIND_OPTS)}")
+            else:
                 out.append(item)
         return tuple(out)
 

@@ -85,6 +85,10 @@ CUDA_TOOLKIT = FamilyCommand("CUDA toolkit wheels", ("python3", "-c", (
     "print('runtime', md.version('nvidia-cuda-runtime-cu12')); "
     "print('nvvm', *sorted(p.name for p in base.glob('cuda_nvcc/nvvm/lib64/libnvvm.so*')))")), "libnvvm.so")
 MPI_LIBRARY_VERSION = ("python3", "-c", "from mpi4py import MPI; print(MPI.Get_library_version())")
+#: the version, then the file mpi4py loaded (from /proc/self/maps): a soname proves nothing, a path does
+MPI_LIBRARY_LOADED = ("python3", "-c", "import re; from mpi4py import MPI; print(MPI.Get_library_version()); "
+                      "print('loaded:', *sorted({l.split()[-1] for l in open('/proc/self/maps') "
+                      "if re.search(r'/lib(mpi|mpich)[^/ ]*[.]so', l)}))")
 
 FAMILY_CHECKS: dict[str, FamilyChecks] = {
     "mpi4py": FamilyChecks(imports=("mpi4py", "mpi4py.MPI", "numpy"), mpi_extensions=("mpi4py.MPI",)),
@@ -185,20 +189,25 @@ class Checker:
         if self.host_mpi is None:
             return Outcome("skip", "no stand-in host MPI (impi-rt) available")
         env = {"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}
-        code, out = self.run(image_id, MPI_LIBRARY_VERSION, env=env, host_mpi=True)
-        if code != 0 or "Intel(R) MPI Library" not in out:
+        code, out = self.run(image_id, MPI_LIBRARY_LOADED, env=env, host_mpi=True)
+        loaded = next((line.split()[1:] for line in out.splitlines() if line.startswith("loaded:")), [])
+        injected = [path for path in loaded if path.startswith(hostmpi.MOUNT + "/")]
+        if code != 0 or "Intel(R) MPI Library" not in out or not injected:
             return Outcome("fail", f"with LD_LIBRARY_PATH={hostmpi.MOUNT}/lib mpi4py did not load the injected "
-                                   f"Intel MPI (exit {code}): {_tail(out)}")
+                                   f"Intel MPI (exit {code}; loaded {', '.join(loaded) or 'nothing'}): {_tail(out)}")
         code, out = self.run(image_id, [f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3",
                                         f"{BENCH_MOUNT}/hello_mpi4py.py"], env=env, host_mpi=True)
         ranks = _two_ranks(code, out, "Intel MPI's mpiexec")
         if ranks.status != "pass":
             return ranks
         own = facts.get("mpi_library_version") or ""
-        if "MPICH Version:" not in own or cell.mpi.version not in own:
+        own_files = facts.get("mpi_library_files") or []
+        if "MPICH Version:" not in own or cell.mpi.version not in own or \
+                any(path.startswith(hostmpi.MOUNT + "/") for path in own_files):
             return Outcome("fail", f"with LD_LIBRARY_PATH unset the image's own MPICH {cell.mpi.version} is not "
-                                   f"used: {own.splitlines()[0] if own else 'nothing'}")
-        return Outcome("pass", "Intel MPI injected and used by 2 ranks; own MPICH when unset")
+                                   f"used: {own.splitlines()[0] if own else 'nothing'} ({', '.join(own_files)})")
+        return Outcome("pass", f"Intel MPI loaded from {injected[0]} and used by 2 ranks; own MPICH "
+                               f"({', '.join(own_files) or 'its library'}) when unset")
 
     def check_family(self, fc: FamilyChecks, image_id: str) -> Outcome:
         if not fc.commands:

@@ -38,7 +38,7 @@ from ..errors import HpcImagesError
 from ..images import hostmpi, wheelhouse
 from ..paths import build_dir, relative
 from ..validate import shown
-from .results import PRIMARY, ResultRow, ResultsError, append_run, parse_osu
+from .results import PRIMARY, ResultRow, ResultsError, append_run, library_contradiction, parse_osu
 
 BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
@@ -226,6 +226,10 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
                repeat: int, run_id: str, session: str) -> list[ResultRow]:
     parsed = parse_osu(output)
+    if variant.cell is not None and variant.language == "python":  # the C references print no library file
+        contradiction = library_contradiction(parsed.library_file, [hostmpi.MOUNT], variant.host_mpi is not None)
+        if contradiction:
+            raise ResultsError(f"{variant.name}: {contradiction}; not stored")
     metric, unit = PRIMARY[bench.name]
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [ResultRow(
@@ -233,7 +237,7 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
         unit=unit, session=session, run_id=run_id, repeat=repeat, date=date, host=socket.gethostname(),
         site="local", profile=profile, language=variant.language, mpi=variant.mpi,
         cell=variant.cell.ref if variant.cell else None, image=variant.image, image_id=variant.image_id,
-        mpi_library=parsed.library, command=" ".join(command),
+        mpi_library=parsed.library, mpi_library_file=parsed.library_file, command=" ".join(command),
         extra={k: v for k, v in row.items() if k not in ("size", metric)},
     ) for row in parsed.rows]
 

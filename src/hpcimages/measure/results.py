@@ -74,6 +74,7 @@ class ResultRow:
     image: str | None = None
     image_id: str | None = None
     mpi_library: str | None = None
+    mpi_library_file: str | None = None
     command: str | None = None
     model: str | None = None
     job: str | None = None
@@ -112,6 +113,22 @@ class Parsed:
     columns: tuple[str, ...]
     rows: tuple[dict[str, float], ...]
     library: str | None
+    library_file: str | None = None
+
+
+def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bind: bool) -> str | None:
+    """Why a run's loaded MPI library contradicts its label, or None. A bind-model run must have loaded a file under
+    one of the host MPI's directories; any other run (the image's own MPI) must not have. A run whose output names
+    no file proves nothing and is refused for the bind model."""
+    roots = [d.rstrip("/") + "/" for d in host_dirs if d]
+    files = (library_file or "").split()
+    from_host = [f for f in files if any(f.startswith(root) for root in roots)]
+    if bind and not from_host:
+        return (f"labelled as the bind model, but the benchmark loaded {library_file or 'an unnamed library'}, "
+                f"not a library under {', '.join(roots) or 'the host MPI directories'}")
+    if not bind and from_host:
+        return f"labelled as the image's own MPI, but the benchmark loaded the host library {from_host[0]}"
+    return None
 
 
 def _column(label: str) -> str:
@@ -141,7 +158,7 @@ def parse_osu(text: str) -> Parsed:
     titles: list[str] = []
     columns: tuple[str, ...] | None = None
     rows: list[dict[str, float]] = []
-    library = None
+    library = library_file = None
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -152,6 +169,8 @@ def parse_osu(text: str) -> Parsed:
                 titles.append(body)
                 if library is None and re.match(r"^(MPICH Version|Intel\(R\) MPI|Open MPI|MVAPICH)", body):
                     library = body
+                elif body.lower().startswith("library file:"):
+                    library_file = body.split(":", 1)[1].strip()
             continue
         if columns is None or not stripped:
             continue
@@ -170,7 +189,7 @@ def parse_osu(text: str) -> Parsed:
     benchmark = _benchmark(titles, columns)
     if benchmark == "osu_latency" and "latency_us" not in columns:
         rows = [{**row, "latency_us": row["avg_us"]} for row in rows]
-    return Parsed(benchmark, columns, tuple(rows), library)
+    return Parsed(benchmark, columns, tuple(rows), library, library_file)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -134,6 +134,15 @@ def mpi_library_version() -> str | None:
     return MPI.Get_library_version().strip()
 
 
+def loaded_mpi_libraries() -> list:
+    """The MPI library files this process mapped (after mpi4py chose and loaded one): the proof by path."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            return sorted({line.split()[-1] for line in maps if re.search(r"/lib(mpi|mpich)[^/ ]*[.]so", line)})
+    except OSError:
+        return []
+
+
 def mpichversion() -> str | None:
     try:
         proc = subprocess.run(["mpichversion"], capture_output=True, text=True, check=False)
@@ -184,6 +193,7 @@ def main() -> None:
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "mpichversion": mpichversion(),
         "mpi_library_version": mpi_library_version(),
+        "mpi_library_files": loaded_mpi_libraries(),
         "ld_library_path": os.environ.get("LD_LIBRARY_PATH", ""),
         "pins": pins,
         "installed": installed(sorted(pins)),
