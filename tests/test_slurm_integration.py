@@ -134,6 +134,8 @@ def test_a_host_library_the_image_cannot_load_fails_the_bind_pre_flight_with_the
     [failed] = [c.record for c in done if c.record.key == record.key]
     assert failed.state == "failed" and failed.slurm_state == "FAILED"
     assert "bind model pre-flight failed" in failed.message and "GLIBC_2.38" in failed.message, failed.message
+    output = Path(failed.output).read_text()
+    assert "the host libraries need glibc 2.38, the image has glibc 2.36: use an image with glibc 2.38" in output
     assert "Hello World" not in Path(failed.output).read_text()
 
 
