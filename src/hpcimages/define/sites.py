@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,39 +294,34 @@ class _Getter:
                 out.append(item)
         return tuple(out)
 
-    def absolute(self, section: str, key: str) -> tuple[str, ...]:
-        """Directories on the compute node: absolute, or they would resolve against the job's working directory."""
+    def _kept(self, section: str, key: str, why: Callable[[str], str | None]) -> tuple[str, ...]:
+        """The list's words that ``why`` has nothing against; each other one is a problem naming its index."""
         out = []
         for i, item in enumerate(self.words(section, key)):
-            if not item.startswith("/") or ":" in item:
-                self.problems.append(f"{self._where(section, key)}[{i}] = {shown(item)}: must be an absolute "
-                                     "directory on the compute node (starting with /, no ':')")
+            reason = why(item)
+            if reason:
+                self.problems.append(f"{self._where(section, key)}[{i}] = {shown(item)}: {reason}")
             else:
                 out.append(item)
         return tuple(out)
+
+    def absolute(self, section: str, key: str) -> tuple[str, ...]:
+        """Directories on the compute node: absolute, or they would resolve against the job's working directory."""
+        return self._kept(section, key, lambda item: None if item.startswith("/") and ":" not in item else
+                          "must be an absolute directory on the compute node (starting with /, no ':')")
 
     def binds(self, section: str, key: str) -> tuple[str, ...]:
         """Bind specs ``SRC[:DST[:OPTS]]`` as Apptainer reads them: absolute paths, OPTS ``ro`` or ``rw``."""
-        out = []
-        for i, item in enumerate(self.words(section, key)):
+        def why(item: str) -> str | None:
             parts = item.split(":")
-            paths, opts = parts[:2], parts[2:]
-            if len(parts) > 3 or any(not p.startswith("/") for p in paths) or any(o not in BIND_OPTS for o in opts):
-                self.problems.append(f"{self._where(section, key)}[{i}] = {shown(item)}: a bind is SRC[:DST[:OPTS]] "
-                                     f"with absolute paths and OPTS one of {', '.join(BIND_OPTS)}")
-            else:
-                out.append(item)
-        return tuple(out)
+            if len(parts) <= 3 and all(p.startswith("/") for p in parts[:2]) and all(o in BIND_OPTS for o in parts[2:]):
+                return None
+            return f"a bind is SRC[:DST[:OPTS]] with absolute paths and OPTS one of {', '.join(BIND_OPTS)}"
+        return self._kept(section, key, why)
 
     def sbatch_options(self, section: str, key: str) -> tuple[str, ...]:
-        out = []
-        for i, option in enumerate(self.words(section, key)):
-            if problem(option, SBATCH_OPTION_RE):
-                self.problems.append(f"{self._where(section, key)}[{i}] = {shown(option)}: a long sbatch option "
-                                     "like --exclusive or --constraint=mc")
-            else:
-                out.append(option)
-        return tuple(out)
+        return self._kept(section, key, lambda option: "a long sbatch option like --exclusive or --constraint=mc"
+                          if problem(option, SBATCH_OPTION_RE) else None)
 
     def variables(self, section: str, key: str) -> tuple[tuple[str, str], ...]:
         value = self._typed(section, key, dict)

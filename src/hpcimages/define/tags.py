@@ -79,8 +79,9 @@ def alias_values(cell: Cell) -> dict[str, str]:
 def alias_tags(cell: Cell, rules: Iterable[str]) -> list[str]:
     """The cell's alias tags (without its own tag), in rule order."""
     tags: list[str] = []
+    values = alias_values(cell)
     for rule in rules:
-        tag = render(rule, alias_values(cell))
+        tag = render(rule, values)
         if tag and tag != cell.tag and tag not in tags:
             tags.append(tag)
     return tags

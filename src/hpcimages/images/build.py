@@ -228,14 +228,21 @@ def provenance_labels(matrix: Matrix, profile: Profile, digest: str) -> dict[str
         "io.hpcimages.profile": profile.name,
         "org.opencontainers.image.created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    revision = git(matrix.root, "rev-parse", "HEAD")
+    revision = git_revision(matrix.root)
     if revision:
-        dirty = git(matrix.root, "status", "--porcelain", "--untracked-files=no")
-        labels["org.opencontainers.image.revision"] = revision + ("-dirty" if dirty else "")
+        labels["org.opencontainers.image.revision"] = revision
     source = git(matrix.root, "config", "--get", "remote.origin.url")
     if source and "@" not in source:  # never put credentials of a remote URL into a label
         labels["org.opencontainers.image.source"] = source
     return labels
+
+
+def git_revision(root: Path) -> str:
+    """HEAD's sha, with ``-dirty`` when tracked files differ from it; empty outside a git checkout."""
+    head = git(root, "rev-parse", "HEAD")
+    if not head:
+        return ""
+    return head + ("-dirty" if git(root, "status", "--porcelain", "--untracked-files=no") else "")
 
 
 def git(root: Path, *args: str) -> str:

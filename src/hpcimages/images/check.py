@@ -85,10 +85,6 @@ CUDA_TOOLKIT = FamilyCommand("CUDA toolkit wheels", ("python3", "-c", (
     "print('runtime', md.version('nvidia-cuda-runtime-cu12')); "
     "print('nvvm', *sorted(p.name for p in base.glob('cuda_nvcc/nvvm/lib64/libnvvm.so*')))")), "libnvvm.so")
 MPI_LIBRARY_VERSION = ("python3", "-c", "from mpi4py import MPI; print(MPI.Get_library_version())")
-#: the version, then the file mpi4py loaded (from /proc/self/maps): a soname proves nothing, a path does
-MPI_LIBRARY_LOADED = ("python3", "-c", "import re; from mpi4py import MPI; print(MPI.Get_library_version()); "
-                      "print('loaded:', *sorted({l.split()[-1] for l in open('/proc/self/maps') "
-                      "if re.search(r'/lib(mpi|mpich)[^/ ]*[.]so', l)}))")
 
 FAMILY_CHECKS: dict[str, FamilyChecks] = {
     "mpi4py": FamilyChecks(imports=("mpi4py", "mpi4py.MPI", "numpy"), mpi_extensions=("mpi4py.MPI",)),
@@ -189,10 +185,12 @@ class Checker:
         if self.host_mpi is None:
             return Outcome("skip", "no stand-in host MPI (impi-rt) available")
         env = {"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}
-        code, out = self.run(image_id, MPI_LIBRARY_LOADED, env=env, host_mpi=True)
-        loaded = next((line.split()[1:] for line in out.splitlines() if line.startswith("loaded:")), [])
-        injected = [path for path in loaded if path.startswith(hostmpi.MOUNT + "/")]
-        if code != 0 or "Intel(R) MPI Library" not in out or not injected:
+        # the probe again, now with the host MPI first: its version, and the file it loaded (a soname proves nothing)
+        code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=env, host_mpi=True)
+        swapped = _json_tail(out) or {}
+        loaded = swapped.get("mpi_library_files") or []
+        injected = _from_host_mpi(loaded)
+        if code != 0 or not str(swapped.get("mpi_library_version")).startswith("Intel(R) MPI Library") or not injected:
             return Outcome("fail", f"with LD_LIBRARY_PATH={hostmpi.MOUNT}/lib mpi4py did not load the injected "
                                    f"Intel MPI (exit {code}; loaded {', '.join(loaded) or 'nothing'}): {_tail(out)}")
         code, out = self.run(image_id, [f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3",
@@ -202,8 +200,7 @@ class Checker:
             return ranks
         own = facts.get("mpi_library_version") or ""
         own_files = facts.get("mpi_library_files") or []
-        if "MPICH Version:" not in own or cell.mpi.version not in own or \
-                any(path.startswith(hostmpi.MOUNT + "/") for path in own_files):
+        if "MPICH Version:" not in own or cell.mpi.version not in own or _from_host_mpi(own_files):
             return Outcome("fail", f"with LD_LIBRARY_PATH unset the image's own MPICH {cell.mpi.version} is not "
                                    f"used: {own.splitlines()[0] if own else 'nothing'} ({', '.join(own_files)})")
         return Outcome("pass", f"Intel MPI loaded from {injected[0]} and used by 2 ranks; own MPICH "
@@ -311,6 +308,11 @@ def check_hygiene(image: object, facts: dict) -> Outcome:
             problems.append(f"docker history: {match.group(0)!r} in {created_by[:80]!r}")
     return Outcome("fail", "; ".join(problems[:6])) if problems else \
         Outcome("pass", "no leftovers, no secrets in env or history")
+
+
+def _from_host_mpi(paths: Iterable[str]) -> list[str]:
+    """The loaded library files that lie in the stand-in host MPI's mount."""
+    return [path for path in paths if path.startswith(hostmpi.MOUNT + "/")]
 
 
 def _two_ranks(code: int, out: str, launcher: str) -> Outcome:

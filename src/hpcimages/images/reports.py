@@ -93,6 +93,18 @@ def load_entries(build_dir: Path) -> dict[str, CellEntry]:
     return {key: CellEntry.from_json(key, value) for key, value in cells.items() if isinstance(value, dict)}
 
 
+def load_checks(build_dir: Path, profile: str) -> dict[str, dict[str, Any]]:
+    """``check-report.json``'s cells of one profile (ref -> every check's outcome and the image id it judged); empty
+    when there is none, it is another profile's, or it cannot be read: the details only explain a verdict that
+    ``build-report.json`` holds."""
+    try:
+        data = _read(build_dir / CHECK_REPORT)
+    except ReportError:
+        return {}
+    cells = data.get("cells") if data.get("profile") == profile else None
+    return cells if isinstance(cells, dict) else {}
+
+
 def _save_entries(build_dir: Path, entries: dict[str, CellEntry]) -> Path:
     return write_json(build_dir / BUILD_REPORT, {"cells": {k: e.to_json() for k, e in sorted(entries.items())}})
 

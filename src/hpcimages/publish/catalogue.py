@@ -74,11 +74,7 @@ def inventory(client: docker.DockerClient, entry: record.Published, cache: Path)
 
 
 def _checks(out: Path, entry: record.Published) -> dict[str, Any]:
-    try:
-        data = json.loads((out / reports.CHECK_REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    cell = (data.get("cells") or {}).get(entry.ref) or {}
+    cell = reports.load_checks(out, entry.profile).get(entry.ref) or {}
     if cell.get("image_id") != entry.image_id:
         return {}
     return {name: {"status": o.get("status"), "reason": o.get("reason", "")}
@@ -91,7 +87,7 @@ def _bench(files: list[Path], entry: record.Published, pages: Path, stem: str) -
     rows, _ = results_mod.load(files, skip_corrupt=True)
     mine = [r for r in rows if r.image_id == entry.image_id]
     sessions = {r.session for r in mine if r.session}
-    rows = [r for r in rows if r in mine or (not r.cell and r.session in sessions)]
+    rows = [r for r in rows if r.image_id == entry.image_id or (not r.cell and r.session in sessions)]
     if not mine:
         return {}
     group = bench_report.groups(rows).get(entry.ref, mine)

@@ -18,11 +18,9 @@ For each chosen cell, parents first:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import docker
 import docker.errors
@@ -34,10 +32,11 @@ from ..define.tags import alias_tags, release_tag
 from ..engine import find_image
 from ..errors import HpcImagesError, output_tail
 from ..images import reports
-from ..images.build import git
+from ..images.build import git_revision
 from ..paths import build_dir
 from . import push as push_mod
 from . import record, remote
+from .record import Published
 from .remote import Target
 
 HELLO = ("mpiexec", "-n", "2", "python3", "-m", "mpi4py.bench", "helloworld")
@@ -109,7 +108,7 @@ def cell_tags(cell: Cell, profile: Profile, labels: dict[str, str]) -> list[str]
 
 class Publisher:
     def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: Profile, target: Target,
-                 progress: Progress = print, sif_pusher: Callable[[Cell, str, Published], str] | None = None) -> None:
+                 progress: Progress = print, sif_pusher: Callable[[Cell, Image, Published], str] | None = None) -> None:
         self.client = client
         self.matrix = matrix
         self.profile = profile
@@ -118,7 +117,7 @@ class Publisher:
         self.sif_pusher = sif_pusher
         self.out = build_dir(matrix.root)
         self.entries = reports.load_entries(self.out)
-        self.check_details = _check_details(self.out, profile.name)
+        self.check_details = reports.load_checks(self.out, profile.name)
         self.report = record.load(self.out)
         self.refused: dict[str, str] = {}
 
@@ -142,7 +141,7 @@ class Publisher:
             self.refused[cell.ref] = str(exc)
             raise
 
-    def up_to_date(self, cell: Cell, image_id: str, tags: list[str]) -> record.Published | None:
+    def up_to_date(self, cell: Cell, image_id: str, tags: list[str]) -> Published | None:
         previous = self.report.get(str(self.target), cell.ref)
         if previous is None or previous.image_id != image_id or set(tags) - set(previous.tags):
             return None
@@ -173,7 +172,7 @@ class Publisher:
                 entry = self.push_and_prove(cell, image, result.tags)
                 result.status, result.digest = "published", entry.digest
             if self.sif_pusher is not None:
-                result.sif = self.sif_pusher(cell, image_id, entry)
+                result.sif = self.sif_pusher(cell, image, entry)
             self.report.put(str(self.target), entry)
             self.report.save()
         except Refused as exc:
@@ -185,7 +184,7 @@ class Publisher:
         result.seconds = time.monotonic() - start
         return result
 
-    def push_and_prove(self, cell: Cell, image: Image, tags: list[str]) -> record.Published:
+    def push_and_prove(self, cell: Cell, image: Image, tags: list[str]) -> Published:
         repository = self.target.repository(cell.family.name)
         release = tags[-1]
         existing = remote.inspect(self.target, f"{repository}:{release}")
@@ -205,11 +204,11 @@ class Publisher:
         digest = digests.pop()
         manifest = self.prove(repository, tags, digest, image.id)
         hello = self.pull_and_hello(repository, digest, image.id)
-        return record.Published(
+        return Published(
             profile=self.profile.name, ref=cell.ref, image_id=image.id, repository=repository, tags=tags,
             digest=digest, size_bytes=image.attrs.get("Size"), compressed_bytes=manifest.compressed_size,
             published_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            revision=_revision(self.matrix.root),
+            revision=git_revision(self.matrix.root) or "unknown",
             image_revision=image.labels.get("org.opencontainers.image.revision", ""), hello=hello)
 
     def prove(self, repository: str, tags: list[str], digest: str, image_id: str) -> remote.Manifest:
@@ -249,27 +248,9 @@ class Publisher:
         return "2 ranks said hello in the copy pulled by digest"
 
 
-Published = record.Published
-
-
-def _check_details(out: Path, profile: str) -> dict:
-    try:
-        data = json.loads((out / reports.CHECK_REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data.get("cells", {}) if data.get("profile") == profile else {}
-
-
-def _revision(root: Path) -> str:
-    head = git(root, "rev-parse", "HEAD")
-    if not head:
-        return "unknown"
-    return head + ("-dirty" if git(root, "status", "--porcelain", "--untracked-files=no") else "")
-
-
 def publish(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: Iterable[Cell], target: Target,
             dry_run: bool = False, progress: Progress = print,
-            sif_pusher: Callable[[Cell, str, Published], str] | None = None) -> list[CellPublish]:
+            sif_pusher: Callable[[Cell, Image, Published], str] | None = None) -> list[CellPublish]:
     cells = list(cells)
     if not dry_run:
         access = remote.ping(target)

@@ -6,15 +6,16 @@ for byte. A registry that cannot take ORAS artifacts says so in the table; nothi
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
+from docker.models.images import Image
+
 from ..define.matrix import Cell, Profile
 from ..engine import Mount
 from ..sif import apptainer
-from ..sif.convert import sif_dir, sif_name
+from ..sif.convert import is_fresh, sif_dir, sif_name
 from . import remote
 from .record import Published, SifRecord
 from .remote import Target
@@ -37,14 +38,9 @@ class SifPusher:
         self.profile = profile
         self.target = target
 
-    def __call__(self, cell: Cell, image_id: str, entry: Published) -> str:
+    def __call__(self, cell: Cell, image: Image, entry: Published) -> str:
         sif = sif_dir(self.root) / sif_name(cell.image(self.profile.registry))
-        meta = sif.with_suffix(".json")
-        try:
-            recorded = json.loads(meta.read_text(encoding="utf-8")).get("image_id")
-        except (OSError, ValueError):
-            recorded = None
-        if not sif.is_file() or recorded != image_id:
+        if not is_fresh(sif, image):
             return f"FAILED: no .sif of this image ({sif.name}): run `invoke convert --profile {self.profile.name}`"
         ref = f"{self.target.sif_repository(cell.family.name)}:{cell.tag}"
         sha = sha256_file(sif)
