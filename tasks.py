@@ -11,6 +11,7 @@ from invoke import Exit, task
 
 sys.path.insert(0, str(Path(__file__).parent / "src"))  # works before `pip install -e .` too
 
+from hpcimages.abi import commands as abi_stage
 from hpcimages.cli import exit_code
 from hpcimages.cluster import commands as cluster
 from hpcimages.define import commands as define
@@ -199,6 +200,26 @@ def publish(c, profile="published", only=None, registry=None, dry_run=False, sif
     """Push images whose check passed on that exact image id, prove their digests, write the catalogue."""
     _run(publish_stage.publish, matrix=matrix, profile=profile, only=only or [], registry=registry, dry_run=dry_run,
          sif=sif, runtime=runtime)
+
+
+@task(iterable=["only", "host", "suite_include"], help={
+    "profile": PROFILE_HELP + " (default: ci)",
+    "only": ONLY_HELP.format(""),
+    "host": "only this host-MPI stand-in of matrix.toml's [[host_mpi]], e.g. impi-rt-2021.18.1 (repeatable)",
+    "no-suite": "skip mpi4py's own test suite (the slowest column)",
+    "suite-include": "run only the suite's modules matching this regular expression, e.g. test_p2p (repeatable)",
+    "suite-timeout": "seconds one run of the suite may take before the test it hangs in is named (default 600)",
+    "repeats": "interleaved benchmark repeats per pair, medians reported (default 3; 0 skips the ratios)",
+    "no-apptainer": "skip the Apptainer hello column",
+    "matrix": MATRIX_HELP,
+})
+def abi(c, profile="ci", only=None, host=None, no_suite=False, suite_include=None, suite_timeout="600", repeats="3",
+        no_apptainer=False, matrix=MATRIX):
+    """ABI compatibility table: every built image x every host-MPI stand-in, injected as a site binds its MPI
+    (loads by path, 2-rank hello in Docker and Apptainer, osu_bw/osu_latency ratios, mpi4py's test suite, verdict);
+    build/abi/abi-table.{md,json}."""
+    _run(abi_stage.abi, matrix=matrix, profile=profile, only=only or [], host=host or [], suite=not no_suite,
+         suite_timeout=suite_timeout, repeats=repeats, apptainer=not no_apptainer, suite_include=suite_include or [])
 
 
 @task(help={"profile": "profile whose [publish] registry is meant (default: ci)",

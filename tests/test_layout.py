@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hpcimages"
-STAGES = ("define", "images", "sif", "measure", "cluster", "publish")
+STAGES = ("define", "images", "sif", "measure", "abi", "cluster", "publish")
 SHARED = ("cli", "engine", "errors", "files", "paths", "validate")
 
 

@@ -185,3 +185,19 @@ def test_a_bind_model_that_loads_the_images_own_mpi_fails_before_any_rank(cluste
     assert "# Size" not in Path(wrong.output).read_text(), "no rank may run on the image's MPI under a bind label"
     assert absent.state == "failed" and "/opt/no-such-mpi/lib" in absent.message, absent.message
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_site_whose_lib_dirs_hold_open_mpi_is_told_it_is_not_the_mpich_abi(cluster, tmp_path):
+    """The node has an Open MPI (libmpi.so.40) at /opt/foreign-mpi; a profile pointing at it must fail before any
+    rank, naming Open MPI, instead of running the image's own MPICH under a bind label."""
+    site = local_site_with(host_mpi={"lib_dirs": [f"{testcluster.FOREIGN_MOUNT}/lib"]})
+    record = slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"),
+                          slurm.JobSpec(site, "osu_bw", IMAGE, "bind", sizes="1048576:1048576"))
+    done = {c.record.key: c.record for c in collect_all(store_for=lambda _: tmp_path / "r.jsonl")}
+    failed = done[record.key]
+    assert failed.state == "failed", failed.message
+    assert "bind model pre-flight failed: mpi4py loaded /usr/local/lib/libmpi.so.12" in failed.message
+    assert "libmpi.so.40" in failed.message and "Open MPI, not the MPICH ABI (libmpi.so.12)" in failed.message, \
+        failed.message
+    assert "# Size" not in Path(failed.output).read_text()
+    assert not (tmp_path / "r.jsonl").exists()

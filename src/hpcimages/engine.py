@@ -3,8 +3,11 @@ command in a container (check, bench, convert and the test cluster all go throug
 
 from __future__ import annotations
 
+import io
+import json
 import os
-from collections.abc import Iterable
+import tarfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,7 @@ class Sandbox:
     security_opt: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     unmask_paths: bool = False
+    cap_add: tuple[str, ...] = ()
 
 
 DEFAULT_SANDBOX = Sandbox()
@@ -82,7 +86,7 @@ def create(client: docker.DockerClient, image: str, command: list[str] | None, *
     binds = {str(m.host): {"bind": m.inside, "mode": "ro" if m.read_only else "rw"} for m in mounts}
     host_config = client.api.create_host_config(
         binds=binds, network_mode=network, security_opt=list(sandbox.security_opt) or None,
-        devices=list(sandbox.devices) or None, shm_size=shm_size, init=init,
+        devices=list(sandbox.devices) or None, shm_size=shm_size, init=init, cap_add=list(sandbox.cap_add) or None,
     )
     if sandbox.unmask_paths:
         host_config["MaskedPaths"] = []
@@ -118,3 +122,29 @@ def run(client: docker.DockerClient, image: str, command: list[str], *, timeout:
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else exc.__class__.__name__
+
+
+def build_from_memory(client: docker.DockerClient, tag: str, dockerfile: str, files: Mapping[str, bytes]) -> str:
+    """Build ``tag`` from a Dockerfile and a few files held in memory (the host network, so apt reaches the
+    mirror); raises docker.errors.BuildError with the engine's message when a step fails."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("Dockerfile", dockerfile.encode()), *files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=tag, network_mode="host", rm=True, forcerm=True)
+    return tag
+
+
+def last_json_line(output: str) -> dict | None:
+    """The last line of a container's output that is a JSON object (what the in-container probes print)."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                found = json.loads(line)
+            except json.JSONDecodeError:
+                return None
+            return found if isinstance(found, dict) else None
+    return None

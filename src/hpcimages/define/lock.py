@@ -61,9 +61,8 @@ def lock_jobs(matrix: Matrix, profile: str | Profile | None = None) -> list[Lock
     for cell in matrix.all_cells if profile is None else matrix.cells(profile):
         mpi_out = cell.mpi_lock
         if mpi_out and mpi_out not in jobs:
-            text = f"# the MPI of the cells that install {cell.mpi.name} {cell.mpi.version} as a wheel\n" \
-                   f"{cell.mpi.name}=={cell.mpi.version}\n"
-            jobs[mpi_out] = LockJob(mpi_out, text, f"{cell.mpi.name}=={cell.mpi.version}", "3.11", None)
+            jobs[mpi_out] = LockJob(mpi_out, _mpi_wheel_input(cell.mpi.name, cell.mpi.version),
+                                    f"{cell.mpi.name}=={cell.mpi.version}", "3.11", None)
         out = cell.lock
         if out and out not in jobs:
             jobs[out] = LockJob(out, _input_text(matrix, cell), cell.family.requirements or "", cell.python,
@@ -71,7 +70,19 @@ def lock_jobs(matrix: Matrix, profile: str | Profile | None = None) -> list[Lock
     if profile is None or jobs:
         jobs[HOST_MPI_LOCK] = LockJob(HOST_MPI_LOCK, host_mpi_lock_input(), f"{HOST_MPI_NAME}=={HOST_MPI_VERSION}",
                                       "3.11", None)
+        for host in matrix.host_mpis.values():
+            # a stand-in that an image cell also installs shares that cell's lock (same input, same file)
+            if host.lock and host.lock not in jobs:
+                cells_install = any(c.mpi.name == host.package and c.mpi.version == host.version
+                                    and c.mpi.method == "wheel" for c in matrix.all_cells)
+                text = _mpi_wheel_input(host.package, host.version) if cells_install else \
+                    f"# a host-MPI stand-in of the ABI table (invoke abi)\n{host.package}=={host.version}\n"
+                jobs[host.lock] = LockJob(host.lock, text, f"{host.package}=={host.version}", "3.11", None)
     return list(jobs.values())
+
+
+def _mpi_wheel_input(name: str, version: str) -> str:
+    return f"# the MPI of the cells that install {name} {version} as a wheel\n{name}=={version}\n"
 
 
 def host_mpi_lock_input() -> str:

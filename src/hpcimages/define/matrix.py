@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import MatrixError, SelectionError
 from ..paths import repository_root
 from ..validate import free_text_problem, problem, shown
+from .standins import HostMpi, load_host_mpis
 from .tags import PublishSettings, alias_tags, check_tags, load_publish
 
 AXES = ("python", "mpi", "cuda")
@@ -45,7 +46,7 @@ ARG_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,60}")
 ARG_VALUE_RE = re.compile(r"[A-Za-z0-9_=,.:/+@ -]{0,400}")
 TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\.j2")
 
-TOP_KEYS = {"axes", "families", "exclude", "profiles"}
+TOP_KEYS = {"axes", "families", "exclude", "profiles", "host_mpi"}
 AXES_KEYS = {"python", "mpi", "cuda"}
 MPI_KEYS = {"name", "version", "method", "configure"}
 FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args"}
@@ -184,6 +185,7 @@ class Matrix:
     families: Mapping[str, Family]
     exclude: tuple[Mapping[str, str], ...]
     profiles: Mapping[str, Profile]
+    host_mpis: Mapping[str, HostMpi] = field(default_factory=dict)  # stand-ins for `invoke abi`
 
     @property
     def template_dir(self) -> Path:
@@ -314,7 +316,8 @@ class _Loader:
         exclude = self.load_exclude(self.data.get("exclude", []), "exclude", python, mpi, cuda, families)
         partial = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, {})
         profiles = self.load_profiles(partial)
-        matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles)
+        host_mpis = load_host_mpis(self.data.get("host_mpi", []), self.fail)
+        matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles, host_mpis)
         for name in profiles:
             cells = _profile_cells(matrix, profiles[name])  # raises on an impossible profile
             check_tags(cells, profiles[name].publish, f"profiles.{name}.publish", self.fail)

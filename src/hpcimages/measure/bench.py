@@ -16,13 +16,11 @@ the results file at once (see results.py): an interrupted bench loses at most th
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +41,9 @@ from .results import PRIMARY, ResultRow, ResultsError, append_run, library_contr
 BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
 RUN_TIMEOUT_S = 900
+#: A compiler on top of an image, for code built by the image's own mpicc (one layer text: the engine shares it)
+COMPILER_LAYER = ("RUN set -eux; apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; "
+                  "rm -rf /var/lib/apt/lists/*\n")
 Progress = Callable[[str], None]
 
 
@@ -115,26 +116,16 @@ def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str,
     """A child of the cell's image with a compiler and the C references built by the image's own mpicc."""
     tag = f"hpcimages-bench/{cell.family.name}:{cell.tag}"
     dockerfile = (
-        f"FROM {image}\n"
-        "RUN set -eux; apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; "
-        "rm -rf /var/lib/apt/lists/*\n"
+        f"FROM {image}\n{COMPILER_LAYER}"
         f"COPY osu_bw.c osu_latency.c {C_DIR}/\n"
         f"RUN cd {C_DIR} && mpicc -O2 -o osu_bw osu_bw.c && mpicc -O2 -o osu_latency osu_latency.c\n"
     )
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile.encode()),
-                           *((n, (bench_dir(matrix) / n).read_bytes()) for n in ("osu_bw.c", "osu_latency.c"))):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
     progress(f"  compiling the C references in {tag} with the image's mpicc ...")
+    sources = {name: (bench_dir(matrix) / name).read_bytes() for name in ("osu_bw.c", "osu_latency.c")}
     try:
-        client.images.build(fileobj=buf, custom_context=True, tag=tag, network_mode="host", rm=True, forcerm=True)
+        return engine.build_from_memory(client, tag, dockerfile, sources)
     except docker.errors.BuildError as exc:
         raise BenchError(f"cannot build {tag}: {exc.msg}") from None
-    return tag
 
 
 def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | None:

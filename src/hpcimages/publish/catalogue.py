@@ -23,6 +23,7 @@ import docker
 import docker.errors
 
 from .. import engine
+from ..abi import table as abi_table
 from ..define.matrix import Cell, Matrix
 from ..engine import Mount
 from ..errors import HpcImagesError, output_tail
@@ -127,7 +128,28 @@ def page_data(client: docker.DockerClient, matrix: Matrix, target: Target, entry
         "pip": inv.get("pip", {}), "debian": inv.get("debian", {}), "labels": labels, "checks": checks,
         "sif": entry.sif.ref if entry.sif else None,
         "bench": _bench(results, entry, pages, stem),
+        "abi": [_abi_row(p) for p in abi_table.rows_of_image(matrix.root, entry.image_id)],
     }
+
+
+def _abi_row(pair: dict[str, Any]) -> dict[str, Any]:
+    """One host MPI as the catalogue shows it (the full row stays in build/abi/abi-table.json)."""
+    def ratio(value: object) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else "-"
+
+    suites = {s.get("ranks"): s for s in pair.get("suite") or [] if isinstance(s, dict)}
+    def suite(ranks: int) -> str:
+        s = suites.get(ranks)
+        if not s or s.get("status") == "not run":
+            return "-"
+        failed = len(s.get("failed") or []) + len(s.get("crashed") or [])
+        return f"{s.get('run', 0) - failed - s.get('skipped', 0)} passed, {failed} failed"
+
+    return {"host": pair.get("host", ""), "version": pair.get("host_version", ""),
+            "library": pair.get("library_version", ""), "verdict": pair.get("verdict", ""),
+            "reason": pair.get("verdict_reason") or pair.get("skip_reason") or "",
+            "bw": ratio(pair.get("bw_ratio")), "lat": ratio(pair.get("lat_ratio")), "suite_1": suite(1),
+            "suite_2": suite(2)}
 
 
 def _base(matrix: Matrix, entry: record.Published, cell: Cell | None) -> str:
@@ -184,6 +206,14 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [f"| {v} | {s.get('osu_bw 1 MiB (MB/s)', '-')} | {s.get('osu_latency 8 B (us)', '-')} |"
                   for v, s in bench["summary"].items()]
         lines += [f"\n![{p}]({p})" for p in bench.get("plots", [])]
+    if data.get("abi"):
+        lines += ["", "## Host MPIs (`invoke abi` on this image id)", "",
+                  "Each injected as a site binds its MPI (bind mount + LD_LIBRARY_PATH, its own mpiexec); ratios "
+                  "against the image's own MPICH in the same run.", "",
+                  "| host MPI | version | verdict | osu_bw 1 MiB ×own | osu_latency 8 B ×own | mpi4py suite, 1 rank "
+                  "| 2 ranks | why |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['host']} | {r['version']} | {r['verdict']} | {r['bw']} | {r['lat']} | {r['suite_1']} | "
+                  f"{r['suite_2']} | {r['reason'][:300].replace('|', '/')} |" for r in data["abi"]]
     lines += ["", "## Labels", "", *(f"- `{k}` = `{v}`" for k, v in sorted(data["labels"].items())),
               "", f"## Python packages ({len(data['pip'])})", "", "| package | version |", "|---|---|",
               *(f"| {k} | {v} |" for k, v in data["pip"].items()),

