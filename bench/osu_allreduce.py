@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 from mpi4py import MPI
-from osu_bw import library_file  # same folder
+from osu_bw import library_file, mpi_abi  # same folder
 
 LARGE_MESSAGE = 8192
 
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print("# OSU MPI-Python Allreduce Latency Test")
         print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
         print(f"# Library file: {library_file()}")
+        print(f"# MPI ABI: {mpi_abi()}")
         print(f"# ranks: {size}, datatype: float32")
         print(f"# {'Size':<10}{'Avg Latency(us)':>18}{'Min Latency(us)':>18}{'Max Latency(us)':>18}{'Iterations':>12}",
               flush=True)

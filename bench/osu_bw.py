@@ -22,12 +22,19 @@ LARGE_MESSAGE = 8192
 ACK_BYTES = 4
 
 
-
 def library_file() -> str:
     """The MPI library file this process loaded (mpi4py chooses and dlopens it): the proof of which MPI ran."""
     with open("/proc/self/maps", encoding="utf-8") as maps:
         found = sorted({line.split()[-1] for line in maps if re.search(r"/lib(mpi|mpich)[^/ ]*[.]so", line)})
     return " ".join(found) or "unknown"
+
+
+def mpi_abi() -> str:
+    """The MPI ABI mpi4py selected for the loaded library: its extension module, MPI.<abi>.cpython-*.so
+    (``mpich``, ``openmpi``, ``mpiabi``), or ``built-in`` for an mpi4py built against one MPI."""
+    parts = (getattr(MPI, "__file__", "") or "").rsplit("/", 1)[-1].split(".")
+    return parts[1] if len(parts) > 3 else "built-in"
+
 
 def parse_sizes(text: str) -> tuple[int, int]:
     low, _, high = text.partition(":")
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print("# OSU MPI-Python Bandwidth Test")
         print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
         print(f"# Library file: {library_file()}")
+        print(f"# MPI ABI: {mpi_abi()}")
         print(f"# buffer: {args.buffer}, window: {args.window_size}")
         print(f"# {'Size':<10}{'Bandwidth (MB/s)':>20}", flush=True)
     failures = 0

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from mpi4py import MPI
-from osu_bw import allocate, fill, library_file, message, received_bytes  # same folder: the buffers are shared
+from osu_bw import allocate, fill, library_file, message, mpi_abi, received_bytes  # same folder: the buffers are shared
 
 LARGE_MESSAGE = 8192
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("# OSU MPI-Python Latency Test")
         print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
         print(f"# Library file: {library_file()}")
+        print(f"# MPI ABI: {mpi_abi()}")
         print(f"# buffer: {args.buffer}")
         print(f"# {'Size':<10}{'Latency (us)':>20}", flush=True)
     failures = 0

@@ -116,6 +116,7 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
     # which library ran is proven by the file each run loaded, not by its label
     assert impi.mpi_library_file.startswith("/opt/host-mpi/"), impi.mpi_library_file
     assert own.mpi_library_file.startswith("/usr/local/lib/libmpi"), own.mpi_library_file
+    assert impi.mpi_abi == own.mpi_abi == "mpich"  # the extension mpi4py selected, printed by the script
     assert {"host", "date", "command", "session", "site"} <= {k for k, v in own.to_json().items() if v}
     assert "Bandwidth (MB/s)" in proc.stdout and "Targets" in proc.stdout
     assert results.with_suffix(".md").is_file()

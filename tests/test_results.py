@@ -107,11 +107,15 @@ def test_rows_round_trip_through_the_store(tmp_path):
     assert load([tmp_path / "r.jsonl"])[0] == [row]
 
 
-def test_the_loaded_library_file_is_parsed_and_kept():
+def test_the_loaded_library_file_and_the_abi_mpi4py_chose_are_parsed_and_kept():
     text = ("# OSU MPI-Python Bandwidth Test\n# MPICH Version:      4.3.2\n"
-            "# Library file: /usr/local/lib/libmpi.so.12.5.2\n# Size      Bandwidth (MB/s)\n1024   100.0\n")
+            "# Library file: /usr/local/lib/libmpi.so.12.5.2\n# MPI ABI: mpich\n"
+            "# Size      Bandwidth (MB/s)\n1024   100.0\n")
     parsed = parse_osu(text)
     assert parsed.library.startswith("MPICH Version") and parsed.library_file == "/usr/local/lib/libmpi.so.12.5.2"
+    assert parsed.mpi_abi == "mpich"
+    assert parse_osu(text.replace("# MPI ABI: mpich\n", "")).mpi_abi is None  # an older script's output
+
 
 
 @pytest.mark.parametrize(("library_file", "bind", "wrong"), [

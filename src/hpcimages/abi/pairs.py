@@ -26,7 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import docker
@@ -100,6 +100,16 @@ class Pair:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Pair:
+        """A stored row (unknown keys of another version dropped, its suite scores rebuilt)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        score_keys = {f.name for f in fields(SuiteScore)}
+        values["suite"] = [SuiteScore(**{k: v for k, v in s.items() if k in score_keys})
+                           for s in values.get("suite") or [] if isinstance(s, dict) and "ranks" in s]
+        return cls(**values)
 
 
 @dataclass(frozen=True)

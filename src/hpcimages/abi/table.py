@@ -304,18 +304,27 @@ def markdown(pairs: list[Pair], profile: str) -> str:
 
 def rows_of_image(root: Path, image_id: str) -> list[dict]:
     """The last table's rows measured on exactly this image id (the catalogue's section), own MPICH first."""
-    try:
-        data = json.loads((table_dir(root) / "abi-table.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    found = data.get("pairs") if isinstance(data, dict) else None
-    return [p for p in found or [] if isinstance(p, dict) and p.get("image_id") == image_id]
+    return [p for p in _stored_pairs(table_dir(root) / "abi-table.json") if p["image_id"] == image_id]
 
 
 def write_reports(root: Path, profile: str, pairs: list[Pair]) -> tuple[Path, Path]:
+    """build/abi/abi-table.{md,json}: this run's rows, and the rows of earlier runs on other image ids (a run with
+    --only replaces only its own images' rows)."""
     folder = table_dir(root)
-    md = write_text(folder / "abi-table.md", markdown(pairs, profile))
+    measured = {p.image_id for p in pairs}
+    kept = [Pair.from_json(p) for p in _stored_pairs(folder / "abi-table.json") if p.get("image_id") not in measured]
+    rows = kept + pairs
+    md = write_text(folder / "abi-table.md", markdown(rows, profile))
     data = {"profile": profile, "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "pairs": [p.to_json() for p in pairs]}
+            "pairs": [p.to_json() for p in rows]}
     js = write_json(folder / "abi-table.json", data)
     return md, js
+
+
+def _stored_pairs(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    found = data.get("pairs") if isinstance(data, dict) else None
+    return [p for p in found or [] if isinstance(p, dict) and isinstance(p.get("image_id"), str)]

@@ -405,6 +405,7 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: t
     metric, unit = PRIMARY[parsed.benchmark]
     rows = [ResultRow(**base, benchmark=parsed.benchmark, size=int(r["size"]), value=r[metric], metric=metric,
                       unit=unit, mpi_library=parsed.library, mpi_library_file=parsed.library_file,
+                      mpi_abi=parsed.mpi_abi,
                       extra={k: v for k, v in r.items() if k not in ("size", metric)}) for r in parsed.rows]
     last = parsed.rows[-1]
     return rows, f"{len(rows)} sizes; {int(last['size'])} B: {last[metric]:.2f} {unit}; {parsed.library or ''}".strip()

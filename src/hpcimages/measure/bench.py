@@ -228,7 +228,8 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
         unit=unit, session=session, run_id=run_id, repeat=repeat, date=date, host=socket.gethostname(),
         site="local", profile=profile, language=variant.language, mpi=variant.mpi,
         cell=variant.cell.ref if variant.cell else None, image=variant.image, image_id=variant.image_id,
-        mpi_library=parsed.library, mpi_library_file=parsed.library_file, command=" ".join(command),
+        mpi_library=parsed.library, mpi_library_file=parsed.library_file, mpi_abi=parsed.mpi_abi,
+        command=" ".join(command),
         extra={k: v for k, v in row.items() if k not in ("size", metric)},
     ) for row in parsed.rows]
 

@@ -75,6 +75,7 @@ class ResultRow:
     image_id: str | None = None
     mpi_library: str | None = None
     mpi_library_file: str | None = None
+    mpi_abi: str | None = None  # the extension mpi4py selected: mpich, openmpi, mpiabi
     command: str | None = None
     model: str | None = None
     job: str | None = None
@@ -114,6 +115,7 @@ class Parsed:
     rows: tuple[dict[str, float], ...]
     library: str | None
     library_file: str | None = None
+    mpi_abi: str | None = None
 
 
 def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bind: bool) -> str | None:
@@ -158,7 +160,7 @@ def parse_osu(text: str) -> Parsed:
     titles: list[str] = []
     columns: tuple[str, ...] | None = None
     rows: list[dict[str, float]] = []
-    library = library_file = None
+    library = library_file = mpi_abi = None
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -171,6 +173,8 @@ def parse_osu(text: str) -> Parsed:
                     library = body
                 elif body.lower().startswith("library file:"):
                     library_file = body.split(":", 1)[1].strip()
+                elif body.lower().startswith("mpi abi:"):
+                    mpi_abi = body.split(":", 1)[1].strip()
             continue
         if columns is None or not stripped:
             continue
@@ -189,7 +193,7 @@ def parse_osu(text: str) -> Parsed:
     benchmark = _benchmark(titles, columns)
     if benchmark == "osu_latency" and "latency_us" not in columns:
         rows = [{**row, "latency_us": row["avg_us"]} for row in rows]
-    return Parsed(benchmark, columns, tuple(rows), library, library_file)
+    return Parsed(benchmark, columns, tuple(rows), library, library_file, mpi_abi)
 
 
 # ---------------------------------------------------------------------------------------------
