@@ -209,17 +209,19 @@ def publish(c, profile="published", only=None, registry=None, dry_run=False, sif
     "no-suite": "skip mpi4py's own test suite (the slowest column)",
     "suite-include": "run only the suite's modules matching this regular expression, e.g. test_p2p (repeatable)",
     "suite-timeout": "seconds one run of the suite may take before the test it hangs in is named (default 600)",
+    "test-timeout": "seconds one test of the suite may take before it is named as hung and left out (default 60)",
     "repeats": "interleaved benchmark repeats per pair, medians reported (default 3; 0 skips the ratios)",
     "no-apptainer": "skip the Apptainer hello column",
     "matrix": MATRIX_HELP,
 })
-def abi(c, profile="ci", only=None, host=None, no_suite=False, suite_include=None, suite_timeout="600", repeats="3",
-        no_apptainer=False, matrix=MATRIX):
+def abi(c, profile="ci", only=None, host=None, no_suite=False, suite_include=None, suite_timeout="600",
+        test_timeout="60", repeats="3", no_apptainer=False, matrix=MATRIX):
     """ABI compatibility table: every built image x every host-MPI stand-in, injected as a site binds its MPI
     (loads by path, 2-rank hello in Docker and Apptainer, osu_bw/osu_latency ratios, mpi4py's test suite, verdict);
     build/abi/abi-table.{md,json}."""
     _run(abi_stage.abi, matrix=matrix, profile=profile, only=only or [], host=host or [], suite=not no_suite,
-         suite_timeout=suite_timeout, repeats=repeats, apptainer=not no_apptainer, suite_include=suite_include or [])
+         suite_timeout=suite_timeout, test_timeout=test_timeout, repeats=repeats, apptainer=not no_apptainer,
+         suite_include=suite_include or [])
 
 
 @task(help={"profile": "profile whose [publish] registry is meant (default: ci)",

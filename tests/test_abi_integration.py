@@ -138,8 +138,9 @@ def test_a_crashing_and_a_hanging_test_are_named_and_the_rest_still_runs(client,
     suite = tmp_path / "suite"
     shutil.copytree(ROOT / "tests" / "fixtures" / "fake-suite", suite)
     image = find_image(client, IMAGE)
-    runner = PairRunner(client, image.id, ROOT / "bench", suite, suite_timeout=40, repeats=0,
-                        progress=lambda _: None)
+    # the hang is caught by the per-test watchdog (10 s), long before the run's own limit
+    runner = PairRunner(client, image.id, ROOT / "bench", suite, suite_timeout=300, repeats=0,
+                        progress=lambda _: None, test_timeout=10)
     score = runner.suite(Injection(None, None), 2)
     assert score.status == "crashed" and score.run == 1 and score.failed == [], score
     assert score.crashed[0].startswith("test_b (while importing it, exit")

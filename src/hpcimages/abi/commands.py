@@ -16,8 +16,9 @@ from . import table as table_mod
 
 def abi(matrix: str, profile: str, only: Iterable[str] = (), host: Iterable[str] = (), suite: bool = True,
         suite_timeout: int | str = 600, repeats: int | str = 3, apptainer: bool = True,
-        suite_include: Iterable[str] = (), progress: Callable[[str], None] = say) -> int:
+        suite_include: Iterable[str] = (), test_timeout: int | str = 60, progress: Callable[[str], None] = say) -> int:
     suite_timeout = whole_number("--suite-timeout", suite_timeout, 30, 7200)
+    test_timeout = whole_number("--test-timeout", test_timeout, 5, 3600)
     repeats = whole_number("--repeats", repeats, 0, 50)
     m = load_matrix(matrix)
     prof = m.profile(profile)
@@ -33,7 +34,8 @@ def abi(matrix: str, profile: str, only: Iterable[str] = (), host: Iterable[str]
             progress(f"warning: no Apptainer column ({exc})")
     start = time.monotonic()
     pairs = table_mod.run_table(client, m, prof, cells, hosts, suite=suite, suite_timeout=suite_timeout,
-                                repeats=repeats, runtime=runtime, suite_include=include, progress=progress)
+                                repeats=repeats, runtime=runtime, suite_include=include,
+                                test_timeout=test_timeout, progress=progress)
     if not pairs:
         progress(f"no image of profile {prof.name!r} is built: run `invoke build --profile {prof.name}` first")
         return 1

@@ -14,8 +14,9 @@ load       mpi4py imports with the stand-in and the file it mapped lies under ``
 hello      2 ranks under the stand-in's launcher, through Docker, and through Apptainer when the image's ``.sif``
            is there (``apptainer exec`` with the folder bound in and ``APPTAINERENV_LD_LIBRARY_PATH``)
 bench      ``osu_bw`` at 1 MiB and ``osu_latency`` at 8 B, interleaved with the image's own MPICH, medians
-suite      mpi4py's test suite from the sdist matching the image, 1 and 2 ranks, with a time limit; a test that
-           crashes or hangs the run is named, left out, and the run repeated (at most ``CRASH_RERUNS`` times)
+suite      mpi4py's test suite from the sdist matching the image, 1 and 2 ranks, with a time limit per test
+           (``test_timeout``) and per run (``suite_timeout``); a test that crashes or hangs the run is named, left
+           out, and the run repeated (at most ``CRASH_RERUNS`` times)
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ class PairRunner:
     """Runs the steps of a pair in containers of one image."""
 
     def __init__(self, client: docker.DockerClient, image_id: str, bench: Path, tests: Path | None,
-                 suite_timeout: int, repeats: int, progress: Progress = print, suite_include: tuple[str, ...] = ()) \
-            -> None:
+                 suite_timeout: int, repeats: int, progress: Progress = print, suite_include: tuple[str, ...] = (),
+                 test_timeout: int = 60) -> None:
         self.client = client
         self.image_id = image_id
         self.bench_dir = bench
@@ -149,6 +150,7 @@ class PairRunner:
         self.repeats = repeats
         self.progress = progress
         self.suite_include = suite_include  # regular expressions on test module names (main.py -i)
+        self.test_timeout = test_timeout  # seconds one test may take (suite.py's watchdog)
         self.c_runner: PairRunner | None = None  # the same steps in the image's C-probe child (cprobe.py)
         self.c_problem = "not tried: no C probe"
 
@@ -242,7 +244,7 @@ class PairRunner:
                     argv += ["-e", test] if "." not in test else ["-x", test]
                 # the workers that mpi4py.futures and the pool tests spawn import the test modules by name
                 code, out = self.run(inj, argv, timeout=self.suite_timeout, out=out_dir,
-                                     env={"PYTHONPATH": TESTS_MOUNT})
+                                     env={"PYTHONPATH": TESTS_MOUNT, "HPCIMAGES_TEST_TIMEOUT": str(self.test_timeout)})
                 results = [_read_json(out_dir / f"result-{r}.json") for r in range(ranks)]
                 running = sorted({(out_dir / f"progress-{r}").read_text(encoding="utf-8").strip()
                                   for r in range(ranks) if (out_dir / f"progress-{r}").is_file()} - {""})
@@ -252,7 +254,8 @@ class PairRunner:
                 score.failed = sorted({t for r in results for t in r["failures"] + r["errors"]})  # type: ignore[index]
                 score.skipped = max(r["skipped"] for r in results)  # type: ignore[index]
                 break
-            timed_out = code == engine.EXIT_TIMEOUT
+            # the whole run past its limit, or one test past its own (suite.py's watchdog prints "Timeout (")
+            timed_out = code == engine.EXIT_TIMEOUT or "Timeout (" in out
             if not running:
                 module = importing_module(out)
                 if module is None or module in left_out:

@@ -83,7 +83,8 @@ def pairing_problem(matrix: Matrix, profile: Profile, cell: Cell, host: HostMpi)
 
 def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell],
               hosts: list[HostMpi], *, suite: bool, suite_timeout: int, repeats: int,
-              runtime: Runtime | None, suite_include: tuple[str, ...] = (), progress: Progress = print) -> list[Pair]:
+              runtime: Runtime | None, suite_include: tuple[str, ...] = (), test_timeout: int = 60,
+              progress: Progress = print) -> list[Pair]:
     """Every cell × (own, stand-ins...), measured; written under build/abi/ after each image."""
     folders: dict[str, Path] = {}
     for host in hosts:
@@ -100,9 +101,10 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
         sif_ok = sif if is_fresh(sif, image) else None
         c_runner, c_problem = _c_runner(client, cell, image_ref, bench, progress)
         own = _own_row(client, matrix, cell, image_ref, image.id, suite, suite_timeout, repeats, bench, progress,
-                       suite_include)
+                       suite_include, test_timeout)
         tests = own[1]
-        runner = PairRunner(client, image.id, bench, tests, suite_timeout, repeats, progress, suite_include)
+        runner = PairRunner(client, image.id, bench, tests, suite_timeout, repeats, progress, suite_include,
+                            test_timeout)
         runner.c_runner, runner.c_problem = c_runner, c_problem
         rows = [own[0]]
         own_inj = Injection(None, None)
@@ -120,6 +122,7 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
                 judge(pair, rows[0])
                 progress(f"    {pair.verdict}{': ' + pair.verdict_reason if pair.verdict_reason else ''}")
             rows.append(pair)
+            write_reports(matrix.root, profile.name, pairs + rows)  # after every pair: an interruption keeps them
         pairs.extend(rows)
         write_reports(matrix.root, profile.name, pairs)
     return pairs
@@ -141,7 +144,7 @@ def _c_runner(client: docker.DockerClient, cell: Cell, image_ref: str, bench: Pa
 
 def _own_row(client: docker.DockerClient, matrix: Matrix, cell: Cell, image_ref: str, image_id: str, suite: bool,
              suite_timeout: int, repeats: int, bench: Path, progress: Progress,
-             suite_include: tuple[str, ...]) -> tuple[Pair, Path | None]:
+             suite_include: tuple[str, ...], test_timeout: int) -> tuple[Pair, Path | None]:
     row = Pair(cell.ref, image_ref, image_id, OWN, cell.mpi.version, "mpich")
     probe_runner = PairRunner(client, image_id, bench, None, suite_timeout, repeats, progress)
     own = Injection(None, None)
@@ -152,7 +155,8 @@ def _own_row(client: docker.DockerClient, matrix: Matrix, cell: Cell, image_ref:
             tests = mpi4py_tests.test_dir(matrix.root, row.mpi4py_version)
         except mpi4py_tests.SuiteSourceError as exc:
             progress(f"warning: {exc}; the test-suite columns stay empty")
-    runner = PairRunner(client, image_id, bench, tests, suite_timeout, repeats, progress, suite_include)
+    runner = PairRunner(client, image_id, bench, tests, suite_timeout, repeats, progress, suite_include,
+                        test_timeout)
     progress(f"{cell.ref}: the image's own MPICH {cell.mpi.version} (the baseline) ...")
     measure_pair(runner, row, own, own, suite, None, None, probe=False)
     judge(row, None)

@@ -6,11 +6,15 @@ Run *inside* a container by ``invoke abi``::
 
 Each rank writes ``OUTDIR/progress-<rank>`` (the test it is running, rewritten before every test, so a crash names
 its test) and, at the end, ``OUTDIR/result-<rank>.json``: tests run, failures and errors with their names, skips.
+A test that runs longer than ``HPCIMAGES_TEST_TIMEOUT`` seconds (default 60) ends the rank through faulthandler's
+own watchdog thread, which needs no GIL (a test stuck in a blocking MPI call still ends), printing
+"Timeout (h:mm:ss)!" and the stacks; mpiexec then takes the other ranks down.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import sys
@@ -26,12 +30,18 @@ def main() -> None:
 
     rank = MPI.COMM_WORLD.Get_rank()
     progress_path = os.path.join(outdir, f"progress-{rank}")
+    limit = float(os.environ.get("HPCIMAGES_TEST_TIMEOUT") or 60)
 
     class Result(unittest.TextTestResult):
         def startTest(self, test):
             with open(progress_path, "w", encoding="utf-8") as progress:
                 progress.write(test.id())
+            faulthandler.dump_traceback_later(limit, exit=True)
             super().startTest(test)
+
+        def stopTest(self, test):
+            faulthandler.cancel_dump_traceback_later()
+            super().stopTest(test)
 
     stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
     runner = unittest.TextTestRunner(stream=stream, resultclass=Result, verbosity=0)
