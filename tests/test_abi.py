@@ -312,15 +312,16 @@ def test_the_catalogue_page_shows_the_rows_measured_on_its_image(tmp_path, monke
     assert "| impi-rt-2021.18.1 | 2021.18.1 | works | 0.91 | 1.10 | 8 passed, 0 failed |" in text
 
 
-def test_a_run_on_some_images_keeps_the_rows_of_the_others(tmp_path, monkeypatch):
+def test_a_run_on_some_pairs_keeps_the_rows_of_the_others(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCIMAGES_BUILD_DIR", str(tmp_path / "build"))
     first = [measured(image_id="sha256:aaa", suite=[SuiteScore(2, "ran", 5, ["t.A.b"], 1)]),
-             measured(image_id="sha256:bbb")]
+             measured(image_id="sha256:bbb"), measured(image_id="sha256:bbb", host="mpich-3.4.3", bw_ratio=0.5)]
     table.write_reports(tmp_path, "ci", first)
-    again = measured(image_id="sha256:bbb", host="mpich-3.4.3")
+    again = measured(image_id="sha256:bbb", host="mpich-3.4.3", bw_ratio=0.9)
     table.write_reports(tmp_path, "ci", [again])
     data = json.loads((table.table_dir(tmp_path) / "abi-table.json").read_text(encoding="utf-8"))
-    assert [(p["image_id"], p["host"]) for p in data["pairs"]] == [("sha256:aaa", "impi-rt-2021.18.1"),
-                                                                   ("sha256:bbb", "mpich-3.4.3")]
+    assert [(p["image_id"], p["host"], p["bw_ratio"]) for p in data["pairs"]] == [
+        ("sha256:aaa", "impi-rt-2021.18.1", None), ("sha256:bbb", "impi-rt-2021.18.1", None),
+        ("sha256:bbb", "mpich-3.4.3", 0.9)]
     assert Pair.from_json(data["pairs"][0]).suite[0].failed == ["t.A.b"]
     assert "mpich-3.4.3" in (table.table_dir(tmp_path) / "abi-table.md").read_text(encoding="utf-8")

@@ -312,11 +312,12 @@ def rows_of_image(root: Path, image_id: str) -> list[dict]:
 
 
 def write_reports(root: Path, profile: str, pairs: list[Pair]) -> tuple[Path, Path]:
-    """build/abi/abi-table.{md,json}: this run's rows, and the rows of earlier runs on other image ids (a run with
-    --only replaces only its own images' rows)."""
+    """build/abi/abi-table.{md,json}: this run's rows, and the rows of earlier runs for other pairs (a run with
+    --only or --host replaces only the image × stand-in rows it measured)."""
     folder = table_dir(root)
-    measured = {p.image_id for p in pairs}
-    kept = [Pair.from_json(p) for p in _stored_pairs(folder / "abi-table.json") if p.get("image_id") not in measured]
+    measured = {(p.image_id, p.host) for p in pairs}
+    kept = [Pair.from_json(p) for p in _stored_pairs(folder / "abi-table.json")
+            if (p.get("image_id"), p.get("host")) not in measured]
     rows = kept + pairs
     md = write_text(folder / "abi-table.md", markdown(rows, profile))
     data = {"profile": profile, "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
