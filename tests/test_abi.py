@@ -325,3 +325,13 @@ def test_a_run_on_some_pairs_keeps_the_rows_of_the_others(tmp_path, monkeypatch)
         ("sha256:bbb", "mpich-3.4.3", 0.9)]
     assert Pair.from_json(data["pairs"][0]).suite[0].failed == ["t.A.b"]
     assert "mpich-3.4.3" in (table.table_dir(tmp_path) / "abi-table.md").read_text(encoding="utf-8")
+
+
+def test_a_suite_that_never_finished_says_so_instead_of_a_score():
+    own = baseline([])
+    pair = measured(suite=[SuiteScore(1, "crashed", 0, [], 0, crashed=["test_rma.T.a (exit 1)"],
+                                      note="still crashing after 8 reruns")])
+    table.judge(pair, own)
+    assert pair.verdict == "works with caveat"
+    assert "did not finish (still crashing after 8 reruns); it crashed in test_rma.T.a (exit 1)" in pair.verdict_reason
+    assert "did not finish (1 crashed)" in table.terminal_table([pair])

@@ -216,6 +216,10 @@ def judge(pair: Pair, own: Pair | None) -> None:
         caveats.append(f"C compiled by the image's mpicc: {pair.c_probe}")
     baselines = {s.ranks: s for s in own.suite} if own else {}
     for score in pair.suite:
+        if score.note:  # the suite never finished: its crashes are all there is to say
+            caveats.append(f"the suite at {score.ranks} rank(s) did not finish ({score.note}); it crashed in "
+                           f"{', '.join(score.crashed[:4]) or 'its start-up'}")
+            continue
         fresh = new_failures(score, baselines.get(score.ranks))
         if fresh:
             shown_names = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
@@ -242,6 +246,8 @@ def _suite_cell(pair: Pair, ranks: int) -> str:
     score = next((s for s in pair.suite if s.ranks == ranks), None)
     if score is None or score.status == "not run":
         return "-"
+    if score.note:
+        return f"did not finish ({len(score.crashed)} crashed)"
     text = f"{score.run - len(score.failed) - score.skipped}/{len(score.failed)}/{score.skipped}"
     return text + (f" +{len(score.crashed)} crashed" if score.crashed else "")
 
