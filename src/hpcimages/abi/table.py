@@ -100,13 +100,10 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
         sif = sif_dir(matrix.root) / sif_name(image_ref)
         sif_ok = sif if is_fresh(sif, image) else None
         c_runner, c_problem = _c_runner(client, cell, image_ref, bench, progress)
-        own = _own_row(client, matrix, cell, image_ref, image.id, suite, suite_timeout, repeats, bench, progress,
-                       suite_include, test_timeout)
-        tests = own[1]
-        runner = PairRunner(client, image.id, bench, tests, suite_timeout, repeats, progress, suite_include,
+        runner = PairRunner(client, image.id, bench, None, suite_timeout, repeats, progress, suite_include,
                             test_timeout)
         runner.c_runner, runner.c_problem = c_runner, c_problem
-        rows = [own[0]]
+        rows = [_own_row(runner, matrix, cell, image_ref, suite)]
         own_inj = Injection(None, None)
         rows[0].apptainer = runner.apptainer(runtime, sif_ok, own_inj)
         rows[0].c_probe = cprobe.run_c_probe(c_runner, own_inj) if c_runner else c_problem
@@ -142,25 +139,20 @@ def _c_runner(client: docker.DockerClient, cell: Cell, image_ref: str, bench: Pa
     return PairRunner(client, found.id, bench, None, 60, 0, progress), ""
 
 
-def _own_row(client: docker.DockerClient, matrix: Matrix, cell: Cell, image_ref: str, image_id: str, suite: bool,
-             suite_timeout: int, repeats: int, bench: Path, progress: Progress,
-             suite_include: tuple[str, ...], test_timeout: int) -> tuple[Pair, Path | None]:
-    row = Pair(cell.ref, image_ref, image_id, OWN, cell.mpi.version, "mpich")
-    probe_runner = PairRunner(client, image_id, bench, None, suite_timeout, repeats, progress)
+def _own_row(runner: PairRunner, matrix: Matrix, cell: Cell, image_ref: str, suite: bool) -> Pair:
+    """The image's own MPICH, measured first; its probe names the mpi4py version whose suite the runner then uses
+    for every row of this image."""
+    row = Pair(cell.ref, image_ref, runner.image_id, OWN, cell.mpi.version, "mpich")
     own = Injection(None, None)
-    probe_runner.probe(own, row)
-    tests = None
+    runner.probe(own, row)
     if suite and row.mpi4py_version:
         try:
-            tests = mpi4py_tests.test_dir(matrix.root, row.mpi4py_version)
+            runner.tests = mpi4py_tests.test_dir(matrix.root, row.mpi4py_version)
         except mpi4py_tests.SuiteSourceError as exc:
-            progress(f"warning: {exc}; the test-suite columns stay empty")
-    runner = PairRunner(client, image_id, bench, tests, suite_timeout, repeats, progress, suite_include,
-                        test_timeout)
-    progress(f"{cell.ref}: the image's own MPICH {cell.mpi.version} (the baseline) ...")
+            runner.progress(f"warning: {exc}; the test-suite columns stay empty")
+    runner.progress(f"{cell.ref}: the image's own MPICH {cell.mpi.version} (the baseline) ...")
     measure_pair(runner, row, own, own, suite, None, None, probe=False)
-    judge(row, None)
-    return row, tests
+    return row
 
 
 def measure_pair(runner: PairRunner, pair: Pair, inj: Injection, own: Injection, suite: bool,
