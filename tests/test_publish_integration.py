@@ -47,11 +47,35 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(client, tmp_path):
     s = RegistryServer(tmp_path / "registry", free_port())
     s.start()
     yield s
     s.stop()
+    untag_registry(client, s.address)
+
+
+def untag_registry(client, address: str) -> None:
+    """Push and pull leave `<address>/...` tags on local images; the registry is gone, so are they."""
+    for image in client.images.list():
+        for ref in image.tags:
+            if ref.startswith(address + "/"):
+                client.images.remove(ref, noprune=True)
+
+
+def remove_with_children(client, image_id: str) -> None:
+    """Helper images that `invoke abi` and `nox -s bench` build FROM a cell (hpcimages-abi/..., hpcimages-bench/...)
+    keep the engine from removing the cell; they are caches, rebuilt when next needed."""
+    children: dict[str, list[str]] = {}
+    for image in client.images.list(all=True):  # the classic builder's step images link each to its parent
+        children.setdefault(image.attrs.get("Parent") or "", []).append(image.id)
+
+    def remove(ident: str) -> None:
+        for child in children.get(ident, []):
+            remove(child)
+        client.images.remove(ident, force=True)
+
+    remove(image_id)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +129,7 @@ def test_publish_proves_digests_is_idempotent_and_a_clean_engine_pulls_it(client
     # a clean engine: the image and every tag of it gone, then pulled from the registry by its tag
     image = client.images.get(f"hpcimages/{CELL}")
     local_tags = list(image.tags)
-    client.images.remove(image.id, force=True)
+    remove_with_children(client, image.id)
     try:
         assert engine.find_image(client, f"hpcimages/{CELL}") is None
         pulled = client.images.pull(f"{target}/mpi4py", tag="py3.11-mpich4.2.3")
