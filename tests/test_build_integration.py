@@ -176,6 +176,36 @@ def test_source_and_apt_cells(client, ref):
     assert re.search(r"MPICH Version:\s*4\.0\.2", text), text
 
 
+def compile_step_cached(log: str) -> bool:
+    """Whether the engine took the mpi-build stage's compile from its cache in this build log."""
+    step = re.search(r"^Step \d+/\d+ : RUN .*make install-strip.*\n(.*)$", log, re.M)
+    assert step, "no compile step in the log"
+    return "Using cache" in step.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HPCIMAGES_SLOW") != "1", reason="MPICH source builds: HPCIMAGES_SLOW=1")
+def test_two_python_versions_of_one_source_mpich_compile_it_once_and_stay_lean(client):
+    m = load_matrix(ROOT / "matrix.toml")
+    refs = ["mpi4py:py3.11-mpich4.0.2", "mpi4py:py3.13-mpich4.0.2"]
+    ensure_bases(client, m.profile("offline"))
+    report = build(client, m, "offline", only=refs, jobs=2)
+    assert report.ok, report.table()
+    logs = [(ROOT / "build/logs/mpi4py" / f"{ref.split(':')[1]}.log").read_text() for ref in refs]
+    status = {r.ref: r.status for r in report.results}
+    built = [log for log, ref in zip(logs, refs, strict=True) if status[ref] == "built"]
+    assert sum(not compile_step_cached(log) for log in built) <= 1, "MPICH was compiled more than once"
+    wheel = client.images.get("hpcimages/mpi4py:py3.11-mpich4.3.2").attrs["Size"]
+    for ref in refs:
+        image = client.images.get(f"hpcimages/{ref}")
+        assert image.attrs["Size"] <= 2 * wheel, f"{ref}: {image.attrs['Size'] / 1e6:.0f} MB"
+        text = run_in(client, f"hpcimages/{ref}", MPI_VERSION)
+        assert re.search(r"MPICH Version:\s*4\.0\.2", text), text
+        leftovers = run_in(client, f"hpcimages/{ref}", "command -v gcc cc make; ls -d /usr/local/share/man/man*/mpi* "
+                           "/usr/local/share/doc/mpich* /usr/local/lib/*.a 2>/dev/null; echo END")
+        assert leftovers.strip() == "END", leftovers
+
+
 NAPPER_TEMPLATE = CHILD_TEMPLATE + 'ARG NAP=0\nRUN echo "napping ${NAP}s"; sleep ${NAP}\n'
 
 NAPPER_PROFILE = """

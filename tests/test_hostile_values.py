@@ -56,6 +56,7 @@ MATRIX = {
         "base": {"description": "every cell", "registry": "local/hpc", "python": ["3.11"],
                  "mpi": ["mpich4.3.2", "mpich4.0.2"], "cuda": ["12.8"], "families": ["mpi4py", "cuda-python"],
                  "bases": {"3.11": {"image": "base/python:3.11", "debian": "bookworm"}},
+                 "mpi_build_python": "3.11",
                  "sources": {"mpich4.0.2": {"url": "debian:pool/main/m/mpich/mpich_4.0.2.orig.tar.xz",
                                             "sha256": "b" * 64}},
                  "publish": {"registry": "127.0.0.1:5000/hpc", "aliases": ["{python}-{mpi_minor}-{cuda}"],

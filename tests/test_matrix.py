@@ -91,6 +91,14 @@ def test_minimal_matrix_loads(workdir):
     assert cell.aliases(m.profile("offline")) == ["local/hpc/mpi4py:py3.11-mpich4.3"]
 
 
+def test_a_source_mpi_is_compiled_in_the_lowest_python_base_unless_the_profile_says(workdir):
+    m = load_matrix(write(workdir, MINIMAL))
+    assert m.profile("offline").mpi_build_image == "base/python:3.11"
+    m = load_matrix(write(workdir, MINIMAL.replace('registry = "local/hpc"',
+                                                   'registry = "local/hpc"\nmpi_build_python = "3.13"')))
+    assert m.profile("offline").mpi_build_image == "base/python:3.13"
+
+
 def test_parents_come_before_children_and_only_adds_parents(workdir):
     m = load_matrix(write(workdir, MINIMAL))
     cells = m.cells("offline")
@@ -211,6 +219,8 @@ BROKEN = [
      "profiles.offline.publish.release", "names no release"),
     ("publish-retries", [('registry = "local/hpc"', 'registry = "local/hpc"\npublish = { retries = 0 }')],
      "profiles.offline.publish.retries", "from 1 to 10"),
+    ("mpi-build-python-unknown", [('registry = "local/hpc"', 'registry = "local/hpc"\nmpi_build_python = "3.12"')],
+     "profiles.offline.mpi_build_python", "is no Python version of the profile (3.11, 3.13)"),
     ("injected-description", [('axes = ["python", "mpi"]\n\n[families.hpc',
                                'axes = ["python", "mpi"]\ndescription = "x\\"\\nRUN echo INJECTED"\n\n[families.hpc')],
      "families.mpi4py.description", "not a valid description"),

@@ -110,6 +110,11 @@ def test_build_check_and_convert_choose_the_same_cells(ci_built):
     (["bench", "--repeats", "x"], "--repeats 'x': a whole number from 1 to 1000"),
     (["bench", "--sizes", "osu_bw=5:1"], "--sizes osu_bw='5:1': osu_bw needs 1 <= MIN <= MAX"),
     (["collect", "--timeout", "-5"], "--timeout -5: must be from 0 to 604800"),
+    (["registry", "--port", "http"], "--port 'http': a whole number from 1024 to 65535"),
+    (["registry", "--port", "80"], "--port 80: must be from 1024 to 65535"),
+    (["abi", "--repeats", "-1"], "--repeats -1: must be from 0 to 50"),
+    (["abi", "--test-timeout", "1"], "--test-timeout 1: must be from 5 to 3600"),
+    (["abi", "--suite-timeout", "ten"], "--suite-timeout 'ten': a whole number from 30 to 7200"),
 ])
 def test_numeric_options_get_one_clear_error(args, message, tmp_path):
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": "/usr/bin:/bin"}

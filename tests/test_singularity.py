@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hpcimages.define import load_matrix
-from hpcimages.define.render import recipe_path
-from hpcimages.define.singularity import dockerfile_args, spython_convert
+from hpcimages.define.render import dockerfile_path, recipe_path
+from hpcimages.define.singularity import dockerfile_args, split_stages, spython_convert
 from hpcimages.engine import connect
 from hpcimages.sif.apptainer import ConvertError, choose_runtime
 from hpcimages.sif.convert import sif_name
@@ -79,3 +79,28 @@ def test_no_runtime_at_all_names_both_ways_to_get_one(tmp_path, monkeypatch):
         choose_runtime("host", connect, ROOT)
     with pytest.raises(ConvertError, match="unknown runtime"):
         choose_runtime("podman", connect, ROOT)
+
+
+def test_a_source_cell_compiles_its_mpi_in_a_stage_without_python_and_ships_no_compiler():
+    cell = next(c for c in M.all_cells if c.ref == "mpi4py:py3.13-mpich4.0.2")
+    docker_text = dockerfile_path(M, cell).read_text()
+    prelude, stages = split_stages(docker_text)
+    assert "ARG MPI_BUILD_IMAGE=" in prelude and "ARG BASE_IMAGE=" in prelude
+    assert [s.name for s in stages] == ["mpi-source", "mpi-build", ""]
+    assert [s.from_arg for s in stages] == ["MPI_BUILD_IMAGE", "MPI_BUILD_IMAGE", "BASE_IMAGE"]
+    for stage in stages[:2]:  # the engine's cache is shared across Python versions only if nothing of Python enters
+        assert "PYTHON" not in stage.text and "3.13" not in stage.text
+    assert "make install-strip" in stages[1].text
+    assert "build-essential" not in stages[2].text and "COPY --from=mpi-build" in stages[2].text
+
+
+def test_a_multi_stage_dockerfile_becomes_an_apptainer_multi_stage_recipe():
+    text = committed("mpi4py:py3.13-mpich4.0.2")
+    build, image = text.split("\nBootstrap: ", 2)[1:]
+    assert build.startswith("{{ BOOTSTRAP }}\nFrom: {{ MPI_BUILD_IMAGE }}\nStage: mpi-build\n")
+    assert "urlretrieve" in build and '"${MPI_SOURCE_URL}" /tmp/mpi-source.tar' in build  # the ADD stage, folded
+    assert "MPI_SOURCE_URL=https://www.mpich.org/" in build.split("%post", 1)[0]
+    assert image.startswith("{{ BOOTSTRAP }}\nFrom: {{ FROM }}\nStage: image\n")
+    assert "%files from mpi-build\n/opt/mpi/usr/local/* /usr/local/\n" in image
+    assert "MPI_BUILD_IMAGE" not in image and "build-essential" not in image
+    assert image.count("%runscript") == 1 and "%runscript" not in build

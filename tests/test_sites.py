@@ -159,8 +159,10 @@ def test_missing_sbatch_is_a_clear_error_and_no_record_claims_a_submission(tmp_p
 def test_a_missing_sif_is_named_with_the_command_that_makes_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
     site = load_site(SITES, "local")
-    with pytest.raises(slurm.SlurmError, match="does not exist: convert the image first"):
-        slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", "hpcimages/x:never"))
+    with pytest.raises(slurm.SlurmError, match=r"does not exist: convert the image first \(`invoke convert --only "
+                                               r"mpi4py:py3.10-mpich3.4.3`\)"):
+        slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"),
+                     slurm.JobSpec(site, "hello", "hpcimages/mpi4py:py3.10-mpich3.4.3"))
 
 
 def test_hello_output_must_have_every_rank():
@@ -245,6 +247,7 @@ def test_sizes_are_checked_with_the_scripts_own_rule_before_submitting(tmp_path,
 def test_an_image_that_is_no_cell_is_named_with_the_nearest_cells(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
     nearest = r"not a cell of any profile.*nearest: hpcimages/mpi4py:py3.13-mpich4.3.2"
-    with pytest.raises(slurm.SlurmError, match=nearest):
+    with pytest.raises(slurm.SlurmError, match=nearest) as info:
         slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"),
                      slurm.JobSpec(load_site(SITES, "local"), "hello", "hpcimages/mpi4py:py3.13-mpich4.3.3"))
+    assert "convert" not in str(info.value)  # converting is no advice for a tag that no cell builds

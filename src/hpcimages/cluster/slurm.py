@@ -229,12 +229,12 @@ def load_records(root: Path) -> list[JobRecord]:
     return records
 
 
-def not_a_cell(matrix: Matrix, image: str) -> str:
+def not_a_cell(matrix: Matrix, image: str, consequence: str = " (its results will name no cell)") -> str:
     """What to tell someone whose image tag is no cell of the matrix: the nearest tags of every profile."""
     tags = sorted({c.image(p.registry) for p in matrix.profiles.values() for c in matrix.cells(p)})
     nearest = difflib.get_close_matches(image, tags, n=3, cutoff=0.6)
     hint = f"; nearest: {', '.join(nearest)}" if nearest else f"; e.g. {tags[0]}"
-    return f"{shown(image)} is not a cell of any profile of the matrix (its results will name no cell){hint}"
+    return f"{shown(image)} is not a cell of any profile of the matrix{consequence}{hint}"
 
 
 def cell_of(matrix: Matrix, image: str) -> tuple[str | None, str | None]:
@@ -311,8 +311,8 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     if not spec.site.container.sif_dir and spec.bench != "convert" and not Path(sif).is_file():
         cell, _ = cell_of(matrix, spec.image)
         if cell is None:
-            raise SlurmError(f"{not_a_cell(matrix, spec.image)}, and {sif} does not exist: convert the image "
-                             f"first (`invoke convert --only ...`)")
+            raise SlurmError(f"{not_a_cell(matrix, spec.image, '')} (an image of your own runs once its .sif is "
+                             f"at {sif})")
         raise SlurmError(f"{sif} does not exist: convert the image first (`invoke convert --only {cell}`), or set "
                          f"[container] sif_dir in {spec.site.path} to where the .sif files are on the cluster")
     key = job_key(spec, now)

@@ -52,7 +52,7 @@ MPI_KEYS = {"name", "version", "method", "configure"}
 FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args"}
 PROFILE_KEYS = {
     "description", "registry", "extends", "python", "mpi", "cuda", "families",
-    "bases", "sources", "exclude", "cells", "publish",
+    "bases", "sources", "exclude", "cells", "publish", "mpi_build_python",
 }
 BASE_KEYS = {"image", "debian"}
 SOURCE_KEYS = {"url", "sha256"}
@@ -117,6 +117,12 @@ class Profile:
     exclude: tuple[Mapping[str, str], ...]
     cells: tuple[str, ...]
     publish: PublishSettings = field(default_factory=PublishSettings)
+    mpi_build_python: str = ""
+
+    @property
+    def mpi_build_image(self) -> str:
+        """Where an MPI built from source is compiled, once for all Python versions of the profile."""
+        return self.bases[self.mpi_build_python].image
 
 
 @dataclass(frozen=True)
@@ -488,8 +494,19 @@ class _Loader:
                                  "cell pattern (family:tag, globs allowed)")
         description = self.free_text(table.get("description"), f"{key}.description")
         publish = load_publish(table.get("publish"), f"{key}.publish", self.fail)
+        build_python = self.mpi_build_python(table.get("mpi_build_python"), f"{key}.mpi_build_python", python)
         return Profile(name, description, registry, python, mpi, cuda, families, bases, sources, exclude, cells,
-                       publish)
+                       publish, build_python)
+
+    def mpi_build_python(self, value: Any, key: str, python: tuple[str, ...]) -> str:
+        """Default: the lowest Python version of the profile, whose base is taken to have the oldest glibc."""
+        if value is None:
+            return min(python, key=lambda v: tuple(int(p) for p in v.split(".")))
+        self.string(value, key, PYTHON_RE, "Python version")
+        if value not in python:
+            raise self.fail(key, f"{shown(value)} is no Python version of the profile ({', '.join(python)}): the "
+                            "MPI is compiled in that version's base image")
+        return value
 
     def load_bases(self, table: Any, key: str, python: tuple[str, ...]) -> dict[str, Base]:
         if table is None:

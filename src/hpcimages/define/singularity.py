@@ -13,8 +13,14 @@ templates is repaired here, each fix named after the defect:
 * ``CMD ["python3"]`` becomes ``exec /bin/bash python3``: the runscript is ``exec python3 "$@"``;
 * the Dockerfile's comment header lands in ``%post``: it is dropped, and the recipe gets its own header.
 
-The templates stay within what converts: one ``FROM``, no ``COPY --from``, no ``USER``, only braced
-``${VAR}`` substitutions.
+Multi-stage Dockerfiles (a source MPI compiled in stages of its own) become Apptainer multi-stage recipes, one
+stage converted at a time (spython alone merges the stages into one): ``COPY --from=S src dst`` becomes
+``%files from S`` (a directory ``src/`` as ``src/*``, which Apptainer merges into ``dst``), and a stage that only
+``ADD``s a URL (Docker's content-keyed download) becomes a download in the ``%post`` of the stage that copies it.
+Apptainer has no layer cache, so the stages there only keep the compiler out of the image.
+
+The templates stay within what converts: ``FROM ${ARG}`` (``AS name`` for a build stage), ``COPY --from`` of a
+named stage, ``ADD`` of a URL only in a stage of its own, no ``USER``, only braced ``${VAR}`` substitutions.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from spython.logger import bot
@@ -31,6 +39,17 @@ from spython.main.parse.writers import SingularityWriter
 ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.M)
 FROM_ARGS = ("BASE_IMAGE", "PARENT_IMAGE")
 PIP_ARGS = ("PIP_NO_INDEX", "PIP_FIND_LINKS")
+FROM_RE = re.compile(r"^FROM\s+\$\{([A-Za-z_][A-Za-z0-9_]*)\}(?:\s+AS\s+([A-Za-z0-9_.-]+))?\s*$", re.M | re.I)
+COPY_FROM_RE = re.compile(r"^COPY\s+--from=(\S+)\s+(\S+)\s+(\S+)\s*$", re.M)
+ADD_URL_RE = re.compile(r"^ADD\s+\$\{([A-Za-z_][A-Za-z0-9_]*)\}\s+(\S+)\s*$", re.M)
+DOWNLOAD = "python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])'"
+
+
+@dataclass
+class Stage:
+    from_arg: str  # the ARG its FROM names
+    name: str  # "" for the image stage
+    text: str  # its instructions, without the FROM line
 
 
 def dockerfile_args(text: str) -> dict[str, str | None]:
@@ -72,22 +91,86 @@ def _sections(text: str) -> tuple[str, dict[str, list[str]]]:
     return "\n".join(header), sections
 
 
+def split_stages(text: str) -> tuple[str, list[Stage]]:
+    """(what precedes the first FROM, the stages in order)."""
+    matches = list(FROM_RE.finditer(text))
+    if not matches:
+        raise ValueError("no `FROM ${ARG}` line: the templates name their images through an ARG")
+    stages = []
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        stages.append(Stage(match.group(1), match.group(2) or "", text[match.end():end]))
+    return text[:matches[0].start()], stages
+
+
+def _instructions(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _fold_downloads(stages: list[Stage]) -> list[Stage]:
+    """A stage that only ADDs a URL is replaced, in the stages that COPY from it, by a download of that URL."""
+    fetched = {}
+    for stage in stages:
+        body = [ln for ln in _instructions(stage.text) if not ln.startswith("ARG ")]
+        adds = ADD_URL_RE.findall(stage.text)
+        if stage.name and len(body) == 1 and len(adds) == 1:
+            var, dest = adds[0]
+            default = dockerfile_args(stage.text).get(var) or ""
+            fetched[stage.name] = (var, default, dest)
+    kept = []
+    for stage in stages:
+        if stage.name in fetched:
+            continue
+        text = stage.text
+        for match in list(COPY_FROM_RE.finditer(text)):
+            source, src, dst = match.groups()
+            if source in fetched:
+                var, default, dest = fetched[source]
+                if src != dest:
+                    raise ValueError(f"COPY --from={source} {src}: that stage fetched {dest}")
+                text = text.replace(match.group(0), f"ARG {var}={default}\nRUN {DOWNLOAD} \"${{{var}}}\" {dst}")
+        kept.append(Stage(stage.from_arg, stage.name, text))
+    return kept
+
+
 def recipe(dockerfile: Path, generated_by: str) -> str:
     """The committed Singularity.def for one rendered Dockerfile."""
-    docker_text = dockerfile.read_text(encoding="utf-8")
+    prelude, stages = split_stages(dockerfile.read_text(encoding="utf-8"))
+    stages = _fold_downloads(stages)
+    parts = [*(f"# {line}" if line else "#" for line in generated_by.splitlines())]
+    for i, stage in enumerate(stages):
+        last = i == len(stages) - 1
+        parts += _stage_recipe(prelude, stage, multi=len(stages) > 1, image_stage=last,
+                               from_args={st.from_arg for st in stages})
+        if not last:
+            parts.append("")
+    return "\n".join(parts)
+
+
+def _stage_recipe(prelude: str, stage: Stage, multi: bool, image_stage: bool, from_args: set[str]) -> list[str]:
+    """One stage: spython's translation of it alone, with the fixes the module docstring lists."""
+    copies = COPY_FROM_RE.findall(stage.text)
+    text = COPY_FROM_RE.sub("", stage.text)
+    docker_text = f"{prelude}FROM ${{{stage.from_arg}}}\n{text}"
     args = dockerfile_args(docker_text)
-    header, sections = _sections(spython_convert(dockerfile))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "Dockerfile"
+        path.write_text(docker_text, encoding="utf-8")
+        header, sections = _sections(spython_convert(path))
     from_image = re.search(r"^From:\s*(\S+)", header, re.M)
     if not from_image:
-        raise ValueError(f"spython produced no From: line for {dockerfile}")
-    arguments = ["BOOTSTRAP=docker", f"FROM={from_image.group(1)}", "WHEELHOUSE=none"]
+        raise ValueError(f"spython produced no From: line for stage {stage.name or 'image'}")
+    from_arg = "FROM" if image_stage else stage.from_arg  # the image stage keeps the one name builds pass
+    arguments = ["BOOTSTRAP=docker", f"{from_arg}={from_image.group(1)}"]
+    if image_stage:
+        arguments.append("WHEELHOUSE=none")
     post = [ln for ln in sections.get("post", []) if not ln.startswith("#")]  # the Dockerfile's comment header
     fixed_post = []
     for line in post:
         assignment = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
         if assignment and assignment.group(1) in args:
             name = assignment.group(1)
-            if name in FROM_ARGS:
+            if name in FROM_ARGS or name in from_args:  # each stage's own From: line carries its image
                 continue
             arguments.append(f"{name}={args[name] or ''}")
             fixed_post.append(f'{name}="{{{{ {name} }}}}"')
@@ -98,17 +181,18 @@ def recipe(dockerfile: Path, generated_by: str) -> str:
     wheelhouse = ["# `--build-arg WHEELHOUSE=<url>`: pip installs from that wheelhouse only (offline builds)",
                   'if [ "{{ WHEELHOUSE }}" != "none" ]; then',
                   '    export PIP_NO_INDEX=1 PIP_FIND_LINKS="{{ WHEELHOUSE }}"',
-                  "fi"]
+                  "fi"] if image_stage else []
     labels = [_label(line) for line in sections.get("labels", []) if line.strip()]
-    out = [
-        *(f"# {line}" if line else "#" for line in generated_by.splitlines()),
-        "Bootstrap: {{ BOOTSTRAP }}",
-        "From: {{ FROM }}",
-        "",
-        "%arguments",
-        *arguments,
-        "",
-    ]
+    out = ["Bootstrap: {{ BOOTSTRAP }}", f"From: {{{{ {from_arg} }}}}"]
+    if multi:
+        out.append(f"Stage: {stage.name or 'image'}")
+    out += ["", "%arguments", *arguments, ""]
+    by_source: dict[str, list[str]] = {}
+    for source, src, dst in copies:
+        by_source.setdefault(source, []).append(f"{src}*" if src.endswith("/") else src)
+        by_source[source][-1] += f" {dst}"
+    for source, lines in by_source.items():
+        out += [f"%files from {source}", *lines, ""]
     if sections.get("files"):
         out += ["%files", *[ln for ln in sections["files"] if ln.strip()], ""]
     if sections.get("environment"):
@@ -119,9 +203,9 @@ def recipe(dockerfile: Path, generated_by: str) -> str:
     out.append("")
     if labels:
         out += ["%labels", *labels, ""]
-    if re.search(r'^CMD \["python3"\]', docker_text, re.M):
+    if image_stage and re.search(r'^CMD \["python3"\]', text, re.M):
         out += ["%runscript", '    exec python3 "$@"', ""]
-    return "\n".join(out)
+    return out
 
 
 def _label(line: str) -> str:

@@ -33,7 +33,7 @@ SUPPORT_KEYS = {"python", "mpi_name", "mpi_method", "cuda"}
 
 #: Build args the build step itself passes, by what they are for.
 PIP_ARGS = ("PIP_NO_INDEX", "PIP_FIND_LINKS")
-SOURCE_ARGS = ("MPI_SOURCE_URL", "MPI_SOURCE_SHA256")
+SOURCE_ARGS = ("MPI_SOURCE_URL", "MPI_SOURCE_SHA256", "MPI_BUILD_IMAGE")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def template_context(matrix: Matrix, cell: Cell, profile: Profile) -> dict[str, 
         "mpi": cell.mpi,
         "cuda": cell.cuda,
         "base_image": profile.bases[cell.python].image,
+        "mpi_build_image": profile.mpi_build_image,
         "parent_image": parent_image,
         # a `debian:` URL only exists on a machine with a mirror: the build step passes the real one
         "source_url": source.url if source and not source.url.startswith("debian:") else "",

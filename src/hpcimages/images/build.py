@@ -172,7 +172,13 @@ def source_args(profile: Profile, cell: Cell, served: str | None) -> dict[str, s
     if source is None:
         return {}
     return {"MPI_SOURCE_URL": f"{served}/sources/{source.filename}" if served else source.url,
-            "MPI_SOURCE_SHA256": source.sha256}
+            "MPI_SOURCE_SHA256": source.sha256, "MPI_BUILD_IMAGE": profile.mpi_build_image}
+
+
+def mpi_build_key(profile: Profile, cell: Cell) -> str | None:
+    """Cells with one key share one compile of their MPI (the engine's cache of the mpi-build stage)."""
+    source = mpi_source(profile, cell)
+    return None if source is None else f"{cell.mpi.key}@{profile.mpi_build_image}"
 
 
 def build_args(matrix: Matrix, profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
@@ -283,9 +289,20 @@ class Builder:
         image = find_image(self.client, base.image)
         return image.id if image is not None else None
 
+    def from_identity(self, cell: Cell, parent_id: str | None) -> str | None:
+        """What the cell starts from, by image id where the engine has it: its parent or base, and the image its
+        MPI is compiled in (a rebuilt build image changes the MPI)."""
+        if cell.family.parent:
+            return parent_id
+        base = self.base_id(cell) or self.profile.bases[cell.python].image
+        if mpi_source(self.profile, cell) is None:
+            return base
+        builder = find_image(self.client, self.profile.mpi_build_image)
+        return f"{base} {builder.id if builder else self.profile.mpi_build_image}"
+
     def current_hash(self, cell: Cell, parent_id: str | None) -> str | None:
         """The input hash the cell would have now, or None if its FROM image is unknown yet."""
-        from_id = parent_id if cell.family.parent else self.base_id(cell) or self.profile.bases[cell.python].image
+        from_id = self.from_identity(cell, parent_id)
         if from_id is None:
             return None
         args = build_args(self.matrix, self.profile, cell, None)
@@ -359,11 +376,15 @@ class Builder:
 
     def check_bases(self, cells: list[Cell]) -> dict[str, str]:
         broken = {}
+        builder = self.profile.bases[self.profile.mpi_build_python]
         for cell in cells:
-            base = self.profile.bases[cell.python]
-            if cell.family.parent is None and base.debian and find_image(self.client, base.image) is None:
-                broken[cell.ref] = (f"base image {base.image} is missing: run `invoke bases --profile "
-                                    f"{self.profile.name}`")
+            needed = [self.profile.bases[cell.python]] if cell.family.parent is None else []
+            if mpi_source(self.profile, cell) is not None:
+                needed.append(builder)
+            for base in needed:
+                if base.debian and find_image(self.client, base.image) is None:
+                    broken[cell.ref] = (f"base image {base.image} is missing: run `invoke bases --profile "
+                                        f"{self.profile.name}`")
         return broken
 
     # -- one cell ---------------------------------------------------------------------------------
@@ -391,7 +412,7 @@ class Builder:
 
     def _engine_build(self, cell: Cell, parent_id: str | None, served: str, result: CellResult) -> None:
         args = build_args(self.matrix, self.profile, cell, served)
-        from_id = parent_id if cell.family.parent else (self.base_id(cell) or args["BASE_IMAGE"])
+        from_id = self.from_identity(cell, parent_id)
         digest = input_hash(self.matrix, cell, hashed_args(self.profile, cell, args), str(from_id))
         context, dockerfile = context_archive(self.matrix, cell)
         log_path = self.log_dir / cell.family.name / f"{cell.tag}.log"
@@ -481,6 +502,10 @@ class Builder:
         for api in streams:
             api.cut()
 
+    def _compiling_its_mpi(self, cell: Cell, running: dict[Future[CellResult], Cell]) -> bool:
+        key = mpi_build_key(self.profile, cell)
+        return key is not None and any(mpi_build_key(self.profile, c) == key for c in running.values())
+
     def _schedule(self, cells: list[Cell], results: dict[str, CellResult], served: str) -> None:
         pending = [c for c in cells if results[c.ref].status == "pending"]
         running: dict[Future[CellResult], Cell] = {}
@@ -495,6 +520,8 @@ class Builder:
                         pending.remove(cell)
                         done += 1
                         self.say(f"[{done}/{total}] {cell.ref}: skipped ({r.reason})")
+                    elif self._compiling_its_mpi(cell, running):
+                        continue  # it waits, then finds that compile in the engine's cache
                     elif (parent is None or parent.ok) and len(running) < self.jobs:
                         pending.remove(cell)
                         future = pool.submit(self.build_cell, cell, parent.image_id if parent else None,

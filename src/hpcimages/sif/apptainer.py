@@ -153,12 +153,15 @@ def tail(output: str, lines: int = 4, limit: int = 500) -> str:
 
 
 def build_recipe(runtime: Runtime, root: Path, recipe: Path, archive: Path, out: Path,
-                 args: dict[str, str]) -> tuple[int, str]:
-    """`apptainer build` of a committed Singularity.def, bootstrapping from a saved image (docker-archive)."""
+                 args: dict[str, str], builder: Path | None = None) -> tuple[int, str]:
+    """`apptainer build` of a committed Singularity.def, bootstrapping from a saved image (docker-archive), and
+    its mpi-build stage, where it has one, from another (``builder``, in the same folder)."""
     work = archive.parent
     work_seen, work_mounts = runtime.see(work, "/work", writable=True)
     src_seen, src_mounts = runtime.see(root, "/src")
     build_args = {"BOOTSTRAP": "docker-archive", **args, "FROM": f"{work_seen}/{archive.name}"}
+    if builder is not None:
+        build_args["MPI_BUILD_IMAGE"] = f"{work_seen}/{builder.name}"
     flags = [part for key, value in build_args.items() for part in ("--build-arg", f"{key}={value}")]
     command = ["apptainer", "build", "--force", *flags, f"{work_seen}/{out.name}",
                f"{src_seen}/{recipe.relative_to(root)}"]

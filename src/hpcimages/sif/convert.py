@@ -165,13 +165,18 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     start = time.monotonic()
     archive = out_dir / ".work" / f"{sif.stem}-from.tar"
     save_image(client, base, archive)
+    builder = archive.with_name(f"{sif.stem}-mpi-build.tar") if source is not None else None
     try:
+        if builder is not None:  # the recipe's mpi-build stage bootstraps from an archive too
+            save_image(client, profile.mpi_build_image, builder)
         with wheelhouse.serve(cache) as served:
             args = {**cell.family.build_args, **source_args(profile, cell, served),
                     "WHEELHOUSE": f"{served}/wheelhouse/"}
-            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args)
+            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, builder)
     finally:
         archive.unlink(missing_ok=True)
+        if builder is not None:
+            builder.unlink(missing_ok=True)
     if code != 0:
         progress(f"  FAILED (exit {code}): {tail(output)}")
         return False
