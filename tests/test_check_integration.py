@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcimages.engine import find_image
 from hpcimages.images import hostmpi
 from hpcimages.images.check import MPI_LIBRARY_VERSION, Checker
 from hpcimages.paths import build_dir
@@ -114,6 +115,21 @@ def test_unbuilt_image_fails_with_a_hint(checker, matrix):
     result = checker.check_cell(cell(matrix), "hpcimages-test/never-built:nope")
     assert result.checks["contents"].status == "fail"
     assert "run `invoke build`" in result.checks["contents"].reason
+
+
+def test_check_skips_cells_that_were_never_built_and_fails_only_when_nothing_was_checked(matrix, client):
+    registry = matrix.profile("offline").registry
+    unbuilt = [c for c in matrix.cells("offline") if find_image(client, c.image(registry)) is None]
+    assert unbuilt, "the offline profile has cells that this engine has never built"
+    both = subprocess.run([sys.executable, "-m", "invoke", "check", "--profile", "offline", "--only",
+                           "mpi4py:py3.11-mpich4.2.3", "--only", unbuilt[0].ref], cwd=ROOT, capture_output=True,
+                          text=True, check=False, timeout=900)
+    assert both.returncode == 0, both.stdout[-3000:] + both.stderr[-2000:]
+    assert "1/1 built cells passed" in both.stdout and "1 not built, skipped" in both.stdout
+    assert "FAIL" not in both.stdout
+    alone = subprocess.run([sys.executable, "-m", "invoke", "check", "--profile", "offline", "--only",
+                            unbuilt[0].ref], cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    assert alone.returncode == 1 and "0/0 built cells passed" in alone.stdout, alone.stdout[-2000:]
 
 
 def test_check_with_unknown_cells_is_a_clear_error():

@@ -133,7 +133,10 @@ def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell]) -> str:
     rows = []
     for cell in cells:
         tags = [cell.image(profile.registry), *cell.aliases(profile)]
-        rows.append([cell.ref, ", ".join(tags), cell.parent_ref() or profile.bases[cell.python].image])
+        start = cell.parent_ref() or profile.bases[cell.python].image
+        if mpi_source(profile, cell) is not None:
+            start += f" (MPI compiled in {profile.mpi_build_image})"
+        rows.append([cell.ref, ", ".join(tags), start])
     return tabulate(rows, headers=["cell", "tags", "FROM"], tablefmt="simple") + f"\n{len(cells)} cells"
 
 

@@ -351,8 +351,10 @@ def check_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cell
         progress(f"[{i}/{len(cells)}] checking {cell.ref} ...")
         result = checker.check_cell(cell)
         failed = [c for c, o in result.checks.items() if o.status == "fail"]
-        progress(f"[{i}/{len(cells)}] {cell.ref}: {'passed' if result.passed else 'FAILED ' + ', '.join(failed)}"
-                 f" ({result.seconds:.1f}s)")
+        verdict = "passed" if result.passed else "FAILED " + ", ".join(failed)
+        if result.image_id is None:
+            verdict = f"not built, skipped ({result.image})"
+        progress(f"[{i}/{len(cells)}] {cell.ref}: {verdict} ({result.seconds:.1f}s)")
         results.append(result)
     reports.record_check(build_dir(matrix.root), prof.name, results)
     return results
