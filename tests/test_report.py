@@ -113,10 +113,12 @@ def test_invoke_tabulate_names_a_corrupt_line(store):
 
 
 def test_plots_label_sizes_as_people_say_them_and_keep_the_spread():
-    from hpcimages.measure.report import size_label, spread
+    from hpcimages.measure.report import size_label, size_ticks, spread
 
     assert [size_label(s) for s in (1, 512, 1024, 65536, 1 << 20, 4 << 20)] == \
         ["1 B", "512 B", "1 KiB", "64 KiB", "1 MiB", "4 MiB"]
+    assert size_ticks(2 ** k for k in range(23)) == [4 ** k for k in range(12)]  # 1 B ... 4 MiB
+    assert size_ticks([8, 64, 512, 3000]) == [64, 3000]  # the largest size always has its label
     band = dict((s, (med, lo, hi)) for s, med, lo, hi in spread(records(), "osu_bw", "container"))
     values = sorted(r.value for r in records() if r.variant == "container" and r.size == 65536 and
                     r.benchmark == "osu_bw")

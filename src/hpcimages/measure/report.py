@@ -21,8 +21,8 @@ from .results import ResultRow, medians
 VARIANT_ORDER = ("container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)")
 LARGE = 1024 * 1024
 ANOMALY_RATIO = 0.5
-TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (us)",
-          "osu_allreduce": "Allreduce latency, average over ranks (us)", "hello": "MPI hello: ranks that answered"}
+TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (µs)",
+          "osu_allreduce": "Allreduce latency, average over ranks (µs)", "hello": "MPI hello: ranks that answered"}
 TABLE_BENCHMARKS = ("hello", "osu_bw", "osu_latency", "osu_allreduce")
 
 
@@ -206,6 +206,15 @@ def size_label(nbytes: float) -> str:
     return f"{nbytes:g} B"
 
 
+def size_ticks(sizes: Iterable[int]) -> list[int]:
+    """The powers of four among the sizes measured, and the largest size itself (4 MiB in the default sweep)."""
+    sizes = sorted(set(sizes))
+    if not sizes:
+        return []
+    ticks = [s for s in sizes if (s.bit_length() - 1) % 2 == 0 and s & (s - 1) == 0]
+    return ticks + [sizes[-1]] if sizes[-1] not in ticks else ticks
+
+
 def spread(rows: Iterable[ResultRow], bench: str, variant: str) -> list[tuple[int, float, float, float]]:
     """(size, median, lowest, highest) over the repeats of one variant: the line and its band in a plot."""
     values: dict[int, list[float]] = {}
@@ -223,7 +232,7 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter
 
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -233,24 +242,27 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
             if not variants:
                 continue
             fig, ax = plt.subplots(figsize=(8, 4.8))
+            drawn: list[int] = []
             for v in variants:
                 points = spread(rows, bench, v)
                 if not points:
                     continue
                 sizes = [p[0] for p in points]
+                drawn += sizes
                 line, = ax.plot(sizes, [p[1] for p in points], marker="o", markersize=3, label=v,
                                 linestyle="--" if "bare-metal" in v else "-")
                 ax.fill_between(sizes, [p[2] for p in points], [p[3] for p in points], color=line.get_color(),
                                 alpha=0.15, linewidth=0)
             ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_locator(LogLocator(base=4))
+            ax.xaxis.set_major_locator(FixedLocator(size_ticks(drawn)))  # down to the largest size measured
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: size_label(x)))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+            ax.tick_params(axis="x", labelsize=8)
             if bench == "osu_bw":
                 ax.set_ylim(bottom=0)
             else:
                 ax.set_yscale("log")
-                ax.yaxis.set_major_formatter(ScalarFormatter())
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))  # 0.1, 1, 10, not 1.0 or 10^1
                 ax.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
             ax.set_xlabel("message size")
             ax.set_ylabel(TITLES[bench])
