@@ -212,7 +212,7 @@ def size_ticks(sizes: Iterable[int]) -> list[int]:
     if not sizes:
         return []
     ticks = [s for s in sizes if (s.bit_length() - 1) % 2 == 0 and s & (s - 1) == 0]
-    return ticks + [sizes[-1]] if sizes[-1] not in ticks else ticks
+    return [*ticks, sizes[-1]] if sizes[-1] not in ticks else ticks
 
 
 def spread(rows: Iterable[ResultRow], bench: str, variant: str) -> list[tuple[int, float, float, float]]:
