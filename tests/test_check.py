@@ -28,7 +28,7 @@ def facts(**overrides):
 
 
 LABELS = {"io.hpcimages.family": "mpi4py", "io.hpcimages.python": "3.11", "io.hpcimages.mpi.name": "mpich",
-          "io.hpcimages.mpi.version": "4.3.2", "io.hpcimages.mpi.method": "wheel",
+          "io.hpcimages.mpi.version": "4.3.2", "io.hpcimages.mpi.method": "wheel", "io.hpcimages.mpi.abi": "mpich",
           "org.opencontainers.image.version": "py3.11-mpich4.3.2",
           "org.opencontainers.image.created": "2026-11-23T21:14:45Z", "org.opencontainers.image.revision": "abc"}
 
@@ -82,8 +82,19 @@ def test_rpath_and_runpath_fail_linking():
 def test_other_abi_or_unresolved_library_fails_linking():
     fc = family_checks(M, "mpi4py")
     out = check_linking(fc, facts(extensions=ext(needed=["libmpi.so.40"], ldd={})))
-    assert out.status == "fail" and "not the MPICH ABI's libmpi.so.12" in out.reason
+    assert out.status == "fail" and "needs libmpi.so.40, not libmpi.so.12 alone" in out.reason
     assert "does not resolve libmpi.so.12" in out.reason
+
+
+def test_a_standard_abi_cell_links_libmpi_abi_alone():
+    fc = family_checks(M, "mpi4py")
+    abi = ext(needed=["libmpi_abi.so.1", "libc.so.6"], ldd={"libmpi_abi.so.1": "/usr/local/lib/libmpi_abi.so.1"})
+    assert check_linking(fc, facts(extensions=abi), "libmpi_abi.so.1").status == "pass"
+    out = check_linking(fc, facts(), "libmpi_abi.so.1")  # the PyPI wheel's MPICH-ABI extension
+    assert out.status == "fail" and "needs libmpi.so.12, not libmpi_abi.so.1 alone" in out.reason
+    both = ext(needed=["libmpi_abi.so.1", "libmpi.so.12"], ldd={"libmpi_abi.so.1": "/usr/local/lib/libmpi_abi.so.1"})
+    out = check_linking(fc, facts(extensions=both), "libmpi_abi.so.1")
+    assert out.status == "fail" and "(a second MPI library)" in out.reason
 
 
 def test_lying_labels_fail():
@@ -138,3 +149,11 @@ def test_one_entry_shape_whoever_writes_it_and_an_unreadable_report_is_never_res
     with pytest.raises(ReportError):
         record_build(tmp_path, "ci", [CellResult("b:t", "x/b:t", "built", image_id="sha256:2")])
     assert len(report.read_text()) == 40, "the unreadable report was not overwritten"
+
+
+def test_a_standard_abi_cell_must_report_abi_1_0_through_mpi4py():
+    cell = next(c for c in M.all_cells if c.ref == "mpi4py:py3.13-mpiabi-mpich5.0.2")
+    good = facts(python="3.13.5", mpichversion="5.0.2", mpi_abi_version=[1, 0])
+    assert check_contents(cell, good).status == "pass" and "MPI standard ABI 1.0" in check_contents(cell, good).reason
+    out = check_contents(cell, {**good, "mpi_abi_version": [-1, -1]})  # mpi4py built for the MPICH ABI
+    assert out.status == "fail" and "not the standard ABI 1.0" in out.reason

@@ -40,7 +40,7 @@ def hostile(value: str) -> list[str]:
 
 MATRIX = {
     "axes": {"python": ["3.11"], "cuda": ["12.8"], "mpi": [
-        {"name": "mpich", "version": "4.3.2", "method": "wheel"},
+        {"name": "mpich", "version": "4.3.2", "method": "wheel", "abi": "mpich"},
         {"name": "mpich", "version": "4.0.2", "method": "source", "configure": "--disable-fortran --enable-fast=O3"},
     ]},
     "families": {

@@ -91,6 +91,20 @@ def test_minimal_matrix_loads(workdir):
     assert cell.aliases(m.profile("offline")) == ["local/hpc/mpi4py:py3.11-mpich4.3"]
 
 
+def test_a_standard_abi_entry_has_its_own_tags_and_shares_the_wheel_lock(workdir):
+    text = MINIMAL.replace('[[axes.mpi]]\nname = "mpich"\nversion = "4.0.2"',
+                           '[[axes.mpi]]\nname = "mpich"\nversion = "5.0.2"\nmethod = "wheel"\nabi = "mpi"\n\n'
+                           '[[axes.mpi]]\nname = "mpich"\nversion = "4.0.2"', 1)
+    m = load_matrix(write(workdir, text))
+    cell = next(c for c in m.cells("offline") if c.mpi.abi == "mpi" and c.family.name == "mpi4py")
+    assert cell.ref == "mpi4py:py3.11-mpiabi-mpich5.0.2" and cell.mpi.soname == "libmpi_abi.so.1"
+    assert cell.aliases(m.profile("offline")) == ["local/hpc/mpi4py:py3.11-mpiabi-mpich5.0"]
+    assert cell.mpi_lock == "pip-requirements/mpi/mpich-5.0.2.txt"
+    assert cell.build_lock == "pip-requirements/mpi4py/mpiabi-build-py3.11.txt"
+    child = next(c for c in m.cells("offline") if c.mpi.abi == "mpi" and c.family.name == "hpc-python")
+    assert child.build_lock is None and child.parent_ref() == "mpi4py:py3.11-mpiabi-mpich5.0.2"
+
+
 def test_a_source_mpi_is_compiled_in_the_lowest_python_base_unless_the_profile_says(workdir):
     m = load_matrix(write(workdir, MINIMAL))
     assert m.profile("offline").mpi_build_image == "base/python:3.11"
@@ -219,6 +233,12 @@ BROKEN = [
      "profiles.offline.publish.release", "names no release"),
     ("publish-retries", [('registry = "local/hpc"', 'registry = "local/hpc"\npublish = { retries = 0 }')],
      "profiles.offline.publish.retries", "from 1 to 10"),
+    ("abi-unknown", [('version = "4.3.2"\nmethod = "wheel"', 'version = "4.3.2"\nmethod = "wheel"\nabi = "ompi"')],
+     "axes.mpi[0].abi", "unknown ABI 'ompi'; allowed: mpich (libmpi.so.12) or mpi"),
+    ("abi-mpi-before-mpich5", [('version = "4.3.2"\nmethod = "wheel"', 'version = "4.3.2"\nmethod = "wheel"\nabi = "mpi"')],
+     "axes.mpi[0].abi", "the standard ABI is built from the mpich wheel 5.0 or newer"),
+    ("abi-mpi-from-source", [('method = "source"', 'method = "source"\nabi = "mpi"')],
+     "axes.mpi[1].abi", "not mpich 4.0.2 (source)"),
     ("mpi-build-python-unknown", [('registry = "local/hpc"', 'registry = "local/hpc"\nmpi_build_python = "3.12"')],
      "profiles.offline.mpi_build_python", "is no Python version of the profile (3.11, 3.13)"),
     ("injected-description", [('axes = ["python", "mpi"]\n\n[families.hpc',

@@ -35,6 +35,14 @@ HOST_MPI_VERSION = "2021.17.2"
 HOST_MPI_LOCK = f"pip-requirements/mpi/{HOST_MPI_NAME}-{HOST_MPI_VERSION}.txt"
 
 
+#: What compiling mpi4py's sdist for the MPI-5 standard ABI needs besides a C compiler (its pyproject and
+#: conf/requirements-build-cython.txt); a build stage installs them, the image never holds them.
+MPIABI_BUILD_INPUT = (
+    "# build dependencies of mpi4py's sdist for the MPI-5 standard ABI (MPI4PY_BUILD_MPIABI=1)\n"
+    "cython>=3.0.1\nsetuptools>=42\n"
+)
+
+
 @dataclass(frozen=True)
 class LockJob:
     """One lock to compile: output path, input text, optional constraint lock, target Python."""
@@ -63,6 +71,10 @@ def lock_jobs(matrix: Matrix, profile: str | Profile | None = None) -> list[Lock
         if mpi_out and mpi_out not in jobs:
             jobs[mpi_out] = LockJob(mpi_out, _mpi_wheel_input(cell.mpi.name, cell.mpi.version),
                                     f"{cell.mpi.name}=={cell.mpi.version}", "3.11", None)
+        build_out = cell.build_lock
+        if build_out and build_out not in jobs:
+            jobs[build_out] = LockJob(build_out, MPIABI_BUILD_INPUT, "mpi4py's sdist build for the standard ABI",
+                                      cell.python, None)
         out = cell.lock
         if out and out not in jobs:
             jobs[out] = LockJob(out, _input_text(matrix, cell), cell.family.requirements or "", cell.python,

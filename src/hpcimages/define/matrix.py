@@ -48,7 +48,9 @@ TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\.j2")
 
 TOP_KEYS = {"axes", "families", "exclude", "profiles", "host_mpi"}
 AXES_KEYS = {"python", "mpi", "cuda"}
-MPI_KEYS = {"name", "version", "method", "configure"}
+MPI_KEYS = {"name", "version", "method", "configure", "abi"}
+#: The ABI an image's mpi4py is built for: MPICH's (libmpi.so.12) or the MPI-5 standard ABI (libmpi_abi.so.1).
+MPI_ABIS = ("mpich", "mpi")
 FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args"}
 PROFILE_KEYS = {
     "description", "registry", "extends", "python", "mpi", "cuda", "families",
@@ -68,12 +70,20 @@ class Mpi:
     version: str
     method: str
     configure: str = ""
+    abi: str = "mpich"  # "mpi": mpi4py built for the MPI-5 standard ABI (libmpi_abi.so.1)
 
     @property
     def key(self) -> str:
-        """The axis value as it appears in tags and in the matrix (``mpich4.3.2``, ``mpich4.0.2-apt``)."""
+        """The axis value as it appears in tags and in the matrix (``mpich4.3.2``, ``mpich4.0.2-apt``,
+        ``mpiabi-mpich5.0.2`` for the standard ABI)."""
         base = f"{self.name}{self.version}"
-        return base if self.method in ("wheel", "source") else f"{base}-{self.method}"
+        base = base if self.method in ("wheel", "source") else f"{base}-{self.method}"
+        return f"mpiabi-{base}" if self.abi == "mpi" else base
+
+    @property
+    def soname(self) -> str:
+        """The library mpi4py links and the bind model swaps."""
+        return "libmpi_abi.so.1" if self.abi == "mpi" else "libmpi.so.12"
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,15 @@ class Cell:
     def mpi_lock(self) -> str | None:
         """The hashed lock of the MPI wheel (wheel method only), relative to the repository."""
         return f"pip-requirements/mpi/{self.mpi.name}-{self.mpi.version}.txt" if self.mpi.method == "wheel" else None
+
+    @property
+    def build_lock(self) -> str | None:
+        """The build dependencies of mpi4py's sdist (Cython, setuptools) for a standard-ABI cell of a root family:
+        they are used in a build stage and never reach the image."""
+        if self.mpi.abi != "mpi" or self.family.parent is not None or self.family.requirements is None:
+            return None
+        folder = self.family.requirements.rsplit("/", 1)[0]
+        return f"{folder}/mpiabi-build-py{self.python}.txt"
 
     @property
     def lock(self) -> str | None:
@@ -351,7 +370,14 @@ class _Loader:
                     raise self.fail(f"{key}.configure", f"only the 'source' method is configured, not {method!r}")
                 configure = self.string(entry["configure"], f"{key}.configure", CONFIGURE_RE,
                                         "configure option list (no quotes or shell metacharacters)")
-            mpi = Mpi(name, version, method, configure)
+            abi = entry.get("abi", "mpich")
+            if not isinstance(abi, str) or abi not in MPI_ABIS:
+                raise self.fail(f"{key}.abi", f"unknown ABI {shown(abi)}; allowed: mpich (libmpi.so.12) or mpi "
+                                "(the MPI-5 standard ABI, libmpi_abi.so.1)")
+            if abi == "mpi" and (method != "wheel" or name != "mpich" or int(version.split(".")[0]) < 5):
+                raise self.fail(f"{key}.abi", f"the standard ABI is built from the mpich wheel 5.0 or newer (its "
+                                f"libmpi_abi.so.1 and mpicc_abi), not {name} {version} ({method})")
+            mpi = Mpi(name, version, method, configure, abi)
             if mpi.key in result:
                 raise self.fail(key, f"duplicate MPI axis value {mpi.key!r}: two entries would build the same tags")
             result[mpi.key] = mpi

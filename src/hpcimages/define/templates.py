@@ -29,7 +29,7 @@ from .matrix import Cell, Matrix, Profile
 
 FRONT_MATTER_RE = re.compile(r"\{#-?\s*hpcimages\s*\n(.*?)-?#\}", re.S)
 ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
-SUPPORT_KEYS = {"python", "mpi_name", "mpi_method", "cuda"}
+SUPPORT_KEYS = {"python", "mpi_name", "mpi_method", "mpi_abi", "cuda"}
 
 #: Build args the build step itself passes, by what they are for.
 PIP_ARGS = ("PIP_NO_INDEX", "PIP_FIND_LINKS")
@@ -108,6 +108,7 @@ def template_context(matrix: Matrix, cell: Cell, profile: Profile) -> dict[str, 
         "source_sha256": source.sha256 if source else "",
         "build_args": cell.family.build_args,
         "mpi_lock": cell.mpi_lock,
+        "build_lock": cell.build_lock,
         "lock": cell.lock,
     }
 
@@ -141,7 +142,7 @@ def check_templates(matrix: Matrix) -> None:
         supports = template_supports(matrix, cell.family.template)
         key = f"families.{cell.family.name}"
         for axis, value in (("python", cell.python), ("mpi_name", cell.mpi.name),
-                            ("mpi_method", cell.mpi.method), ("cuda", cell.cuda)):
+                            ("mpi_method", cell.mpi.method), ("mpi_abi", cell.mpi.abi), ("cuda", cell.cuda)):
             if value is None or axis not in supports:
                 continue
             if value not in supports[axis]:

@@ -34,7 +34,7 @@ import docker
 import docker.errors
 from tabulate import tabulate
 
-from ..define.lock import lock_drift
+from ..define.lock import lock_drift, locked_pins
 from ..define.matrix import Cell, Matrix, Profile, Source, select_cells
 from ..define.render import dockerfile_path, drift
 from ..engine import find_image
@@ -176,6 +176,15 @@ def source_args(profile: Profile, cell: Cell, served: str | None) -> dict[str, s
         return {}
     return {"MPI_SOURCE_URL": f"{served}/sources/{source.filename}" if served else source.url,
             "MPI_SOURCE_SHA256": source.sha256, "MPI_BUILD_IMAGE": profile.mpi_build_image}
+
+
+def fetch_build_sdists(matrix: Matrix, cell: Cell, cache: Path) -> None:
+    """A standard-ABI cell compiles mpi4py from its sdist: the version its lock pins, checked against the lock's
+    hashes, put in the wheelhouse beside the wheels (pip's --no-binary finds it there)."""
+    version = locked_pins(matrix.root / str(cell.lock)).get("mpi4py")
+    if version is None:
+        raise wheelhouse.CacheError(f"{cell.lock} pins no mpi4py to build for the standard ABI")
+    wheelhouse.fetch_sdist(matrix.root, "mpi4py", version, wheelhouse.wheelhouse_dir(cache))
 
 
 def mpi_build_key(profile: Profile, cell: Cell) -> str | None:
@@ -339,7 +348,7 @@ class Builder:
         broken: dict[str, str] = {}
         done: dict[tuple[str, str], str | None] = {}
         for cell in cells:
-            for lock in filter(None, (cell.mpi_lock, cell.lock)):
+            for lock in filter(None, (cell.mpi_lock, cell.lock, cell.build_lock)):
                 key = (lock, cell.python)
                 if key not in done:
                     self.say(f"  wheelhouse: {lock} for Python {cell.python}")
@@ -354,6 +363,11 @@ class Builder:
             if source is not None:
                 try:
                     wheelhouse.fetch_source(source, self.cache)
+                except wheelhouse.CacheError as exc:
+                    broken.setdefault(cell.ref, str(exc))
+            if cell.build_lock:
+                try:
+                    fetch_build_sdists(self.matrix, cell, self.cache)
                 except wheelhouse.CacheError as exc:
                     broken.setdefault(cell.ref, str(exc))
         return broken

@@ -168,7 +168,7 @@ class Checker:
             return result
         result.checks["contents"] = check_contents(cell, facts)
         result.checks["labels"] = check_labels(cell, image.labels, facts)
-        result.checks["linking"] = check_linking(fc, facts)
+        result.checks["linking"] = check_linking(fc, facts, cell.mpi.soname)
         result.checks["mpi-run"] = self.check_mpi_run(image.id)
         result.checks["bind-swap"] = self.check_bind_swap(cell, image.id, facts)
         result.checks["hygiene"] = check_hygiene(image, facts)
@@ -232,6 +232,10 @@ def check_contents(cell: Cell, facts: dict) -> Outcome:
     for module, error in (facts.get("imports") or {}).items():
         if error:
             problems.append(f"import {module} failed: {error}")
+    abi = facts.get("mpi_abi_version")
+    standard = isinstance(abi, list) and len(abi) == 2 and abi[0] >= 1
+    if cell.mpi.abi == "mpi" and not standard:
+        problems.append(f"MPI_Abi_get_version through mpi4py gives {abi}, not the standard ABI 1.0 the cell promises")
     pins, installed = facts.get("pins") or {}, facts.get("installed") or {}
     if not pins:
         problems.append("no locks in /usr/local/share/hpcimages/requirements")
@@ -240,13 +244,16 @@ def check_contents(cell: Cell, facts: dict) -> Outcome:
             problems.append(f"{name} is {installed.get(name) or 'not installed'}, the lock pins {version}")
     if problems:
         return Outcome("fail", "; ".join(problems))
-    return Outcome("pass", f"Python {facts['python']}, MPICH {facts['mpichversion']}, {len(pins)} pinned packages")
+    abi_note = f", MPI standard ABI {abi[0]}.{abi[1]}" if standard else ""
+    return Outcome("pass", f"Python {facts['python']}, MPICH {facts['mpichversion']}{abi_note}, {len(pins)} pinned "
+                   "packages")
 
 
 def check_labels(cell: Cell, labels: dict[str, str], facts: dict) -> Outcome:
     expected = {"io.hpcimages.family": cell.family.name, "io.hpcimages.python": cell.python,
                 "io.hpcimages.mpi.name": cell.mpi.name, "io.hpcimages.mpi.version": cell.mpi.version,
-                "io.hpcimages.mpi.method": cell.mpi.method, "org.opencontainers.image.version": cell.tag}
+                "io.hpcimages.mpi.method": cell.mpi.method, "io.hpcimages.mpi.abi": cell.mpi.abi,
+                "org.opencontainers.image.version": cell.tag}
     if cell.cuda:
         expected["io.hpcimages.cuda"] = cell.cuda
     problems = [f"{k}={labels.get(k)!r}, expected {v!r}" for k, v in expected.items() if labels.get(k) != v]
@@ -263,7 +270,9 @@ def check_labels(cell: Cell, labels: dict[str, str], facts: dict) -> Outcome:
     return Outcome("fail", "; ".join(problems)) if problems else Outcome("pass", "labels agree with the image")
 
 
-def check_linking(fc: FamilyChecks, facts: dict) -> Outcome:
+def check_linking(fc: FamilyChecks, facts: dict, soname: str = "libmpi.so.12") -> Outcome:
+    """Each MPI extension needs exactly the cell's MPI library (``soname``: libmpi.so.12, or libmpi_abi.so.1 for
+    the MPI-5 standard ABI), resolved by the loader, with no RPATH/RUNPATH that would pin it."""
     problems, notes = [], []
     extensions = facts.get("extensions") or {}
     for module in fc.mpi_extensions + fc.extensions:
@@ -271,19 +280,20 @@ def check_linking(fc: FamilyChecks, facts: dict) -> Outcome:
         if "error" in ext:
             problems.append(f"{module}: {ext['error']}")
             continue
-        links_mpi = any(n.startswith("libmpi.so") for n in ext.get("needed", []))
-        if module in fc.mpi_extensions and not links_mpi:
-            problems.append(f"{module} ({ext['path']}) does not need libmpi.so.12: MPI linked statically or "
+        mpi_needed = [n for n in ext.get("needed", []) if re.match(r"libmpi(_abi)?\.so", n)]
+        if module in fc.mpi_extensions and not mpi_needed:
+            problems.append(f"{module} ({ext['path']}) does not need {soname}: MPI linked statically or "
                             "not at all, the bind model cannot swap it")
             continue
-        if not links_mpi:
+        if not mpi_needed:
             notes.append(f"{module}: no MPI")
             continue
-        if "libmpi.so.12" not in ext.get("needed", []):
-            problems.append(f"{module} needs {ext['needed']}, not the MPICH ABI's libmpi.so.12")
-        resolved = (ext.get("ldd") or {}).get("libmpi.so.12")
+        if mpi_needed != [soname]:
+            problems.append(f"{module} needs {', '.join(mpi_needed)}, not {soname} alone"
+                            + (" (a second MPI library)" if soname in mpi_needed else ""))
+        resolved = (ext.get("ldd") or {}).get(soname)
         if not resolved or resolved == "not":
-            problems.append(f"{module}: the loader does not resolve libmpi.so.12")
+            problems.append(f"{module}: the loader does not resolve {soname}")
         if ext.get("rpath"):
             problems.append(f"{module} has RPATH {ext['rpath']}: it beats LD_LIBRARY_PATH and pins the image's MPI")
         if ext.get("runpath"):

@@ -16,6 +16,8 @@ import http.server
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +133,69 @@ def fetch_source(source: Source, root: Path) -> Path:
     if found != source.sha256:
         part.unlink(missing_ok=True)
         raise CacheError(f"{url}: sha256 mismatch: expected {source.sha256}, got {found}")
+    part.replace(dest)
+    return dest
+
+
+DEFAULT_INDEX = "https://pypi.org/simple"  # pip's own default, used when neither the environment nor pip says
+JSON_API = "application/vnd.pypi.simple.v1+json"
+
+
+def pinned_hashes(repo: Path, package: str, version: str) -> set[str]:
+    """Every sha256 that a lock of the repository pins for ``package==version`` (wheels and the sdist)."""
+    found: set[str] = set()
+    pin = re.compile(rf"^{re.escape(package)}=={re.escape(version)}(\s|$)", re.I)
+    for lock in sorted((repo / "pip-requirements").rglob("*.txt")):
+        lines = lock.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if pin.match(line):
+                for follow in lines[i + 1:]:
+                    match = re.search(r"--hash=sha256:([0-9a-f]{64})", follow)
+                    if not match:
+                        break
+                    found.add(match.group(1))
+    return found
+
+
+def index_url() -> str:
+    """The package index pip would use here: ``PIP_INDEX_URL``, pip's configuration, else PyPI."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"].rstrip("/")
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True,
+                          text=True, check=False)
+    configured = proc.stdout.strip()
+    return (configured if proc.returncode == 0 and configured.startswith("http") else DEFAULT_INDEX).rstrip("/")
+
+
+def fetch_sdist(repo: Path, package: str, version: str, folder: Path) -> Path:
+    """``<package>-<version>.tar.gz`` in ``folder``, fetched once from the package index (PEP 691) and kept only
+    when its sha256 is one the repository's locks pin for that version."""
+    hashes = pinned_hashes(repo, package, version)
+    if not hashes:
+        raise CacheError(f"no lock of this repository pins {package}=={version}: its sdist cannot be verified")
+    name = f"{package}-{version}.tar.gz"
+    dest = folder / name
+    if dest.is_file() and sha256_file(dest) in hashes:
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    base = index_url()
+    part = dest.with_suffix(".part")
+    try:
+        request = urllib.request.Request(f"{base}/{package}/", headers={"Accept": JSON_API})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            files = json.load(response).get("files", [])
+        url = next((f["url"] for f in files if f.get("filename") == name), None)
+        if url is None:
+            raise CacheError(f"the index {base} lists no {name}")
+        with urllib.request.urlopen(url, timeout=120) as response, part.open("wb") as out:
+            shutil.copyfileobj(response, out)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CacheError(f"cannot fetch {name} from {base} ({exc}); on an air-gapped machine put it in "
+                         f"{folder} (its sha256 must be one the locks pin)") from None
+    found = sha256_file(part)
+    if found not in hashes:
+        part.unlink(missing_ok=True)
+        raise CacheError(f"{name}: sha256 {found} is none of the hashes the locks pin for {package}=={version}")
     part.replace(dest)
     return dest
 

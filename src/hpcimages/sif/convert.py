@@ -24,7 +24,7 @@ from ..define.render import recipe_path
 from ..engine import find_image
 from ..files import write_json
 from ..images import wheelhouse
-from ..images.build import from_image, mpi_source, source_args
+from ..images.build import fetch_build_sdists, from_image, mpi_source, source_args
 from ..paths import build_dir
 from .apptainer import ConvertError, Runtime, build_recipe, exec_in_sif, tail
 
@@ -153,8 +153,10 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     out_dir = sif_dir(matrix.root) / "from-recipe"
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = wheelhouse.cache_root()
-    for lock in filter(None, (cell.mpi_lock, cell.lock)):
+    for lock in filter(None, (cell.mpi_lock, cell.lock, cell.build_lock)):
         wheelhouse.download_wheels(matrix.root / lock, cell.python, cache)
+    if cell.build_lock:
+        fetch_build_sdists(matrix, cell, cache)
     source = mpi_source(profile, cell)
     if source is not None:
         wheelhouse.fetch_source(source, cache)

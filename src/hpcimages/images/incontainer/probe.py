@@ -134,6 +134,17 @@ def mpi_library_version() -> str | None:
     return MPI.Get_library_version().strip()
 
 
+def mpi_abi_version() -> list | None:
+    """MPI_Abi_get_version through mpi4py: [1, 0] for the MPI-5 standard ABI, [-1, -1] for an MPICH-ABI build,
+    None where mpi4py (before 4.1) or the library cannot say."""
+    try:
+        from mpi4py import MPI
+
+        return list(MPI.Get_abi_version())
+    except Exception:
+        return None
+
+
 def loaded_mpi_libraries() -> list:
     """The MPI library files this process mapped (after mpi4py chose and loaded one): the proof by path."""
     try:
@@ -193,6 +204,7 @@ def main() -> None:
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "mpichversion": mpichversion(),
         "mpi_library_version": mpi_library_version(),
+        "mpi_abi_version": mpi_abi_version(),
         "mpi_library_files": loaded_mpi_libraries(),
         "ld_library_path": os.environ.get("LD_LIBRARY_PATH", ""),
         "pins": pins,
