@@ -127,6 +127,42 @@ def test_a_second_run_comes_from_the_cache_with_every_index_unreachable(table_ru
     assert set(rows) == {"own", *HOSTS}  # the pairs this run did not measure are kept
 
 
+STANDARD_CELL = "mpi4py:py3.13-mpiabi-mpich5.0.2"
+STANDARD_HOSTS = ["mpich-5.0.1", "mpich-5.0.1.post1", "impi-rt-2021.18.1", "mpich-4.3.2"]
+
+
+@pytest.fixture(scope="module")
+def standard_run(client):
+    lines: list[str] = []
+    code = exit_code(abi_commands.abi, matrix=MATRIX, profile="ci", only=[STANDARD_CELL], host=STANDARD_HOSTS,
+                     suite=False, repeats=1, progress=lines.append)
+    data = json.loads((abi_table.table_dir(ROOT) / "abi-table.json").read_text(encoding="utf-8"))
+    return code, lines, {p["host"]: p for p in data["pairs"] if p["cell"] == STANDARD_CELL}
+
+
+def test_a_standard_abi_image_binds_other_standard_abi_libraries_by_path(standard_run):
+    code, lines, rows = standard_run
+    assert code == 0, lines[-30:]
+    own = rows["own"]
+    assert own["library_file"] == "/usr/local/lib/libmpi_abi.so.1" and own["mpiabi"] == "mpiabi"
+    assert own["c_probe"] == "pass" and own["verdict"] == "works", own["verdict_reason"]
+    for host, vendor in (("mpich-5.0.1.post1", "MPICH Version:      5.0.1"), ("impi-rt-2021.18.1", "Intel(R) MPI")):
+        row = rows[host]
+        assert row["loads"] and row["library_file"] == f"{pairs.HOST_MOUNT}/lib/libmpi_abi.so.1", row
+        assert row["library_version"].startswith(vendor) and row["hello"] == "pass", row
+        assert row["c_probe"] == "pass", row["c_probe"]  # compiled by the image's mpicc_abi, run against the host's
+
+
+def test_a_standard_abi_image_names_why_an_mpich_abi_library_cannot_bind(standard_run):
+    _, _, rows = standard_run
+    old_soname = rows["mpich-5.0.1"]
+    assert not old_soname["loads"] and "has libmpi_abi.so.0, a soname from before the MPI-5.0 standard" in \
+        old_soname["load_reason"]
+    mpich_abi = rows["mpich-4.3.2"]
+    assert not mpich_abi["loads"] and "implements no MPI-5 standard ABI" in mpich_abi["load_reason"]
+    assert "mpi4py loaded /usr/local/lib/libmpi_abi.so.1" in mpich_abi["load_reason"]  # the silent fallback, named
+
+
 def test_an_unknown_stand_in_or_a_bad_option_stops_before_anything(capsys):
     assert exit_code(abi_commands.abi, matrix=MATRIX, profile="ci", host=["mpich-9.9"]) == 2
     assert "unknown stand-in 'mpich-9.9'" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 mpi4py copes with a foreign or older library through its own loader and fallbacks; compiled code cannot. The
 probe (``incontainer/abi_c_probe.c``) is built once per image into ``hpcimages-abi/<family>:<tag>``, a child with a
 compiler (its first layer is the one the benchmarks' C image uses, so the engine shares it). What the loader
-resolves ``libmpi.so.12`` to (``ldd`` under the injected ``LD_LIBRARY_PATH``) is the proof by path.
+resolves ``libmpi.so.12`` (``libmpi_abi.so.1`` for a standard-ABI image, whose probe ``mpicc_abi`` compiles) to
+(``ldd`` under the injected ``LD_LIBRARY_PATH``) is the proof by path.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ class CProbeError(HpcImagesError):
     """The C probe could not be compiled in the image."""
 
 
-def c_probe_image(client: docker.DockerClient, family: str, tag: str, image: str, source: bytes) -> str:
-    """``hpcimages-abi/<family>:<tag>``: the image, gcc, and the probe built with its mpicc (cached by the engine)."""
+def c_probe_image(client: docker.DockerClient, family: str, tag: str, image: str, source: bytes,
+                  wrapper: str = "mpicc") -> str:
+    """``hpcimages-abi/<family>:<tag>``: the image, gcc, and the probe built with its ``wrapper`` (``mpicc``, or
+    ``mpicc_abi`` for an image of the MPI-5 standard ABI), cached by the engine."""
     name = f"hpcimages-abi/{family}:{tag}"
     dockerfile = (
         f"FROM {image}\n{COMPILER_LAYER}"
         f"COPY {SOURCE} {PROBE_DIR}/\n"
-        f"RUN cd {PROBE_DIR} && mpicc -O2 -o abi_c_probe {SOURCE}\n"
+        f"RUN cd {PROBE_DIR} && {wrapper} -O2 -o abi_c_probe {SOURCE}\n"
     )
     try:
         return engine.build_from_memory(client, name, dockerfile, {SOURCE: source})
@@ -41,7 +44,8 @@ def c_probe_image(client: docker.DockerClient, family: str, tag: str, image: str
 def run_c_probe(runner: PairRunner, inj: Injection) -> str:
     """'pass', or what happened to the compiled program with this library."""
     binary = f"{PROBE_DIR}/abi_c_probe"
-    code, out = runner.run(inj, ["sh", "-c", 'ldd "$1" | grep "libmpi.so.12 =>" || echo "libmpi.so.12 => not found"',
+    soname = runner.soname
+    code, out = runner.run(inj, ["sh", "-c", f'ldd "$1" | grep "{soname} =>" || echo "{soname} => not found"',
                                  "sh", binary])
     resolved = out.split("=>", 1)[1].split("(")[0].strip() if "=>" in out else "unknown"
     code, out = runner.run(inj, [inj.launcher, "-n", "2", binary])
@@ -49,7 +53,7 @@ def run_c_probe(runner: PairRunner, inj: Injection) -> str:
     isendrecv = out.count("MPI_Isendrecv ok") == 2
     if inj.host is not None and not resolved.startswith(HOST_MOUNT + "/"):
         state = "2 ranks ran" if ran else f"2 ranks did not run (exit {code})"
-        return f"libmpi.so.12 resolves to {resolved}, not the injected library; {state}"
+        return f"{soname} resolves to {resolved}, not the injected library; {state}"
     if ran and isendrecv and code == 0:
         return "pass"
     if "undefined symbol:" in out:

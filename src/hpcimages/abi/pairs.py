@@ -153,6 +153,7 @@ class PairRunner:
         self.test_timeout = test_timeout  # seconds one test may take (suite.py's watchdog)
         self.c_runner: PairRunner | None = None  # the same steps in the image's C-probe child (cprobe.py)
         self.c_problem = "not tried: no C probe"
+        self.soname = "libmpi.so.12"  # what the image's mpi4py links: libmpi_abi.so.1 for the MPI-5 standard ABI
 
     def run(self, inj: Injection, argv: list[str], timeout: int = STEP_TIMEOUT_S, out: Path | None = None,
             env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -170,7 +171,9 @@ class PairRunner:
         code, out = self.run(inj, [inj.launcher, "-n", "1", "python3", f"{ABI_MOUNT}/abi_probe.py"])
         facts = engine.last_json_line(out)
         if facts is None:
-            pair.load_reason = f"the probe printed nothing (exit {code}): {short(out)}"
+            missing = self._missing_soname(inj)
+            pair.load_reason = (f"{missing}; the image's own library then fails under the stand-in's launcher "
+                                if missing else "the probe printed nothing ") + f"(exit {code}): {short(out)}"
             return
         files = facts.get("files") or []
         pair.library_file = " ".join(files)
@@ -184,8 +187,7 @@ class PairRunner:
         pair.mpi4 = dict(facts.get("mpi4") or {})
         injected = [f for f in files if f.startswith(HOST_MOUNT + "/")]
         if inj.host is not None and not injected:
-            pair.load_reason = (f"mpi4py loaded {pair.library_file or 'no library file'} ({pair.library_version}), "
-                                f"not the injected {inj.host.soname} under {HOST_MOUNT}/lib")
+            pair.load_reason = self._not_injected(inj, pair)
             return
         if inj.host is None and injected:
             pair.load_reason = f"the image's own run loaded {injected[0]}"
@@ -193,6 +195,23 @@ class PairRunner:
         pair.loads = code == 0
         if not pair.loads:
             pair.load_reason = f"exit {code}: {short(out)}"
+
+    def _not_injected(self, inj: Injection, pair: Pair) -> str:
+        loaded = f"mpi4py loaded {pair.library_file or 'no library file'} ({pair.library_version})"
+        missing = self._missing_soname(inj)
+        if missing:
+            return f"{missing} ({loaded} instead)"
+        wanted = self.soname if self.soname != "libmpi.so.12" else inj.host.soname if inj.host else self.soname
+        return f"{loaded}, not the injected {wanted} under {HOST_MOUNT}/lib"
+
+    def _missing_soname(self, inj: Injection) -> str:
+        """Why a standard-ABI image cannot bind this stand-in, read from its lib/ ('' when it has the soname)."""
+        if self.soname == "libmpi.so.12" or inj.folder is None or (inj.folder / "lib" / self.soname).exists():
+            return ""
+        others = sorted(p.name for p in (inj.folder / "lib").glob("libmpi_abi.so.*"))
+        has = f"it has {', '.join(others)}, a soname from before the MPI-5.0 standard" if others else \
+            "it implements no MPI-5 standard ABI"
+        return f"the stand-in has no {self.soname}: {has}"
 
     def hello(self, inj: Injection) -> str:
         code, out = self.run(inj, [inj.launcher, "-n", "2", "python3", f"{BENCH_MOUNT}/hello_mpi4py.py", "--library"])

@@ -102,7 +102,7 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
         c_runner, c_problem = _c_runner(client, cell, image_ref, bench, progress)
         runner = PairRunner(client, image.id, bench, None, suite_timeout, repeats, progress, suite_include,
                             test_timeout)
-        runner.c_runner, runner.c_problem = c_runner, c_problem
+        runner.c_runner, runner.c_problem, runner.soname = c_runner, c_problem, cell.mpi.soname
         rows = [_own_row(runner, matrix, cell, image_ref, suite)]
         own_inj = Injection(None, None)
         rows[0].apptainer = runner.apptainer(runtime, sif_ok, own_inj)
@@ -128,21 +128,24 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
 def _c_runner(client: docker.DockerClient, cell: Cell, image_ref: str, bench: Path,
               progress: Progress) -> tuple[PairRunner | None, str]:
     progress(f"{cell.ref}: compiling the C probe with the image's mpicc (cached after the first run) ...")
+    wrapper = "mpicc_abi" if cell.mpi.abi == "mpi" else "mpicc"
     try:
         name = cprobe.c_probe_image(client, cell.family.name, cell.tag, image_ref,
-                                    (INCONTAINER / cprobe.SOURCE).read_bytes())
+                                    (INCONTAINER / cprobe.SOURCE).read_bytes(), wrapper)
     except cprobe.CProbeError as exc:
         return None, f"not tried: {exc}"
     found = find_image(client, name)
     if found is None:
         return None, f"not tried: {name} was not built"
-    return PairRunner(client, found.id, bench, None, 60, 0, progress), ""
+    c_runner = PairRunner(client, found.id, bench, None, 60, 0, progress)
+    c_runner.soname = cell.mpi.soname
+    return c_runner, ""
 
 
 def _own_row(runner: PairRunner, matrix: Matrix, cell: Cell, image_ref: str, suite: bool) -> Pair:
     """The image's own MPICH, measured first; its probe names the mpi4py version whose suite the runner then uses
     for every row of this image."""
-    row = Pair(cell.ref, image_ref, runner.image_id, OWN, cell.mpi.version, "mpich")
+    row = Pair(cell.ref, image_ref, runner.image_id, OWN, cell.mpi.version, cell.mpi.abi)
     own = Injection(None, None)
     runner.probe(own, row)
     if suite and row.mpi4py_version:
@@ -197,7 +200,8 @@ def judge(pair: Pair, own: Pair | None) -> None:
         pair.verdict, pair.verdict_reason = "fails", pair.hello
         return
     caveats = []
-    if pair.mpiabi and pair.mpiabi != "mpich":
+    expected = own.mpiabi if own is not None and own.mpiabi else "mpich" if own is not None else pair.mpiabi
+    if pair.mpiabi and pair.mpiabi != expected:
         caveats.append(f"mpi4py switched to its {pair.mpiabi} extension: the Python layer binds, compiled code "
                        "does not")
     lacking = sorted(name for name, outcome in pair.mpi4.items() if outcome != "ok")

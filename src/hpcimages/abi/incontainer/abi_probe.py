@@ -63,6 +63,10 @@ def main() -> None:
     facts["library_version"] = MPI.Get_library_version().strip().splitlines()[0].strip()
     facts["extension"] = MPI.__file__.rsplit("/", 1)[-1]
     facts["mpiabi"] = facts["extension"].split(".")[1] if facts["extension"].count(".") > 2 else "built-in"
+    abi_version = getattr(MPI, "Get_abi_version", lambda: (-1, -1))()
+    facts["abi_version"] = list(abi_version)
+    if facts["mpiabi"] == "built-in" and abi_version[0] >= 1:
+        facts["mpiabi"] = "mpiabi"  # built for the MPI-5 standard ABI (MPI4PY_BUILD_MPIABI=1)
     facts["mpi_version"] = "{}.{}".format(*MPI.Get_version())
     facts["mpi4"] = mpi4_calls(MPI)
     print(json.dumps(facts))
