@@ -31,9 +31,13 @@ def library_file() -> str:
 
 def mpi_abi() -> str:
     """The MPI ABI mpi4py selected for the loaded library: its extension module, MPI.<abi>.cpython-*.so
-    (``mpich``, ``openmpi``, ``mpiabi``), or ``built-in`` for an mpi4py built against one MPI."""
+    (``mpich``, ``openmpi``, ``mpiabi``), ``mpiabi`` too for an mpi4py compiled for the standard ABI alone, or
+    ``built-in`` for one compiled against a single MPI's own ABI."""
     parts = (getattr(MPI, "__file__", "") or "").rsplit("/", 1)[-1].split(".")
-    return parts[1] if len(parts) > 3 else "built-in"
+    if len(parts) > 3:
+        return parts[1]
+    standard = getattr(MPI, "Get_abi_version", lambda: (-1, -1))()[0] >= 1
+    return "mpiabi" if standard else "built-in"  # mpiabi: built for the MPI-5 standard ABI (MPI4PY_BUILD_MPIABI)
 
 
 def parse_sizes(text: str) -> tuple[int, int]:

@@ -4,6 +4,7 @@ runner (a short complete run, and an interrupted one)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,28 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
     assert {"host", "date", "command", "session", "site"} <= {k for k, v in own.to_json().items() if v}
     assert "Bandwidth (MB/s)" in proc.stdout and "Targets" in proc.stdout
     assert results.with_suffix(".md").is_file()
+
+
+def test_a_standard_abi_image_is_measured_against_the_mpich_abi_of_the_same_image(client, tmp_path):
+    results = tmp_path / "ci.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--profile", "ci", "--only",
+                           "mpi4py:py3.13-mpiabi-mpich5.0.2", "--results", str(results), "--no-plots", "--no-swap",
+                           "--repeats", "2", "--bench", "osu_bw", "--sizes", "osu_bw=1048576:1048576"],
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([results])
+    by_variant = {r.variant: r for r in records}
+    assert set(by_variant) == {"container", "container (MPICH ABI)", "container (C)", "container (C, MPICH ABI)"}
+    # each label proven by the library file its run loaded, in the same image with the same MPICH
+    assert by_variant["container"].mpi_library_file == "/usr/local/lib/libmpi_abi.so.1"
+    assert by_variant["container"].mpi_abi == "mpiabi"  # mpi4py compiled for the standard ABI
+    assert by_variant["container (MPICH ABI)"].mpi_library_file == "/usr/local/lib/libmpi.so.12"
+    assert by_variant["container (MPICH ABI)"].mpi_abi == "mpich"
+    assert len({r.image_id for r in records}) == 2  # the image, and its child with the C references
+    assert all(r.sandbox == "cap-add SYS_PTRACE" for r in records)  # MPICH 5 hangs at 1 MiB without it
+    assert "MPI-5 standard ABI / MPICH ABI" in proc.stdout and "no bare-metal twin" in proc.stdout
+    assert re.search(r"1048576\s+\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] (equivalent|slower|faster|undecided)",
+                     proc.stdout), proc.stdout[-2000:]
 
 
 def test_an_interrupted_bench_keeps_every_finished_run(client, tmp_path):

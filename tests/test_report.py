@@ -123,3 +123,24 @@ def test_plots_label_sizes_as_people_say_them_and_keep_the_spread():
     values = sorted(r.value for r in records() if r.variant == "container" and r.size == 65536 and
                     r.benchmark == "osu_bw")
     assert band[65536] == (values[1], values[0], values[-1])
+
+
+def test_paired_ratios_get_a_bootstrap_interval_and_a_verdict():
+    from hpcimages.measure.report import abi_cost_table, bootstrap_interval, interval_verdict, paired_ratios
+
+    rows = []
+    for repeat, (std, mpich) in enumerate(((100.0, 101.0), (98.0, 100.0), (102.0, 100.0), (99.0, 99.0)), 1):
+        for variant, value in (("container", std), ("container (MPICH ABI)", mpich)):
+            rows.append(ResultRow(benchmark="osu_bw", variant=variant, size=MiB, value=value, repeat=repeat,
+                                  session="s", cell=CELL))
+    ratios = paired_ratios(rows, "osu_bw", "container", "container (MPICH ABI)", MiB)
+    assert ratios == pytest.approx([100 / 101, 0.98, 1.02, 1.0])  # paired by session and repeat
+    mid, low, high = bootstrap_interval(ratios)
+    assert low <= mid <= high and low > 0.97 and high < 1.03
+    assert interval_verdict(low, high, higher_is_better=True) == "equivalent"
+    assert interval_verdict(0.80, 0.90, True) == "slower" and interval_verdict(0.80, 0.90, False) == "faster"
+    assert interval_verdict(0.90, 1.02, True) == "undecided"
+    table = abi_cost_table(CELL, rows)
+    assert table is not None and table.headers == ["size (B)", "bw Python"]
+    assert table.rows[0][1].endswith("equivalent") and "[" in table.rows[0][1]
+    assert abi_cost_table(CELL, records()) is None  # no standard-ABI variants: no such table

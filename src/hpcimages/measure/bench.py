@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,9 @@ import docker
 import docker.errors
 
 from .. import engine
+from ..define.lock import locked_pins
 from ..define.matrix import Cell, Matrix, Profile
-from ..engine import Mount, find_image
+from ..engine import Mount, Sandbox, find_image
 from ..errors import HpcImagesError
 from ..images import hostmpi, wheelhouse
 from ..paths import build_dir, relative
@@ -40,8 +42,15 @@ from .results import PRIMARY, ResultRow, ResultsError, append_run, library_contr
 
 BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
+#: In a standard-ABI image: the C references built for the MPICH ABI, and where the PyPI mpi4py (MPICH ABI) is seen
+MPICH_ABI_SUFFIX = "_mpich_abi"
+MPICH_ABI_MPI4PY = "/opt/hpcimages-mpi4py-mpich-abi"
 RUN_TIMEOUT_S = 900
 #: A compiler on top of an image, for code built by the image's own mpicc (one layer text: the engine shares it)
+#: Docker runs of the benchmarks allow cross-memory attach, as an informed site runs them: under Docker's default
+#: seccomp profile the MPICH 5 wheel's osu_bw hangs at 1 MiB and MPICH 4.3.2 falls back to a slower copy.
+SANDBOX = Sandbox(cap_add=("SYS_PTRACE",))
+SANDBOX_LABEL = "cap-add SYS_PTRACE"
 COMPILER_LAYER = ("RUN set -eux; apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; "
                   "rm -rf /var/lib/apt/lists/*\n")
 Progress = Callable[[str], None]
@@ -91,11 +100,14 @@ class Variant:
     host_mpi: Path | None = None
     venv: Path | None = None
     scripts: Path | None = None  # bench/ on the host, for bare-metal runs
+    soname: str = ""  # the MPI library file a Python run must have loaded (its label's proof), "" for any
+    mounts: tuple[Mount, ...] = ()
+    c_suffix: str = ""  # which build of the C references: "" (the image's ABI) or MPICH_ABI_SUFFIX
 
     def command(self, bench: Benchmark, args: list[str]) -> list[str]:
         if self.cell is not None:
             mpiexec = f"{hostmpi.MOUNT}/bin/mpiexec" if self.host_mpi else "mpiexec"
-            program = [f"{C_DIR}/{bench.name}"] if self.language == "c" else \
+            program = [f"{C_DIR}/{bench.name}{self.c_suffix}"] if self.language == "c" else \
                 ["python3", f"{BENCH_MOUNT}/{bench.script}"]
             return [mpiexec, "-n", "2", *program, *args]
         assert self.venv is not None and self.scripts is not None
@@ -113,12 +125,18 @@ def bench_dir(matrix: Matrix) -> Path:
 
 
 def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str, progress: Progress) -> str:
-    """A child of the cell's image with a compiler and the C references built by the image's own mpicc."""
+    """A child of the cell's image with a compiler and the C references built by the image's own mpicc; in a
+    standard-ABI image built twice: with mpicc_abi (libmpi_abi.so.1, the image's ABI) and, suffixed
+    ``MPICH_ABI_SUFFIX``, with mpicc (libmpi.so.12 of the same MPICH): the ABI translation layer is the one
+    difference between them."""
     tag = f"hpcimages-bench/{cell.family.name}:{cell.tag}"
+    builds = [("mpicc_abi", ""), ("mpicc", MPICH_ABI_SUFFIX)] if cell.mpi.abi == "mpi" else [("mpicc", "")]
+    compile_all = " && ".join(f"{cc} -O2 -o {name}{suffix} {name}.c" for cc, suffix in builds
+                              for name in ("osu_bw", "osu_latency"))
     dockerfile = (
         f"FROM {image}\n{COMPILER_LAYER}"
         f"COPY osu_bw.c osu_latency.c {C_DIR}/\n"
-        f"RUN cd {C_DIR} && mpicc -O2 -o osu_bw osu_bw.c && mpicc -O2 -o osu_latency osu_latency.c\n"
+        f"RUN cd {C_DIR} && {compile_all}\n"
     )
     progress(f"  compiling the C references in {tag} with the image's mpicc ...")
     sources = {name: (bench_dir(matrix) / name).read_bytes() for name in ("osu_bw.c", "osu_latency.c")}
@@ -164,6 +182,30 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     return venv
 
 
+def mpich_abi_mpi4py(matrix: Matrix, cell: Cell, progress: Progress) -> Path:
+    """PyPI's mpi4py wheel of the cell's lock (MPICH ABI), hash-checked into the wheelhouse and unpacked once on the
+    host, to be mounted into the standard-ABI image."""
+    assert cell.lock is not None
+    version = locked_pins(matrix.root / cell.lock).get("mpi4py")
+    target = build_dir(matrix.root) / "bench" / f"mpi4py-{version}-py{cell.python}-mpich-abi"
+    if (target / "mpi4py" / "__init__.py").is_file():
+        return target
+    cache = wheelhouse.cache_root()
+    wheelhouse.download_wheels(matrix.root / cell.lock, cell.python, cache)
+    abi = "cp" + cell.python.replace(".", "")
+    wheels = sorted(wheelhouse.wheelhouse_dir(cache).glob(f"mpi4py-{version}-{abi}-{abi}-*.whl"))
+    if not wheels:
+        raise BenchError(f"no mpi4py {version} wheel for Python {cell.python} in {wheelhouse.wheelhouse_dir(cache)}")
+    progress(f"  unpacking {wheels[0].name} (MPICH ABI) for the same image's comparison run")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extractall(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+    return target
+
+
 def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell], *, swap: bool = True,
              c_reference: bool = True, bare_metal: bool = True, progress: Progress = print) -> list[Variant]:
     registry = profile.registry
@@ -175,7 +217,12 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
         found = find_image(client, image)
         if found is None:
             raise BenchError(f"{image} is not built: run `invoke build --profile {profile.name}`")
-        out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id))
+        out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, soname=cell.mpi.soname))
+        if cell.mpi.abi == "mpi":
+            # the same image and MPICH with the lock's PyPI mpi4py (MPICH ABI) first on the path: the one change
+            out.append(Variant("container (MPICH ABI)", "python", cell.mpi.key, cell, image, found.id,
+                               env={"PYTHONPATH": MPICH_ABI_MPI4PY}, soname="libmpi.so.12",
+                               mounts=(Mount(mpich_abi_mpi4py(matrix, cell, progress), MPICH_ABI_MPI4PY),)))
         if host is not None:
             out.append(Variant("container+impi", "python", cell.mpi.key, cell, image, found.id,
                                env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}, host_mpi=host))
@@ -183,7 +230,13 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             tag = c_image(client, matrix, cell, image, progress)
             c_found = find_image(client, tag)
             out.append(Variant("container (C)", "c", cell.mpi.key, cell, tag, c_found.id if c_found else None))
-        if bare_metal and cell.mpi.key not in twins:
+            if cell.mpi.abi == "mpi":
+                out.append(Variant("container (C, MPICH ABI)", "c", cell.mpi.key, cell, tag,
+                                   c_found.id if c_found else None, c_suffix=MPICH_ABI_SUFFIX))
+        if bare_metal and cell.mpi.abi == "mpi":
+            progress(f"  no bare-metal twin for {cell.mpi.key}: a host venv would carry PyPI's mpi4py, built for the "
+                     "MPICH ABI, and be mislabelled")
+        elif bare_metal and cell.mpi.key not in twins:
             twins[cell.mpi.key] = bare_metal_venv(matrix, cell, progress)
             venv = twins[cell.mpi.key]
             if venv is not None:
@@ -209,8 +262,10 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
     mounts = [Mount(bench_dir(matrix), BENCH_MOUNT)]
     if variant.host_mpi is not None:
         mounts.append(Mount(variant.host_mpi, hostmpi.MOUNT))
+    mounts += variant.mounts
     assert variant.image is not None
     return engine.run(client, variant.image, command, timeout=RUN_TIMEOUT_S, env=variant.env, mounts=mounts,
+                      sandbox=SANDBOX,
                       shm_size="1g", user="0")
 
 
@@ -219,6 +274,10 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
     parsed = parse_osu(output)
     if variant.cell is not None and variant.language == "python":  # the C references print no library file
         contradiction = library_contradiction(parsed.library_file, [hostmpi.MOUNT], variant.host_mpi is not None)
+        loaded = [f.rsplit("/", 1)[-1] for f in (parsed.library_file or "").split()]
+        if not contradiction and variant.soname and variant.soname not in loaded:
+            contradiction = (f"labelled as a {variant.soname} run, but the benchmark loaded "
+                             f"{parsed.library_file or 'an unnamed library'}")
         if contradiction:
             raise ResultsError(f"{variant.name}: {contradiction}; not stored")
     metric, unit = PRIMARY[bench.name]
@@ -229,7 +288,7 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
         site="local", profile=profile, language=variant.language, mpi=variant.mpi,
         cell=variant.cell.ref if variant.cell else None, image=variant.image, image_id=variant.image_id,
         mpi_library=parsed.library, mpi_library_file=parsed.library_file, mpi_abi=parsed.mpi_abi,
-        command=" ".join(command),
+        command=" ".join(command), sandbox=SANDBOX_LABEL if variant.cell is not None else None,
         extra={k: v for k, v in row.items() if k not in ("size", metric)},
     ) for row in parsed.rows]
 

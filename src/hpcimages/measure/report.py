@@ -7,6 +7,7 @@ Every figure is the median over repeats.
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import statistics
 from collections.abc import Iterable
@@ -18,7 +19,8 @@ from tabulate import tabulate
 from ..files import write_text
 from .results import ResultRow, medians
 
-VARIANT_ORDER = ("container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)")
+VARIANT_ORDER = ("container", "container (MPICH ABI)", "container+impi", "container (C)", "container (C, MPICH ABI)",
+                 "bare-metal", "bare-metal (C)")
 LARGE = 1024 * 1024
 ANOMALY_RATIO = 0.5
 TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (µs)",
@@ -118,6 +120,69 @@ def ratio_table(group: str, med: dict) -> Table | None:
     return Table(f"{group}: ratios (median / median)", ["size (B)", *(c[3] for c in columns)], rows)
 
 
+#: The cost of the MPI-5 standard ABI: a standard-ABI image against the MPICH ABI of the same image and MPICH.
+ABI_COST = (
+    ("osu_bw", "container", "container (MPICH ABI)", "bw Python"),
+    ("osu_bw", "container (C)", "container (C, MPICH ABI)", "bw C"),
+    ("osu_latency", "container", "container (MPICH ABI)", "latency Python"),
+    ("osu_latency", "container (C)", "container (C, MPICH ABI)", "latency C"),
+)
+EQUIVALENT = 0.05  # a ratio whose interval lies inside 1 ± this is "equivalent"
+BOOTSTRAP_DRAWS = 2000
+
+
+def paired_ratios(rows: Iterable[ResultRow], bench: str, a: str, b: str, size: int) -> list[float]:
+    """a / b for each repeat in which both ran (same session, same repeat: the runs were interleaved)."""
+    values: dict[tuple[str, str, int], float] = {}
+    for r in rows:
+        if r.benchmark == bench and r.size == size and r.variant in (a, b):
+            values[(r.variant, r.session or "", r.repeat)] = r.value
+    keys = sorted({(s, n) for (v, s, n) in values if v == a} & {(s, n) for (v, s, n) in values if v == b})
+    return [values[(a, s, n)] / values[(b, s, n)] for s, n in keys if values[(b, s, n)]]
+
+
+def bootstrap_interval(ratios: list[float], draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float, float]:
+    """(median, 2.5th and 97.5th percentile of the median over resampled repeats); seeded: a table is stable."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return statistics.median(ratios), medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def interval_verdict(low: float, high: float, higher_is_better: bool) -> str:
+    if low >= 1 - EQUIVALENT and high <= 1 + EQUIVALENT:
+        return "equivalent"
+    if high < 1 - EQUIVALENT:
+        return "slower" if higher_is_better else "faster"
+    if low > 1 + EQUIVALENT:
+        return "faster" if higher_is_better else "slower"
+    return "undecided"
+
+
+def abi_cost_table(group: str, rows: list[ResultRow]) -> Table | None:
+    columns = [c for c in ABI_COST if paired_ratios(rows, c[0], c[1], c[2], _any_size(rows, c[0]))]
+    if not columns:
+        return None
+    sizes = sorted({r.size for r in rows if r.benchmark in ("osu_bw", "osu_latency")})
+    body = []
+    for size in sizes:
+        line: list[object] = [size]
+        for bench, a, b, _ in columns:
+            ratios = paired_ratios(rows, bench, a, b, size)
+            if not ratios:
+                line.append(None)
+                continue
+            mid, low, high = bootstrap_interval(ratios)
+            line.append(f"{mid:.3f} [{low:.3f}, {high:.3f}] {interval_verdict(low, high, bench == 'osu_bw')}")
+        body.append(line)
+    return Table(f"{group}: MPI-5 standard ABI / MPICH ABI, same image and MPICH (median of the repeats' paired "
+                 f"ratios, [95 % bootstrap interval], equivalent = inside 1 ± {EQUIVALENT:.2f})",
+                 ["size (B)", *(c[3] for c in columns)], body)
+
+
+def _any_size(rows: list[ResultRow], bench: str) -> int:
+    return next((r.size for r in rows if r.benchmark == bench), -1)
+
+
 def anomalies(group: str, med: dict) -> tuple[list[str], set[tuple[str, int]]]:
     """Variants far below bare metal at large messages: a broken setup, not noise."""
     found, flagged = [], set()
@@ -177,6 +242,9 @@ def build_report(records: list[ResultRow]) -> Report:
         ratios = ratio_table(group, med)
         if ratios:
             tables.append(ratios)
+        cost = abi_cost_table(group, rows)
+        if cost:
+            tables.append(cost)
         all_targets += targets(group, med)
         all_anomalies += found
     return Report(tables, all_targets, all_anomalies)

@@ -79,6 +79,7 @@ class ResultRow:
     command: str | None = None
     model: str | None = None
     job: str | None = None
+    sandbox: str | None = None  # what a Docker run allowed beyond the engine's defaults, e.g. "cap-add SYS_PTRACE"
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
