@@ -104,3 +104,22 @@ def test_a_multi_stage_dockerfile_becomes_an_apptainer_multi_stage_recipe():
     assert "%files from mpi-build\n/opt/mpi/usr/local/* /usr/local/\n" in image
     assert "MPI_BUILD_IMAGE" not in image and "build-essential" not in image
     assert image.count("%runscript") == 1 and "%runscript" not in build
+
+
+def test_a_build_stage_that_installs_with_pip_gets_the_wheelhouse_too():
+    text = committed("mpi4py:py3.13-mpiabi-mpich5.0.2")
+    build, image = text.split("\nBootstrap: ", 2)[1:]
+    assert build.startswith("{{ BOOTSTRAP }}\nFrom: {{ BASE_IMAGE }}\nStage: mpi4py-build\n")
+    assert "WHEELHOUSE=none" in build and 'export PIP_NO_INDEX=1 PIP_FIND_LINKS="{{ WHEELHOUSE }}"' in build
+    assert "MPI4PY_BUILD_MPIABI=1" in build and "/tmp/requirements" not in build  # Apptainer's %post has its own /tmp
+    assert "%files from mpi4py-build\n/opt/mpi4py/* /opt/hpcimages-mpi4py/\n" in image
+    assert "gcc" not in image and "BASE_IMAGE" not in image
+
+
+def test_a_stage_that_runs_apt_lets_it_download_as_root_and_undoes_that():
+    text = committed("mpi4py:py3.13-mpiabi-mpich5.0.2")
+    build, image = text.split("\nBootstrap: ", 2)[1:]
+    post = build.split("%post\n", 1)[1]
+    assert post.index("APT::Sandbox::User") < post.index("apt-get update")
+    assert post.rstrip().endswith("rm -f /etc/apt/apt.conf.d/00hpcimages-build")
+    assert "APT::Sandbox" not in image  # the image stage runs no apt: nothing to set, nothing left behind

@@ -11,7 +11,9 @@ templates is repaired here, each fix named after the defect:
   from ``docker-archive`` of the locally built image;
 * ``LABEL k="v"`` is written as ``k="v"`` (Singularity wants ``k v``);
 * ``CMD ["python3"]`` becomes ``exec /bin/bash python3``: the runscript is ``exec python3 "$@"``;
-* the Dockerfile's comment header lands in ``%post``: it is dropped, and the recipe gets its own header.
+* the Dockerfile's comment header lands in ``%post``: it is dropped, and the recipe gets its own header;
+* ``apt-get`` in an unprivileged build fails ("Failed to setgroups"): a stage that runs it lets apt download as
+  root while the recipe builds (``APT::Sandbox::User``), and removes that setting again at its end.
 
 Multi-stage Dockerfiles (a source MPI compiled in stages of its own) become Apptainer multi-stage recipes, one
 stage converted at a time (spython alone merges the stages into one): ``COPY --from=S src dst`` becomes
@@ -43,6 +45,14 @@ FROM_RE = re.compile(r"^FROM\s+\$\{([A-Za-z_][A-Za-z0-9_]*)\}(?:\s+AS\s+([A-Za-z
 COPY_FROM_RE = re.compile(r"^COPY\s+--from=(\S+)\s+(\S+)\s+(\S+)\s*$", re.M)
 ADD_URL_RE = re.compile(r"^ADD\s+\$\{([A-Za-z_][A-Za-z0-9_]*)\}\s+(\S+)\s*$", re.M)
 DOWNLOAD = "python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])'"
+
+
+#: apt downloads as its sandbox user `_apt`, which needs setgroups(); an unprivileged Apptainer build (a user
+#: namespace without a subuid range) refuses that ("Failed to setgroups"), so apt downloads as root for the build.
+APT_CONF = "/etc/apt/apt.conf.d/00hpcimages-build"
+APT_SANDBOX_ON = ["# an unprivileged build cannot setgroups(): apt downloads as root while this recipe builds",
+                  f"echo 'APT::Sandbox::User \"root\";' > {APT_CONF}"]
+APT_SANDBOX_OFF = [f"rm -f {APT_CONF}"]
 
 
 @dataclass
@@ -161,8 +171,9 @@ def _stage_recipe(prelude: str, stage: Stage, multi: bool, image_stage: bool, fr
     if not from_image:
         raise ValueError(f"spython produced no From: line for stage {stage.name or 'image'}")
     from_arg = "FROM" if image_stage else stage.from_arg  # the image stage keeps the one name builds pass
+    uses_pip = image_stage or any(arg in args for arg in PIP_ARGS)
     arguments = ["BOOTSTRAP=docker", f"{from_arg}={from_image.group(1)}"]
-    if image_stage:
+    if uses_pip:
         arguments.append("WHEELHOUSE=none")
     post = [ln for ln in sections.get("post", []) if not ln.startswith("#")]  # the Dockerfile's comment header
     fixed_post = []
@@ -181,7 +192,7 @@ def _stage_recipe(prelude: str, stage: Stage, multi: bool, image_stage: bool, fr
     wheelhouse = ["# `--build-arg WHEELHOUSE=<url>`: pip installs from that wheelhouse only (offline builds)",
                   'if [ "{{ WHEELHOUSE }}" != "none" ]; then',
                   '    export PIP_NO_INDEX=1 PIP_FIND_LINKS="{{ WHEELHOUSE }}"',
-                  "fi"] if image_stage else []
+                  "fi"] if uses_pip else []
     labels = [_label(line) for line in sections.get("labels", []) if line.strip()]
     out = ["Bootstrap: {{ BOOTSTRAP }}", f"From: {{{{ {from_arg} }}}}"]
     if multi:
@@ -197,9 +208,12 @@ def _stage_recipe(prelude: str, stage: Stage, multi: bool, image_stage: bool, fr
         out += ["%files", *[ln for ln in sections["files"] if ln.strip()], ""]
     if sections.get("environment"):
         out += ["%environment", *[ln for ln in sections["environment"] if ln.strip()], ""]
-    out += ["%post", *wheelhouse, *fixed_post]
+    apt = any("apt-get" in line for line in fixed_post)
+    out += ["%post", *wheelhouse, *(APT_SANDBOX_ON if apt else []), *fixed_post]
     while out[-1] == "":
         out.pop()
+    if apt:
+        out += APT_SANDBOX_OFF
     out.append("")
     if labels:
         out += ["%labels", *labels, ""]

@@ -182,8 +182,12 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     if code != 0:
         progress(f"  FAILED (exit {code}): {tail(output)}")
         return False
-    code, output = exec_in_sif(runtime, sif, ["python3", "-c", MPI_VERSION_SNIPPET], matrix.root / "bench")
+    code, output = exec_in_sif(runtime, sif, ["python3", "-c", MPI_VERSION_SNIPPET + "; print('ABI', "
+                                              "getattr(MPI, 'Get_abi_version', lambda: (-1, -1))())"],
+                               matrix.root / "bench")
     ok = code == 0 and f"MPICH Version:      {cell.mpi.version}" in output
+    if cell.mpi.abi == "mpi":  # mpi4py must have been compiled for the standard ABI, not taken from PyPI
+        ok = ok and "ABI (1, 0)" in output
     progress(f"  built in {time.monotonic() - start:.0f}s, {sif.stat().st_size / 1e6:.0f} MB; smoke test: "
              f"{'pass' if ok else 'FAIL ' + tail(output)}")
     return ok
