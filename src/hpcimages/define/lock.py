@@ -199,3 +199,17 @@ def _uv() -> str:
     except ImportError:  # pragma: no cover - uv is a pinned dependency
         raise LockError("uv is not installed: run the set-up command from the README") from None
     return find_uv_bin()
+
+
+def requirement_block(path: Path, package: str) -> str:
+    """One package's pin and hash lines of a lock, as a requirements file of its own (``--require-hashes``)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if line.lower().startswith(f"{package.lower()}=="):
+            block = [line]
+            for follow in lines[i + 1:]:
+                if not follow.startswith(" "):
+                    break
+                block.append(follow)
+            return "\n".join(block).rstrip(" \\") + "\n"
+    raise LockError(f"{path.name} pins no {package}")

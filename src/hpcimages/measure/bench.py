@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import uuid
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import docker
 import docker.errors
 
 from .. import engine
-from ..define.lock import locked_pins
+from ..define.lock import locked_pins, requirement_block
 from ..define.matrix import Cell, Matrix, Profile
 from ..engine import Mount, Sandbox, find_image
 from ..errors import HpcImagesError
@@ -42,7 +41,7 @@ from .results import PRIMARY, ResultRow, ResultsError, append_run, library_contr
 
 BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
-#: In a standard-ABI image: the C references built for the MPICH ABI, and where the PyPI mpi4py (MPICH ABI) is seen
+#: In a standard-ABI image's bench child: the C references and mpi4py built for the MPICH ABI
 MPICH_ABI_SUFFIX = "_mpich_abi"
 MPICH_ABI_MPI4PY = "/opt/hpcimages-mpi4py-mpich-abi"
 RUN_TIMEOUT_S = 900
@@ -101,7 +100,6 @@ class Variant:
     venv: Path | None = None
     scripts: Path | None = None  # bench/ on the host, for bare-metal runs
     soname: str = ""  # the MPI library file a Python run must have loaded (its label's proof), "" for any
-    mounts: tuple[Mount, ...] = ()
     c_suffix: str = ""  # which build of the C references: "" (the image's ABI) or MPICH_ABI_SUFFIX
 
     def command(self, bench: Benchmark, args: list[str]) -> list[str]:
@@ -124,6 +122,39 @@ def bench_dir(matrix: Matrix) -> Path:
 # preparing the variants
 
 
+#: In a standard-ABI image's bench child: mpi4py compiled again from the same sdist, for the MPICH ABI, with the same
+#: wrapper setting (no RUNPATH), unpacked at MPICH_ABI_MPI4PY. Everything comes from the build context (no index).
+MPICH_ABI_BUILD = (
+    "COPY mpi4py-build/ /opt/hpcimages-bench-build/\n"
+    "RUN set -eux; cd /opt/hpcimages-bench-build; apt-get update; "
+    "python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(sysconfig.get_paths()[\"include\"] + "
+    "\"/Python.h\"))' || apt-get install -y --no-install-recommends python3-dev; rm -rf /var/lib/apt/lists/*; "
+    "python3 -m pip install --no-cache-dir --disable-pip-version-check --no-index --find-links . --require-hashes "
+    "-r build.txt; sed 's/^with_wrapper_dl_type=.*/with_wrapper_dl_type=none/' /usr/local/bin/mpicc > mpicc; "
+    "chmod +x mpicc; MPICC=$PWD/mpicc python3 -m pip wheel --no-cache-dir --disable-pip-version-check --no-index "
+    "--find-links . --no-build-isolation --no-deps --no-binary mpi4py --require-hashes -r mpi4py.txt -w wheels; "
+    f"mkdir -p {MPICH_ABI_MPI4PY}; python3 -m zipfile -e wheels/mpi4py-*.whl {MPICH_ABI_MPI4PY}\n"
+)
+
+
+def mpich_abi_build_files(matrix: Matrix, cell: Cell) -> dict[str, bytes]:
+    """The build context of the MPICH-ABI mpi4py: the cell's build lock and its wheels, mpi4py's pin block from the
+    family lock and its sdist (both hash-checked by pip in the build)."""
+    assert cell.lock is not None and cell.build_lock is not None
+    cache = wheelhouse.cache_root()
+    build_lock = matrix.root / cell.build_lock
+    wheelhouse.download_wheels(build_lock, cell.python, cache)
+    version = locked_pins(matrix.root / cell.lock)["mpi4py"]
+    sdist = wheelhouse.fetch_sdist(matrix.root, "mpi4py", version, wheelhouse.wheelhouse_dir(cache))
+    files = {"mpi4py-build/build.txt": build_lock.read_bytes(),
+             "mpi4py-build/mpi4py.txt": requirement_block(matrix.root / cell.lock, "mpi4py").encode(),
+             f"mpi4py-build/{sdist.name}": sdist.read_bytes()}
+    for name, pinned in locked_pins(build_lock).items():
+        for wheel in wheelhouse.wheelhouse_dir(cache).glob(f"{name.replace('-', '_')}-{pinned}-*.whl"):
+            files[f"mpi4py-build/{wheel.name}"] = wheel.read_bytes()
+    return files
+
+
 def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str, progress: Progress) -> str:
     """A child of the cell's image with a compiler and the C references built by the image's own mpicc; in a
     standard-ABI image built twice: with mpicc_abi (libmpi_abi.so.1, the image's ABI) and, suffixed
@@ -133,13 +164,17 @@ def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str,
     builds = [("mpicc_abi", ""), ("mpicc", MPICH_ABI_SUFFIX)] if cell.mpi.abi == "mpi" else [("mpicc", "")]
     compile_all = " && ".join(f"{cc} -O2 -o {name}{suffix} {name}.c" for cc, suffix in builds
                               for name in ("osu_bw", "osu_latency"))
+    sources = {name: (bench_dir(matrix) / name).read_bytes() for name in ("osu_bw.c", "osu_latency.c")}
+    mpich_abi = ""
+    if cell.mpi.abi == "mpi":
+        sources.update(mpich_abi_build_files(matrix, cell))
+        mpich_abi = MPICH_ABI_BUILD
     dockerfile = (
-        f"FROM {image}\n{COMPILER_LAYER}"
+        f"FROM {image}\n{COMPILER_LAYER}{mpich_abi}"
         f"COPY osu_bw.c osu_latency.c {C_DIR}/\n"
         f"RUN cd {C_DIR} && {compile_all}\n"
     )
     progress(f"  compiling the C references in {tag} with the image's mpicc ...")
-    sources = {name: (bench_dir(matrix) / name).read_bytes() for name in ("osu_bw.c", "osu_latency.c")}
     try:
         return engine.build_from_memory(client, tag, dockerfile, sources)
     except docker.errors.BuildError as exc:
@@ -182,30 +217,6 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     return venv
 
 
-def mpich_abi_mpi4py(matrix: Matrix, cell: Cell, progress: Progress) -> Path:
-    """PyPI's mpi4py wheel of the cell's lock (MPICH ABI), hash-checked into the wheelhouse and unpacked once on the
-    host, to be mounted into the standard-ABI image."""
-    assert cell.lock is not None
-    version = locked_pins(matrix.root / cell.lock).get("mpi4py")
-    target = build_dir(matrix.root) / "bench" / f"mpi4py-{version}-py{cell.python}-mpich-abi"
-    if (target / "mpi4py" / "__init__.py").is_file():
-        return target
-    cache = wheelhouse.cache_root()
-    wheelhouse.download_wheels(matrix.root / cell.lock, cell.python, cache)
-    abi = "cp" + cell.python.replace(".", "")
-    wheels = sorted(wheelhouse.wheelhouse_dir(cache).glob(f"mpi4py-{version}-{abi}-{abi}-*.whl"))
-    if not wheels:
-        raise BenchError(f"no mpi4py {version} wheel for Python {cell.python} in {wheelhouse.wheelhouse_dir(cache)}")
-    progress(f"  unpacking {wheels[0].name} (MPICH ABI) for the same image's comparison run")
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extractall(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.replace(target)
-    return target
-
-
 def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell], *, swap: bool = True,
              c_reference: bool = True, bare_metal: bool = True, progress: Progress = print) -> list[Variant]:
     registry = profile.registry
@@ -218,21 +229,20 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
         if found is None:
             raise BenchError(f"{image} is not built: run `invoke build --profile {profile.name}`")
         out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, soname=cell.mpi.soname))
+        child = c_image(client, matrix, cell, image, progress) if c_reference or cell.mpi.abi == "mpi" else ""
+        child_id = getattr(find_image(client, child), "id", None) if child else None
         if cell.mpi.abi == "mpi":
-            # the same image and MPICH with the lock's PyPI mpi4py (MPICH ABI) first on the path: the one change
-            out.append(Variant("container (MPICH ABI)", "python", cell.mpi.key, cell, image, found.id,
-                               env={"PYTHONPATH": MPICH_ABI_MPI4PY}, soname="libmpi.so.12",
-                               mounts=(Mount(mpich_abi_mpi4py(matrix, cell, progress), MPICH_ABI_MPI4PY),)))
+            # the same image, MPICH and mpi4py sdist, compiled for the MPICH ABI and first on the path: the one change
+            out.append(Variant("container (MPICH ABI)", "python", cell.mpi.key, cell, child, child_id,
+                               env={"PYTHONPATH": MPICH_ABI_MPI4PY}, soname="libmpi.so.12"))
         if host is not None:
             out.append(Variant("container+impi", "python", cell.mpi.key, cell, image, found.id,
                                env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}, host_mpi=host))
         if c_reference:
-            tag = c_image(client, matrix, cell, image, progress)
-            c_found = find_image(client, tag)
-            out.append(Variant("container (C)", "c", cell.mpi.key, cell, tag, c_found.id if c_found else None))
+            out.append(Variant("container (C)", "c", cell.mpi.key, cell, child, child_id))
             if cell.mpi.abi == "mpi":
-                out.append(Variant("container (C, MPICH ABI)", "c", cell.mpi.key, cell, tag,
-                                   c_found.id if c_found else None, c_suffix=MPICH_ABI_SUFFIX))
+                out.append(Variant("container (C, MPICH ABI)", "c", cell.mpi.key, cell, child, child_id,
+                                   c_suffix=MPICH_ABI_SUFFIX))
         if bare_metal and cell.mpi.abi == "mpi":
             progress(f"  no bare-metal twin for {cell.mpi.key}: a host venv would carry PyPI's mpi4py, built for the "
                      "MPICH ABI, and be mislabelled")
@@ -262,7 +272,6 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
     mounts = [Mount(bench_dir(matrix), BENCH_MOUNT)]
     if variant.host_mpi is not None:
         mounts.append(Mount(variant.host_mpi, hostmpi.MOUNT))
-    mounts += variant.mounts
     assert variant.image is not None
     return engine.run(client, variant.image, command, timeout=RUN_TIMEOUT_S, env=variant.env, mounts=mounts,
                       sandbox=SANDBOX,
