@@ -103,7 +103,7 @@ def tools(c, force=False, matrix=MATRIX):
     "only": ONLY_HELP.format("; default: every cell of the profile's root family (mpi4py)"),
     "bench": "comma-separated benchmarks (default: osu_bw,osu_latency,osu_allreduce)",
     "sizes": "message sizes of one benchmark, BENCH=MIN:MAX, e.g. osu_bw=1048576:4194304 (repeatable)",
-    "repeats": "interleaved repeats; tables keep the median (default 3)",
+    "repeats": "interleaved repeats; tables keep the median, ratio intervals need several (default 5)",
     "no-swap": "skip the bind-model (Intel MPI) variant",
     "no-c": "skip the C reference variants",
     "no-bare-metal": "skip the bare-metal variants",
@@ -112,7 +112,7 @@ def tools(c, force=False, matrix=MATRIX):
     "no-plots": "do not draw the PNG plots",
     "matrix": MATRIX_HELP,
 })
-def bench(c, profile="ci", only=None, bench="", sizes=None, repeats="3", no_swap=False, no_c=False,
+def bench(c, profile="ci", only=None, bench="", sizes=None, repeats="5", no_swap=False, no_c=False,
           no_bare_metal=False, results=None, strict=False, no_plots=False, matrix=MATRIX):
     """Benchmarks (OSU method) in built images, with the bind-model swap, C references and bare metal; tables, plots.
 

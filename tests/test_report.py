@@ -144,3 +144,19 @@ def test_paired_ratios_get_a_bootstrap_interval_and_a_verdict():
     assert table is not None and table.headers == ["size (B)", "bw Python"]
     assert table.rows[0][1].endswith("equivalent") and "[" in table.rows[0][1]
     assert abi_cost_table(CELL, records()) is None  # no standard-ABI variants: no such table
+
+
+def test_the_ratios_come_with_their_spread_and_a_verdict():
+    report = build_report(records())
+    spread = next(t for t in report.tables if "ratios with their spread" in t.title)
+    row = dict(zip(spread.headers, next(r for r in spread.rows if r[0] == MiB), strict=True))
+    assert row["bw container / bare metal"].endswith("equivalent")  # 0.960 .. 1.000 over three repeats
+    assert row["bw container+impi / bare metal"].endswith("slower")  # the TCP fallback, whatever the spread
+    assert row["bw container / bare metal"].startswith(f"{23965 / 23969:.3f} [")
+
+
+def test_one_repeat_gets_no_interval_and_no_verdict():
+    one = [r for r in records() if r.repeat == 1]
+    spread = next(t for t in build_report(one).tables if "ratios with their spread" in t.title)
+    row = dict(zip(spread.headers, next(r for r in spread.rows if r[0] == MiB), strict=True))
+    assert row["bw container / bare metal"] == f"{23000 / 23969:.3f} (1 repeat: no interval)"

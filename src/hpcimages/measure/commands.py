@@ -72,7 +72,7 @@ def parse_sizes(items: Iterable[str]) -> dict[str, str]:
 
 
 def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks: str = "",
-          sizes: Iterable[str] = (), repeats: int | str = 3, swap: bool = True, c_reference: bool = True,
+          sizes: Iterable[str] = (), repeats: int | str = 5, swap: bool = True, c_reference: bool = True,
           bare_metal: bool = True, results: str | None = None, strict: bool = False, plots: bool = True) -> int:
     """Run the benchmarks, store the results, print tables, draw plots."""
     repeats = whole_number("--repeats", repeats, 1, 1000)

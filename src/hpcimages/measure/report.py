@@ -158,25 +158,34 @@ def interval_verdict(low: float, high: float, higher_is_better: bool) -> str:
     return "undecided"
 
 
-def abi_cost_table(group: str, rows: list[ResultRow]) -> Table | None:
-    columns = [c for c in ABI_COST if paired_ratios(rows, c[0], c[1], c[2], _any_size(rows, c[0]))]
+def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str, str, str, str]],
+                   title: str) -> Table | None:
+    """Ratios a / b per size with their spread: the median of the repeats' paired ratios, a 95 % bootstrap
+    interval and a verdict; a column only where both variants ran in the same repeats."""
+    columns = [c for c in ratios if paired_ratios(rows, c[0], c[1], c[2], _any_size(rows, c[0]))]
     if not columns:
         return None
-    sizes = sorted({r.size for r in rows if r.benchmark in ("osu_bw", "osu_latency")})
+    sizes = sorted({r.size for r in rows if r.benchmark in {c[0] for c in columns}})
     body = []
     for size in sizes:
         line: list[object] = [size]
         for bench, a, b, _ in columns:
-            ratios = paired_ratios(rows, bench, a, b, size)
-            if not ratios:
+            paired = paired_ratios(rows, bench, a, b, size)
+            if not paired:
                 line.append(None)
                 continue
-            mid, low, high = bootstrap_interval(ratios)
+            if len(paired) < 2:  # one repeat has no spread: a verdict would claim what was not measured
+                line.append(f"{paired[0]:.3f} (1 repeat: no interval)")
+                continue
+            mid, low, high = bootstrap_interval(paired)
             line.append(f"{mid:.3f} [{low:.3f}, {high:.3f}] {interval_verdict(low, high, bench == 'osu_bw')}")
         body.append(line)
-    return Table(f"{group}: MPI-5 standard ABI / MPICH ABI, same image and MPICH (median of the repeats' paired "
-                 f"ratios, [95 % bootstrap interval], equivalent = inside 1 ± {EQUIVALENT:.2f})",
-                 ["size (B)", *(c[3] for c in columns)], body)
+    return Table(f"{group}: {title} (median of the repeats' paired ratios, [95 % bootstrap interval], "
+                 f"equivalent = inside 1 ± {EQUIVALENT:.2f})", ["size (B)", *(c[3] for c in columns)], body)
+
+
+def abi_cost_table(group: str, rows: list[ResultRow]) -> Table | None:
+    return interval_table(group, rows, ABI_COST, "MPI-5 standard ABI / MPICH ABI, same image and MPICH")
 
 
 def _any_size(rows: list[ResultRow], bench: str) -> int:
@@ -242,6 +251,9 @@ def build_report(records: list[ResultRow]) -> Report:
         ratios = ratio_table(group, med)
         if ratios:
             tables.append(ratios)
+        spread = interval_table(group, rows, RATIOS, "ratios with their spread")
+        if spread:
+            tables.append(spread)
         cost = abi_cost_table(group, rows)
         if cost:
             tables.append(cost)
