@@ -206,7 +206,16 @@ def test_verdict_flags_half_the_bandwidth_but_not_noise():
     slow, fine = measured(bw_ratio=0.3), measured(bw_ratio=0.9)
     table.judge(slow, baseline([]))
     table.judge(fine, baseline([]))
-    assert "0.30 of the image's own" in slow.verdict_reason and fine.verdict == "works"
+    assert "0.30 of the image's own MPICH (one repeat: no interval)" in slow.verdict_reason
+    assert fine.verdict == "works"
+    # with repeats, the interval decides: a median below half whose interval reaches above it is noise
+    noisy = measured(bw_ratio=0.46, bw_interval=[0.12, 0.98])
+    table.judge(noisy, baseline([]))
+    assert noisy.verdict == "works", noisy.verdict_reason
+    surely = measured(bw_ratio=0.3, bw_interval=[0.2, 0.4])
+    table.judge(surely, baseline([]))
+    assert "0.30 [0.20, 0.40] of the image's own MPICH" in surely.verdict_reason
+    assert table.rows([surely])[0][9] == "0.30 [0.20, 0.40]"
 
 
 def test_new_failures_compare_crashes_by_test_name():

@@ -93,6 +93,7 @@ class Pair:
     lat_us: float | None = None
     bw_ratio: float | None = None  # injected / own, 1 MiB (higher is faster)
     lat_ratio: float | None = None  # injected / own, 8 B (higher is slower)
+    bw_interval: list[float] | None = None  # 95 % bootstrap interval of the repeats' paired ratios (>= 2 repeats)
     bench_note: str = ""  # a benchmark run that gave no number, and why
     suite: list[SuiteScore] = field(default_factory=list)
     verdict: str = ""
@@ -154,6 +155,7 @@ class PairRunner:
         self.c_runner: PairRunner | None = None  # the same steps in the image's C-probe child (cprobe.py)
         self.c_problem = "not tried: no C probe"
         self.soname = "libmpi.so.12"  # what the image's mpi4py links: libmpi_abi.so.1 for the MPI-5 standard ABI
+        self.bw_paired: list[float] = []  # the last bench's injected / own bandwidth, one per repeat
 
     def run(self, inj: Injection, argv: list[str], timeout: int = STEP_TIMEOUT_S, out: Path | None = None,
             env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -220,10 +222,12 @@ class PairRunner:
     def bench(self, own: Injection, inj: Injection) -> tuple[float | None, float | None, float | None, float | None,
                                                            str]:
         """Medians of osu_bw 1 MiB and osu_latency 8 B, own and injected runs interleaved:
-        (bw_own, bw_inj, lat_own, lat_inj, what failed)."""
+        (bw_own, bw_inj, lat_own, lat_inj, what failed); ``self.bw_paired`` keeps injected / own per repeat."""
         samples: dict[tuple[str, str], list[float]] = {}
         failed: dict[str, str] = {}
+        self.bw_paired: list[float] = []
         for _ in range(self.repeats):
+            before = {key: len(values) for key, values in samples.items()}
             for name, which in (("own", own), ("inj", inj)):
                 for bench, size, metric in (("osu_bw", BW_SIZE, "bandwidth_mbs"),
                                             ("osu_latency", LAT_SIZE, "latency_us")):
@@ -235,6 +239,9 @@ class PairRunner:
                     else:
                         why = "timed out" if code == engine.EXIT_TIMEOUT else f"exit {code}"
                         failed.setdefault(f"{bench} {size} B ({'own' if name == 'own' else 'injected'})", why)
+            new = {key: samples[key][-1] for key in samples if len(samples[key]) > before.get(key, 0)}
+            if ("own", "osu_bw") in new and ("inj", "osu_bw") in new and new[("own", "osu_bw")]:
+                self.bw_paired.append(new[("inj", "osu_bw")] / new[("own", "osu_bw")])
 
         def median(key: tuple[str, str]) -> float | None:
             return statistics.median(samples[key]) if samples.get(key) else None
