@@ -131,3 +131,18 @@ def test_a_row_whose_library_contradicts_its_label_is_named(library_file, bind, 
 
     reason = library_contradiction(library_file, ["/opt/host-mpi"], bind)
     assert (reason is None) if wrong is None else (wrong in reason), reason
+
+
+
+@pytest.mark.parametrize(("library_file", "soname", "wrong"), [
+    ("/usr/local/lib/libmpi_abi.so.1", "libmpi_abi.so.1", None),
+    ("/usr/local/lib/libmpi.so.12", "libmpi_abi.so.1", "labelled as a libmpi_abi.so.1 run, but the benchmark loaded"),
+    (None, "libmpi.so.12", "an unnamed library"),
+    ("/usr/local/lib/libmpi.so.12.5.2", "libmpi.so.12", None),  # the real file behind the soname (a source build)
+    ("/usr/local/lib/libmpi.so.120", "libmpi.so.12", "labelled as a libmpi.so.12 run"),
+])
+def test_a_row_whose_library_contradicts_its_abi_label_is_named(library_file, soname, wrong):
+    from hpcimages.measure.results import library_contradiction
+
+    reason = library_contradiction(library_file, ["/opt/host-mpi"], False, soname)
+    assert (reason is None) if wrong is None else (wrong in reason), reason

@@ -34,8 +34,9 @@ import docker
 
 from .. import engine
 from ..define.standins import HostMpi
-from ..engine import Mount, Sandbox
+from ..engine import Mount
 from ..errors import output_tail
+from ..measure.bench import SANDBOX
 from ..measure.results import ResultsError, parse_osu
 from ..sif.apptainer import Runtime
 
@@ -49,7 +50,6 @@ OWN = "own"  # the row of the image's own MPICH: every other row is compared wit
 STEP_TIMEOUT_S = 180
 CRASH_RERUNS = 8
 BW_SIZE, LAT_SIZE = 1048576, 8
-SANDBOX = Sandbox(cap_add=("SYS_PTRACE",))
 
 Progress = Callable[[str], None]
 
@@ -155,7 +155,6 @@ class PairRunner:
         self.c_runner: PairRunner | None = None  # the same steps in the image's C-probe child (cprobe.py)
         self.c_problem = "not tried: no C probe"
         self.soname = "libmpi.so.12"  # what the image's mpi4py links: libmpi_abi.so.1 for the MPI-5 standard ABI
-        self.bw_paired: list[float] = []  # the last bench's injected / own bandwidth, one per repeat
 
     def run(self, inj: Injection, argv: list[str], timeout: int = STEP_TIMEOUT_S, out: Path | None = None,
             env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -203,7 +202,7 @@ class PairRunner:
         missing = self._missing_soname(inj)
         if missing:
             return f"{missing} ({loaded} instead)"
-        wanted = self.soname if self.soname != "libmpi.so.12" else inj.host.soname if inj.host else self.soname
+        wanted = inj.host.soname if inj.host and self.soname == "libmpi.so.12" else self.soname
         return f"{loaded}, not the injected {wanted} under {HOST_MOUNT}/lib"
 
     def _missing_soname(self, inj: Injection) -> str:
@@ -220,14 +219,14 @@ class PairRunner:
         return _hello_verdict(code, out, inj)
 
     def bench(self, own: Injection, inj: Injection) -> tuple[float | None, float | None, float | None, float | None,
-                                                           str]:
+                                                           str, list[float]]:
         """Medians of osu_bw 1 MiB and osu_latency 8 B, own and injected runs interleaved:
-        (bw_own, bw_inj, lat_own, lat_inj, what failed); ``self.bw_paired`` keeps injected / own per repeat."""
+        (bw_own, bw_inj, lat_own, lat_inj, what failed, injected / own bandwidth of each repeat where both ran)."""
         samples: dict[tuple[str, str], list[float]] = {}
         failed: dict[str, str] = {}
-        self.bw_paired: list[float] = []
+        bw_paired: list[float] = []
         for _ in range(self.repeats):
-            before = {key: len(values) for key, values in samples.items()}
+            this_repeat: dict[tuple[str, str], float] = {}
             for name, which in (("own", own), ("inj", inj)):
                 for bench, size, metric in (("osu_bw", BW_SIZE, "bandwidth_mbs"),
                                             ("osu_latency", LAT_SIZE, "latency_us")):
@@ -236,19 +235,19 @@ class PairRunner:
                     value = _osu_value(out, size, metric) if code == 0 else None
                     if value is not None:
                         samples.setdefault((name, bench), []).append(value)
+                        this_repeat[(name, bench)] = value
                     else:
                         why = "timed out" if code == engine.EXIT_TIMEOUT else f"exit {code}"
                         failed.setdefault(f"{bench} {size} B ({'own' if name == 'own' else 'injected'})", why)
-            new = {key: samples[key][-1] for key in samples if len(samples[key]) > before.get(key, 0)}
-            if ("own", "osu_bw") in new and ("inj", "osu_bw") in new and new[("own", "osu_bw")]:
-                self.bw_paired.append(new[("inj", "osu_bw")] / new[("own", "osu_bw")])
+            if this_repeat.get(("own", "osu_bw")) and ("inj", "osu_bw") in this_repeat:
+                bw_paired.append(this_repeat[("inj", "osu_bw")] / this_repeat[("own", "osu_bw")])
 
         def median(key: tuple[str, str]) -> float | None:
             return statistics.median(samples[key]) if samples.get(key) else None
 
         note = "; ".join(f"{what}: {why}" for what, why in failed.items())
         return (median(("own", "osu_bw")), median(("inj", "osu_bw")), median(("own", "osu_latency")),
-                median(("inj", "osu_latency")), note)
+                median(("inj", "osu_latency")), note, bw_paired)
 
     def suite(self, inj: Injection, ranks: int) -> SuiteScore:
         score = SuiteScore(ranks)

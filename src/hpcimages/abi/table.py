@@ -172,11 +172,11 @@ def measure_pair(runner: PairRunner, pair: Pair, inj: Injection, own: Injection,
         pair.c_probe = cprobe.run_c_probe(runner.c_runner, inj) if runner.c_runner else runner.c_problem
     if pair.hello == "pass":
         if inj.host is not None:
-            bw_own, bw_inj, lat_own, lat_inj, pair.bench_note = runner.bench(own, inj)
+            bw_own, bw_inj, lat_own, lat_inj, pair.bench_note, bw_paired = runner.bench(own, inj)
             pair.bw_mbs, pair.lat_us = bw_inj, lat_inj
             pair.bw_ratio = bw_inj / bw_own if bw_inj and bw_own else None
-            if len(runner.bw_paired) >= 2:  # the spread of the repeats decides, not one median
-                _, low, high = bootstrap_interval(runner.bw_paired)
+            if len(bw_paired) >= 2:  # the spread of the repeats decides, not one median
+                _, low, high = bootstrap_interval(bw_paired)
                 pair.bw_interval = [round(low, 3), round(high, 3)]
             pair.lat_ratio = lat_inj / lat_own if lat_inj and lat_own else None
             pair.apptainer = runner.apptainer(runtime, sif, inj)

@@ -119,10 +119,12 @@ class Parsed:
     mpi_abi: str | None = None
 
 
-def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bind: bool) -> str | None:
+def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bind: bool,
+                          soname: str = "") -> str | None:
     """Why a run's loaded MPI library contradicts its label, or None. A bind-model run must have loaded a file under
-    one of the host MPI's directories; any other run (the image's own MPI) must not have. A run whose output names
-    no file proves nothing and is refused for the bind model."""
+    one of the host MPI's directories; any other run (the image's own MPI) must not have; a run labelled with an
+    ABI (``soname``: libmpi.so.12, libmpi_abi.so.1) must have loaded that file. A run whose output names no file
+    proves nothing and is refused for the bind model and for an ABI label."""
     roots = [d.rstrip("/") + "/" for d in host_dirs if d]
     files = (library_file or "").split()
     from_host = [f for f in files if any(f.startswith(root) for root in roots)]
@@ -131,6 +133,9 @@ def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bi
                 f"not a library under {', '.join(roots) or 'the host MPI directories'}")
     if not bind and from_host:
         return f"labelled as the image's own MPI, but the benchmark loaded the host library {from_host[0]}"
+    names = [f.rsplit("/", 1)[-1] for f in files]  # a source build maps the real file: libmpi.so.12.2.2
+    if soname and not any(n == soname or n.startswith(soname + ".") for n in names):
+        return f"labelled as a {soname} run, but the benchmark loaded {library_file or 'an unnamed library'}"
     return None
 
 
