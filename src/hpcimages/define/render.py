@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +31,7 @@ def recipe_path(matrix: Matrix, cell: Cell) -> Path:
 
 
 def singularity_recipe(cell: Cell, dockerfile_text: str) -> str:
-    """spython works on files: convert a fresh render through a temporary one."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "Dockerfile"
-        path.write_text(dockerfile_text, encoding="utf-8")
-        return recipe(path, RECIPE_HEADER.format(family=cell.family.name, tag=cell.tag))
+    return recipe(dockerfile_text, RECIPE_HEADER.format(family=cell.family.name, tag=cell.tag))
 
 
 def expected_files(matrix: Matrix) -> dict[Path, str]:

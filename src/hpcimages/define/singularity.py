@@ -143,9 +143,9 @@ def _fold_downloads(stages: list[Stage]) -> list[Stage]:
     return kept
 
 
-def recipe(dockerfile: Path, generated_by: str) -> str:
+def recipe(dockerfile_text: str, generated_by: str) -> str:
     """The committed Singularity.def for one rendered Dockerfile."""
-    prelude, stages = split_stages(dockerfile.read_text(encoding="utf-8"))
+    prelude, stages = split_stages(dockerfile_text)
     stages = _fold_downloads(stages)
     parts = [*(f"# {line}" if line else "#" for line in generated_by.splitlines())]
     for i, stage in enumerate(stages):
@@ -163,7 +163,7 @@ def _stage_recipe(prelude: str, stage: Stage, multi: bool, image_stage: bool, fr
     text = COPY_FROM_RE.sub("", stage.text)
     docker_text = f"{prelude}FROM ${{{stage.from_arg}}}\n{text}"
     args = dockerfile_args(docker_text)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # spython works on files
         path = Path(tmp) / "Dockerfile"
         path.write_text(docker_text, encoding="utf-8")
         header, sections = _sections(spython_convert(path))
@@ -199,9 +199,8 @@ def _stage_recipe(prelude: str, stage: Stage, multi: bool, image_stage: bool, fr
         out.append(f"Stage: {stage.name or 'image'}")
     out += ["", "%arguments", *arguments, ""]
     by_source: dict[str, list[str]] = {}
-    for source, src, dst in copies:
-        by_source.setdefault(source, []).append(f"{src}*" if src.endswith("/") else src)
-        by_source[source][-1] += f" {dst}"
+    for source, src, dst in copies:  # a directory's contents: Apptainer merges `src/*` into dst
+        by_source.setdefault(source, []).append(f"{src}* {dst}" if src.endswith("/") else f"{src} {dst}")
     for source, lines in by_source.items():
         out += [f"%files from {source}", *lines, ""]
     if sections.get("files"):
