@@ -162,34 +162,30 @@ def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str
                    title: str) -> Table | None:
     """Ratios a / b per size with their spread: the median of the repeats' paired ratios, a 95 % bootstrap
     interval and a verdict; a column only where both variants ran in the same repeats."""
-    columns = [c for c in ratios if paired_ratios(rows, c[0], c[1], c[2], _any_size(rows, c[0]))]
+    columns: dict[str, dict[int, str]] = {}
+    for bench, a, b, name in ratios:
+        sizes = sorted({r.size for r in rows if r.benchmark == bench})
+        cells = {size: _interval_cell(paired, bench == "osu_bw") for size in sizes
+                 if (paired := paired_ratios(rows, bench, a, b, size))}
+        if cells:
+            columns[name] = cells
     if not columns:
         return None
-    sizes = sorted({r.size for r in rows if r.benchmark in {c[0] for c in columns}})
-    body = []
-    for size in sizes:
-        line: list[object] = [size]
-        for bench, a, b, _ in columns:
-            paired = paired_ratios(rows, bench, a, b, size)
-            if not paired:
-                line.append(None)
-                continue
-            if len(paired) < 2:  # one repeat has no spread: a verdict would claim what was not measured
-                line.append(f"{paired[0]:.3f} (1 repeat: no interval)")
-                continue
-            mid, low, high = bootstrap_interval(paired)
-            line.append(f"{mid:.3f} [{low:.3f}, {high:.3f}] {interval_verdict(low, high, bench == 'osu_bw')}")
-        body.append(line)
+    sizes = sorted({size for cells in columns.values() for size in cells})
+    body = [[size, *(cells.get(size) for cells in columns.values())] for size in sizes]
     return Table(f"{group}: {title} (median of the repeats' paired ratios, [95 % bootstrap interval], "
-                 f"equivalent = inside 1 ± {EQUIVALENT:.2f})", ["size (B)", *(c[3] for c in columns)], body)
+                 f"equivalent = inside 1 ± {EQUIVALENT:.2f})", ["size (B)", *columns], body)
+
+
+def _interval_cell(paired: list[float], higher_is_better: bool) -> str:
+    if len(paired) < 2:  # one repeat has no spread: a verdict would claim what was not measured
+        return f"{paired[0]:.3f} (1 repeat: no interval)"
+    mid, low, high = bootstrap_interval(paired)
+    return f"{mid:.3f} [{low:.3f}, {high:.3f}] {interval_verdict(low, high, higher_is_better)}"
 
 
 def abi_cost_table(group: str, rows: list[ResultRow]) -> Table | None:
     return interval_table(group, rows, ABI_COST, "MPI-5 standard ABI / MPICH ABI, same image and MPICH")
-
-
-def _any_size(rows: list[ResultRow], bench: str) -> int:
-    return next((r.size for r in rows if r.benchmark == bench), -1)
 
 
 def anomalies(group: str, med: dict) -> tuple[list[str], set[tuple[str, int]]]:
