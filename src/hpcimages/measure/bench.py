@@ -162,8 +162,11 @@ def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str,
     ``MPICH_ABI_SUFFIX``, with mpicc (libmpi.so.12 of the same MPICH): the ABI translation layer is the one
     difference between them."""
     tag = f"hpcimages-bench/{cell.family.name}:{cell.tag}"
-    builds = [("mpicc_abi", ""), ("mpicc", MPICH_ABI_SUFFIX)] if cell.mpi.abi == "mpi" else [("mpicc", "")]
-    compile_all = " && ".join(f"{cc} -O2 -o {name}{suffix} {name}.c" for cc, suffix in builds
+    builds = [("mpicc_abi", "", "libmpi_abi.so.1", "libmpi.so.12"), ("mpicc", MPICH_ABI_SUFFIX, "libmpi.so.12",
+              "libmpi_abi.so.1")] if cell.mpi.abi == "mpi" else [("mpicc", "", "libmpi.so.12", "libmpi_abi.so.1")]
+    # each binary's label is its library: the build fails unless the loader resolves that one and not the other
+    compile_all = " && ".join(f"{cc} -O2 -o {name}{suffix} {name}.c && ldd {name}{suffix} | grep -q '{soname} => /' "
+                              f"&& ! ldd {name}{suffix} | grep -q '{other}'" for cc, suffix, soname, other in builds
                               for name in ("osu_bw", "osu_latency"))
     sources = {name: (bench_dir(matrix) / name).read_bytes() for name in ("osu_bw.c", "osu_latency.c")}
     mpich_abi = ""
