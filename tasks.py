@@ -142,11 +142,11 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
 
 @task(help={
     "site": SITE_HELP,
-    "bench": "hello, osu_bw, osu_latency, osu_allreduce, cuda or convert",
+    "bench": "hello, osu_bw, osu_latency, osu_allreduce, h5py_write (an image with a parallel HDF5), cuda or convert",
     "image": "image tag, e.g. hpcimages/mpi4py:py3.11-mpich4.3.2 (its .sif must be converted, or be in the "
              "site's sif_dir)",
     "model": "hybrid (the image's MPICH; default) or bind (the site's host MPI injected)",
-    "sizes": "message sizes for the OSU benchmarks, e.g. 1:4194304",
+    "sizes": "message sizes for the OSU benchmarks (bytes per rank for h5py_write), e.g. 1:4194304",
     "source": "convert only: what to build the .sif from (default docker://IMAGE)",
     "dry-run": "render the script into build/slurm/runs/ and print it; submit nothing",
     "matrix": MATRIX_HELP,

@@ -158,6 +158,8 @@ def test_broken_cells_fail_soft(ci_build, repo_copy, monkeypatch):
     assert "skipped" in rows["hpc-python:py3.11-mpich4.0.2"]
     assert "parent mpi4py:py3.11-mpich4.0.2 failed" in rows["hpc-python:py3.11-mpich4.0.2"]
     assert "failed" in rows["broken:py3.11-mpich4.3.2"] and "returned a non-zero code: 3" in out
+    # the failing step's own words are in the report, not only in the log
+    assert "last output: deliberate failure for the fail-soft test" in out
     assert re.search(r"built|up to date", rows["mpi4py:py3.11-mpich4.3.2"])
     assert re.search(r"built|up to date", rows["hpc-python:py3.11-mpich4.3.2"])
     log = (repo_copy / "build/logs/broken/py3.11-mpich4.3.2.log").read_text()

@@ -77,7 +77,8 @@ def test_real_matrix_is_valid_and_covers_the_published_axes():
     ci = m.cells("ci")
     assert {c.python for c in ci} >= {"3.11", "3.13"}
     assert len({c.mpi.key for c in ci}) >= 2
-    assert {c.family.name for c in ci} == {"mpi4py", "hpc-python", "cuda-python"}
+    assert {c.family.name for c in ci} == {"mpi4py", "hpc-python", "cuda-python", "h5py-mpi"}
+    assert {c.python for c in ci if c.family.hdf5} == {"3.11", "3.13"}
 
 
 def test_minimal_matrix_loads(workdir):
@@ -122,6 +123,30 @@ def test_parents_come_before_children_and_only_adds_parents(workdir):
         seen.add(cell.ref)
     chosen = [c.ref for c in select(cells, ["hpc-python:py3.13-*4.0.2"], with_parents=True)]
     assert chosen == ["mpi4py:py3.13-mpich4.0.2", "hpc-python:py3.13-mpich4.0.2"]
+
+
+H5PY = """
+[families.h5py-mpi]
+template = "h5py-mpi.Dockerfile.j2"
+requirements = "pip-requirements/h5py-mpi/requirements.in"
+parent = "mpi4py"
+axes = ["python", "mpi"]
+hdf5 = "1.14.5"
+"""
+HDF5_SOURCE = '"hdf5-1.14.5" = { url = "debian:pool/main/h/hdf5/hdf5_1.14.5+repack.orig.tar.gz", sha256 = "%s" }\n' \
+    % ("c" * 64)
+WITH_H5PY = MINIMAL.replace("[profiles.offline]", H5PY + "\n[profiles.offline]") + HDF5_SOURCE
+
+
+def test_a_family_with_hdf5_compiles_it_from_the_profiles_tarball_and_h5py_from_its_sdist(workdir):
+    m = load_matrix(write(workdir, WITH_H5PY))
+    cell = m.cell("h5py-mpi:py3.13-mpich4.3.2")
+    assert cell is not None and cell.parent_ref() == "mpi4py:py3.13-mpich4.3.2"
+    assert cell.family.hdf5 == "1.14.5" and cell.sdist == "h5py"
+    assert cell.build_lock == "pip-requirements/h5py-mpi/build-py3.13.txt"
+    source = m.profile("offline").sources[cell.family.hdf5_key]
+    assert source.filename == "hdf5_1.14.5+repack.orig.tar.gz" and source.sha256 == "c" * 64
+    assert m.cell("mpi4py:py3.13-mpich4.3.2").sdist is None  # the parent compiles nothing from an sdist
 
 
 SOURCE = 'configure = "--disable-fortran"'
@@ -248,10 +273,26 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize("case", BROKEN, ids=[c[0] for c in BROKEN])
+BROKEN_H5PY = [
+    ("hdf5-without-tarball", [(HDF5_SOURCE, "")], "profiles.offline.sources",
+     "family 'h5py-mpi' compiles HDF5 1.14.5 (cell h5py-mpi:py3.11-mpich4.3.2) but the profile gives no url/sha256"),
+    ("hdf5-other-version-only", [('"hdf5-1.14.5" = {', '"hdf5-1.14.6" = {')], "profiles.offline.sources",
+     'add profiles.offline.sources."hdf5-1.14.5"'),
+    ("hdf5-too-old-for-h5py", [('hdf5 = "1.14.5"', 'hdf5 = "1.10.3"')], "families.h5py-mpi.hdf5",
+     "h5py needs HDF5 1.10.4 or newer"),
+    ("hdf5-2-has-no-configure", [('hdf5 = "1.14.5"', 'hdf5 = "2.0.0"')], "families.h5py-mpi.hdf5",
+     "HDF5 2.x builds with CMake only"),
+    ("hdf5-injected-version", [('hdf5 = "1.14.5"', 'hdf5 = "1.14.5; curl evil"')], "families.h5py-mpi.hdf5",
+     "not a valid HDF5 version"),
+    ("hdf5-source-bad-key", [('"hdf5-1.14.5" = {', '"hdf5-latest" = {')], 'profiles.offline.sources."hdf5-latest"',
+     "not a valid HDF5 version"),
+]
+
+
+@pytest.mark.parametrize("case", BROKEN + BROKEN_H5PY, ids=[c[0] for c in BROKEN + BROKEN_H5PY])
 def test_broken_matrix_gets_one_clear_error(workdir, case):
     _, replacements, key, fragment = case
-    text = MINIMAL
+    text = WITH_H5PY if case in BROKEN_H5PY else MINIMAL
     for old, new in replacements:
         assert old in text, f"test case is stale: {old!r} not in the minimal matrix"
         text = text.replace(old, new, 1)

@@ -96,6 +96,17 @@ def test_every_rendered_script_is_valid_bash(tmp_path, site, bench, model):
     assert f"#SBATCH --output={tmp_path}/slurm-%j.out" in text
 
 
+def test_the_h5py_job_writes_its_shared_file_in_the_job_folder_bound_into_the_container(tmp_path):
+    image = "hpcimages/h5py-mpi:py3.13-mpich4.3.2"
+    text = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "cray-ex"), "h5py_write", image, "bind",
+                                            sizes="65536:1048576"), tmp_path)
+    assert f'python3 "$BENCH/h5py_write.py" -m 65536:1048576 --dir {tmp_path}' in text
+    bindpath = next(line for line in text.splitlines() if line.startswith("export SINGULARITY_BINDPATH="))
+    assert bindpath.endswith(f",{tmp_path}"), bindpath
+    default = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "local"), "h5py_write", image), tmp_path)
+    assert "-m 65536:16777216" in default
+
+
 def test_cray_script_binds_the_host_mpi_for_singularity(tmp_path):
     text = slurm.render(ROOT, slurm.JobSpec(load_site(SITES, "cray-ex"), "osu_bw", IMAGE, "bind"), tmp_path)
     assert "srun --mpi=cray_shasta --cpu-bind=cores" in text
@@ -251,3 +262,29 @@ def test_an_image_that_is_no_cell_is_named_with_the_nearest_cells(tmp_path, monk
         slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"),
                      slurm.JobSpec(load_site(SITES, "local"), "hello", "hpcimages/mpi4py:py3.13-mpich4.3.3"))
     assert "convert" not in str(info.value)  # converting is no advice for a tag that no cell builds
+
+
+H5PY_OUTPUT = """# hpcimages: job=9 site=s bench=h5py_write model=hybrid node=n1
+# h5py parallel I/O bandwidth (MB/s, all ranks together)
+# MPICH Version:      4.3.2
+# Library file: /usr/local/lib/libmpi.so.12
+# MPI ABI: mpich
+# HDF5 1.14.5, h5py 3.16.0, driver mpio, 2 ranks
+# Size        Write independent (MB/s)   Write collective (MB/s)   Read independent (MB/s)    Read collective (MB/s)
+65536                       101.50                    202.25                   1003.00                   1504.75
+131072                      111.50                    212.25                   1103.00                   1604.75
+"""
+
+
+def test_an_h5py_job_is_stored_as_its_four_modes():
+    record = slurm.JobRecord(key="k", site="s", bench="h5py_write", image="hpcimages/h5py-mpi:py3.13-mpich4.3.2",
+                             model="hybrid", variant="s", script="x", run_dir="/nonexistent", sif="/nonexistent.sif",
+                             job_id="9")
+    rows, summary = slurm.parse_output(record, H5PY_OUTPUT, 2)
+    values = {(r.benchmark, r.size): r.value for r in rows}
+    assert values == {("h5py_write_independent", 65536): 101.5, ("h5py_write_independent", 131072): 111.5,
+                      ("h5py_write_collective", 65536): 202.25, ("h5py_write_collective", 131072): 212.25,
+                      ("h5py_read_independent", 65536): 1003.0, ("h5py_read_independent", 131072): 1103.0,
+                      ("h5py_read_collective", 65536): 1504.75, ("h5py_read_collective", 131072): 1604.75}
+    assert {r.unit for r in rows} == {"MB/s"} and {r.mpi_library_file for r in rows} == {"/usr/local/lib/libmpi.so.12"}
+    assert "2 sizes" in summary and "h5py_write_independent" in summary

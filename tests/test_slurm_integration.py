@@ -106,6 +106,28 @@ def test_hello_and_osu_bw_in_both_models_land_beside_the_docker_runs(cluster, tm
     assert "bw local / container" in table.stdout
 
 
+def test_h5py_write_runs_under_slurm_through_apptainer_in_both_models(cluster, tmp_path):
+    image = "hpcimages/h5py-mpi:py3.13-mpich4.3.2"
+    for converted in cv.convert(cluster, ap.choose_runtime("container", lambda: cluster, ROOT, progress=lambda _: None),
+                                [image], cv.sif_dir(ROOT), progress=lambda _: None):
+        assert converted.status in ("converted", "up to date"), converted.reason
+    for model in ("hybrid", "bind"):
+        proc = invoke("submit", "--site", "local", "--bench", "h5py_write", "--image", image, "--model", model,
+                      "--sizes", "65536:262144")
+        assert proc.returncode == 0 and "submitted" in proc.stdout, proc.stdout + proc.stderr
+    store = tmp_path / "slurm-local.jsonl"
+    proc = invoke("collect", "--store", str(store), "--timeout", "900")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([store])
+    assert {(r.benchmark, r.variant) for r in records} == {
+        (f"h5py_{op}_{mode}", variant) for op in ("write", "read") for mode in ("independent", "collective")
+        for variant in ("local", "local+hostmpi")}
+    assert {r.size for r in records} == {65536, 131072, 262144} and all(r.value > 0 for r in records)
+    libraries = {r.variant: r.mpi_library_file for r in records}
+    assert libraries["local"].startswith("/usr/local/lib/libmpi") and "/usr/local/" not in libraries["local+hostmpi"]
+    assert {r.cell for r in records} == {"h5py-mpi:py3.13-mpich4.3.2"}
+
+
 def test_an_sbatch_rejection_carries_slurms_message_and_marks_the_record(cluster):
     site = local_site_with(slurm={"partition": "nosuchpartition"})
     spec = slurm.JobSpec(site, "hello", IMAGE)

@@ -29,13 +29,22 @@ from ..define.sites import Site
 from ..errors import HpcImagesError
 from ..files import write_json
 from ..measure.bench import BENCHMARKS
-from ..measure.results import PRIMARY, ResultRow, ResultsError, append_run, library_contradiction, load, parse_osu
+from ..measure.results import (
+    PRIMARY,
+    ResultRow,
+    ResultsError,
+    append_run,
+    library_contradiction,
+    load,
+    parse_osu,
+    series_of,
+)
 from ..paths import build_dir
 from ..sif import apptainer
 from ..sif.convert import sif_dir, sif_name
 from ..validate import CONTROL_RE, UnsafeValue, problem, refuse_unsafe, shown
 
-BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "cuda", "convert")
+BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "h5py_write", "cuda", "convert")
 MODELS = ("hybrid", "bind")
 SIZES_RE = re.compile(r"\d{1,10}(:\d{1,10})?")
 SOURCE_RE = re.compile(r"(docker|docker-archive|oras|library)://[A-Za-z0-9_@%+=:,./-]+")
@@ -142,6 +151,8 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
     binds = [*site.container.bind, bench_dir]
     if spec.model == "bind":
         binds += [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
+    if spec.bench == "h5py_write":  # the ranks' shared HDF5 file lives in the job's folder
+        binds.append(str(run_dir))
     one_task = spec.bench == "convert"
     default_sizes = BENCHMARKS[spec.bench].default_sizes if spec.bench in BENCHMARKS else ""
     context = {
@@ -155,7 +166,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
         "preflight_libs": preflight_libraries(site), "lib_dirs": ":".join(site.host_mpi.lib_dirs),
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
-        "source": spec.source or f"docker://{spec.image}",
+        "source": spec.source or f"docker://{spec.image}", "run_dir": str(run_dir),
     }
     try:
         text = _environment(root).get_template(f"{spec.bench}.sbatch.j2").render(context)
@@ -396,19 +407,19 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: t
         row = ResultRow(**base, benchmark="hello", size=0, value=len(seen), metric="ranks", unit="ranks",
                         mpi_library=library)
         return [row], f"{len(seen)} of {expected_ranks} ranks answered" + (f"; {library}" if library else "")
-    if record.bench not in PRIMARY:
+    if record.bench not in BENCHMARKS:
         return [], "done (no figures to store)"
     parsed = parse_osu(body)
     contradiction = library_contradiction(parsed.library_file, host_dirs, record.model == "bind")
     if contradiction:
         raise ResultsError(f"{contradiction}; the rows are not stored under {record.variant!r}")
-    metric, unit = PRIMARY[parsed.benchmark]
-    rows = [ResultRow(**base, benchmark=parsed.benchmark, size=int(r["size"]), value=r[metric], metric=metric,
+    rows = [ResultRow(**base, benchmark=name, size=int(r["size"]), value=r[metric], metric=metric,
                       unit=unit, mpi_library=parsed.library, mpi_library_file=parsed.library_file,
-                      mpi_abi=parsed.mpi_abi,
-                      extra={k: v for k, v in r.items() if k not in ("size", metric)}) for r in parsed.rows]
-    last = parsed.rows[-1]
-    return rows, f"{len(rows)} sizes; {int(last['size'])} B: {last[metric]:.2f} {unit}; {parsed.library or ''}".strip()
+                      mpi_abi=parsed.mpi_abi, extra={k: v for k, v in r.items() if k not in ("size", metric)})
+            for name in series_of(parsed.benchmark) for metric, unit in [PRIMARY[name]] for r in parsed.rows]
+    last = rows[len(parsed.rows) - 1]
+    return rows, (f"{len(parsed.rows)} sizes; {last.size} B: {last.value:.2f} {last.unit} ({last.benchmark}); "
+                  f"{parsed.library or ''}").strip()
 
 
 def _image_id(sif: str) -> str | None:

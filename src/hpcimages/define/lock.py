@@ -42,6 +42,13 @@ MPIABI_BUILD_INPUT = (
     "cython>=3.0.1\nsetuptools>=42\n"
 )
 
+#: What compiling h5py's sdist against a parallel HDF5 needs besides numpy and mpi4py (the parent's pins), the
+#: compiler and HDF5 (its pyproject's build-system); `wheel` repacks the wheel once RUNPATH is stripped.
+H5PY_BUILD_INPUT = (
+    "# build dependencies of h5py's sdist with HDF5_MPI=ON (a build stage installs them, the image never does)\n"
+    "cython>=3.0.0,<4\npackaging>=23.0\npkgconfig>=1.5.5\nsetuptools>=77.0.1\nwheel\n"
+)
+
 
 @dataclass(frozen=True)
 class LockJob:
@@ -73,8 +80,9 @@ def lock_jobs(matrix: Matrix, profile: str | Profile | None = None) -> list[Lock
                                     f"{cell.mpi.name}=={cell.mpi.version}", "3.11", None)
         build_out = cell.build_lock
         if build_out and build_out not in jobs:
-            jobs[build_out] = LockJob(build_out, MPIABI_BUILD_INPUT, "mpi4py's sdist build for the standard ABI",
-                                      cell.python, None)
+            text, what = (H5PY_BUILD_INPUT, "h5py's sdist build with MPI") if cell.sdist == "h5py" else \
+                (MPIABI_BUILD_INPUT, "mpi4py's sdist build for the standard ABI")
+            jobs[build_out] = LockJob(build_out, text, what, cell.python, None)
         out = cell.lock
         if out and out not in jobs:
             jobs[out] = LockJob(out, _input_text(matrix, cell), cell.family.requirements or "", cell.python,

@@ -51,7 +51,7 @@ AXES_KEYS = {"python", "mpi", "cuda"}
 MPI_KEYS = {"name", "version", "method", "configure", "abi"}
 #: The ABI an image's mpi4py is built for: MPICH's (libmpi.so.12) or the MPI-5 standard ABI (libmpi_abi.so.1).
 MPI_ABIS = ("mpich", "mpi")
-FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args"}
+FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args", "hdf5"}
 PROFILE_KEYS = {
     "description", "registry", "extends", "python", "mpi", "cuda", "families",
     "bases", "sources", "exclude", "cells", "publish", "mpi_build_python",
@@ -60,6 +60,8 @@ BASE_KEYS = {"image", "debian"}
 SOURCE_KEYS = {"url", "sha256"}
 EXCLUDE_KEYS = {"family", "python", "mpi", "cuda"}
 DEBIAN_SUITE_RE = re.compile(r"[a-z]{2,20}")
+#: Sources that are not an MPI: ``hdf5-<version>`` (a family's ``hdf5``).
+HDF5_SOURCE_PREFIX = "hdf5-"
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,12 @@ class Family:
     parent: str | None
     axes: tuple[str, ...]
     build_args: Mapping[str, str] = field(default_factory=dict)
+    hdf5: str | None = None  # the HDF5 version the family compiles with MPI (h5py is built from its sdist against it)
+
+    @property
+    def hdf5_key(self) -> str | None:
+        """The key of the HDF5 tarball in a profile's ``sources`` (``hdf5-1.14.5``)."""
+        return f"{HDF5_SOURCE_PREFIX}{self.hdf5}" if self.hdf5 else None
 
 
 @dataclass(frozen=True)
@@ -170,12 +178,23 @@ class Cell:
 
     @property
     def build_lock(self) -> str | None:
-        """The build dependencies of mpi4py's sdist (Cython, setuptools) for a standard-ABI cell of a root family:
-        they are used in a build stage and never reach the image."""
-        if self.mpi.abi != "mpi" or self.family.parent is not None or self.family.requirements is None:
+        """The build dependencies of an sdist the cell compiles (used in a build stage, never in the image):
+        mpi4py's (Cython, setuptools) for a standard-ABI cell of a root family, h5py's for a family with HDF5."""
+        if self.family.requirements is None:
             return None
         folder = self.family.requirements.rsplit("/", 1)[0]
+        if self.family.hdf5:
+            return f"{folder}/build-py{self.python}.txt"
+        if self.mpi.abi != "mpi" or self.family.parent is not None:
+            return None
         return f"{folder}/mpiabi-build-py{self.python}.txt"
+
+    @property
+    def sdist(self) -> str | None:
+        """The package the cell compiles from its sdist (the version its lock pins)."""
+        if self.family.hdf5:
+            return "h5py"
+        return "mpi4py" if self.build_lock else None
 
     @property
     def lock(self) -> str | None:
@@ -346,6 +365,7 @@ class _Loader:
         for name in profiles:
             cells = _profile_cells(matrix, profiles[name])  # raises on an impossible profile
             check_tags(cells, profiles[name].publish, f"profiles.{name}.publish", self.fail)
+            self.check_hdf5_sources(profiles[name], cells)
         own = {name: len(t.get("exclude", [])) if isinstance(t.get("exclude", []), list) else 1
                for name, t in self.data["profiles"].items()}
         check_excludes_and_emptiness(matrix, own)
@@ -416,7 +436,17 @@ class _Loader:
             if parent is not None and not isinstance(parent, str):
                 raise self.fail(f"{key}.parent", "must be the name of another family")
             description = self.free_text(table.get("description"), f"{key}.description")
-            families[name] = Family(name, description, template, requirements, parent, axes, dict(build_args))
+            hdf5 = table.get("hdf5")
+            if hdf5 is not None:
+                hdf5 = self.string(hdf5, f"{key}.hdf5", VERSION_RE, "HDF5 version (X.Y.Z)")
+                numbers = [int(part) for part in hdf5.split(".")] + [0]
+                if tuple(numbers[:3]) < (1, 10, 4) or numbers[0] >= 2:
+                    raise self.fail(f"{key}.hdf5", f"{shown(hdf5)}: h5py needs HDF5 1.10.4 or newer, and HDF5 2.x "
+                                    "builds with CMake only (this family's build runs configure): use 1.10 to 1.14")
+                if requirements is None:
+                    raise self.fail(f"{key}.requirements", "a family with hdf5 builds h5py from the sdist its lock "
+                                    "pins: it needs a requirements file")
+            families[name] = Family(name, description, template, requirements, parent, axes, dict(build_args), hdf5)
         self.check_parents(families)
         return families
 
@@ -524,6 +554,16 @@ class _Loader:
         return Profile(name, description, registry, python, mpi, cuda, families, bases, sources, exclude, cells,
                        publish, build_python)
 
+    def check_hdf5_sources(self, profile: Profile, cells: list[Cell]) -> None:
+        """Every HDF5 a profile's cells compile has a tarball and sha256 in the profile: caught before any build."""
+        for cell in cells:
+            wanted = cell.family.hdf5_key
+            if wanted and wanted not in profile.sources:
+                raise self.fail(f"profiles.{profile.name}.sources",
+                                f"family {cell.family.name!r} compiles HDF5 {cell.family.hdf5} (cell {cell.ref}) but "
+                                f"the profile gives no url/sha256 for it (add profiles.{profile.name}.sources."
+                                f"\"{wanted}\")")
+
     def mpi_build_python(self, value: Any, key: str, python: tuple[str, ...]) -> str:
         """Default: the lowest Python version of the profile, whose base is taken to have the oldest glibc."""
         if value is None:
@@ -560,9 +600,11 @@ class _Loader:
         sources = {}
         for mpi_key, entry in table.items():
             ekey = f"{key}.\"{mpi_key}\""
-            if mpi_key not in m.mpi:
-                raise self.fail(ekey, f"unknown MPI axis value; allowed: {', '.join(m.mpi)}")
-            if m.mpi[mpi_key].method != "source":
+            if mpi_key.startswith(HDF5_SOURCE_PREFIX):
+                self.string(mpi_key[len(HDF5_SOURCE_PREFIX):], ekey, VERSION_RE, "HDF5 version (hdf5-X.Y.Z)")
+            elif mpi_key not in m.mpi:
+                raise self.fail(ekey, f"unknown MPI axis value; allowed: {', '.join(m.mpi)}, or hdf5-<version>")
+            elif m.mpi[mpi_key].method != "source":
                 raise self.fail(ekey, f"{mpi_key!r} is installed by {m.mpi[mpi_key].method!r}, not from source")
             self.keys(entry, ekey, SOURCE_KEYS, required=("url", "sha256"))
             url = self.string(entry["url"], f"{ekey}.url", URL_RE, "tarball URL (https://... or debian:pool/...)")

@@ -34,6 +34,11 @@ SUPPORT_KEYS = {"python", "mpi_name", "mpi_method", "mpi_abi", "cuda"}
 #: Build args the build step itself passes, by what they are for.
 PIP_ARGS = ("PIP_NO_INDEX", "PIP_FIND_LINKS")
 SOURCE_ARGS = ("MPI_SOURCE_URL", "MPI_SOURCE_SHA256", "MPI_BUILD_IMAGE")
+HDF5_ARGS = ("HDF5_SOURCE_URL", "HDF5_SOURCE_SHA256")
+#: How a family with ``hdf5`` configures it (the template's, and the bare-metal twin's of the benchmarks): the C
+#: library with MPI, shared only, and nothing an image does not need.
+HDF5_CONFIGURE_OPTIONS = ("--enable-parallel --enable-shared --disable-static --disable-fortran --disable-cxx "
+                          "--disable-java --disable-tests --disable-tools --disable-doxygen")
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ def render_profile_of(matrix: Matrix, cell: Cell) -> Profile:
 
 def template_context(matrix: Matrix, cell: Cell, profile: Profile) -> dict[str, Any]:
     source = profile.sources.get(cell.mpi.key)
+    hdf5 = profile.sources.get(cell.family.hdf5_key or "")
     parent_image = None
     if cell.family.parent is not None:
         parent_ref = cell.parent_ref()
@@ -106,6 +112,10 @@ def template_context(matrix: Matrix, cell: Cell, profile: Profile) -> dict[str, 
         # a `debian:` URL only exists on a machine with a mirror: the build step passes the real one
         "source_url": source.url if source and not source.url.startswith("debian:") else "",
         "source_sha256": source.sha256 if source else "",
+        "hdf5": cell.family.hdf5,
+        "hdf5_configure": HDF5_CONFIGURE_OPTIONS,
+        "hdf5_source_url": hdf5.url if hdf5 and not hdf5.url.startswith("debian:") else "",
+        "hdf5_source_sha256": hdf5.sha256 if hdf5 else "",
         "build_args": cell.family.build_args,
         "mpi_lock": cell.mpi_lock,
         "build_lock": cell.build_lock,
@@ -157,6 +167,8 @@ def check_templates(matrix: Matrix) -> None:
         needed = set(PIP_ARGS) | ({"BASE_IMAGE"} if cell.family.parent is None else {"PARENT_IMAGE"})
         if cell.mpi.method == "source" and cell.family.parent is None:
             needed |= set(SOURCE_ARGS)
+        if cell.family.hdf5:
+            needed |= set(HDF5_ARGS)
         missing = needed - declared
         if missing:
             raise MatrixError(matrix.template_dir / cell.family.template, "(ARG)",

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -46,7 +47,7 @@ INPUT_LABEL = "io.hpcimages.input-hash"
 COPY_RE = re.compile(r"^\s*COPY\s+(?!--from)(?:--\S+\s+)*(\S+)\s+\S+\s*$", re.M)
 #: args whose values change from run to run (a port) and must not change the input hash
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
-TRANSIENT_ARGS = {"PIP_FIND_LINKS", "PIP_NO_INDEX", "MPI_SOURCE_URL"}
+TRANSIENT_ARGS = {"PIP_FIND_LINKS", "PIP_NO_INDEX", "MPI_SOURCE_URL", "HDF5_SOURCE_URL"}
 
 Progress = Callable[[str], None]
 
@@ -88,6 +89,18 @@ class BuildReport:
         rows = [[r.ref, r.status, f"{r.seconds:.1f}s", _size(r.size_bytes), r.image if r.ok else _clip(r.reason)]
                 for r in self.results]
         return tabulate(rows, headers=["cell", "status", "time", "size", "image / reason"], tablefmt="simple")
+
+
+def _telling(line: str) -> bool:
+    """A build output line that may say why a step failed (not the engine's own step bookkeeping)."""
+    text = line.strip()
+    return bool(text) and not text.startswith(("Step ", "---> ", "Removing intermediate container", "+ "))
+
+
+def _short_command(error: str) -> str:
+    """The engine's "The command '<the whole RUN>' returned a non-zero code: N" with the RUN cut to its start."""
+    match = re.match(r"(?s)The command '(.*)' returned a non-zero code: (\d+)$", error)
+    return f"The command '{_clip(match.group(1), 70)}' returned a non-zero code: {match.group(2)}" if match else error
 
 
 def _clip(text: str, width: int = 100) -> str:
@@ -169,22 +182,46 @@ def mpi_source(profile: Profile, cell: Cell) -> Source | None:
     return profile.sources.get(cell.mpi.key) if cell.family.parent is None else None
 
 
+def hdf5_source(profile: Profile, cell: Cell) -> Source | None:
+    """The HDF5 tarball a cell compiles (a family with ``hdf5``; the matrix loader made sure the profile has it)."""
+    key = cell.family.hdf5_key
+    return profile.sources[key] if key else None
+
+
+def cell_sources(profile: Profile, cell: Cell) -> dict[str, Source]:
+    """Every tarball a cell builds from, by the prefix of its build args (``MPI_SOURCE_*``, ``HDF5_SOURCE_*``)."""
+    found = {"MPI": mpi_source(profile, cell), "HDF5": hdf5_source(profile, cell)}
+    return {prefix: source for prefix, source in found.items() if source is not None}
+
+
 def source_args(profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
-    """The MPI tarball of a source cell: served from the wheelhouse during a build, else its own URL."""
-    source = mpi_source(profile, cell)
-    if source is None:
-        return {}
-    return {"MPI_SOURCE_URL": f"{served}/sources/{source.filename}" if served else source.url,
-            "MPI_SOURCE_SHA256": source.sha256, "MPI_BUILD_IMAGE": profile.mpi_build_image}
+    """The tarballs of a cell: served from the wheelhouse during a build, else their own URLs."""
+    args = {}
+    for prefix, source in cell_sources(profile, cell).items():
+        args[f"{prefix}_SOURCE_URL"] = f"{served}/sources/{source.filename}" if served else source.url
+        args[f"{prefix}_SOURCE_SHA256"] = source.sha256
+    if mpi_source(profile, cell) is not None:
+        args["MPI_BUILD_IMAGE"] = profile.mpi_build_image
+    return args
+
+
+def fetch_sources(profile: Profile, cell: Cell, cache: Path) -> None:
+    """The cell's tarballs into the cache, each checked against its sha256 (wheelhouse.CacheError otherwise)."""
+    for source in cell_sources(profile, cell).values():
+        wheelhouse.fetch_source(source, cache)
 
 
 def fetch_build_sdists(matrix: Matrix, cell: Cell, cache: Path) -> None:
-    """A standard-ABI cell compiles mpi4py from its sdist: the version its lock pins, checked against the lock's
-    hashes, put in the wheelhouse beside the wheels (pip's --no-binary finds it there)."""
-    version = locked_pins(matrix.root / str(cell.lock)).get("mpi4py")
+    """A cell that compiles a package (mpi4py for the standard ABI, h5py against a parallel HDF5) does it from the
+    sdist of the version its lock pins, checked against the lock's hashes, put in the wheelhouse beside the wheels
+    (pip's --no-binary finds it there)."""
+    package = cell.sdist
+    if package is None:
+        return
+    version = locked_pins(matrix.root / str(cell.lock)).get(package)
     if version is None:
-        raise wheelhouse.CacheError(f"{cell.lock} pins no mpi4py to build for the standard ABI")
-    wheelhouse.fetch_sdist(matrix.root, "mpi4py", version, wheelhouse.wheelhouse_dir(cache))
+        raise wheelhouse.CacheError(f"{cell.lock} pins no {package} to build from its sdist")
+    wheelhouse.fetch_sdist(matrix.root, package, version, wheelhouse.wheelhouse_dir(cache))
 
 
 def mpi_build_key(profile: Profile, cell: Cell) -> str | None:
@@ -205,10 +242,8 @@ def build_args(matrix: Matrix, profile: Profile, cell: Cell, served: str | None)
 
 def hashed_args(profile: Profile, cell: Cell, args: dict[str, str]) -> dict[str, str]:
     """What the input hash sees: the args, plus where a tarball really comes from (the served URL is transient)."""
-    source = mpi_source(profile, cell)
-    if source is None:
-        return args
-    return {**args, "MPI_SOURCE_ORIGIN": source.url}
+    origins = {f"{prefix}_SOURCE_ORIGIN": source.url for prefix, source in cell_sources(profile, cell).items()}
+    return {**args, **origins}
 
 
 def input_hash(matrix: Matrix, cell: Cell, args: dict[str, str], from_id: str) -> str:
@@ -359,17 +394,11 @@ class Builder:
                         done[key] = str(exc)
                 if done[key]:
                     broken.setdefault(cell.ref, done[key] or "")
-            source = mpi_source(self.profile, cell)
-            if source is not None:
-                try:
-                    wheelhouse.fetch_source(source, self.cache)
-                except wheelhouse.CacheError as exc:
-                    broken.setdefault(cell.ref, str(exc))
-            if cell.build_lock:
-                try:
-                    fetch_build_sdists(self.matrix, cell, self.cache)
-                except wheelhouse.CacheError as exc:
-                    broken.setdefault(cell.ref, str(exc))
+            try:
+                fetch_sources(self.profile, cell, self.cache)
+                fetch_build_sdists(self.matrix, cell, self.cache)
+            except wheelhouse.CacheError as exc:
+                broken.setdefault(cell.ref, str(exc))
         return broken
 
     def check_registry_bases(self, cells: list[Cell]) -> None:
@@ -469,15 +498,19 @@ class Builder:
                 buildargs=args, labels=provenance_labels(self.matrix, self.profile, digest),
                 network_mode="host", rm=True, forcerm=True, pull=False, decode=True,
             )
+            recent: collections.deque[str] = collections.deque(maxlen=3)  # what a failing step said last
             for chunk in stream:
                 if "stream" in chunk:
                     text = ANSI_RE.sub("", chunk["stream"])
                     log.write(text)
                     if text.startswith("Step "):
-                        self.say(f"  [{cell.ref}] {text.strip()}")
+                        self.say(f"  [{cell.ref}] {_clip(text.strip(), 140)}")
+                    recent.extend(line.strip() for line in text.splitlines() if _telling(line))
                 if "error" in chunk:
                     error = chunk["error"].strip()
                     log.write(f"ERROR: {error}\n")
+                    if recent:  # e.g. configure's or h5py's own complaint, not only "returned a non-zero code"
+                        error = f"{_short_command(error)}; last output: {_clip(' | '.join(recent), 400)}"
                 aux = chunk.get("aux")
                 if isinstance(aux, dict) and "ID" in aux:
                     image_id = aux["ID"]

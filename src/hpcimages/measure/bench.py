@@ -8,6 +8,10 @@ Variants of one cell (an image):
 ``bare-metal``      the host, in a venv with the same MPICH wheel and the same locked mpi4py / numpy
 ``bare-metal (C)``  the C reference compiled with that venv's ``mpicc``
 
+In an image of a family with a parallel HDF5 only ``h5py_write`` runs (``container`` and ``container+impi``: does
+HDF5's I/O follow the swapped MPI at the same speed?); the MPI benchmarks run in the other images, whose MPI stack
+such an image inherits.
+
 Every repeat runs every benchmark in every variant before the next repeat starts, so drift on a noisy
 machine hits all variants alike; tables use the median over repeats. Each finished run is appended to
 the results file at once (see results.py): an interrupted bench loses at most the run in flight.
@@ -21,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,12 +37,22 @@ import docker.errors
 from .. import engine
 from ..define.lock import locked_pins, requirement_block
 from ..define.matrix import Cell, Matrix, Profile
+from ..define.templates import HDF5_CONFIGURE_OPTIONS
 from ..engine import Mount, Sandbox, find_image
 from ..errors import HpcImagesError
 from ..images import hostmpi, wheelhouse
+from ..images.build import fetch_build_sdists, hdf5_source
 from ..paths import build_dir, relative
 from ..validate import shown
-from .results import PRIMARY, ResultRow, ResultsError, append_run, library_contradiction, parse_osu
+from .results import (
+    PRIMARY,
+    ResultRow,
+    ResultsError,
+    append_run,
+    library_contradiction,
+    parse_osu,
+    series_of,
+)
 
 BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
@@ -63,6 +78,7 @@ class Benchmark:
     c_source: str | None
     default_sizes: str
     min_size: int  # the smallest message the script accepts (its own `-m` check)
+    hdf5: bool = False  # runs only in images of a family with a parallel HDF5 (h5py with driver='mpio')
 
     def sizes_problem(self, text: str) -> str | None:
         """Why ``-m MIN:MAX`` would make the script refuse to run, checked before a job waits in a queue: the
@@ -81,7 +97,17 @@ BENCHMARKS = {
     "osu_bw": Benchmark("osu_bw", "osu_bw.py", "osu_bw.c", "1:4194304", 1),
     "osu_latency": Benchmark("osu_latency", "osu_latency.py", "osu_latency.c", "0:4194304", 0),
     "osu_allreduce": Benchmark("osu_allreduce", "osu_allreduce.py", None, "4:1048576", 4),
+    "h5py_write": Benchmark("h5py_write", "h5py_write.py", None, "65536:16777216", 1, hdf5=True),
 }
+
+
+def runs(bench: Benchmark, variant: Variant) -> bool:
+    """Which benchmark runs in which variant: the parallel-I/O one where h5py has a parallel HDF5 (an image of such a
+    family, its bare-metal twin), the MPI ones in the other variants (an HDF5 image inherits its parent's MPI
+    stack), and C references only for benchmarks that have one."""
+    if bench.hdf5 != variant.hdf5:
+        return False
+    return variant.language == "python" or bench.c_source is not None
 
 
 class BenchError(HpcImagesError):
@@ -102,6 +128,7 @@ class Variant:
     scripts: Path | None = None  # bench/ on the host, for bare-metal runs
     soname: str = ""  # the MPI library file a Python run must have loaded (its label's proof), "" for any
     c_suffix: str = ""  # which build of the C references: "" (the image's ABI) or MPICH_ABI_SUFFIX
+    hdf5: bool = False  # h5py with a parallel HDF5 is there (an image of such a family, or its bare-metal twin)
 
     def command(self, bench: Benchmark, args: list[str]) -> list[str]:
         if self.cell is not None:
@@ -221,17 +248,99 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     return venv
 
 
+def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Path | None,
+                  bare_metal: bool, progress: Progress) -> list[Variant]:
+    """An image with a parallel HDF5: its own MPICH, the bind-model swap, and the bare-metal twin with HDF5 and h5py
+    built the same way into the host venv (where the host can compile them)."""
+    out = [Variant("container", "python", cell.mpi.key, cell, image, image_id, soname=cell.mpi.soname, hdf5=True)]
+    if host is not None:
+        out.append(Variant("container+impi", "python", cell.mpi.key, cell, image, image_id,
+                           env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}, host_mpi=host,
+                           hdf5=True))
+    parent = matrix.cell(str(cell.parent_ref()))
+    if bare_metal and parent is not None:
+        venv = bare_metal_venv(matrix, parent, progress)  # the parent's MPICH wheel and locked mpi4py, numpy
+        if venv is not None and bare_metal_hdf5(matrix, profile, cell, venv, progress):
+            out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=bench_dir(matrix), hdf5=True))
+    return out
+
+
+def _host_can_compile() -> str | None:
+    """Why the host cannot compile HDF5 and h5py (None when it can)."""
+    missing = [tool for tool in ("cc", "make") if shutil.which(tool) is None]
+    if missing:
+        return f"no {' or '.join(missing)} on the host"
+    headers = sysconfig.get_paths()["include"]
+    return None if (Path(headers) / "Python.h").is_file() else f"no Python headers ({headers}/Python.h)"
+
+
+def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, progress: Progress) -> bool:
+    """HDF5 and h5py in the bare-metal venv, built as the family's image builds them: the profile's tarball
+    (sha256-checked), the same configure options, the venv's MPICH wrapper, h5py from the sdist of the lock's pin
+    with its hashed build dependencies. False, said why, when the host cannot compile."""
+    twin = next(c for c in matrix.all_cells if c.family.name == cell.family.name and c.mpi.key == cell.mpi.key
+                and c.python == f"{sys.version_info.major}.{sys.version_info.minor}")
+    assert twin.lock and twin.build_lock and cell.family.hdf5
+    stamp = venv / f".hpcimages-hdf5-{cell.family.hdf5}"
+    if stamp.exists():
+        return True
+    reason = _host_can_compile()
+    if reason:
+        progress(f"  no bare-metal h5py_write: {reason}")
+        return False
+    cache = wheelhouse.cache_root()
+    tarball = wheelhouse.fetch_source(hdf5_source(profile, cell), cache)
+    for lock in (twin.build_lock, twin.lock):
+        wheelhouse.download_wheels(matrix.root / lock, twin.python, cache)
+    fetch_build_sdists(matrix, twin, cache)
+    progress(f"  bare metal: compiling HDF5 {cell.family.hdf5} and h5py into {relative(venv, matrix.root)} "
+             "(a few minutes, once)")
+    work = venv / "hdf5-build"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{venv}/bin:{os.environ.get('PATH', '')}", "CC": str(venv / "bin" / "mpicc")}
+    # --no-cache-dir: a wheel pip built for another venv links that venv's HDF5 (its RUNPATH)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-cache-dir", "--no-index", "--find-links", str(wheelhouse.wheelhouse_dir(cache)), "--require-hashes"]
+    steps = [
+        ["tar", "-xf", str(tarball), "-C", str(work), "--strip-components=1"],
+        ["./configure", f"--prefix={venv}", *HDF5_CONFIGURE_OPTIONS.split()],
+        ["make", f"-j{os.cpu_count() or 2}"],
+        ["make", "install"],
+        [*pip, "-r", str(matrix.root / twin.build_lock)],
+        [*pip, "--no-build-isolation", "--no-binary", "h5py", "-r", str(matrix.root / twin.lock)],
+        [str(venv / "bin" / "python"), "-c", "import h5py, sys; sys.exit(not h5py.get_config().mpi)"],
+    ]
+    with (venv / "hdf5-build.log").open("w", encoding="utf-8") as log:
+        for step in steps:
+            extra = {"HDF5_MPI": "ON", "HDF5_DIR": str(venv)} if "h5py" in step else {}
+            proc = subprocess.run(step, cwd=work, env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT,
+                                  check=False)
+            if proc.returncode != 0:
+                raise BenchError(f"bare-metal HDF5/h5py: `{' '.join(step[:3])} ...` failed (exit {proc.returncode}); "
+                                 f"log: {relative(venv / 'hdf5-build.log', matrix.root)}")
+    shutil.rmtree(work, ignore_errors=True)
+    stamp.touch()
+    return True
+
+
 def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell], *, swap: bool = True,
              c_reference: bool = True, bare_metal: bool = True, progress: Progress = print) -> list[Variant]:
     registry = profile.registry
     host = hostmpi.prepare(matrix.root) if swap else None
     out: list[Variant] = []
     twins: dict[str, Path | None] = {}
+    hdf5_twins: set[str] = set()
     for cell in cells:
         image = cell.image(registry)
         found = find_image(client, image)
         if found is None:
             raise BenchError(f"{image} is not built: run `invoke build --profile {profile.name}`")
+        if cell.family.hdf5:  # its MPI is its parent's: here the question is I/O, in the image, swapped, bare
+            twin = bare_metal and cell.mpi.key not in hdf5_twins  # one bare-metal run per MPI, not per cell
+            out += hdf5_variants(matrix, profile, cell, image, found.id, host, twin, progress)
+            hdf5_twins.add(cell.mpi.key)
+            continue
         out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, soname=cell.mpi.soname))
         child = c_image(client, matrix, cell, image, progress) if c_reference or cell.mpi.abi == "mpi" else ""
         child_id = getattr(find_image(client, child), "id", None) if child else None
@@ -290,17 +399,16 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
                                               variant.soname)
         if contradiction:
             raise ResultsError(f"{variant.name}: {contradiction}; not stored")
-    metric, unit = PRIMARY[bench.name]
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [ResultRow(
-        benchmark=bench.name, variant=variant.name, size=int(row["size"]), value=row[metric], metric=metric,
+        benchmark=name, variant=variant.name, size=int(row["size"]), value=row[metric], metric=metric,
         unit=unit, session=session, run_id=run_id, repeat=repeat, date=date, host=socket.gethostname(),
         site="local", profile=profile, language=variant.language, mpi=variant.mpi,
         cell=variant.cell.ref if variant.cell else None, image=variant.image, image_id=variant.image_id,
         mpi_library=parsed.library, mpi_library_file=parsed.library_file, mpi_abi=parsed.mpi_abi,
         command=" ".join(command), sandbox=SANDBOX_LABEL if variant.cell is not None else None,
         extra={k: v for k, v in row.items() if k not in ("size", metric)},
-    ) for row in parsed.rows]
+    ) for name in series_of(bench.name) for metric, unit in [PRIMARY[name]] for row in parsed.rows]
 
 
 def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cells: list[Cell],
@@ -316,7 +424,10 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cel
     prof = matrix.profile(profile)
     plan = variants(client, matrix, prof, cells, swap=swap, c_reference=c_reference, bare_metal=bare_metal,
                     progress=progress)
-    jobs = [(b, v) for b in chosen for v in plan if v.language == "python" or b.c_source]
+    jobs = [(b, v) for b in chosen for v in plan if runs(b, v)]
+    if not jobs:
+        raise BenchError(f"nothing to run: {', '.join(b.name for b in chosen)} in {', '.join(c.ref for c in cells)} "
+                         "(h5py_write runs in images of a family with hdf5, the MPI benchmarks in the others)")
     total, stored = repeats * len(jobs), 0
     progress(f"{len(plan)} variants x {len(chosen)} benchmarks x {repeats} repeats = {total} runs -> {store}")
     for repeat in range(1, repeats + 1):

@@ -79,8 +79,9 @@ def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks
     m = load_matrix(matrix)
     prof = m.profile(profile)
     only = [p for p in only if p]
+    # default: the root family (plain mpi4py) for the MPI benchmarks, and the families with a parallel HDF5 for h5py's
     cells = select_cells(m, prof, only, with_parents=False) if only else \
-        [c for c in m.cells(prof) if c.family.parent is None]  # default: the root family (plain mpi4py)
+        [c for c in m.cells(prof) if c.family.parent is None or c.family.hdf5]
     chosen = [b for b in (benchmarks or ",".join(bench_mod.BENCHMARKS)).split(",") if b]
     ranges = parse_sizes(sizes)
     store = Path(results) if results else m.root / "results" / f"{prof.name}.jsonl"

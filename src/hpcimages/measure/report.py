@@ -17,7 +17,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..files import write_text
-from .results import ResultRow, medians
+from .results import H5PY_SERIES, ResultRow, medians
 
 VARIANT_ORDER = ("container", "container (MPICH ABI)", "container+impi", "container (C)", "container (C, MPICH ABI)",
                  "bare-metal", "bare-metal (C)")
@@ -25,7 +25,13 @@ LARGE = 1024 * 1024
 ANOMALY_RATIO = 0.5
 TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (µs)",
           "osu_allreduce": "Allreduce latency, average over ranks (µs)", "hello": "MPI hello: ranks that answered"}
-TABLE_BENCHMARKS = ("hello", "osu_bw", "osu_latency", "osu_allreduce")
+TITLES.update({"h5py_write_independent": "h5py parallel write, independent I/O (MB/s, all ranks)",
+               "h5py_write_collective": "h5py parallel write, collective I/O (MB/s, all ranks)",
+               "h5py_read_independent": "h5py parallel read, independent I/O (MB/s, all ranks)",
+               "h5py_read_collective": "h5py parallel read, collective I/O (MB/s, all ranks)"})
+H5PY_BENCHMARKS = tuple(H5PY_SERIES)
+TABLE_BENCHMARKS = ("hello", "osu_bw", "osu_latency", "osu_allreduce", *H5PY_BENCHMARKS)
+BANDWIDTHS = ("osu_bw", *H5PY_BENCHMARKS)  # higher is better
 
 
 @dataclass
@@ -58,7 +64,8 @@ def groups(records: list[ResultRow]) -> dict[str, list[ResultRow]]:
     cells = sorted({r.cell for r in records if r.cell})
     for cell in cells:
         mpis = {r.mpi for r in records if r.cell == cell}
-        out[cell] = [r for r in records if r.cell == cell or (not r.cell and r.mpi in mpis)]
+        benches = {r.benchmark for r in records if r.cell == cell}  # bare metal of what the cell ran, not more
+        out[cell] = [r for r in records if r.cell == cell or (not r.cell and r.mpi in mpis and r.benchmark in benches)]
     orphans = [r for r in records if not r.cell and not any(r in g for g in out.values())]
     for r in orphans:
         out.setdefault(f"bare metal {r.mpi}", []).append(r)
@@ -100,6 +107,9 @@ RATIOS = (
     ("osu_bw", "bare-metal", "bare-metal (C)", "bw Python / C (bare metal)"),
     ("osu_latency", "container", "bare-metal", "latency container / bare metal"),
     ("osu_latency", "container", "container (C)", "latency Python / C (container)"),
+    *((b, "container+impi", "container", f"{b[5:].replace('_', ' ')} container+impi / container")
+      for b in H5PY_BENCHMARKS),
+    *((b, "container", "bare-metal", f"{b[5:].replace('_', ' ')} container / bare metal") for b in H5PY_BENCHMARKS),
 )
 
 
@@ -115,7 +125,8 @@ def ratio_table(group: str, med: dict) -> Table | None:
                if any(k[1] == b and k[2] == x for k in med) and any(k[1] == b and k[2] == y for k in med)]
     if not columns:
         return None
-    sizes = sorted({s for (_, b, _, s) in med if b in ("osu_bw", "osu_latency")})
+    benches = {b for b, *_ in columns}
+    sizes = sorted({s for (_, b, _, s) in med if b in benches})
     rows = [[size, *(_ratio(med, group, b, x, y, size) for b, x, y, _ in columns)] for size in sizes]
     return Table(f"{group}: ratios (median / median)", ["size (B)", *(c[3] for c in columns)], rows)
 
@@ -165,7 +176,7 @@ def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str
     columns: dict[str, dict[int, str]] = {}
     for bench, a, b, name in ratios:
         sizes = sorted({r.size for r in rows if r.benchmark == bench})
-        cells = {size: _interval_cell(paired, bench == "osu_bw") for size in sizes
+        cells = {size: _interval_cell(paired, bench in BANDWIDTHS) for size in sizes
                  if (paired := paired_ratios(rows, bench, a, b, size))}
         if cells:
             columns[name] = cells
@@ -253,7 +264,8 @@ def build_report(records: list[ResultRow]) -> Report:
         cost = abi_cost_table(group, rows)
         if cost:
             tables.append(cost)
-        all_targets += targets(group, med)
+        if any(r.benchmark.startswith("osu_") for r in rows):  # the targets are the MPI benchmarks'
+            all_targets += targets(group, med)
         all_anomalies += found
     return Report(tables, all_targets, all_anomalies)
 
@@ -313,7 +325,7 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for group, rows in groups(records).items():
-        for bench in ("osu_bw", "osu_latency", "osu_allreduce"):
+        for bench in ("osu_bw", "osu_latency", "osu_allreduce", "h5py_write_collective", "h5py_read_collective"):
             variants = _variants(_group_medians(group, rows), bench)
             if not variants:
                 continue
@@ -334,13 +346,13 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: size_label(x)))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
             ax.tick_params(axis="x", labelsize=8)
-            if bench == "osu_bw":
+            if bench in BANDWIDTHS:
                 ax.set_ylim(bottom=0)
             else:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))  # 0.1, 1, 10, not 1.0 or 10^1
                 ax.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
-            ax.set_xlabel("message size")
+            ax.set_xlabel("bytes per rank" if bench in H5PY_BENCHMARKS else "message size")
             ax.set_ylabel(TITLES[bench])
             ax.set_title(f"{bench}: {group}\n(median of the repeats; band: lowest to highest)", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)

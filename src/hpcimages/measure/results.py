@@ -35,11 +35,23 @@ COLUMN_PATTERNS = (
     ("max_us", re.compile(r"^max\s*latency\s*[\[(]\s*us\s*[\])]$", re.I)),
     ("latency_us", re.compile(r"^latency\s*[\[(]\s*us\s*[\])]$", re.I)),
     ("iterations", re.compile(r"^iterations$", re.I)),
+    ("write_independent_mbs", re.compile(r"^write\s+independent\s*[\[(]\s*MB/s\s*[\])]$", re.I)),
+    ("write_collective_mbs", re.compile(r"^write\s+collective\s*[\[(]\s*MB/s\s*[\])]$", re.I)),
+    ("read_independent_mbs", re.compile(r"^read\s+independent\s*[\[(]\s*MB/s\s*[\])]$", re.I)),
+    ("read_collective_mbs", re.compile(r"^read\s+collective\s*[\[(]\s*MB/s\s*[\])]$", re.I)),
 )
+#: bench/h5py_write.py prints four figures per size: each is stored as a benchmark of its own (its own tables)
+H5PY_SERIES = {"h5py_write_independent": "write_independent_mbs", "h5py_write_collective": "write_collective_mbs",
+               "h5py_read_independent": "read_independent_mbs", "h5py_read_collective": "read_collective_mbs"}
 #: the value a table shows for each benchmark, and its unit
 PRIMARY = {"osu_bw": ("bandwidth_mbs", "MB/s"), "osu_latency": ("latency_us", "us"),
-           "osu_allreduce": ("avg_us", "us")}
+           "osu_allreduce": ("avg_us", "us"), **{name: (column, "MB/s") for name, column in H5PY_SERIES.items()}}
 REQUIRED_KEYS = ("benchmark", "variant", "size", "value")
+
+
+def series_of(benchmark: str) -> list[str]:
+    """The benchmarks a script's output is stored as: itself, or h5py_write's four modes."""
+    return list(H5PY_SERIES) if benchmark == "h5py_write" else [benchmark]
 
 
 class ResultsError(HpcImagesError):
@@ -148,6 +160,8 @@ def _column(label: str) -> str:
 
 def _benchmark(titles: list[str], columns: tuple[str, ...]) -> str:
     text = " ".join(titles).lower()
+    if set(H5PY_SERIES.values()) <= set(columns):
+        return "h5py_write"
     if "bandwidth_mbs" in columns:
         return "osu_bi_bw" if "bi-directional" in text or "bidirectional" in text else "osu_bw"
     if "avg_us" in columns:

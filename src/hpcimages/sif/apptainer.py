@@ -160,8 +160,10 @@ def build_recipe(runtime: Runtime, root: Path, recipe: Path, archive: Path, out:
     work_seen, work_mounts = runtime.see(work, "/work", writable=True)
     src_seen, src_mounts = runtime.see(root, "/src")
     build_args = {"BOOTSTRAP": "docker-archive", **args, "FROM": f"{work_seen}/{archive.name}"}
-    if "{{ BASE_IMAGE }}" in recipe.read_text(encoding="utf-8"):  # a build stage on the image's own base
-        build_args["BASE_IMAGE"] = build_args["FROM"]
+    text = recipe.read_text(encoding="utf-8")
+    for name in ("BASE_IMAGE", "PARENT_IMAGE"):  # a build stage on the image's own base or parent
+        if f"{{{{ {name} }}}}" in text:
+            build_args[name] = build_args["FROM"]
     if builder is not None:
         build_args["MPI_BUILD_IMAGE"] = f"{work_seen}/{builder.name}"
     flags = [part for key, value in build_args.items() for part in ("--build-arg", f"{key}={value}")]

@@ -24,12 +24,13 @@ from ..define.render import recipe_path
 from ..engine import find_image
 from ..files import write_json
 from ..images import wheelhouse
-from ..images.build import fetch_build_sdists, from_image, mpi_source, source_args
+from ..images.build import fetch_build_sdists, fetch_sources, from_image, mpi_source, source_args
 from ..paths import build_dir
 from .apptainer import ConvertError, Runtime, build_recipe, exec_in_sif, tail
 
 Progress = Callable[[str], None]
 HELLO = ["python3", "{bench}/hello_mpi4py.py"]
+MPIO = ["python3", "{bench}/h5py_mpio.py"]
 MPI_VERSION_SNIPPET = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
 
 
@@ -137,6 +138,14 @@ def hello_test(runtime: Runtime, result: Conversion, bench: Path) -> tuple[bool,
     return ok1, ok2
 
 
+def mpio_test(runtime: Runtime, sif: Path, bench: Path) -> tuple[bool, str]:
+    """2 ranks launched outside the container write a dataset collectively with h5py's driver='mpio', reopen it and
+    verify every element (an image of a family with a parallel HDF5)."""
+    code, out = exec_in_sif(runtime, sif, [*MPIO, "--rows", "64", "--cols", "16"], bench, ranks=2)
+    ok = code == 0 and "2 rank(s) wrote" in out and "reopened and verified every element" in out
+    return ok, "" if ok else f"mpio test failed (exit {code}): {tail(out)}"
+
+
 def table(results: list[Conversion]) -> str:
     def mb(n: int | None) -> str:
         return "-" if n is None else f"{n / 1e6:.0f} MB"
@@ -155,11 +164,9 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     cache = wheelhouse.cache_root()
     for lock in filter(None, (cell.mpi_lock, cell.lock, cell.build_lock)):
         wheelhouse.download_wheels(matrix.root / lock, cell.python, cache)
-    if cell.build_lock:
-        fetch_build_sdists(matrix, cell, cache)
+    fetch_build_sdists(matrix, cell, cache)
+    fetch_sources(profile, cell, cache)
     source = mpi_source(profile, cell)
-    if source is not None:
-        wheelhouse.fetch_source(source, cache)
     _, base = from_image(matrix, profile, cell)
     sif = out_dir / sif_name(cell.image(profile.registry))
     recipe = recipe_path(matrix, cell)
@@ -188,6 +195,8 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     ok = code == 0 and f"MPICH Version:      {cell.mpi.version}" in output
     if cell.mpi.abi == "mpi":  # mpi4py must have been compiled for the standard ABI, not taken from PyPI
         ok = ok and "ABI (1, 0)" in output
+    if ok and cell.family.hdf5:  # h5py must write in parallel through the HDF5 the recipe compiled
+        ok, output = mpio_test(runtime, sif, matrix.root / "bench")
     progress(f"  built in {time.monotonic() - start:.0f}s, {sif.stat().st_size / 1e6:.0f} MB; smoke test: "
              f"{'pass' if ok else 'FAIL ' + tail(output)}")
     return ok

@@ -76,6 +76,8 @@ def ldd(path: str) -> dict[str, str]:
 
 def extension_facts(module: str) -> dict[str, object]:
     """Where a compiled module lives and how it links (mpi4py.MPI resolves to MPI.mpich.*.so)."""
+    if module.startswith("/"):  # a shared library by path (HDF5's, which h5py loads): no module to find
+        return _elf_facts(module) if os.path.isfile(module) else {"error": f"{module} does not exist"}
     try:
         spec = importlib.util.find_spec(module)
     except ImportError as exc:  # the parent package is missing
@@ -89,6 +91,10 @@ def extension_facts(module: str) -> dict[str, object]:
         if not candidates:
             return {"error": f"no compiled extension found for {module} next to {origin}"}
         origin = str(candidates[0])
+    return _elf_facts(origin)
+
+
+def _elf_facts(origin: str) -> dict[str, object]:
     facts: dict[str, object] = {"path": origin}
     try:
         facts.update(elf_dynamic(origin))
