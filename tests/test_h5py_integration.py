@@ -115,6 +115,9 @@ def test_bench_runs_h5py_write_in_the_image_and_under_the_swap(client, tmp_path)
     # the bare-metal twin: HDF5 and h5py compiled on the host against the venv's MPICH wheel
     bare = next(r for r in records if r.variant == "bare-metal")
     assert bare.cell is None and "/bench/venv-py3.11-mpich4.3.2/" in bare.mpi_library_file, bare.mpi_library_file
+    # every variant writes into the same host folder (bound into the containers), not into an overlay /tmp
+    assert all("--dir /opt/hpcimages-scratch" in r.command for r in records if r.cell)
+    assert "/bench/scratch" in bare.command
     text = build_report(records).text()
     assert "h5py parallel write, collective I/O (MB/s, all ranks)" in text
     assert "write collective container+impi / container" in text and "read collective container / bare metal" in text

@@ -56,6 +56,7 @@ from .results import (
 
 BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
+SCRATCH_MOUNT = "/opt/hpcimages-scratch"  # the parallel-I/O benchmark's files (a host folder, see scratch_dir)
 #: In a standard-ABI image's bench child: the C references and mpi4py built for the MPICH ABI
 MPICH_ABI_SUFFIX = "_mpich_abi"
 MPICH_ABI_MPI4PY = "/opt/hpcimages-mpi4py-mpich-abi"
@@ -130,7 +131,9 @@ class Variant:
     c_suffix: str = ""  # which build of the C references: "" (the image's ABI) or MPICH_ABI_SUFFIX
     hdf5: bool = False  # h5py with a parallel HDF5 is there (an image of such a family, or its bare-metal twin)
 
-    def command(self, bench: Benchmark, args: list[str]) -> list[str]:
+    def command(self, bench: Benchmark, args: list[str], scratch: Path | None = None) -> list[str]:
+        if bench.hdf5:  # the shared file: one host folder for every variant (see scratch_dir)
+            args = [*args, "--dir", SCRATCH_MOUNT if self.cell is not None else str(scratch)]
         if self.cell is not None:
             mpiexec = f"{hostmpi.MOUNT}/bin/mpiexec" if self.host_mpi else "mpiexec"
             program = [f"{C_DIR}/{bench.name}{self.c_suffix}"] if self.language == "c" else \
@@ -144,6 +147,15 @@ class Variant:
 
 def bench_dir(matrix: Matrix) -> Path:
     return matrix.root / "bench"
+
+
+def scratch_dir(matrix: Matrix) -> Path:
+    """Where the parallel-I/O benchmark writes, in every variant: a host folder, bound into the containers. A file in
+    a container's own /tmp would live in the engine's overlay file system, the bare-metal one on the host's: two
+    file systems, and a difference the benchmark would report as the container's."""
+    path = build_dir(matrix.root) / "bench" / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +394,7 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
         except subprocess.TimeoutExpired:
             return 124, f"timed out after {RUN_TIMEOUT_S}s"
         return proc.returncode, proc.stdout + proc.stderr
-    mounts = [Mount(bench_dir(matrix), BENCH_MOUNT)]
+    mounts = [Mount(bench_dir(matrix), BENCH_MOUNT), Mount(scratch_dir(matrix), SCRATCH_MOUNT, read_only=False)]
     if variant.host_mpi is not None:
         mounts.append(Mount(variant.host_mpi, hostmpi.MOUNT))
     assert variant.image is not None
@@ -433,7 +445,7 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cel
     for repeat in range(1, repeats + 1):
         for bench, variant in jobs:
             args = ["-m", (sizes or {}).get(bench.name, bench.default_sizes)]
-            command = variant.command(bench, args)
+            command = variant.command(bench, args, scratch_dir(matrix))
             label = f"{variant.cell.ref if variant.cell else 'host'} {variant.name} {bench.name}"
             progress(f"[{stored + 1}/{total}] repeat {repeat}: {label}")
             code, output = run_variant(client, matrix, variant, command)

@@ -124,6 +124,7 @@ def page_data(client: docker.DockerClient, matrix: Matrix, target: Target, entry
             "version": inv.get("mpichversion", ""), "method": labels.get("io.hpcimages.mpi.method", ""),
             "library": " ".join(str(inv.get("mpi_library", "")).split())},
         "cuda": labels.get("io.hpcimages.cuda", ""),
+        "hdf5": labels.get("io.hpcimages.hdf5", ""),
         "packages": {name: inv.get("pip", {}).get(name) for name in KEY_PACKAGES if inv.get("pip", {}).get(name)},
         "pip": inv.get("pip", {}), "debian": inv.get("debian", {}), "labels": labels, "checks": checks,
         "sif": entry.sif.ref if entry.sif else None,
@@ -192,6 +193,8 @@ def markdown(data: dict[str, Any]) -> str:
              f"{data['mpi']['library']} |"]
     if data["cuda"]:
         lines.append(f"| CUDA | {data['cuda']} |")
+    if data.get("hdf5"):
+        lines.append(f"| HDF5 | {data['hdf5']} with MPI (parallel; h5py `driver='mpio'`) |")
     lines += [f"| {name} | {version} |" for name, version in data["packages"].items()]
     lines += [f"| published | {data['published_at']} from revision `{data['revision']}` |"]
     if data["sif"]:
