@@ -241,7 +241,8 @@ class Report:
 
     def text(self, fmt: str = "simple") -> str:
         parts = [t.text(fmt) for t in self.tables]
-        parts.append("Targets\n\n" + "\n".join(t.line() for t in self.targets))
+        if self.targets:  # the MPI benchmarks' (a parallel-I/O run alone has none)
+            parts.append("Targets\n\n" + "\n".join(t.line() for t in self.targets))
         parts.append("Anomalies\n\n" + ("\n".join(self.anomalies) or "none"))
         return "\n\n".join(parts) + "\n"
 
