@@ -50,7 +50,7 @@ def test_mpio_refuses_an_empty_dataset_with_a_clear_message(checker):
 
 
 def test_hdf5_follows_the_injected_mpi_under_the_bind_model(checker):
-    env = {"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}
+    env = hostmpi.SWAP_ENV
     code, out = checker.run(IMAGE, [f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3",
                                     f"{BENCH_MOUNT}/h5py_mpio.py"], env=env, host_mpi=True)
     assert code == 0 and "reopened and verified every element" in out, out

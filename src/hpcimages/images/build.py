@@ -211,17 +211,17 @@ def fetch_sources(profile: Profile, cell: Cell, cache: Path) -> None:
         wheelhouse.fetch_source(source, cache)
 
 
-def fetch_build_sdists(matrix: Matrix, cell: Cell, cache: Path) -> None:
+def fetch_build_sdists(matrix: Matrix, cell: Cell, cache: Path) -> Path | None:
     """A cell that compiles a package (mpi4py for the standard ABI, h5py against a parallel HDF5) does it from the
     sdist of the version its lock pins, checked against the lock's hashes, put in the wheelhouse beside the wheels
-    (pip's --no-binary finds it there)."""
+    (pip's --no-binary finds it there). Returns the sdist (None: the cell compiles none)."""
     package = cell.sdist
     if package is None:
-        return
+        return None
     version = locked_pins(matrix.root / str(cell.lock)).get(package)
     if version is None:
         raise wheelhouse.CacheError(f"{cell.lock} pins no {package} to build from its sdist")
-    wheelhouse.fetch_sdist(matrix.root, package, version, wheelhouse.wheelhouse_dir(cache))
+    return wheelhouse.fetch_sdist(matrix.root, package, version, wheelhouse.wheelhouse_dir(cache))
 
 
 def mpi_build_key(profile: Profile, cell: Cell) -> str | None:

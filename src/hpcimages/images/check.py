@@ -113,7 +113,7 @@ def hdf5_checks(version: str) -> FamilyChecks:
     bind = FamilyCommand("the same under the bind model (Intel MPI injected)", (
         f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3", f"{BENCH_MOUNT}/h5py_mpio.py"),
         ("2 rank(s)", H5PY_VERIFIED, "# Intel(R) MPI Library", f"# Library file: {hostmpi.MOUNT}/lib/"),
-        env=(("LD_LIBRARY_PATH", f"{hostmpi.MOUNT}/lib"), *hostmpi.LAUNCH_ENV.items()), host_mpi=True)
+        env=tuple(hostmpi.SWAP_ENV.items()), host_mpi=True)
     return FamilyChecks(imports=("h5py",), mpi_extensions=(HDF5_LIBRARY,), extensions=("h5py.h5", "h5py.h5f"),
                         commands=(config, mpio, bind))
 
@@ -210,7 +210,7 @@ class Checker:
     def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
         if self.host_mpi is None:
             return Outcome("skip", "no stand-in host MPI (impi-rt) available")
-        env = {"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}
+        env = dict(hostmpi.SWAP_ENV)
         # the probe again, now with the host MPI first: its version, and the file it loaded (a soname proves nothing)
         code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=env, host_mpi=True)
         swapped = engine.last_json_line(out) or {}

@@ -20,6 +20,8 @@ NAME, VERSION, LOCK = HOST_MPI_NAME, HOST_MPI_VERSION, HOST_MPI_LOCK
 #: What Intel MPI needs to run ranks on one node inside a container with no network.
 LAUNCH_ENV = {"I_MPI_FABRICS": "shm"}
 MOUNT = "/opt/host-mpi"
+#: The bind-model swap inside a container: the mounted host MPI first on the library path, and its launch settings.
+SWAP_ENV = {"LD_LIBRARY_PATH": f"{MOUNT}/lib", **LAUNCH_ENV}
 
 
 class HostMpiError(HpcImagesError):

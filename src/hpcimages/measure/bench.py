@@ -131,7 +131,7 @@ class Variant:
     c_suffix: str = ""  # which build of the C references: "" (the image's ABI) or MPICH_ABI_SUFFIX
     hdf5: bool = False  # h5py with a parallel HDF5 is there (an image of such a family, or its bare-metal twin)
 
-    def command(self, bench: Benchmark, args: list[str], scratch: Path | None = None) -> list[str]:
+    def command(self, bench: Benchmark, args: list[str], scratch: Path) -> list[str]:
         if bench.hdf5:  # the shared file: one host folder for every variant (see scratch_dir)
             args = [*args, "--dir", SCRATCH_MOUNT if self.cell is not None else str(scratch)]
         if self.cell is not None:
@@ -184,8 +184,8 @@ def mpich_abi_build_files(matrix: Matrix, cell: Cell) -> dict[str, bytes]:
     cache = wheelhouse.cache_root()
     build_lock = matrix.root / cell.build_lock
     wheelhouse.download_wheels(build_lock, cell.python, cache)
-    version = locked_pins(matrix.root / cell.lock)["mpi4py"]
-    sdist = wheelhouse.fetch_sdist(matrix.root, "mpi4py", version, wheelhouse.wheelhouse_dir(cache))
+    sdist = fetch_build_sdists(matrix, cell, cache)
+    assert sdist is not None  # a standard-ABI cell compiles mpi4py
     files = {"mpi4py-build/build.txt": build_lock.read_bytes(),
              "mpi4py-build/mpi4py.txt": requirement_block(matrix.root / cell.lock, "mpi4py").encode(),
              f"mpi4py-build/{sdist.name}": sdist.read_bytes()}
@@ -224,13 +224,25 @@ def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str,
         raise BenchError(f"cannot build {tag}: {exc.msg}") from None
 
 
+def host_twin(matrix: Matrix, cell: Cell) -> Cell | None:
+    """The cell of the same family and MPI for this host's Python: what the bare-metal venv installs."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return next((c for c in matrix.all_cells if c.family.name == cell.family.name and c.mpi.key == cell.mpi.key
+                 and c.python == python), None)
+
+
+def swapped(cell: Cell, image: str, image_id: str, host: Path, hdf5: bool = False) -> Variant:
+    """The bind-model swap in the cell's image: the stand-in host MPI mounted, first on the library path."""
+    return Variant("container+impi", "python", cell.mpi.key, cell, image, image_id, env=dict(hostmpi.SWAP_ENV),
+                   host_mpi=host, hdf5=hdf5)
+
+
 def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | None:
     """A venv on the host with the cell's MPICH wheel and the same locked packages (wheel method only)."""
     if cell.mpi.method != "wheel":
         return None
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    twin = next((c for c in matrix.all_cells if c.family.name == cell.family.name and c.mpi.key == cell.mpi.key
-                 and c.python == python), None)
+    twin = host_twin(matrix, cell)
     if twin is None:
         progress(f"  no bare-metal twin for {cell.mpi.key}: the matrix has no Python {python} cell with it")
         return None
@@ -266,9 +278,7 @@ def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, imag
     built the same way into the host venv (where the host can compile them)."""
     out = [Variant("container", "python", cell.mpi.key, cell, image, image_id, soname=cell.mpi.soname, hdf5=True)]
     if host is not None:
-        out.append(Variant("container+impi", "python", cell.mpi.key, cell, image, image_id,
-                           env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}, host_mpi=host,
-                           hdf5=True))
+        out.append(swapped(cell, image, image_id, host, hdf5=True))
     parent = matrix.cell(str(cell.parent_ref()))
     if bare_metal and parent is not None:
         venv = bare_metal_venv(matrix, parent, progress)  # the parent's MPICH wheel and locked mpi4py, numpy
@@ -290,8 +300,11 @@ def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, pr
     """HDF5 and h5py in the bare-metal venv, built as the family's image builds them: the profile's tarball
     (sha256-checked), the same configure options, the venv's MPICH wrapper, h5py from the sdist of the lock's pin
     with its hashed build dependencies. False, said why, when the host cannot compile."""
-    twin = next(c for c in matrix.all_cells if c.family.name == cell.family.name and c.mpi.key == cell.mpi.key
-                and c.python == f"{sys.version_info.major}.{sys.version_info.minor}")
+    twin = host_twin(matrix, cell)
+    if twin is None:
+        progress(f"  no bare-metal h5py_write: the matrix has no {cell.family.name} cell of {cell.mpi.key} for Python "
+                 f"{sys.version_info.major}.{sys.version_info.minor}")
+        return False
     assert twin.lock and twin.build_lock and cell.family.hdf5
     stamp = venv / f".hpcimages-hdf5-{cell.family.hdf5}"
     if stamp.exists():
@@ -361,8 +374,7 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             out.append(Variant("container (MPICH ABI)", "python", cell.mpi.key, cell, child, child_id,
                                env={"PYTHONPATH": MPICH_ABI_MPI4PY}, soname="libmpi.so.12"))
         if host is not None:
-            out.append(Variant("container+impi", "python", cell.mpi.key, cell, image, found.id,
-                               env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib", **hostmpi.LAUNCH_ENV}, host_mpi=host))
+            out.append(swapped(cell, image, found.id, host))
         if c_reference:
             out.append(Variant("container (C)", "c", cell.mpi.key, cell, child, child_id))
             if cell.mpi.abi == "mpi":
@@ -386,7 +398,8 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
 # running
 
 
-def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, command: list[str]) -> tuple[int, str]:
+def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, command: list[str],
+                scratch: Path) -> tuple[int, str]:
     if variant.cell is None:
         env = {**os.environ, "PATH": f"{variant.venv}/bin:{os.environ.get('PATH', '')}"}
         try:
@@ -394,7 +407,7 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
         except subprocess.TimeoutExpired:
             return 124, f"timed out after {RUN_TIMEOUT_S}s"
         return proc.returncode, proc.stdout + proc.stderr
-    mounts = [Mount(bench_dir(matrix), BENCH_MOUNT), Mount(scratch_dir(matrix), SCRATCH_MOUNT, read_only=False)]
+    mounts = [Mount(bench_dir(matrix), BENCH_MOUNT), Mount(scratch, SCRATCH_MOUNT, read_only=False)]
     if variant.host_mpi is not None:
         mounts.append(Mount(variant.host_mpi, hostmpi.MOUNT))
     assert variant.image is not None
@@ -441,14 +454,15 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cel
         raise BenchError(f"nothing to run: {', '.join(b.name for b in chosen)} in {', '.join(c.ref for c in cells)} "
                          "(h5py_write runs in images of a family with hdf5, the MPI benchmarks in the others)")
     total, stored = repeats * len(jobs), 0
+    scratch = scratch_dir(matrix)
     progress(f"{len(plan)} variants x {len(chosen)} benchmarks x {repeats} repeats = {total} runs -> {store}")
     for repeat in range(1, repeats + 1):
         for bench, variant in jobs:
             args = ["-m", (sizes or {}).get(bench.name, bench.default_sizes)]
-            command = variant.command(bench, args, scratch_dir(matrix))
+            command = variant.command(bench, args, scratch)
             label = f"{variant.cell.ref if variant.cell else 'host'} {variant.name} {bench.name}"
             progress(f"[{stored + 1}/{total}] repeat {repeat}: {label}")
-            code, output = run_variant(client, matrix, variant, command)
+            code, output = run_variant(client, matrix, variant, command, scratch)
             if code != 0:
                 raise BenchError(f"{label} failed (exit {code}): {output.strip()[-600:]}")
             try:
