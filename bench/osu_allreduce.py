@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 from mpi4py import MPI
-from osu_bw import library_file, mpi_abi  # same folder
+from osu_bw import print_provenance, print_transport  # same folder
 
 LARGE_MESSAGE = 8192
 
@@ -57,12 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     lo, hi = args.message_size
+    print_provenance(comm, "OSU MPI-Python Allreduce Latency Test", ranks=size, datatype="float32")
     if rank == 0:
-        print("# OSU MPI-Python Allreduce Latency Test")
-        print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
-        print(f"# Library file: {library_file()}")
-        print(f"# MPI ABI: {mpi_abi()}")
-        print(f"# ranks: {size}, datatype: float32")
         print(f"# {'Size':<10}{'Avg Latency(us)':>18}{'Min Latency(us)':>18}{'Max Latency(us)':>18}{'Iterations':>12}",
               flush=True)
     failures = 0
@@ -84,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# validation FAILED at {nbytes} bytes", file=sys.stderr, flush=True)
         if rank == 0:
             print(f"{nbytes:<10d}{avg_us / size:18.2f}{lo_us:18.2f}{hi_us:18.2f}{iters:12d}", flush=True)
+    print_transport(comm)
     return 1 if failures else 0
 
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from mpi4py import MPI
-from osu_bw import allocate, fill, library_file, message, mpi_abi, received_bytes  # same folder: the buffers are shared
+from osu_bw import allocate, fill, message, print_provenance, print_transport, received_bytes  # same folder
 
 LARGE_MESSAGE = 8192
 
@@ -70,12 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = args.message_size
     sbuf, rbuf = allocate(args.buffer, max(hi, 1)), allocate(args.buffer, max(hi, 1))
     rank = comm.Get_rank()
+    print_provenance(comm, "OSU MPI-Python Latency Test", buffer=args.buffer)
     if rank == 0:
-        print("# OSU MPI-Python Latency Test")
-        print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
-        print(f"# Library file: {library_file()}")
-        print(f"# MPI ABI: {mpi_abi()}")
-        print(f"# buffer: {args.buffer}")
         print(f"# {'Size':<10}{'Latency (us)':>20}", flush=True)
     failures = 0
     for nbytes in sizes(lo, hi):
@@ -95,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"# validation FAILED at {nbytes} bytes", file=sys.stderr, flush=True)
         if rank == 0:
             print(f"{nbytes:<10d}{usec:20.2f}", flush=True)
+    print_transport(comm)
     return 1 if failures else 0
 
 

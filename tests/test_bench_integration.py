@@ -49,6 +49,7 @@ def run(client, image: str, command: str, env: dict | None = None) -> tuple[int,
 @pytest.mark.parametrize("script,args,benchmark,first,last", [
     ("osu_bw.py", "-m 1:65536 -c -i 20 -x 2", "osu_bw", 1, 65536),
     ("osu_bw.py", "-m 1024:4096 -c -b bytearray", "osu_bw", 1024, 4096),
+    ("osu_bw.py", "-m 1:1048576 -c -i 10 -x 2 --persistent", "osu_bw", 1, 1048576),
     ("osu_latency.py", "-m 0:8192 -c -i 200 -x 10", "osu_latency", 0, 8192),
     ("osu_allreduce.py", "-m 4:65536 -c -i 50 -x 5", "osu_allreduce", 4, 65536),
 ])
@@ -61,6 +62,20 @@ def test_each_mpi_script_runs_with_two_ranks(client, script, args, benchmark, fi
     assert sizes[0] == first and sizes[-1] == last
     assert parsed.library and parsed.library.startswith("MPICH Version:")
     assert "FAILED" not in out
+    # where the ranks ran and how their messages travelled: one node, shared memory
+    assert parsed.layout == "intra-node" and parsed.placement.count("rank ") == 2, parsed.placement
+    assert parsed.transport == "no tcp between ranks"
+    if "--persistent" in args:
+        assert "requests: persistent" in parsed.settings
+
+
+def test_the_cross_memory_attach_probe_tells_the_sandboxes_apart(client):
+    """Docker's default seccomp profile blocks process_vm_readv; with CAP_SYS_PTRACE it is allowed."""
+    from hpcimages.measure import bench as bench_mod
+
+    assert bench_mod.probe_cma(client, ROOT / "bench", IMAGE, bench_mod.SANDBOX) == "works"
+    blocked = bench_mod.probe_cma(client, ROOT / "bench", IMAGE, bench_mod.DEFAULT_SANDBOX)
+    assert blocked.startswith("blocked (process_vm_readv:") and "Operation not permitted" in blocked
 
 
 def test_hello_prints_every_rank(client):
@@ -107,9 +122,23 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records, _ = load([results])
     variants = {(r.benchmark, r.variant) for r in records}
-    for variant in ("container", "container+impi", "container (C)", "bare-metal", "bare-metal (C)"):
+    for variant in ("container", "container (default sandbox)", "container+impi", "container (persistent)",
+                    "container (C)", "bare-metal", "bare-metal (persistent)", "bare-metal (C)"):
         assert ("osu_bw", variant) in variants
     assert ("osu_allreduce", "container (C)") not in variants  # no C reference for it
+    assert ("osu_allreduce", "container (default sandbox)") not in variants  # point-to-point only
+    assert ("osu_latency", "bare-metal (persistent)") not in variants  # a mode of osu_bw.py
+    # the same image under the engine's defaults and under the informed sandbox; each run says what its probe saw
+    sandboxes = {r.variant: r.sandbox for r in records if r.variant.startswith("container") and r.language == "python"}
+    assert sandboxes["container"] == "cap-add SYS_PTRACE; cross-memory attach works"
+    assert sandboxes["container (default sandbox)"].startswith("engine default; cross-memory attach blocked")
+    # every rank pinned to a core of its own, on bare metal and in the container alike (the machine has >= 2)
+    for variant in ("container", "bare-metal", "container (C)", "bare-metal (C)"):
+        placement = next(r.placement for r in records if r.variant == variant)
+        assert re.fullmatch(r"rank 0 \S+ cpus (\d+); rank 1 \S+ cpus (?!\1)\d+", placement), (variant, placement)
+    c_run = next(r for r in records if r.variant == "bare-metal (C)")
+    assert c_run.settings.startswith("buffer: numpy-like"), c_run.settings  # allocated like numpy's
+    assert "Python overhead per message" in proc.stdout
     impi = next(r for r in records if r.variant == "container+impi")
     assert impi.mpi_library.startswith("Intel(R) MPI Library")
     own = next(r for r in records if r.variant == "container")
@@ -127,19 +156,22 @@ def test_a_standard_abi_image_is_measured_against_the_mpich_abi_of_the_same_imag
     results = tmp_path / "ci.jsonl"
     proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--profile", "ci", "--only",
                            "mpi4py:py3.13-mpiabi-mpich5.0.2", "--results", str(results), "--no-plots", "--no-swap",
+                           "--no-default-sandbox",
                            "--repeats", "2", "--bench", "osu_bw", "--sizes", "osu_bw=1048576:1048576"],
                           cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records, _ = load([results])
     by_variant = {r.variant: r for r in records}
-    assert set(by_variant) == {"container", "container (MPICH ABI)", "container (C)", "container (C, MPICH ABI)"}
+    assert set(by_variant) == {"container", "container (MPICH ABI)", "container (C)", "container (C, MPICH ABI)",
+                               "container (persistent)"}
     # each label proven by the library file its run loaded, in the same image with the same MPICH
     assert by_variant["container"].mpi_library_file == "/usr/local/lib/libmpi_abi.so.1"
     assert by_variant["container"].mpi_abi == "mpiabi"  # mpi4py compiled for the standard ABI
     assert by_variant["container (MPICH ABI)"].mpi_library_file == "/usr/local/lib/libmpi.so.12"
     assert by_variant["container (MPICH ABI)"].mpi_abi == "built-in"  # the same sdist, compiled for MPICH
     assert len({r.image_id for r in records}) == 2  # the image, and its child with the C references
-    assert all(r.sandbox == "cap-add SYS_PTRACE" for r in records)  # MPICH 5 hangs at 1 MiB without it
+    # MPICH 5 hangs or fails at 1 MiB without it
+    assert all(r.sandbox.startswith("cap-add SYS_PTRACE") for r in records if r.language == "python")
     assert "MPI-5 standard ABI / MPICH ABI" in proc.stdout and "no bare-metal twin" in proc.stdout
     assert re.search(r"1048576\s+\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] (equivalent|slower|faster|undecided)",
                      proc.stdout), proc.stdout[-2000:]

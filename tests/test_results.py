@@ -146,3 +146,28 @@ def test_a_row_whose_library_contradicts_its_abi_label_is_named(library_file, so
 
     reason = library_contradiction(library_file, ["/opt/host-mpi"], False, soname)
     assert (reason is None) if wrong is None else (wrong in reason), reason
+
+
+INTER_NODE = """# OSU MPI-Python Bandwidth Test
+# MPICH Version:      4.3.2
+# Library file: /usr/local/lib/libmpi.so.12
+# MPI ABI: mpich
+# Placement: rank 0 node1 cpus 0; rank 1 node2 cpus 1
+# buffer: numpy, window: 64, requests: persistent
+# Size          Bandwidth (MB/s)
+1                         0.11
+2                         0.22
+# Transport: tcp to 172.23.0.4
+"""
+
+
+def test_placement_settings_and_transport_are_parsed_and_name_the_layout():
+    parsed = parse_osu(INTER_NODE)
+    assert parsed.placement == "rank 0 node1 cpus 0; rank 1 node2 cpus 1" and parsed.layout == "inter-node"
+    assert parsed.settings == "buffer: numpy, window: 64, requests: persistent"
+    assert parsed.transport == "tcp to 172.23.0.4"  # printed after the rows
+    assert [r["size"] for r in parsed.rows] == [1, 2]
+    one_node = parse_osu(INTER_NODE.replace("node2", "node1"))
+    assert one_node.layout == "intra-node"
+    silent = parse_osu(INTER_NODE.replace("# Placement: rank 0 node1 cpus 0; rank 1 node2 cpus 1\n", ""))
+    assert silent.layout is None and silent.placement is None  # an older script's output: nothing claimed

@@ -66,6 +66,17 @@ RUN_TIMEOUT_S = 900
 #: slower copy.
 SANDBOX = Sandbox(cap_add=("SYS_PTRACE",))
 SANDBOX_LABEL = "cap-add SYS_PTRACE"
+#: The same image under the engine's defaults, as a user who knows nothing of the above runs it: kept as a variant so
+#: the tables show what the informed configuration buys, with the cross-memory-attach probe's answer for both.
+DEFAULT_SANDBOX = Sandbox()
+DEFAULT_SANDBOX_LABEL = "engine default"
+DEFAULT_SANDBOX_VARIANT = "container (default sandbox)"
+#: a default-sandbox run may hang (MPICH 5 under Docker's default seccomp): it gets less time, and its failure is
+#: reported and ends that variant, not the bench
+DEFAULT_SANDBOX_TIMEOUT_S = 240
+CMA_PROBE = "cma_probe.py"
+#: osu_bw.py with persistent requests: the interpreter out of the timed loop (against the C reference's speed)
+PERSISTENT = ("--persistent",)
 #: A compiler on top of an image, for code built by the image's own mpicc (one layer text: the engine shares it)
 COMPILER_LAYER = ("RUN set -eux; apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; "
                   "rm -rf /var/lib/apt/lists/*\n")
@@ -105,9 +116,14 @@ BENCHMARKS = {
 def runs(bench: Benchmark, variant: Variant) -> bool:
     """Which benchmark runs in which variant: the parallel-I/O one where h5py has a parallel HDF5 (an image of such a
     family, its bare-metal twin), the MPI ones in the other variants (an HDF5 image inherits its parent's MPI
-    stack), and C references only for benchmarks that have one."""
+    stack), C references only for benchmarks that have one, and the default sandbox for point-to-point ones (where
+    cross-memory attach matters)."""
     if bench.hdf5 != variant.hdf5:
         return False
+    if variant.name == DEFAULT_SANDBOX_VARIANT:
+        return bench.name in ("osu_bw", "osu_latency")
+    if variant.args == PERSISTENT:
+        return bench.name == "osu_bw"
     return variant.language == "python" or bench.c_source is not None
 
 
@@ -130,19 +146,46 @@ class Variant:
     soname: str = ""  # the MPI library file a Python run must have loaded (its label's proof), "" for any
     c_suffix: str = ""  # which build of the C references: "" (the image's ABI) or MPICH_ABI_SUFFIX
     hdf5: bool = False  # h5py with a parallel HDF5 is there (an image of such a family, or its bare-metal twin)
+    sandbox: Sandbox = SANDBOX  # what a container run allows beyond the engine's defaults
+    sandbox_label: str = SANDBOX_LABEL  # with the cross-memory-attach probe's answer once probed
+    optional: bool = False  # a failed run is reported and drops the variant instead of ending the bench
+    args: tuple[str, ...] = ()  # passed to the script after the sizes, e.g. ("--persistent",)
+
+    @property
+    def timeout(self) -> int:
+        return DEFAULT_SANDBOX_TIMEOUT_S if self.optional else RUN_TIMEOUT_S
 
     def command(self, bench: Benchmark, args: list[str], scratch: Path) -> list[str]:
+        args = [*args, *self.args]
         if bench.hdf5:  # the shared file: one host folder for every variant (see scratch_dir)
             args = [*args, "--dir", SCRATCH_MOUNT if self.cell is not None else str(scratch)]
         if self.cell is not None:
             mpiexec = f"{hostmpi.MOUNT}/bin/mpiexec" if self.host_mpi else "mpiexec"
             program = [f"{C_DIR}/{bench.name}{self.c_suffix}"] if self.language == "c" else \
                 ["python3", f"{BENCH_MOUNT}/{bench.script}"]
-            return [mpiexec, "-n", "2", *program, *args]
-        assert self.venv is not None and self.scripts is not None
-        program = [str(self.venv / "bin" / f"{bench.name}_c")] if self.language == "c" else \
-            [str(self.venv / "bin" / "python"), str(self.scripts / bench.script)]
-        return [str(self.venv / "bin" / "mpiexec"), "-n", "2", *program, *args]
+        else:
+            assert self.venv is not None and self.scripts is not None
+            mpiexec = str(self.venv / "bin" / "mpiexec")
+            program = [str(self.venv / "bin" / f"{bench.name}_c")] if self.language == "c" else \
+                [str(self.venv / "bin" / "python"), str(self.scripts / bench.script)]
+        return [mpiexec, *pinned(program, args)]
+
+
+def pin_cpus() -> list[int]:
+    """The two CPUs the ranks are pinned to: the first two this process may use (fewer than two: none)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[:2] if len(cpus) >= 2 else []
+
+
+def pinned(program: list[str], args: list[str]) -> list[str]:
+    """mpiexec's arguments for 2 ranks, each pinned to its own core by `taskset` (MPMD: `-n 1 taskset -c 0 ... :
+    -n 1 taskset -c 1 ...`): the same pinning in every variant, bare metal and container, whatever the MPI (a
+    launcher's own binding needs the engine to allow set_mempolicy). Each rank's placement line records it."""
+    cpus = pin_cpus()
+    if not cpus:
+        return ["-n", "2", *program, *args]
+    return [*["-n", "1", "taskset", "-c", str(cpus[0]), *program, *args], ":",
+            *["-n", "1", "taskset", "-c", str(cpus[1]), *program, *args]]
 
 
 def bench_dir(matrix: Matrix) -> Path:
@@ -249,6 +292,7 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     venv = build_dir(matrix.root) / "bench" / f"venv-py{python}-{cell.mpi.key}"
     stamp = venv / ".hpcimages-ready"
     if stamp.exists():
+        compile_c_references(matrix, venv)
         return venv
     cache = wheelhouse.cache_root()
     locks = [matrix.root / p for p in (twin.mpi_lock, twin.lock) if p]
@@ -264,12 +308,24 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BenchError(f"cannot create the bare-metal venv {venv}: {proc.stderr.strip()[-800:]}")
-    if shutil.which("cc") or shutil.which("gcc"):
-        for name in ("osu_bw", "osu_latency"):
-            subprocess.run([str(venv / "bin" / "mpicc"), "-O2", "-o", str(venv / "bin" / f"{name}_c"),
-                            str(bench_dir(matrix) / f"{name}.c")], check=True, capture_output=True)
+    compile_c_references(matrix, venv)
     stamp.touch()
     return venv
+
+
+def compile_c_references(matrix: Matrix, venv: Path) -> None:
+    """The C references, compiled by the venv's mpicc where the host has a compiler, again whenever a source changed
+    (the binary is older than its source)."""
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        return
+    for name in ("osu_bw", "osu_latency"):
+        source, binary = bench_dir(matrix) / f"{name}.c", venv / "bin" / f"{name}_c"
+        if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+            continue
+        proc = subprocess.run([str(venv / "bin" / "mpicc"), "-O2", "-o", str(binary), str(source)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BenchError(f"cannot compile {source.name} on the host: {proc.stderr.strip()[-600:]}")
 
 
 def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Path | None,
@@ -349,8 +405,22 @@ def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, pr
     return True
 
 
+def probe_cma(client: docker.DockerClient, scripts: Path, image: str, sandbox: Sandbox) -> str:
+    """What bench/cma_probe.py (in ``scripts``) says in a container of ``image`` under ``sandbox``: "works" or
+    "blocked (...)"."""
+    code, output = engine.run(client, image, ["python3", f"{BENCH_MOUNT}/{CMA_PROBE}"], timeout=60,
+                              mounts=[Mount(scripts, BENCH_MOUNT)], sandbox=sandbox, user="0")
+    found = [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("cross-memory attach:")]
+    return found[0] if code == 0 and found else f"unknown (probe exit {code}: {output.strip()[-120:]})"
+
+
+def sandbox_label(base: str, probe: str) -> str:
+    return f"{base}; cross-memory attach {probe}"
+
+
 def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell], *, swap: bool = True,
-             c_reference: bool = True, bare_metal: bool = True, progress: Progress = print) -> list[Variant]:
+             c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True,
+             progress: Progress = print) -> list[Variant]:
     registry = profile.registry
     host = hostmpi.prepare(matrix.root) if swap else None
     out: list[Variant] = []
@@ -366,7 +436,14 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             out += hdf5_variants(matrix, profile, cell, image, found.id, host, twin, progress)
             hdf5_twins.add(cell.mpi.key)
             continue
-        out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, soname=cell.mpi.soname))
+        informed = sandbox_label(SANDBOX_LABEL, probe_cma(client, bench_dir(matrix), image, SANDBOX))
+        out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, soname=cell.mpi.soname,
+                           sandbox_label=informed))
+        if default_sandbox:
+            plain = sandbox_label(DEFAULT_SANDBOX_LABEL, probe_cma(client, bench_dir(matrix), image, DEFAULT_SANDBOX))
+            progress(f"  {cell.ref}: {informed}; under the engine's defaults: {plain.split('; ', 1)[1]}")
+            out.append(Variant(DEFAULT_SANDBOX_VARIANT, "python", cell.mpi.key, cell, image, found.id,
+                               soname=cell.mpi.soname, sandbox=DEFAULT_SANDBOX, sandbox_label=plain, optional=True))
         child = c_image(client, matrix, cell, image, progress) if c_reference or cell.mpi.abi == "mpi" else ""
         child_id = getattr(find_image(client, child), "id", None) if child else None
         if cell.mpi.abi == "mpi":
@@ -376,6 +453,8 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
         if host is not None:
             out.append(swapped(cell, image, found.id, host))
         if c_reference:
+            out.append(Variant("container (persistent)", "python", cell.mpi.key, cell, image, found.id,
+                               soname=cell.mpi.soname, sandbox_label=informed, args=PERSISTENT))
             out.append(Variant("container (C)", "c", cell.mpi.key, cell, child, child_id))
             if cell.mpi.abi == "mpi":
                 out.append(Variant("container (C, MPICH ABI)", "c", cell.mpi.key, cell, child, child_id,
@@ -390,6 +469,8 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
                 scripts = bench_dir(matrix)
                 out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=scripts))
                 if (venv / "bin" / "osu_bw_c").exists() and c_reference:
+                    out.append(Variant("bare-metal (persistent)", "python", cell.mpi.key, venv=venv, scripts=scripts,
+                                       args=PERSISTENT))
                     out.append(Variant("bare-metal (C)", "c", cell.mpi.key, venv=venv, scripts=scripts))
     return out
 
@@ -411,9 +492,8 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
     if variant.host_mpi is not None:
         mounts.append(Mount(variant.host_mpi, hostmpi.MOUNT))
     assert variant.image is not None
-    return engine.run(client, variant.image, command, timeout=RUN_TIMEOUT_S, env=variant.env, mounts=mounts,
-                      sandbox=SANDBOX,
-                      shm_size="1g", user="0")
+    return engine.run(client, variant.image, command, timeout=variant.timeout, env=variant.env, mounts=mounts,
+                      sandbox=variant.sandbox, shm_size="1g", user="0")
 
 
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
@@ -431,7 +511,9 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
         site="local", profile=profile, language=variant.language, mpi=variant.mpi,
         cell=variant.cell.ref if variant.cell else None, image=variant.image, image_id=variant.image_id,
         mpi_library=parsed.library, mpi_library_file=parsed.library_file, mpi_abi=parsed.mpi_abi,
-        command=" ".join(command), sandbox=SANDBOX_LABEL if variant.cell is not None else None,
+        command=" ".join(command), sandbox=variant.sandbox_label if variant.cell is not None else None,
+        layout=parsed.layout, placement=parsed.placement, transport=parsed.transport,
+        settings=parsed.settings,
         extra={k: v for k, v in row.items() if k not in ("size", metric)},
     ) for name in series_of(bench.name) for metric, unit in [PRIMARY[name]] for row in parsed.rows]
 
@@ -439,7 +521,8 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
 def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cells: list[Cell],
         benchmarks: Iterable[str],
         store: Path, *, repeats: int = 3, sizes: dict[str, str] | None = None, swap: bool = True,
-        c_reference: bool = True, bare_metal: bool = True, progress: Progress = print, session: str = "") -> int:
+        c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True, progress: Progress = print,
+        session: str = "") -> int:
     """Run everything; returns the number of runs stored. Raises KeyboardInterrupt through, after cleanup."""
     chosen = []
     for name in benchmarks:
@@ -448,7 +531,7 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cel
         chosen.append(BENCHMARKS[name])
     prof = matrix.profile(profile)
     plan = variants(client, matrix, prof, cells, swap=swap, c_reference=c_reference, bare_metal=bare_metal,
-                    progress=progress)
+                    default_sandbox=default_sandbox, progress=progress)
     jobs = [(b, v) for b in chosen for v in plan if runs(b, v)]
     if not jobs:
         raise BenchError(f"nothing to run: {', '.join(b.name for b in chosen)} in {', '.join(c.ref for c in cells)} "
@@ -456,13 +539,21 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cel
     total, stored = repeats * len(jobs), 0
     scratch = scratch_dir(matrix)
     progress(f"{len(plan)} variants x {len(chosen)} benchmarks x {repeats} repeats = {total} runs -> {store}")
+    dropped: set[int] = set()
     for repeat in range(1, repeats + 1):
         for bench, variant in jobs:
+            if id(variant) in dropped:
+                continue
             args = ["-m", (sizes or {}).get(bench.name, bench.default_sizes)]
             command = variant.command(bench, args, scratch)
             label = f"{variant.cell.ref if variant.cell else 'host'} {variant.name} {bench.name}"
             progress(f"[{stored + 1}/{total}] repeat {repeat}: {label}")
             code, output = run_variant(client, matrix, variant, command, scratch)
+            if code != 0 and variant.optional:
+                dropped.add(id(variant))
+                progress(f"  {label} failed (exit {code}; {variant.sandbox_label}): {output.strip()[-300:]}; "
+                         f"{variant.name} is left out of the rest of this bench")
+                continue
             if code != 0:
                 raise BenchError(f"{label} failed (exit {code}): {output.strip()[-600:]}")
             try:

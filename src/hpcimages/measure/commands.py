@@ -73,7 +73,8 @@ def parse_sizes(items: Iterable[str]) -> dict[str, str]:
 
 def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks: str = "",
           sizes: Iterable[str] = (), repeats: int | str = 5, swap: bool = True, c_reference: bool = True,
-          bare_metal: bool = True, results: str | None = None, strict: bool = False, plots: bool = True) -> int:
+          bare_metal: bool = True, results: str | None = None, strict: bool = False, plots: bool = True,
+          default_sandbox: bool = True) -> int:
     """Run the benchmarks, store the results, print tables, draw plots."""
     repeats = whole_number("--repeats", repeats, 1, 1000)
     m = load_matrix(matrix)
@@ -88,7 +89,8 @@ def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks
     session = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     try:
         stored = bench_mod.run(connect(), m, prof, cells, chosen, store, repeats=repeats, sizes=ranges, swap=swap,
-                               c_reference=c_reference, bare_metal=bare_metal, progress=say, session=session)
+                               c_reference=c_reference, bare_metal=bare_metal, default_sandbox=default_sandbox,
+                               progress=say, session=session)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the runs finished before it are in {store} (session {session})", file=sys.stderr)
         raise

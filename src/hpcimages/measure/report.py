@@ -19,8 +19,9 @@ from tabulate import tabulate
 from ..files import write_text
 from .results import H5PY_SERIES, ResultRow, medians
 
-VARIANT_ORDER = ("container", "container (MPICH ABI)", "container+impi", "container (C)", "container (C, MPICH ABI)",
-                 "bare-metal", "bare-metal (C)")
+DEFAULT_SANDBOX = "container (default sandbox)"
+VARIANT_ORDER = ("container", DEFAULT_SANDBOX, "container (MPICH ABI)", "container+impi", "container (persistent)",
+                 "container (C)", "container (C, MPICH ABI)", "bare-metal", "bare-metal (persistent)", "bare-metal (C)")
 LARGE = 1024 * 1024
 ANOMALY_RATIO = 0.5
 TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (µs)",
@@ -102,10 +103,15 @@ def _ratio(med: dict, group: str, bench: str, a: str, b: str, size: int) -> floa
 
 RATIOS = (
     ("osu_bw", "container", "bare-metal", "bw container / bare metal"),
+    ("osu_bw", DEFAULT_SANDBOX, "bare-metal", "bw default sandbox / bare metal"),
+    ("osu_bw", DEFAULT_SANDBOX, "container", "bw default sandbox / container"),
     ("osu_bw", "container+impi", "bare-metal", "bw container+impi / bare metal"),
     ("osu_bw", "container", "container (C)", "bw Python / C (container)"),
     ("osu_bw", "bare-metal", "bare-metal (C)", "bw Python / C (bare metal)"),
+    ("osu_bw", "container (persistent)", "container (C)", "bw Python persistent / C (container)"),
+    ("osu_bw", "bare-metal (persistent)", "bare-metal (C)", "bw Python persistent / C (bare metal)"),
     ("osu_latency", "container", "bare-metal", "latency container / bare metal"),
+    ("osu_latency", DEFAULT_SANDBOX, "container", "latency default sandbox / container"),
     ("osu_latency", "container", "container (C)", "latency Python / C (container)"),
     *((b, "container+impi", "container", f"{b[5:].replace('_', ' ')} container+impi / container")
       for b in H5PY_BENCHMARKS),
@@ -129,6 +135,33 @@ def ratio_table(group: str, med: dict) -> Table | None:
     sizes = sorted({s for (_, b, _, s) in med if b in benches})
     rows = [[size, *(_ratio(med, group, b, x, y, size) for b, x, y, _ in columns)] for size in sizes]
     return Table(f"{group}: ratios (median / median)", ["size (B)", *(c[3] for c in columns)], rows)
+
+
+#: Python's cost per message: (size / Python bandwidth) - (size / C bandwidth), in µs (MB/s = bytes per µs)
+OVERHEADS = (
+    ("container", "container (C)", "container"),
+    ("container (persistent)", "container (C)", "container, persistent requests"),
+    ("bare-metal", "bare-metal (C)", "bare metal"),
+    ("bare-metal (persistent)", "bare-metal (C)", "bare metal, persistent requests"),
+)
+
+
+def overhead_table(group: str, med: dict) -> Table | None:
+    """Per message, how much longer the Python script takes than the C reference (medians): the interpreter's share,
+    which a Python / C ratio hides behind the message size."""
+    measured = {k[2] for k in med if k[1] == "osu_bw"}
+    columns = [(py, c, title) for py, c, title in OVERHEADS if py in measured and c in measured]
+    if not columns:
+        return None
+    rows = []
+    for size in _sizes(med, "osu_bw"):
+        row: list[object] = [size]
+        for py, c, _ in columns:
+            a, b = med.get((group, "osu_bw", py, size)), med.get((group, "osu_bw", c, size))
+            row.append(None if not a or not b else size / a - size / b)
+        rows.append(row)
+    return Table(f"{group}: Python overhead per message, osu_bw (µs; size / Python bw - size / C bw, medians)",
+                 ["size (B)", *(title for _, _, title in columns)], rows)
 
 
 #: The cost of the MPI-5 standard ABI: a standard-ABI image against the MPICH ABI of the same image and MPICH.
@@ -214,6 +247,60 @@ def anomalies(group: str, med: dict) -> tuple[list[str], set[tuple[str, int]]]:
     return found, flagged
 
 
+def sandbox_gaps(group: str, rows: list[ResultRow]) -> list[str]:
+    """Sizes where the default-sandbox container is slower than the informed one (their paired interval lies below
+    1 - EQUIVALENT), with the cause the cross-memory-attach probe names (each run's sandbox label carries its
+    answer), or the statement that the probe does not explain it."""
+    sizes = sorted({r.size for r in rows if r.benchmark == "osu_bw" and r.variant == DEFAULT_SANDBOX})
+    slower = []
+    for size in sizes:
+        paired = paired_ratios(rows, "osu_bw", DEFAULT_SANDBOX, "container", size)
+        if len(paired) >= 2 and interval_verdict(*bootstrap_interval(paired)[1:], True) == "slower":
+            slower.append((size, *bootstrap_interval(paired)))
+    if not slower:
+        return []
+    labels = {r.variant: r.sandbox or "" for r in rows if r.variant in (DEFAULT_SANDBOX, "container")}
+    plain, informed = labels.get(DEFAULT_SANDBOX, ""), labels.get("container", "")
+    where = ", ".join(f"{size} B {mid:.3f} [{low:.3f}, {high:.3f}]" for size, mid, low, high in slower[:4])
+    if "cross-memory attach blocked" in plain and "cross-memory attach works" in informed:
+        cause = (f"cause: cross-memory attach is blocked under the engine's default sandbox "
+                 f"({plain.split('; ', 1)[-1]}) and works in the informed one ({informed.split(';', 1)[0]}): the "
+                 "MPI copies large messages through shared memory twice instead of once; run containers with "
+                 "--cap-add SYS_PTRACE (or a seccomp profile that allows process_vm_readv/process_vm_writev)")
+    else:
+        cause = f"not explained by cross-memory attach (default: {plain or '?'}; informed: {informed or '?'})"
+    return [f"{group} {DEFAULT_SANDBOX}: bandwidth below the informed container at {where}; {cause}"]
+
+
+def transports(rows: Iterable[ResultRow]) -> dict[str, str]:
+    """variant -> what its osu_bw runs reported as transport (the last run's, where several)."""
+    return {r.variant: r.transport for r in rows if r.benchmark == "osu_bw" and r.transport}
+
+
+def tcp_fallbacks(group: str, rows: list[ResultRow], med: dict) -> tuple[list[str], set[tuple[str, int]]]:
+    """Inter-node runs of the image's own MPI (hybrid) that went over TCP while the site's MPI (bind model, same
+    site and layout) did not, or ran at under ANOMALY_RATIO of it at >= 1 MiB: the image's MPI has no provider for the
+    site's network and fell back to TCP sockets. Both on TCP (a TCP-only network, like the test cluster's) is not
+    a fallback."""
+    seen = transports(rows)
+    found, flagged = [], set()
+    for hybrid in sorted(v for v in seen if v.endswith(" inter-node") and "+hostmpi" not in v):
+        bind = hybrid.replace(" inter-node", "+hostmpi inter-node")
+        hybrid_tcp, bind_tcp = seen[hybrid].startswith("tcp"), seen.get(bind, "").startswith("tcp")
+        slow = [(size, value, base) for (g, b, v, size), value in sorted(med.items())
+                if g == group and b == "osu_bw" and v == hybrid and size >= LARGE
+                and (base := med.get((group, b, bind, size))) and value < ANOMALY_RATIO * base]
+        if hybrid_tcp and bind in seen and (not bind_tcp or slow):
+            flagged.update((hybrid, size) for size, _, _ in slow)
+            figures = "; ".join(f"{value:.0f} MB/s at {size} B is {value / base:.3f} x {bind}" for size, value, base
+                                in slow[:2]) or f"{bind} reported {seen[bind]}"
+            found.append(f"{group} {hybrid}: TCP fallback: the image's MPI sent inter-node messages over TCP "
+                         f"({seen[hybrid]}), the site's MPI did not ({figures}): the image's MPI (its libfabric) has "
+                         "no provider for this network; use the bind model, or build the image against the site's "
+                         "fabric libraries")
+    return found, flagged
+
+
 def targets(group: str, med: dict) -> list[Target]:
     def worst(bench: str, a: str, b: str, min_size: int, fn=min) -> float | None:
         values = [r for s in _sizes(med, bench) if s >= min_size
@@ -221,11 +308,14 @@ def targets(group: str, med: dict) -> list[Target]:
         return fn(values) if values else None
 
     py_c = worst("osu_bw", "container", "container (C)", 64 * 1024)
+    persistent = worst("osu_bw", "container (persistent)", "container (C)", 64 * 1024)
     cont_bm = worst("osu_bw", "container", "bare-metal", LARGE)
     lat = _ratio(med, group, "osu_latency", "container", "bare-metal", 8)
     return [
         Target(group, "osu_bw.py >= 0.95 x C reference at every size >= 64 KiB (min ratio)", py_c,
                None if py_c is None else py_c >= 0.95),
+        Target(group, "osu_bw.py --persistent >= 0.95 x C reference at every size >= 64 KiB (min ratio)", persistent,
+               None if persistent is None else persistent >= 0.95),
         Target(group, "container >= 0.95 x bare metal bandwidth at >= 1 MiB (min ratio)", cont_bm,
                None if cont_bm is None else cont_bm >= 0.95),
         Target(group, "container latency at 8 B within +10 % of bare metal (ratio)", lat,
@@ -252,6 +342,8 @@ def build_report(records: list[ResultRow]) -> Report:
     for group, rows in groups(records).items():
         med = _group_medians(group, rows)
         found, flagged = anomalies(group, med)
+        fallbacks, fell_back = tcp_fallbacks(group, rows, med)
+        found, flagged = found + fallbacks + sandbox_gaps(group, rows), flagged | fell_back
         for bench in TABLE_BENCHMARKS:
             table = value_table(group, med, bench, flagged)
             if table:
@@ -259,6 +351,9 @@ def build_report(records: list[ResultRow]) -> Report:
         ratios = ratio_table(group, med)
         if ratios:
             tables.append(ratios)
+        overhead = overhead_table(group, med)
+        if overhead:
+            tables.append(overhead)
         spread = interval_table(group, rows, RATIOS, "ratios with their spread")
         if spread:
             tables.append(spread)

@@ -92,6 +92,10 @@ class ResultRow:
     model: str | None = None
     job: str | None = None
     sandbox: str | None = None  # what a Docker run allowed beyond the engine's defaults, e.g. "cap-add SYS_PTRACE"
+    layout: str | None = None  # intra-node | inter-node: where the ranks ran (from the script's placement line)
+    placement: str | None = None  # "rank 0 node1 cpus 0; rank 1 node2 cpus 1": node and pinning of every rank
+    transport: str | None = None  # "tcp to 10.0.0.3" or "no tcp between ranks", as the ranks saw it after the run
+    settings: str | None = None  # the script's settings line: "buffer: numpy, window: 64, requests: persistent"
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,6 +133,22 @@ class Parsed:
     library: str | None
     library_file: str | None = None
     mpi_abi: str | None = None
+    placement: str | None = None
+    transport: str | None = None
+    settings: str | None = None
+
+    @property
+    def layout(self) -> str | None:
+        return layout_of(self.placement)
+
+
+PLACEMENT_RE = re.compile(r"rank (\d+) (\S+) cpus (\S+)")
+
+
+def layout_of(placement: str | None) -> str | None:
+    """intra-node when every rank of a placement line ran on one node, inter-node otherwise (None: not printed)."""
+    nodes = {node for _, node, _ in PLACEMENT_RE.findall(placement or "")}
+    return None if not nodes else ("inter-node" if len(nodes) > 1 else "intra-node")
 
 
 def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bind: bool,
@@ -180,12 +200,18 @@ def parse_osu(text: str) -> Parsed:
     titles: list[str] = []
     columns: tuple[str, ...] | None = None
     rows: list[dict[str, float]] = []
-    library = library_file = mpi_abi = None
+    library = library_file = mpi_abi = placement = transport = settings = None
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
             body = stripped.lstrip("#").strip()
-            if re.match(r"^size\b", body, re.I):
+            if body.startswith("Placement: "):
+                placement = body.split(":", 1)[1].strip()
+            elif body.startswith("Transport: "):  # printed after the rows
+                transport = body.split(":", 1)[1].strip()
+            elif body.startswith(("buffer: ", "ranks: ")):  # how the script allocated and sent (see bench/)
+                settings = body
+            elif re.match(r"^size\b", body, re.I):
                 columns = tuple(_column(label) for label in re.split(r"\s{2,}|\t+", body) if label)
             elif columns is None:
                 titles.append(body)
@@ -213,7 +239,8 @@ def parse_osu(text: str) -> Parsed:
     benchmark = _benchmark(titles, columns)
     if benchmark == "osu_latency" and "latency_us" not in columns:
         rows = [{**row, "latency_us": row["avg_us"]} for row in rows]
-    return Parsed(benchmark, columns, tuple(rows), library, library_file, mpi_abi)
+    return Parsed(benchmark, columns, tuple(rows), library, library_file, mpi_abi, placement, transport,
+                  settings)
 
 
 # ---------------------------------------------------------------------------------------------
