@@ -107,20 +107,22 @@ def tools(c, force=False, matrix=MATRIX):
     "no-swap": "skip the bind-model (Intel MPI) variant",
     "no-c": "skip the C reference variants",
     "no-bare-metal": "skip the bare-metal variants",
+    "no-default-sandbox": "skip the 'container (default sandbox)' variant (the image under Docker's defaults, beside "
+                          "the informed --cap-add SYS_PTRACE run)",
     "results": "results file (default: results/<profile>.jsonl)",
     "strict": "exit 3 when a variant looks misconfigured (far below bare metal)",
     "no-plots": "do not draw the PNG plots",
     "matrix": MATRIX_HELP,
 })
 def bench(c, profile="ci", only=None, bench="", sizes=None, repeats="5", no_swap=False, no_c=False,
-          no_bare_metal=False, results=None, strict=False, no_plots=False, matrix=MATRIX):
+          no_bare_metal=False, no_default_sandbox=False, results=None, strict=False, no_plots=False, matrix=MATRIX):
     """Benchmarks (OSU method) in built images, with the bind-model swap, C references and bare metal; tables, plots.
 
     Every repeat runs every variant before the next repeat starts; results are appended to a JSON-lines store.
     `nox -s bench -- OPTIONS` runs this task."""
     _run(measure.bench, matrix=matrix, profile=profile, only=only or [], benchmarks=bench, sizes=sizes or [],
          repeats=repeats, swap=not no_swap, c_reference=not no_c, bare_metal=not no_bare_metal,
-         results=results, strict=strict, plots=not no_plots)
+         default_sandbox=not no_default_sandbox, results=results, strict=strict, plots=not no_plots)
 
 
 @task(help={
@@ -148,13 +150,19 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
     "model": "hybrid (the image's MPICH; default) or bind (the site's host MPI injected)",
     "sizes": "message sizes for the OSU benchmarks (bytes per rank for h5py_write), e.g. 1:4194304",
     "source": "convert only: what to build the .sif from (default docker://IMAGE)",
+    "nodes": "nodes of the job (default: the site profile's); osu_bw/osu_latency need nodes x tasks = 2: "
+             "--nodes 2 --ntasks-per-node 1 runs them across nodes",
+    "ntasks-per-node": "ranks per node (default: the site profile's)",
+    "no-sharens": "Apptainer sites: start each rank in its own user namespace (no `exec --sharens`): the plain "
+                  "configuration, kept as a measured variant (`<site> no-sharens`)",
     "dry-run": "render the script into build/slurm/runs/ and print it; submit nothing",
     "matrix": MATRIX_HELP,
 })
-def submit(c, site, bench, image, model="hybrid", sizes="", source="", dry_run=False, matrix=MATRIX):
+def submit(c, site, bench, image, model="hybrid", sizes="", source="", nodes="0", ntasks_per_node="0",
+           no_sharens=False, dry_run=False, matrix=MATRIX):
     """Render a batch script for a site profile and submit it with `sbatch --parsable`, keeping a job record."""
     _run(cluster.submit, matrix=matrix, site=site, bench=bench, image=image, model=model, sizes=sizes, source=source,
-         dry_run=dry_run)
+         nodes=nodes, ntasks_per_node=ntasks_per_node, no_sharens=no_sharens, dry_run=dry_run)
 
 
 @task(help={"all": "also list scripts only rendered (--dry-run)", "matrix": MATRIX_HELP})
@@ -174,10 +182,11 @@ def collect(c, timeout="1800", site=None, store=None, matrix=MATRIX):
     _run(cluster.collect, matrix=matrix, timeout=timeout, site=site or [], store=store)
 
 
-@task(help={"stop": "stop and remove the test cluster", "matrix": MATRIX_HELP})
-def testcluster(c, stop=False, matrix=MATRIX):
-    """Start the one-node Slurm test cluster (a container with Slurm, munge, Apptainer) for the site `local`."""
-    _run(cluster.testcluster, matrix=matrix, stop=stop)
+@task(help={"nodes": "compute nodes, each a container with its own hostname and address (default 2, at most 8)",
+            "stop": "stop and remove the test cluster (its containers and network)", "matrix": MATRIX_HELP})
+def testcluster(c, nodes="2", stop=False, matrix=MATRIX):
+    """Start the Slurm test cluster for the site `local`: slurmctld and N slurmd nodes (Apptainer, munge, host MPI)."""
+    _run(cluster.testcluster, matrix=matrix, stop=stop, nodes=nodes)
 
 
 @task(help={"port": "port on 127.0.0.1 (default 5000)", "stop": "stop it (its storage is kept)", "matrix": MATRIX_HELP})

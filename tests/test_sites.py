@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -122,7 +124,7 @@ def test_cray_script_binds_the_host_mpi_for_singularity(tmp_path):
 def test_gpu_options_only_in_the_cuda_job(tmp_path):
     site = load_site(SITES, "ib-intelmpi")
     cuda = slurm.render(ROOT, slurm.JobSpec(site, "cuda", IMAGE), tmp_path)
-    assert "#SBATCH --gres=gpu:1" in cuda and 'exec -e --nv "$IMAGE"' in cuda
+    assert "#SBATCH --gres=gpu:1" in cuda and 'exec --sharens -e --nv "$IMAGE"' in cuda
     bw = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE), tmp_path)
     assert "--gres" not in bw and "--nv" not in bw
 
@@ -288,3 +290,56 @@ def test_an_h5py_job_is_stored_as_its_four_modes():
                       ("h5py_read_collective", 65536): 1504.75, ("h5py_read_collective", 131072): 1604.75}
     assert {r.unit for r in rows} == {"MB/s"} and {r.mpi_library_file for r in rows} == {"/usr/local/lib/libmpi.so.12"}
     assert "2 sizes" in summary and "h5py_write_independent" in summary
+
+
+def test_the_layout_comes_from_the_command_line_or_the_site_and_names_itself(tmp_path):
+    site = load_site(SITES, "local")  # 1 node x 2 tasks
+    intra = slurm.JobSpec(site, "osu_bw", IMAGE)
+    inter = slurm.JobSpec(site, "osu_bw", IMAGE, "bind", nodes=2, ntasks_per_node=1)
+    assert intra.layout == (1, 2) and intra.variant == "local"
+    assert inter.layout == (2, 1) and inter.variant == "local+hostmpi inter-node"
+    text = slurm.render(ROOT, inter, tmp_path)
+    assert "#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1\n" in text
+    assert "--model bind --nodes 2 --ntasks-per-node 1 --dry-run" in text  # how to render it again
+    assert slurm.JobSpec(site, "convert", IMAGE, nodes=4).layout == (1, 1)  # one task builds the .sif
+
+
+@pytest.mark.parametrize("nodes,tasks,message", [
+    (2, 0, "osu_bw runs on exactly 2 ranks, but the layout is 2 node(s) x 2 task(s) (site local and the command line)"),
+    (0, 1, "osu_bw runs on exactly 2 ranks, but the layout is 1 node(s) x 1 task(s)"),
+    (-1, 0, "--nodes -1: use 1 to"),
+])
+def test_a_layout_a_point_to_point_benchmark_cannot_run_is_refused_before_submitting(tmp_path, nodes, tasks,
+                                                                                     message):
+    spec = slurm.JobSpec(load_site(SITES, "local"), "osu_bw", IMAGE, nodes=nodes, ntasks_per_node=tasks)
+    with pytest.raises(slurm.SlurmError, match=re.escape(message)):
+        slurm.render(ROOT, spec, tmp_path)
+
+
+def test_invoke_submit_refuses_a_bad_layout_and_keeps_no_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "submit", "--site", "local", "--bench", "osu_latency",
+                           "--image", IMAGE, "--nodes", "2", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                          check=False, env={**os.environ, "HPCIMAGES_SLURM_RUNS": str(tmp_path)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--nodes 2 --ntasks-per-node 1 (inter-node)" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+    words = subprocess.run([sys.executable, "-m", "invoke", "submit", "--site", "local", "--bench", "hello",
+                            "--image", IMAGE, "--nodes", "two"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert words.returncode == 2 and "--nodes" in words.stderr and "Traceback" not in words.stderr
+
+
+def test_apptainer_ranks_share_a_namespace_unless_asked_not_to(tmp_path):
+    site = load_site(SITES, "local")
+    assert site.container.sharens and not load_site(SITES, "cray-ex").container.sharens  # Singularity has none
+    informed = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE), tmp_path)
+    assert '"$RUNTIME" exec --sharens -e "$IMAGE" python3' in informed
+    plain_spec = slurm.JobSpec(site, "osu_bw", IMAGE, own_namespaces=True)
+    plain = slurm.render(ROOT, plain_spec, tmp_path)
+    assert "--sharens" not in plain.split("--dry-run")[1] and "--no-sharens --dry-run" in plain
+    assert plain_spec.variant == "local no-sharens"
+    off = site_from('[container]\nsharens = false\n')
+    assert not off.container.sharens
+    assert slurm.JobSpec(off, "hello", IMAGE, own_namespaces=True).variant == "t inter-node"  # nothing to turn off
+    with pytest.raises(SiteError, match=r"sharens = true: only Apptainer \(1.1 or newer\) has --sharens"):
+        site_from('[container]\nruntime = "singularity"\nsharens = true\n')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,54 @@ def test_hello_and_osu_bw_in_both_models_land_beside_the_docker_runs(cluster, tm
     header = next(ln for ln in table.stdout.splitlines() if ln.strip().startswith("size (B)") and "container" in ln)
     assert "local" in header and "local+hostmpi" in header, table.stdout
     assert "bw local / container" in table.stdout
+
+
+def test_the_test_cluster_has_two_nodes_each_a_container_with_its_own_name_and_address(cluster):
+    shims = testcluster.bin_dir(ROOT)
+    sinfo = subprocess.run([str(shims / "sinfo"), "-N", "-h", "-o", "%N %T"], capture_output=True, text=True,
+                           check=False, timeout=60)
+    assert sinfo.returncode == 0, sinfo.stderr
+    nodes = dict(line.split() for line in sinfo.stdout.splitlines())
+    assert sorted(nodes) == ["node1", "node2"] and all(s in ("idle", "mixed", "allocated") for s in nodes.values())
+    addresses = {}
+    for node in nodes:
+        container = cluster.containers.get(testcluster.node_container(node))
+        assert container.attrs["Config"]["Hostname"] == node
+        addresses[node] = container.attrs["NetworkSettings"]["Networks"][testcluster.NETWORK]["IPAddress"]
+    assert len(set(addresses.values())) == 2 and all(addresses.values()), addresses
+
+
+def test_point_to_point_across_two_nodes_records_its_layout_in_both_models(cluster, tmp_path):
+    jobs = [(bench_name, model, ["--nodes", "2", "--ntasks-per-node", "1"]) for bench_name in ("osu_bw", "osu_latency")
+            for model in ("hybrid", "bind")] + [("osu_bw", "hybrid", [])]  # and the site's own layout: one node
+    jobs.append(("osu_bw", "hybrid", ["--no-sharens"]))  # the plain Apptainer configuration, kept as a variant
+    for bench_name, model, layout in jobs:
+        proc = invoke("submit", "--site", "local", "--bench", bench_name, "--image", IMAGE, "--model", model,
+                      "--sizes", "1:65536", *layout)
+        assert proc.returncode == 0 and "submitted" in proc.stdout, proc.stdout + proc.stderr
+    store = tmp_path / "slurm-local.jsonl"
+    proc = invoke("collect", "--store", str(store), "--timeout", "900")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([store])
+    assert {(r.benchmark, r.variant) for r in records} == {
+        ("osu_bw", "local inter-node"), ("osu_bw", "local+hostmpi inter-node"), ("osu_bw", "local"),
+        ("osu_bw", "local no-sharens"), ("osu_latency", "local inter-node"),
+        ("osu_latency", "local+hostmpi inter-node")}
+    for r in records:
+        if r.variant.endswith("inter-node"):
+            # one rank on each node, each pinned by Slurm (task/affinity) to a core of its own
+            assert r.layout == "inter-node" and re.fullmatch(r"rank 0 node1 cpus (\d+); rank 1 node2 cpus (?!\1)\d+",
+                                                             r.placement), r.placement
+            assert r.transport.startswith("tcp to "), r.transport  # the engine's network: TCP alone
+        else:
+            assert r.layout == "intra-node" and r.placement.count(" node1 ") == 2, r.placement
+            assert r.transport == "no tcp between ranks"
+    assert {r.mpi_library.split()[0] for r in records if "hostmpi" in r.variant} == {"Intel(R)"}
+    table = invoke("tabulate", str(store), "--no-plots", "--out", str(tmp_path / "t.md"))
+    assert table.returncode == 0, table.stdout + table.stderr
+    header = next(ln for ln in table.stdout.splitlines() if ln.strip().startswith("size (B)") and "inter-node" in ln)
+    assert re.search(r"\blocal\s+local inter-node\s+local no-sharens\s+local\+hostmpi inter-node", header), header
+    assert "TCP fallback" not in table.stdout  # both MPIs cross this network by TCP: no fallback to flag
 
 
 def test_h5py_write_runs_under_slurm_through_apptainer_in_both_models(cluster, tmp_path):

@@ -81,8 +81,9 @@ def create(client: docker.DockerClient, image: str, command: list[str] | None, *
            mounts: Iterable[Mount] = (), network: str = "none", workdir: str | None = None, user: str | None = None,
            sandbox: Sandbox = DEFAULT_SANDBOX, shm_size: int | str | None = None, name: str | None = None,
            hostname: str | None = None, entrypoint: list[str] | None = None,
-           labels: dict[str, str] | None = None, init: bool = False) -> Container:
-    """A created (not started) container; ``command`` is an argument list, never a shell string."""
+           labels: dict[str, str] | None = None, init: bool = False, aliases: Iterable[str] = ()) -> Container:
+    """A created (not started) container; ``command`` is an argument list, never a shell string. ``aliases``:
+    further names under which the others on a user-defined ``network`` reach it."""
     binds = {str(m.host): {"bind": m.inside, "mode": "ro" if m.read_only else "rw"} for m in mounts}
     host_config = client.api.create_host_config(
         binds=binds, network_mode=network, security_opt=list(sandbox.security_opt) or None,
@@ -91,10 +92,12 @@ def create(client: docker.DockerClient, image: str, command: list[str] | None, *
     if sandbox.unmask_paths:
         host_config["MaskedPaths"] = []
         host_config["ReadonlyPaths"] = []
+    networking = client.api.create_networking_config(
+        {network: client.api.create_endpoint_config(aliases=list(aliases))}) if aliases else None
     created = client.api.create_container(
         image, command, environment=env or {}, host_config=host_config, working_dir=workdir, user=user,
         name=name, hostname=hostname, volumes=[spec["bind"] for spec in binds.values()], entrypoint=entrypoint,
-        labels=labels,
+        labels=labels, networking_config=networking,
     )
     return client.containers.get(created["Id"])
 

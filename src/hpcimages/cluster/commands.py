@@ -21,12 +21,16 @@ def _sites(root: Path) -> dict[str, sites_mod.Site]:
 
 
 def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid", sizes: str = "",
-           source: str = "", dry_run: bool = False) -> int:
+           source: str = "", dry_run: bool = False, nodes: int | str = 0, ntasks_per_node: int | str = 0,
+           no_sharens: bool = False) -> int:
     m = load_matrix(matrix)
     profile = sites_mod.load_site(m.root / "slurm" / "sites", site)
     for warning in profile.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source)
+    limit = slurm_mod.MAX_LAYOUT
+    layout = {"nodes": whole_number("--nodes", nodes, 0, limit),
+              "ntasks_per_node": whole_number("--ntasks-per-node", ntasks_per_node, 0, limit)}
+    spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source, **layout, own_namespaces=no_sharens)
     record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
     if record.cell is None:  # allowed where the site has the .sif; the results will name no cell
         print(f"warning: {slurm_mod.not_a_cell(m, image)}", file=sys.stderr)
@@ -35,7 +39,8 @@ def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid"
         say(script.read_text(encoding="utf-8"))
         say(f"rendered {script} (not submitted: --dry-run); submit it by hand with: sbatch {script}")
         return 0
-    say(f"submitted {bench} ({model} model, {image}) to {site}: job {record.job_id}; script {script}")
+    say(f"submitted {bench} ({model} model, {image}, {record.nodes} node(s) x {record.ntasks_per_node} task(s)) to "
+        f"{site}: job {record.job_id}; script {script}")
     say("follow it with `invoke jobs`; store its results with `invoke collect`")
     return 0
 
@@ -71,11 +76,12 @@ def collect(matrix: str, timeout: int | str = 1800, site: Iterable[str] = (), st
     return 0
 
 
-def testcluster(matrix: str, stop: bool = False) -> int:
+def testcluster(matrix: str, stop: bool = False, nodes: int | str = testcluster_mod.DEFAULT_NODES) -> int:
     root = repository_root(matrix)
+    count = whole_number("--nodes", nodes, 1, testcluster_mod.MAX_NODES)
     if stop:
         say("stopped" if testcluster_mod.stop(connect()) else "no test cluster is running")
         return 0
-    testcluster_mod.start(connect(), root, progress=say)
+    testcluster_mod.start(connect(), root, progress=say, nodes=count)
     say("submit to it with `invoke submit --site local ...`")
     return 0

@@ -54,6 +54,8 @@ PROVENANCE_RE = re.compile(r"^# hpcimages: (.*)$", re.M)
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 COMMAND_TIMEOUT_S = 120
+POINT_TO_POINT = ("osu_bw", "osu_latency")  # exactly two ranks
+MAX_LAYOUT = 10000
 Progress = Callable[[str], None]
 
 
@@ -73,6 +75,20 @@ class JobSpec:
     model: str = "hybrid"
     sizes: str = ""
     source: str = ""  # convert: what to build the .sif from (default docker://<image>)
+    nodes: int = 0  # the layout; 0: the site profile's
+    ntasks_per_node: int = 0
+    own_namespaces: bool = False  # Apptainer without --sharens although the site has it: the plain variant
+
+    @property
+    def sharens(self) -> bool:
+        return self.site.container.sharens and not self.own_namespaces
+
+    @property
+    def layout(self) -> tuple[int, int]:
+        """(nodes, tasks per node) of the job: the command line's, else the site profile's; one task for convert."""
+        if self.bench == "convert":
+            return 1, 1
+        return self.nodes or self.site.slurm.nodes, self.ntasks_per_node or self.site.slurm.ntasks_per_node
 
     def validate(self) -> None:
         if self.bench not in BENCHES:
@@ -90,13 +106,26 @@ class JobSpec:
             reason = reason or BENCHMARKS[self.bench].sizes_problem(self.sizes)
             if reason:
                 raise SlurmError(f"sizes {reason}")
+        for option, value in (("--nodes", self.nodes), ("--ntasks-per-node", self.ntasks_per_node)):
+            if not 0 <= value <= MAX_LAYOUT:
+                raise SlurmError(f"{option} {value}: use 1 to {MAX_LAYOUT}")
+        nodes, tasks = self.layout
+        if self.bench in POINT_TO_POINT and nodes * tasks != 2:
+            given = " and the command line" if self.nodes or self.ntasks_per_node else ""
+            raise SlurmError(f"{self.bench} runs on exactly 2 ranks, but the layout is {nodes} node(s) x {tasks} "
+                             f"task(s) (site {self.site.name}{given}): use --nodes 1 --ntasks-per-node 2 "
+                             "(intra-node) or --nodes 2 --ntasks-per-node 1 (inter-node)")
         if self.source and problem(self.source, SOURCE_RE):
             raise SlurmError(f"source {shown(self.source)}: like docker://registry/repo:tag or "
                              "docker-archive:///x.tar")
 
     @property
     def variant(self) -> str:
-        return self.site.name if self.model == "hybrid" else f"{self.site.name}+hostmpi"
+        """The results' variant: the site, +hostmpi for the bind model, and " inter-node" when the ranks span nodes
+        (so a table shows intra- and inter-node side by side)."""
+        name = self.site.name if self.model == "hybrid" else f"{self.site.name}+hostmpi"
+        name = f"{name} inter-node" if self.layout[0] > 1 else name
+        return f"{name} no-sharens" if self.own_namespaces and self.site.container.sharens else name
 
 
 def job_key(spec: JobSpec, now: dt.datetime | None = None) -> str:
@@ -129,6 +158,8 @@ def launch_line(spec: JobSpec) -> str:
     if site.container.cleanenv:
         words += ['bash -c "$PASS_LAUNCHER_ENV" rank']
     words += ['"$RUNTIME"', "exec"]
+    if spec.sharens:  # a node's ranks in one user namespace (see sites.Container.sharens)
+        words.append("--sharens")
     if site.container.cleanenv:
         words.append("-e")
     if spec.bench == "cuda" and site.gpu.flag:
@@ -153,14 +184,17 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
         binds += [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
     if spec.bench == "h5py_write":  # the ranks' shared HDF5 file lives in the job's folder
         binds.append(str(run_dir))
-    one_task = spec.bench == "convert"
+    nodes, ntasks_per_node = spec.layout
     default_sizes = BENCHMARKS[spec.bench].default_sizes if spec.bench in BENCHMARKS else ""
     context = {
         "title": f"hpcimages {spec.bench} job: {spec.image} on {site.name} ({spec.model} model)",
         "site": site, "bench": spec.bench, "image": spec.image, "model": spec.model,
         "script": str(run_dir / "job.sbatch"), "output": str(run_dir / "slurm-%j.out"),
         "job_name": f"hpcimages-{spec.bench}", "sif": sif_path(root, spec), "bench_dir": bench_dir,
-        "nodes": 1 if one_task else site.slurm.nodes, "ntasks_per_node": 1 if one_task else site.slurm.ntasks_per_node,
+        "nodes": nodes, "ntasks_per_node": ntasks_per_node,
+        "layout_args": (f" --nodes {spec.nodes}" if spec.nodes else "") +
+                       (f" --ntasks-per-node {spec.ntasks_per_node}" if spec.ntasks_per_node else "") +
+                       (" --no-sharens" if spec.own_namespaces else ""),
         "gpu": spec.bench == "cuda", "bindpath": ",".join(binds),
         "ld_library_path": ":".join((*site.host_mpi.lib_dirs, *site.host_mpi.lib_path)),
         "preflight_libs": preflight_libraries(site), "lib_dirs": ":".join(site.host_mpi.lib_dirs),
@@ -192,6 +226,8 @@ class JobRecord:
     sif: str
     cell: str | None = None
     mpi: str | None = None
+    nodes: int = 0  # the job's layout (0 in records of earlier versions: the site's)
+    ntasks_per_node: int = 0
     state: str = "rendered"  # rendered | submitting | submitted | rejected | failed | collected
     job_id: str | None = None
     slurm_state: str | None = None
@@ -333,8 +369,10 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     script.write_text(render(root, spec, run_dir), encoding="utf-8")
     script.chmod(0o755)
     cell, mpi = cell_of(matrix, spec.image)
+    nodes, tasks = spec.layout
     record = JobRecord(key=key, site=spec.site.name, bench=spec.bench, image=spec.image, model=spec.model,
-                       variant=spec.variant, script=str(script), run_dir=str(run_dir), sif=sif, cell=cell, mpi=mpi)
+                       variant=spec.variant, script=str(script), run_dir=str(run_dir), sif=sif, cell=cell, mpi=mpi,
+                       nodes=nodes, ntasks_per_node=tasks)
     record.save()
     return record
 
@@ -415,7 +453,9 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: t
         raise ResultsError(f"{contradiction}; the rows are not stored under {record.variant!r}")
     rows = [ResultRow(**base, benchmark=name, size=int(r["size"]), value=r[metric], metric=metric,
                       unit=unit, mpi_library=parsed.library, mpi_library_file=parsed.library_file,
-                      mpi_abi=parsed.mpi_abi, extra={k: v for k, v in r.items() if k not in ("size", metric)})
+                      mpi_abi=parsed.mpi_abi, layout=parsed.layout, placement=parsed.placement,
+                      transport=parsed.transport, settings=parsed.settings,
+                      extra={k: v for k, v in r.items() if k not in ("size", metric)})
             for name in series_of(parsed.benchmark) for metric, unit in [PRIMARY[name]] for r in parsed.rows]
     last = rows[len(parsed.rows) - 1]
     return rows, (f"{len(parsed.rows)} sizes; {last.size} B: {last.value:.2f} {last.unit} ({last.benchmark}); "
@@ -490,7 +530,7 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         record.save()
         progress(f"job {record.job_id} ({record.bench}) {state}: {record.message}")
         return Collected(record)
-    expected = site.slurm.nodes * site.slurm.ntasks_per_node
+    expected = (record.nodes or site.slurm.nodes) * (record.ntasks_per_node or site.slurm.ntasks_per_node)
     try:
         rows, summary = parse_output(record, text, expected, site.host_mpi.lib_dirs)
     except ResultsError as exc:

@@ -1,16 +1,25 @@
-"""The Slurm test cluster: one real Slurm node (slurmctld + slurmd + munge) in a container of the tools image.
+"""The Slurm test cluster: real Slurm nodes (slurmctld, N x slurmd, munge), each in a container of the tools image.
 
-The container holds Apptainer, Slurm's PMI2 library and the stand-in host MPI (Intel MPI's runtime from PyPI)
-at ``/opt/host-mpi``, and a library of another ABI at ``/opt/foreign-mpi`` (the matrix's first Open MPI stand-in,
+The containers share a user-defined network of the local engine (``NETWORK``), where each has its own hostname and
+address: ``slurmctl`` runs slurmctld (configless: the nodes fetch slurm.conf from it), ``node1`` ... ``nodeN`` run
+slurmd. All get one munge key, made for each start and copied into every container before it runs (never into the
+project's folders, which every job can read).
+Every node holds Apptainer, Slurm's PMI2 library and the stand-in host MPI (Intel MPI's runtime from PyPI) at
+``/opt/host-mpi``, and a library of another ABI at ``/opt/foreign-mpi`` (the matrix's first Open MPI stand-in,
 ``[[host_mpi]]`` with ``abi = "openmpi"``): what a site profile that points its ``lib_dirs`` at the wrong MPI meets.
-The project is mounted at its own path, so rendered scripts, ``bench/`` and
-``build/sif`` have the same paths inside and out. Small scripts in ``build/slurm/testcluster/bin`` run
-``sbatch``, ``squeue``, ... inside it as the unprivileged user ``hpc``; the ``local`` site profile points
+The project is mounted at its own path in every container, so rendered scripts, ``bench/`` and ``build/sif`` (the
+.sif files) have the same paths on every node and outside. Small scripts in ``build/slurm/testcluster/bin`` run
+``sbatch``, ``squeue``, ... on the controller as the unprivileged user ``hpc``; the ``local`` site profile points
 its ``commands`` there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import os
+import secrets
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,19 +36,45 @@ from ..images import hostmpi
 from ..paths import build_dir
 from ..sif import tools
 
-CONTAINER = "hpcimages-testcluster"
-HOSTNAME = "node1"
+CONTAINER = "hpcimages-testcluster"  # the controller; the nodes are CONTAINER-node1 ...
+NETWORK = "hpcimages-testcluster"
+CONTROLLER = "slurmctl"  # its hostname (start-test-cluster names it too)
+DEFAULT_NODES = 2
+MAX_NODES = 8
 START = "/usr/local/bin/start-test-cluster"
 COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "scancel", "sinfo", "srun")
+CLUSTER_LABEL = "io.hpcimages.testcluster"  # on every container and the network: what --stop removes
 ROOT_LABEL = "io.hpcimages.testcluster-root"
 IMAGE_LABEL = "io.hpcimages.testcluster-image"
 FOREIGN_LABEL = "io.hpcimages.testcluster-foreign-mpi"
+NODES_LABEL = "io.hpcimages.testcluster-nodes"
 FOREIGN_MOUNT = "/opt/foreign-mpi"
-READY_TIMEOUT_S = 120
+READY_TIMEOUT_S = 180
+#: Apptainer's needs, and CAP_SYS_NICE: slurmstepd (task/affinity) pins each task after it has become the job's
+#: user, and setting another user's CPU affinity needs it (without it every job fails: "task_g_set_affinity").
+NODE_SANDBOX = dataclasses.replace(tools.APPTAINER_SANDBOX, cap_add=("SYS_NICE",))
 
 
 class ClusterError(HpcImagesError):
     """The test cluster did not start."""
+
+
+def node_names(count: int) -> list[str]:
+    return [f"node{i}" for i in range(1, count + 1)]
+
+
+def node_container(node: str) -> str:
+    return f"{CONTAINER}-{node}"
+
+
+def node_spec(node: int, host_cpus: int) -> str:
+    """``name=CPUS[:RESERVED]`` of the controller's slurm.conf for node ``node`` (1-based). Every node is a container on
+    one machine, and Slurm gives a job the first free cores of a node: had every node all of them, the one rank per
+    node of an inter-node job would run on CPU 0 of every node, one real core. Node k keeps its cores below k-1 out of
+    jobs (Slurm's CpuSpecList), so those ranks get distinct cores, while node1 still runs an intra-node job on all of
+    them; with more nodes than CPUs, they wrap around."""
+    first = (node - 1) % host_cpus
+    return f"node{node}={host_cpus}" + (f":{'0' if first == 1 else f'0-{first - 1}'}" if first else "")
 
 
 def bin_dir(root: Path) -> Path:
@@ -67,42 +102,75 @@ def _foreign_mpi(client: docker.DockerClient, root: Path, progress: Callable[[st
     return standins.prepare(client, matrix, host, progress) if host is not None else None
 
 
-def _running(client: docker.DockerClient, root: Path, image_id: str,
-             foreign: str) -> docker.models.containers.Container | None:
-    try:
-        container = client.containers.get(CONTAINER)
-    except docker.errors.NotFound:
-        return None
-    labels = container.labels
-    if container.status == "running" and labels.get(ROOT_LABEL) == _identity(root) and \
-            labels.get(IMAGE_LABEL) == image_id and labels.get(FOREIGN_LABEL, "") == foreign:
-        return container
-    container.remove(force=True)  # another checkout's, an older image's, or a dead one
-    return None
+def _running(client: docker.DockerClient, labels: dict[str, str], count: int) -> bool:
+    """Whether the cluster that runs is this one (checkout, image, foreign MPI, node count), every container up;
+    anything else of the test cluster's is removed."""
+    wanted = [CONTAINER, *map(node_container, node_names(count))]
+    found = {c.name: c for c in _containers(client)}
+    if set(found) == set(wanted) and all(c.status == "running" and
+                                         all(c.labels.get(k) == v for k, v in labels.items()) for c in found.values()):
+        return True
+    stop(client)  # another checkout's, an older image's, another size, or a dead one
+    return False
 
 
-def start(client: docker.DockerClient, root: Path, progress: Callable[[str], None] = print) -> Path:
-    """Start (or reuse) the cluster and write the command shims; returns their directory."""
+def _containers(client: docker.DockerClient) -> list[docker.models.containers.Container]:
+    return client.containers.list(all=True, filters={"label": CLUSTER_LABEL})
+
+
+def start(client: docker.DockerClient, root: Path, progress: Callable[[str], None] = print,
+          nodes: int = DEFAULT_NODES) -> Path:
+    """Start (or reuse) a cluster of ``nodes`` compute nodes and write the command shims; returns their directory."""
+    if not 1 <= nodes <= MAX_NODES:
+        raise ClusterError(f"--nodes {nodes}: the test cluster has 1 to {MAX_NODES} nodes")
     image = tools.ensure_tools_image(client, root, progress)
     image_id = client.images.get(image).id
     foreign = _foreign_mpi(client, root, progress)
-    foreign_name = foreign.name if foreign is not None else ""
-    container = _running(client, root, image_id, foreign_name)
-    if container is None:
+    labels = {CLUSTER_LABEL: "1", ROOT_LABEL: _identity(root), IMAGE_LABEL: image_id,
+              FOREIGN_LABEL: foreign.name if foreign is not None else "", NODES_LABEL: str(nodes)}
+    names = node_names(nodes)
+    if not _running(client, labels, nodes):
         host_mpi = hostmpi.prepare(root)
-        progress(f"starting the Slurm test cluster ({CONTAINER}) ...")
-        container = engine.create(
-            client, image, None, entrypoint=[START], name=CONTAINER, hostname=HOSTNAME, network="bridge",
-            mounts=_mounts(root, host_mpi, foreign), sandbox=tools.APPTAINER_SANDBOX,
-            labels={ROOT_LABEL: _identity(root), IMAGE_LABEL: image_id, FOREIGN_LABEL: foreign_name},
-            shm_size=1 << 30,
-        )
-        container.start()
-        _wait_ready(container)
+        progress(f"starting the Slurm test cluster: {CONTROLLER} and {', '.join(names)} on the network {NETWORK} ...")
+        client.networks.create(NETWORK, driver="bridge", labels={CLUSTER_LABEL: "1"})
+        key = secrets.token_bytes(1024)
+        mounts = _mounts(root, host_mpi, foreign)
+        cpus = int(client.info().get("NCPU") or os.cpu_count() or 1)
+        if nodes > cpus:
+            progress(f"  {nodes} nodes on {cpus} CPUs: ranks of an inter-node job share cores")
+        members = [(CONTAINER, CONTROLLER, ["controller", *(node_spec(k, cpus) for k in range(1, nodes + 1))])]
+        members += [(node_container(n), n, ["node"]) for n in names]
+        try:
+            started = [_member(client, image, name, hostname, command, mounts, labels, key)
+                       for name, hostname, command in members]
+            _wait_ready(started)
+        except BaseException:
+            stop(client)  # nothing half-started stays behind (Ctrl-C included)
+            raise
     write_shims(root)
-    progress(f"Slurm test cluster {CONTAINER} is up: one node ({HOSTNAME}), partition debug; "
-             f"commands in {bin_dir(root)}")
+    progress(f"Slurm test cluster is up: {len(names)} node(s) ({', '.join(names)}) on the network {NETWORK}, partition "
+             f"debug; commands in {bin_dir(root)}")
     return bin_dir(root)
+
+
+def _member(client: docker.DockerClient, image: str, name: str, hostname: str, command: list[str],
+            mounts: list[Mount], labels: dict[str, str], key: bytes) -> docker.models.containers.Container:
+    container = engine.create(
+        client, image, command, entrypoint=[START], name=name, hostname=hostname, network=NETWORK,
+        aliases=[hostname], mounts=mounts, sandbox=NODE_SANDBOX, labels=labels, shm_size=1 << 30)
+    container.put_archive("/etc/munge", _munge_key_archive(key))
+    container.start()
+    return container
+
+
+def _munge_key_archive(key: bytes) -> bytes:
+    """The shared munge key as a tar holding munge.key (start-test-cluster gives it to the munge user)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("munge.key")
+        info.size, info.mode = len(key), 0o400
+        tar.addfile(info, io.BytesIO(key))
+    return buf.getvalue()
 
 
 def _identity(root: Path) -> str:
@@ -111,18 +179,30 @@ def _identity(root: Path) -> str:
     return str(root) if build == root / "build" else f"{root}:{build}"
 
 
-def _wait_ready(container: docker.models.containers.Container) -> None:
+def _wait_ready(containers: list[docker.models.containers.Container]) -> None:
+    """Until the controller says READY (every node idle); a member that stops meanwhile is an error with its log."""
+    controller = containers[0]
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        container.reload()
-        logs = container.logs().decode(errors="replace")
-        if "READY" in logs:
+        if "READY" in controller.logs().decode(errors="replace"):
             return
-        if container.status != "running":
-            raise ClusterError(f"the test cluster stopped while starting: {logs.strip()[-1500:]}")
+        for container in containers:
+            container.reload()
+            if container.status != "running":
+                raise ClusterError(f"{container.name} stopped while the test cluster was starting: "
+                                   f"{_log_tail(container)}")
         time.sleep(1)
-    raise ClusterError(f"the test cluster was not ready in {READY_TIMEOUT_S}s: "
-                       f"{container.logs().decode(errors='replace').strip()[-1500:]}")
+    raise ClusterError(f"the test cluster was not ready in {READY_TIMEOUT_S}s: {_log_tail(controller)}")
+
+
+def _log_tail(container: docker.models.containers.Container) -> str:
+    text = container.logs().decode(errors="replace").strip()
+    try:  # slurmd and slurmctld write their own log files
+        code, out = container.exec_run(["sh", "-c", "tail -n 15 /var/log/slurm/*.log"])
+        text += "\n" + out.decode(errors="replace").strip() if code == 0 else ""
+    except docker.errors.APIError:
+        pass
+    return text[-1500:]
 
 
 def write_shims(root: Path) -> None:
@@ -144,8 +224,19 @@ def write_shims(root: Path) -> None:
 
 
 def stop(client: docker.DockerClient) -> bool:
-    try:
-        client.containers.get(CONTAINER).remove(force=True)
+    """Remove every container of the test cluster and its network; False when there was none."""
+    found = False
+    containers = {c.id: c for c in _containers(client)}
+    try:  # the one-container cluster of earlier versions carried no CLUSTER_LABEL
+        old = client.containers.get(CONTAINER)
+        containers[old.id] = old
     except docker.errors.NotFound:
-        return False
-    return True
+        pass
+    for container in containers.values():
+        container.remove(force=True)
+        found = True
+    for network in client.networks.list(names=[NETWORK]):
+        if network.name == NETWORK:
+            network.remove()
+            found = True
+    return found

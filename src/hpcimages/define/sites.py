@@ -39,7 +39,8 @@ SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
     "slurm": {"partition": str, "account": str, "qos": str, "time": str, "nodes": int, "ntasks_per_node": int,
               "cpus_per_task": int, "options": list, "commands": str},
     "environment": {"modules": list, "vars": dict},
-    "container": {"runtime": str, "binary": str, "cleanenv": bool, "bind": list, "sif_dir": str, "bench_dir": str},
+    "container": {"runtime": str, "binary": str, "cleanenv": bool, "bind": list, "sif_dir": str, "bench_dir": str,
+                  "sharens": bool},
     "host_mpi": {"lib_dirs": list, "lib_path": list, "bind": list, "vars": dict},
     "launcher": {"command": str, "mpi": str, "options": list},
     "gpu": {"gres": str, "flag": str},
@@ -71,6 +72,10 @@ class Container:
     bind: tuple[str, ...] = ()
     sif_dir: str = ""  # where the .sif files are on the cluster; "" = this project's build/sif
     bench_dir: str = ""  # where the benchmark scripts are on the cluster; "" = this checkout's bench/
+    #: `apptainer exec --sharens`: the ranks a launcher starts on a node share one user namespace (default for
+    #: Apptainer, which has it since 1.1; SingularityCE has not). Separate namespaces measured 0.68-0.72 x the
+    #: bandwidth at 1 MiB under srun on the test cluster.
+    sharens: bool = True
 
     @property
     def executable(self) -> str:
@@ -154,6 +159,7 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
     if problems:
         raise SiteError(f"{path}: " + "; ".join(problems))
     get = _Getter(data, problems)
+    runtime = get.choice("container", "runtime", RUNTIMES, "apptainer")
     site = Site(
         name=name, path=path,
         description=get.text("", "description", free=True),
@@ -167,10 +173,10 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
         modules=get.words("environment", "modules"),
         vars=get.variables("environment", "vars"),
         container=Container(
-            runtime=get.choice("container", "runtime", RUNTIMES, "apptainer"),
+            runtime=runtime,
             binary=get.text("container", "binary"), cleanenv=get.flag("container", "cleanenv", True),
             bind=get.binds("container", "bind"), sif_dir=get.text("container", "sif_dir"),
-            bench_dir=get.text("container", "bench_dir"),
+            bench_dir=get.text("container", "bench_dir"), sharens=_sharens(get, runtime),
         ),
         host_mpi=HostMpi(lib_dirs=get.absolute("host_mpi", "lib_dirs"), lib_path=get.absolute("host_mpi", "lib_path"),
                          bind=get.binds("host_mpi", "bind"), vars=get.variables("host_mpi", "vars")),
@@ -185,6 +191,16 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
     if problems:
         raise SiteError(f"{path}: " + "; ".join(problems))
     return site
+
+
+def _sharens(get: _Getter, runtime: str) -> bool:
+    """[container] sharens: Apptainer's default; SingularityCE has no --sharens, so asking for it there is refused."""
+    value = get.flag("container", "sharens", runtime == "apptainer")
+    if value and runtime != "apptainer":
+        get.problems.append(f"[container] sharens = true: only Apptainer (1.1 or newer) has --sharens, the runtime is "
+                            f"{shown(runtime)}")
+        return False
+    return value
 
 
 def _check_shape(data: dict[str, Any], problems: list[str]) -> None:
