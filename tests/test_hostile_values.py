@@ -235,7 +235,7 @@ SITE = {
               "ntasks_per_node": 1, "cpus_per_task": 1, "options": ["--exclusive"], "commands": "/usr/bin"},
     "environment": {"modules": ["PrgEnv-gnu/8.5"], "vars": {"MPICH_OFI_NIC_POLICY": "NUMA"}},
     "container": {"runtime": "apptainer", "binary": "/usr/bin/apptainer", "cleanenv": True,
-                  "bind": ["/scratch"], "sif_dir": "/software/sif", "bench_dir": "/software/bench"},
+                  "bind": ["/scratch"], "sif_dir": "/software/sif", "bench_dir": "/software/bench", "sharens": True},
     "host_mpi": {"lib_dirs": ["/opt/cray/lib"], "lib_path": ["/usr/lib64"], "bind": ["/etc/libfabric"],
                  "vars": {"I_MPI_PMI_LIBRARY": "/usr/lib64/libpmi2.so"}},
     "launcher": {"command": "srun", "mpi": "pmi2", "options": ["--cpu-bind=cores"]},

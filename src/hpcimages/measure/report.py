@@ -263,9 +263,10 @@ def sandbox_gaps(group: str, rows: list[ResultRow]) -> list[str]:
     plain, informed = labels.get(DEFAULT_SANDBOX, ""), labels.get("container", "")
     where = ", ".join(f"{size} B {mid:.3f} [{low:.3f}, {high:.3f}]" for size, mid, low, high in slower[:4])
     if "cross-memory attach blocked" in plain and "cross-memory attach works" in informed:
-        cause = (f"cause: cross-memory attach is blocked under the engine's default sandbox "
-                 f"({plain.split('; ', 1)[-1]}) and works in the informed one ({informed.split(';', 1)[0]}): the "
-                 "MPI copies large messages through shared memory twice instead of once; run containers with "
+        probe = plain.split("cross-memory attach blocked", 1)[1].strip(" ()")
+        cause = (f"cause: cross-memory attach is blocked under the engine's default sandbox ({probe}) and works in "
+                 f"the informed one ({informed.split(';', 1)[0]}): the MPI copies large messages through shared "
+                 "memory twice instead of once; run containers with "
                  "--cap-add SYS_PTRACE (or a seccomp profile that allows process_vm_readv/process_vm_writev)")
     else:
         cause = f"not explained by cross-memory attach (default: {plain or '?'}; informed: {informed or '?'})"
