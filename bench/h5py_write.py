@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 from h5py_mpio import NO_MPI, say_error, shared_path  # same folder
 from mpi4py import MPI
-from osu_bw import library_file, mpi_abi, parse_sizes, sizes
+from osu_bw import library_file, mpi_abi, parse_sizes, placement, sizes
 
 MODES = (("write", False), ("write", True), ("read", False), ("read", True))
 HEADERS = ("Write independent (MB/s)", "Write collective (MB/s)", "Read independent (MB/s)", "Read collective (MB/s)")
@@ -93,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         say_error(comm, f"h5py_write.py: {NO_MPI}")
         return 1
     path = shared_path(comm, args.dir, "h5py_write")
+    where = placement(comm)  # collective: every rank says where it runs
     if rank == 0:
         print("# h5py parallel I/O bandwidth (MB/s, all ranks together)")
         print(f"# {MPI.Get_library_version().splitlines()[0].strip()}")
         print(f"# Library file: {library_file()}")
         print(f"# MPI ABI: {mpi_abi()}")
+        print(f"# Placement: {where}")
         print(f"# HDF5 {h5py.version.hdf5_version}, h5py {h5py.__version__}, driver mpio, {comm.Get_size()} ranks")
         print(f"# {'Size':<10}" + "".join(f"{h:>26}" for h in HEADERS), flush=True)
     failures = 0

@@ -223,3 +223,14 @@ def test_the_python_overhead_per_message_is_size_over_bandwidth_minus_cs():
     table = next(t for t in build_report(rows).tables if "overhead per message" in t.title)
     assert table.headers == ["size (B)", "bare metal", "bare metal, persistent requests"]
     assert table.rows == [[65536, pytest.approx(8.0 - 2.0), pytest.approx(4.0 - 2.0)]]  # µs: 65536 B / (B/µs)
+
+
+def test_a_variant_far_below_bare_metal_in_a_sandbox_that_blocks_cross_memory_attach_is_told_so():
+    label = "engine default; cross-memory attach blocked (process_vm_readv: [Errno 1] Operation not permitted)"
+    rows = [ResultRow(benchmark="osu_bw", variant="container (default sandbox)", size=MiB, value=5000.0,
+                      mpi="mpich4.3.2", cell=CELL, sandbox=label),
+            ResultRow(benchmark="osu_bw", variant="bare-metal", size=MiB, value=20000.0, mpi="mpich4.3.2")]
+    anomalies = build_report(rows).anomalies
+    assert len(anomalies) == 1 and "is 0.250 x bare-metal" in anomalies[0], anomalies
+    assert "its container blocks cross-memory attach" in anomalies[0] and "--cap-add SYS_PTRACE" in anomalies[0]
+    assert "probable misconfiguration" not in anomalies[0]

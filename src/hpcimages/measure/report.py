@@ -232,8 +232,10 @@ def abi_cost_table(group: str, rows: list[ResultRow]) -> Table | None:
     return interval_table(group, rows, ABI_COST, "MPI-5 standard ABI / MPICH ABI, same image and MPICH")
 
 
-def anomalies(group: str, med: dict) -> tuple[list[str], set[tuple[str, int]]]:
-    """Variants far below bare metal at large messages: a broken setup, not noise."""
+def anomalies(group: str, med: dict, sandboxes: dict[str, str] | None = None) -> tuple[list[str], set[tuple[str, int]]]:
+    """Variants far below bare metal at large messages: a broken setup, not noise. Where the variant's runs say their
+    container blocked cross-memory attach (``sandboxes``: variant -> its rows' sandbox label), that is the cause
+    named; otherwise the usual suspects."""
     found, flagged = [], set()
     for (g, bench, variant, size), value in sorted(med.items()):
         if g != group or bench != "osu_bw" or size < LARGE or variant.startswith("bare-metal"):
@@ -242,8 +244,12 @@ def anomalies(group: str, med: dict) -> tuple[list[str], set[tuple[str, int]]]:
         base = med.get((group, bench, reference, size))
         if base and value < ANOMALY_RATIO * base:
             flagged.add((variant, size))
+            label = (sandboxes or {}).get(variant, "")
+            cause = (f"its container blocks cross-memory attach ({label}): run it with --cap-add SYS_PTRACE"
+                     if "cross-memory attach blocked" in label else
+                     "probable misconfiguration (e.g. a TCP fallback or no shared memory)")
             found.append(f"{group} {variant}: {value:.0f} MB/s at {size} B is {value / base:.3f} x {reference} "
-                         f"({base:.0f} MB/s): probable misconfiguration (e.g. a TCP fallback or no shared memory)")
+                         f"({base:.0f} MB/s): {cause}")
     return found, flagged
 
 
@@ -342,7 +348,7 @@ def build_report(records: list[ResultRow]) -> Report:
     tables, all_targets, all_anomalies = [], [], []
     for group, rows in groups(records).items():
         med = _group_medians(group, rows)
-        found, flagged = anomalies(group, med)
+        found, flagged = anomalies(group, med, {r.variant: r.sandbox for r in rows if r.sandbox})
         fallbacks, fell_back = tcp_fallbacks(group, rows, med)
         found, flagged = found + fallbacks + sandbox_gaps(group, rows), flagged | fell_back
         for bench in TABLE_BENCHMARKS:
