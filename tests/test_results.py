@@ -171,3 +171,15 @@ def test_placement_settings_and_transport_are_parsed_and_name_the_layout():
     assert one_node.layout == "intra-node"
     silent = parse_osu(INTER_NODE.replace("# Placement: rank 0 node1 cpus 0; rank 1 node2 cpus 1\n", ""))
     assert silent.layout is None and silent.placement is None  # an older script's output: nothing claimed
+
+
+def test_a_persistent_variant_must_show_the_script_used_persistent_requests(tmp_path):
+    from hpcimages.measure import bench
+
+    variant = bench.Variant("bare-metal (persistent)", "python", "mpich4.3.2", venv=tmp_path, scripts=tmp_path,
+                            args=bench.PERSISTENT)
+    plain = INTER_NODE.replace("requests: persistent", "requests: nonblocking")
+    with pytest.raises(ResultsError, match="does not say it used persistent requests"):
+        bench.records_of(plain, variant, bench.BENCHMARKS["osu_bw"], ["x"], "ci", 1, "r", "s")
+    rows = bench.records_of(INTER_NODE, variant, bench.BENCHMARKS["osu_bw"], ["x"], "ci", 1, "r", "s")
+    assert rows[0].settings.endswith("requests: persistent") and rows[0].variant == "bare-metal (persistent)"

@@ -206,6 +206,28 @@ def test_collect_refuses_rows_whose_library_contradicts_the_model():
         slurm.parse_output(hybrid, bw.format("/opt/host-mpi/lib/libmpi.so.12"), 2, ("/opt/host-mpi/lib",))
 
 
+def test_collect_refuses_rows_whose_placement_contradicts_the_layout():
+    bw = ("# OSU MPI-Python Bandwidth Test\n# MPICH Version:      4.3.2\n# Library file: /usr/local/lib/libmpi.so.12\n"
+          "{}# Size      Bandwidth (MB/s)\n1048576   9000.0\n")
+    inter = slurm.JobRecord(key="k", site="s", bench="osu_bw", image=IMAGE, model="hybrid", variant="s inter-node",
+                            script="x", run_dir="/nonexistent", sif="/nonexistent.sif", job_id="8", nodes=2,
+                            ntasks_per_node=1)
+    one_node = "# Placement: rank 0 n1 cpus 0; rank 1 n1 cpus 1\n"
+    two_nodes = "# Placement: rank 0 n1 cpus 0; rank 1 n2 cpus 0\n"
+    with pytest.raises(slurm.ResultsError, match="labelled inter-node, but every rank ran on one node"):
+        slurm.parse_output(inter, bw.format(one_node), 2)
+    with pytest.raises(slurm.ResultsError, match="printed no placement line to prove it"):
+        slurm.parse_output(inter, bw.format(""), 2)
+    rows, _ = slurm.parse_output(inter, bw.format(two_nodes), 2)
+    assert rows[0].layout == "inter-node" and rows[0].variant == "s inter-node"
+    intra = slurm.JobRecord(key="k", site="s", bench="osu_bw", image=IMAGE, model="hybrid", variant="s",
+                            script="x", run_dir="/nonexistent", sif="/nonexistent.sif", job_id="9", nodes=1,
+                            ntasks_per_node=2)
+    with pytest.raises(slurm.ResultsError, match="labelled as one node's, but the ranks ran on several nodes"):
+        slurm.parse_output(intra, bw.format(two_nodes), 2)
+    assert slurm.parse_output(intra, bw.format(""), 2)[0][0].layout is None  # an older script: nothing claimed
+
+
 def test_the_bind_model_checks_its_host_libraries_load_before_any_rank_starts(tmp_path):
     site = load_site(SITES, "ib-intelmpi")
     bind = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE, "bind"), tmp_path)

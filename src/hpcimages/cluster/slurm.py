@@ -34,6 +34,7 @@ from ..measure.results import (
     ResultRow,
     ResultsError,
     append_run,
+    layout_contradiction,
     library_contradiction,
     load,
     parse_osu,
@@ -448,7 +449,8 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: t
     if record.bench not in BENCHMARKS:
         return [], "done (no figures to store)"
     parsed = parse_osu(body)
-    contradiction = library_contradiction(parsed.library_file, host_dirs, record.model == "bind")
+    contradiction = library_contradiction(parsed.library_file, host_dirs, record.model == "bind") or \
+        layout_contradiction(parsed.layout, record.nodes > 1)  # the variant says inter-node exactly then
     if contradiction:
         raise ResultsError(f"{contradiction}; the rows are not stored under {record.variant!r}")
     rows = [ResultRow(**base, benchmark=name, size=int(r["size"]), value=r[metric], metric=metric,

@@ -73,8 +73,8 @@ class Container:
     sif_dir: str = ""  # where the .sif files are on the cluster; "" = this project's build/sif
     bench_dir: str = ""  # where the benchmark scripts are on the cluster; "" = this checkout's bench/
     #: `apptainer exec --sharens`: the ranks a launcher starts on a node share one user namespace (default for
-    #: Apptainer, which has it since 1.1; SingularityCE has not). Separate namespaces measured 0.68-0.72 x the
-    #: bandwidth at 1 MiB under srun on the test cluster.
+    #: Apptainer, which has it since 1.1; SingularityCE has not). Separate namespaces measured 0.62-0.77 x the
+    #: bandwidth at 1 MiB under srun on the test cluster (4 interleaved rounds).
     sharens: bool = True
 
     @property

@@ -45,6 +45,7 @@ from ..images.build import fetch_build_sdists, hdf5_source
 from ..paths import build_dir, relative
 from ..validate import shown
 from .results import (
+    DEFAULT_SANDBOX_VARIANT,
     PRIMARY,
     ResultRow,
     ResultsError,
@@ -70,13 +71,14 @@ SANDBOX_LABEL = "cap-add SYS_PTRACE"
 #: the tables show what the informed configuration buys, with the cross-memory-attach probe's answer for both.
 DEFAULT_SANDBOX = Sandbox()
 DEFAULT_SANDBOX_LABEL = "engine default"
-DEFAULT_SANDBOX_VARIANT = "container (default sandbox)"
 #: a default-sandbox run may hang (MPICH 5 under Docker's default seccomp): it gets less time, and its failure is
 #: reported and ends that variant, not the bench
 DEFAULT_SANDBOX_TIMEOUT_S = 240
 CMA_PROBE = "cma_probe.py"
 #: osu_bw.py with persistent requests: the interpreter out of the timed loop (against the C reference's speed)
 PERSISTENT = ("--persistent",)
+#: the C references' sources: each program, and what both include
+C_SOURCES = ("osu_bw.c", "osu_latency.c", "osu_common.h")
 #: A compiler on top of an image, for code built by the image's own mpicc (one layer text: the engine shares it)
 COMPILER_LAYER = ("RUN set -eux; apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; "
                   "rm -rf /var/lib/apt/lists/*\n")
@@ -250,14 +252,14 @@ def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str,
     compile_all = " && ".join(f"{cc} -O2 -o {name}{suffix} {name}.c && ldd {name}{suffix} | grep -q '{soname} => /' "
                               f"&& ! ldd {name}{suffix} | grep -q '{other}'" for cc, suffix, soname, other in builds
                               for name in ("osu_bw", "osu_latency"))
-    sources = {name: (bench_dir(matrix) / name).read_bytes() for name in ("osu_bw.c", "osu_latency.c")}
+    sources = {name: (bench_dir(matrix) / name).read_bytes() for name in C_SOURCES}
     mpich_abi = ""
     if cell.mpi.abi == "mpi":
         sources.update(mpich_abi_build_files(matrix, cell))
         mpich_abi = MPICH_ABI_BUILD
     dockerfile = (
         f"FROM {image}\n{COMPILER_LAYER}{mpich_abi}"
-        f"COPY osu_bw.c osu_latency.c {C_DIR}/\n"
+        f"COPY {' '.join(C_SOURCES)} {C_DIR}/\n"
         f"RUN cd {C_DIR} && {compile_all}\n"
     )
     progress(f"  compiling the C references in {tag} with the image's mpicc ...")
@@ -315,12 +317,13 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
 
 def compile_c_references(matrix: Matrix, venv: Path) -> None:
     """The C references, compiled by the venv's mpicc where the host has a compiler, again whenever a source changed
-    (the binary is older than its source)."""
+    (the binary is older than its program or the shared header)."""
     if not (shutil.which("cc") or shutil.which("gcc")):
         return
+    header = bench_dir(matrix) / C_SOURCES[-1]
     for name in ("osu_bw", "osu_latency"):
         source, binary = bench_dir(matrix) / f"{name}.c", venv / "bin" / f"{name}_c"
-        if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        if binary.exists() and binary.stat().st_mtime >= max(source.stat().st_mtime, header.stat().st_mtime):
             continue
         proc = subprocess.run([str(venv / "bin" / "mpicc"), "-O2", "-o", str(binary), str(source)],
                               capture_output=True, text=True, check=False)
@@ -504,6 +507,9 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
                                               variant.soname)
         if contradiction:
             raise ResultsError(f"{variant.name}: {contradiction}; not stored")
+    if variant.args == PERSISTENT and "requests: persistent" not in (parsed.settings or ""):
+        raise ResultsError(f"{variant.name}: the script does not say it used persistent requests "
+                           f"({parsed.settings or 'no settings line'}); not stored")
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [ResultRow(
         benchmark=name, variant=variant.name, size=int(row["size"]), value=row[metric], metric=metric,

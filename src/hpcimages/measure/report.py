@@ -17,9 +17,12 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..files import write_text
-from .results import H5PY_SERIES, ResultRow, medians
+from .results import CMA_BLOCKED, CMA_WORKS, H5PY_SERIES, ResultRow, medians
+from .results import DEFAULT_SANDBOX_VARIANT as DEFAULT_SANDBOX
 
-DEFAULT_SANDBOX = "container (default sandbox)"
+#: what to do where the probe found cross-memory attach blocked (both anomaly lines that name that cause say it)
+CMA_ADVICE = ("run containers with --cap-add SYS_PTRACE (or a seccomp profile that allows "
+              "process_vm_readv/process_vm_writev)")
 VARIANT_ORDER = ("container", DEFAULT_SANDBOX, "container (MPICH ABI)", "container+impi", "container (persistent)",
                  "container (C)", "container (C, MPICH ABI)", "bare-metal", "bare-metal (persistent)", "bare-metal (C)")
 LARGE = 1024 * 1024
@@ -245,8 +248,8 @@ def anomalies(group: str, med: dict, sandboxes: dict[str, str] | None = None) ->
         if base and value < ANOMALY_RATIO * base:
             flagged.add((variant, size))
             label = (sandboxes or {}).get(variant, "")
-            cause = (f"its container blocks cross-memory attach ({label}): run it with --cap-add SYS_PTRACE"
-                     if "cross-memory attach blocked" in label else
+            cause = (f"its container blocks cross-memory attach ({label}): {CMA_ADVICE}"
+                     if CMA_BLOCKED in label else
                      "probable misconfiguration (e.g. a TCP fallback or no shared memory)")
             found.append(f"{group} {variant}: {value:.0f} MB/s at {size} B is {value / base:.3f} x {reference} "
                          f"({base:.0f} MB/s): {cause}")
@@ -261,19 +264,21 @@ def sandbox_gaps(group: str, rows: list[ResultRow]) -> list[str]:
     slower = []
     for size in sizes:
         paired = paired_ratios(rows, "osu_bw", DEFAULT_SANDBOX, "container", size)
-        if len(paired) >= 2 and interval_verdict(*bootstrap_interval(paired)[1:], True) == "slower":
-            slower.append((size, *bootstrap_interval(paired)))
+        if len(paired) < 2:
+            continue
+        mid, low, high = bootstrap_interval(paired)
+        if interval_verdict(low, high, True) == "slower":
+            slower.append((size, mid, low, high))
     if not slower:
         return []
     labels = {r.variant: r.sandbox or "" for r in rows if r.variant in (DEFAULT_SANDBOX, "container")}
     plain, informed = labels.get(DEFAULT_SANDBOX, ""), labels.get("container", "")
     where = ", ".join(f"{size} B {mid:.3f} [{low:.3f}, {high:.3f}]" for size, mid, low, high in slower[:4])
-    if "cross-memory attach blocked" in plain and "cross-memory attach works" in informed:
-        probe = plain.split("cross-memory attach blocked", 1)[1].strip(" ()")
+    if CMA_BLOCKED in plain and CMA_WORKS in informed:
+        probe = plain.split(CMA_BLOCKED, 1)[1].strip(" ()")
         cause = (f"cause: cross-memory attach is blocked under the engine's default sandbox ({probe}) and works in "
                  f"the informed one ({informed.split(';', 1)[0]}): the MPI copies large messages through shared "
-                 "memory twice instead of once; run containers with "
-                 "--cap-add SYS_PTRACE (or a seccomp profile that allows process_vm_readv/process_vm_writev)")
+                 f"memory twice instead of once; {CMA_ADVICE}")
     else:
         cause = f"not explained by cross-memory attach (default: {plain or '?'}; informed: {informed or '?'})"
     return [f"{group} {DEFAULT_SANDBOX}: bandwidth below the informed container at {where}; {cause}"]

@@ -47,6 +47,11 @@ H5PY_SERIES = {"h5py_write_independent": "write_independent_mbs", "h5py_write_co
 PRIMARY = {"osu_bw": ("bandwidth_mbs", "MB/s"), "osu_latency": ("latency_us", "us"),
            "osu_allreduce": ("avg_us", "us"), **{name: (column, "MB/s") for name, column in H5PY_SERIES.items()}}
 REQUIRED_KEYS = ("benchmark", "variant", "size", "value")
+#: The variant of an image run under the engine's default sandbox (bench writes it, the report compares it), and the
+#: cross-memory-attach probe's answers as they appear in a row's ``sandbox`` label
+DEFAULT_SANDBOX_VARIANT = "container (default sandbox)"
+CMA_BLOCKED = "cross-memory attach blocked"
+CMA_WORKS = "cross-memory attach works"
 
 
 def series_of(benchmark: str) -> list[str]:
@@ -149,6 +154,17 @@ def layout_of(placement: str | None) -> str | None:
     """intra-node when every rank of a placement line ran on one node, inter-node otherwise (None: not printed)."""
     nodes = {node for _, node, _ in PLACEMENT_RE.findall(placement or "")}
     return None if not nodes else ("inter-node" if len(nodes) > 1 else "intra-node")
+
+
+def layout_contradiction(layout: str | None, inter_node: bool) -> str | None:
+    """Why a run's placement line contradicts a label that says whether its ranks spanned nodes, or None. A run
+    labelled inter-node must prove it with its placement line; one labelled intra-node must not have spanned nodes."""
+    if inter_node and layout != "inter-node":
+        return ("labelled inter-node, but " + ("every rank ran on one node" if layout else
+                                               "the benchmark printed no placement line to prove it"))
+    if not inter_node and layout == "inter-node":
+        return "labelled as one node's, but the ranks ran on several nodes"
+    return None
 
 
 def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bind: bool,
