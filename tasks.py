@@ -23,8 +23,9 @@ from hpcimages.sif import commands as sif
 MATRIX = "matrix.toml"
 MATRIX_HELP = "matrix file (default: matrix.toml); the repository is its folder"
 PROFILE_HELP = "matrix profile: published, offline or ci (see matrix.toml)"
-ONLY_HELP = ("only cells matching this glob on family:tag or on the family name, e.g. 'mpi4py', 'cuda-*', "
-             "'*:py3.11-*' (repeatable; the same rule in every task{})")
+# invoke shows no placeholder for a repeatable option: the help text names its value (--only GLOB)
+ONLY_HELP = ("--only GLOB: only cells matching this glob on family:tag or on the family name, e.g. 'mpi4py', "
+             "'cuda-*', '*:py3.11-*' (repeatable; the same rule in every task{})")
 
 
 def _run(fn: Callable[..., int], **kwargs: object) -> None:
@@ -40,7 +41,7 @@ def render(c, matrix=MATRIX, check=False):
 
 
 @task(iterable=["only"], help={"matrix": MATRIX_HELP, "upgrade": "allow every pin to move to its newest version",
-                               "only": "compile only locks whose path contains this (repeatable)",
+                               "only": "--only TEXT: compile only locks whose path contains TEXT (repeatable)",
                                "profile": "only the locks this profile's cells use (default: every profile's)"})
 def lock(c, matrix=MATRIX, upgrade=False, only=None, profile=None):
     """Compile pinned, hashed locks (uv pip compile) per family and Python version into pip-requirements/."""
@@ -55,7 +56,7 @@ def bases(c, matrix=MATRIX, profile="offline", force=False):
 
 
 @task(iterable=["only"], help={
-    "all": "build every cell of the profile (the default when --only is not given)",
+    "all": "build every cell of the profile (the default when --only is not given; refused beside --only)",
     "profile": PROFILE_HELP + " (default: published)",
     "only": ONLY_HELP.format("; the parents of the chosen cells are built too"),
     "jobs": "cells built in parallel (default 2)",
@@ -65,7 +66,8 @@ def bases(c, matrix=MATRIX, profile="offline", force=False):
 })
 def build(c, all=False, profile="published", only=None, jobs="2", dry_run=False, force=False, matrix=MATRIX):
     """Build the image matrix in dependency order: incremental, parallel, fail-soft, with a summary table."""
-    _run(images.build, matrix=matrix, profile=profile, only=only or [], jobs=jobs, dry_run=dry_run, force=force)
+    _run(images.build, matrix=matrix, profile=profile, only=only or [], jobs=jobs, dry_run=dry_run, force=force,
+         every_cell=all)
 
 
 @task(iterable=["only"], help={
@@ -101,7 +103,8 @@ def tools(c, force=False, matrix=MATRIX):
 @task(iterable=["only", "sizes"], auto_shortflags=False, help={
     "profile": PROFILE_HELP + " (default: ci)",
     "only": ONLY_HELP.format("; default: every cell of the profile's root family (mpi4py)"),
-    "bench": "comma-separated benchmarks (default: osu_bw,osu_latency,osu_allreduce)",
+    "bench": f"comma-separated benchmarks (default: all of {','.join(measure.BENCHMARK_NAMES)}; h5py_write runs in "
+             "images with a parallel HDF5, the others in the rest)",
     "sizes": "message sizes of one benchmark, BENCH=MIN:MAX, e.g. osu_bw=1048576:4194304 (repeatable)",
     "repeats": "interleaved repeats; tables keep the median, ratio intervals need several (default 5)",
     "no-swap": "skip the bind-model (Intel MPI) variant",
@@ -135,14 +138,14 @@ def bench(c, profile="ci", only=None, bench="", sizes=None, repeats="5", no_swap
 })
 def tabulate(c, results, session=None, out=None, no_plots=False, strict=False, skip_corrupt=False):
     """Rebuild the benchmark tables and plots from stored results, without running anything."""
-    _run(measure.tabulate, results=results, session=session, out=out, plots=not no_plots, strict=strict,
+    _run(measure.tables_from_results, results=results, session=session, out=out, plots=not no_plots, strict=strict,
          skip_corrupt=skip_corrupt)
 
 
 SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelmpi, local, ...)"
 
 
-@task(help={
+@task(auto_shortflags=False, help={
     "site": SITE_HELP,
     "bench": "hello, osu_bw, osu_latency, osu_allreduce, h5py_write (an image with a parallel HDF5), cuda or convert",
     "image": "image tag, e.g. hpcimages/mpi4py:py3.11-mpich4.3.2 (its .sif must be converted, or be in the "

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import sys
 
+import mpiloaded  # same folder: which MPI library this process loaded
 from mpi4py import MPI
 
 LARGE_MESSAGE = 8192
@@ -26,20 +26,12 @@ ACK_BYTES = 4
 
 def library_file() -> str:
     """The MPI library file this process loaded (mpi4py chooses and dlopens it): the proof of which MPI ran."""
-    with open("/proc/self/maps", encoding="utf-8") as maps:
-        found = sorted({line.split()[-1] for line in maps if re.search(r"/lib(mpi|mpich)[^/ ]*[.]so", line)})
-    return " ".join(found) or "unknown"
+    return mpiloaded.library_file()
 
 
 def mpi_abi() -> str:
-    """The MPI ABI mpi4py selected for the loaded library: its extension module, MPI.<abi>.cpython-*.so
-    (``mpich``, ``openmpi``, ``mpiabi``), ``mpiabi`` too for an mpi4py compiled for the standard ABI alone, or
-    ``built-in`` for one compiled against a single MPI's own ABI."""
-    parts = (getattr(MPI, "__file__", "") or "").rsplit("/", 1)[-1].split(".")
-    if len(parts) > 3:
-        return parts[1]
-    standard = getattr(MPI, "Get_abi_version", lambda: (-1, -1))()[0] >= 1
-    return "mpiabi" if standard else "built-in"  # mpiabi: built for the MPI-5 standard ABI (MPI4PY_BUILD_MPIABI)
+    """The MPI ABI mpi4py selected for the loaded library (mpiloaded.mpi_abi)."""
+    return mpiloaded.mpi_abi(MPI)
 
 
 def cpu_list(cpus: set[int]) -> str:

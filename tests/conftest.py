@@ -15,6 +15,18 @@ from hpcimages.paths import BUILD_DIR_VAR
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: fixtures that need the real engine and the built ci profile: a test that uses one is an integration test
+ENGINE_FIXTURES = {"ci_built", "client", "ci_build"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reaches the engine as ``integration`` (beside the modules that say so), so that
+    ``-m "not integration"`` runs the unit tests alone and never starts a build."""
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def build_dir():
     """Everything the tests make (reports, logs, .sif files, job records) goes to a build folder of their own,

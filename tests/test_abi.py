@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from hpcimages.abi import mpi4py_tests, pairs, table
-from hpcimages.abi.pairs import HOST_MOUNT, Injection, Pair, SuiteScore
+from hpcimages.abi.pairs import HOST_MOUNT, Pair, SuiteScore
 from hpcimages.define.lock import lock_jobs
 from hpcimages.define.matrix import read_matrix
 from hpcimages.define.standins import HostMpi
 from hpcimages.errors import MatrixError
+from hpcimages.images.hostmpi import binding
+from hpcimages.mpirun import IMAGE_MPI
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPI = HostMpi("pypi", "impi-rt", version="2021.18.1", env={"I_MPI_FABRICS": "shm"})
@@ -134,8 +136,8 @@ HELLO = "Hello World! I am process 0 of 2 on x.\nHello World! I am process 1 of 
 
 
 def test_hello_counts_only_when_the_ranks_ran_on_the_library_the_row_claims():
-    injected = Injection(Path("/cache/impi"), IMPI)
-    own = Injection(None, None)
+    injected = binding(IMPI, Path("/cache/impi"))
+    own = IMAGE_MPI
     assert pairs._hello_verdict(0, HELLO + f"# library file: {HOST_MOUNT}/lib/libmpi.so.12\n", injected) == "pass"
     wrong = pairs._hello_verdict(0, HELLO + "# library file: /usr/local/lib/libmpi.so.12\n", injected)
     assert "not the injected one" in wrong and "/usr/local/lib/libmpi.so.12" in wrong
@@ -145,12 +147,12 @@ def test_hello_counts_only_when_the_ranks_ran_on_the_library_the_row_claims():
 
 
 def test_an_injection_puts_the_folder_first_and_uses_its_launcher():
-    inj = Injection(Path("/cache/impi"), IMPI)
+    inj = binding(IMPI, Path("/cache/impi"))
     assert inj.env == {"LD_LIBRARY_PATH": f"{HOST_MOUNT}/lib", "I_MPI_FABRICS": "shm"}
     assert inj.launcher == f"{HOST_MOUNT}/bin/mpiexec"
-    debian = Injection(Path("/cache/deb"), HostMpi("debian", "libmpich12", suite="bookworm", launcher="image"))
+    debian = binding(HostMpi("debian", "libmpich12", suite="bookworm", launcher="image"), Path("/cache/deb"))
     assert debian.launcher == "mpiexec"
-    assert Injection(None, None).env == {} and Injection(None, None).mounts() == []
+    assert IMAGE_MPI.env == {} and IMAGE_MPI.mounts() == []
 
 
 # -- verdicts ---------------------------------------------------------------------------------------

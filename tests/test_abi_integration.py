@@ -14,9 +14,10 @@ import pytest
 from hpcimages.abi import commands as abi_commands
 from hpcimages.abi import pairs
 from hpcimages.abi import table as abi_table
-from hpcimages.abi.pairs import Injection, PairRunner
+from hpcimages.abi.pairs import PairRunner
 from hpcimages.cli import exit_code
 from hpcimages.engine import find_image
+from hpcimages.mpirun import IMAGE_MPI
 from hpcimages.paths import build_dir
 from hpcimages.publish import catalogue
 from hpcimages.sif import apptainer as ap
@@ -181,7 +182,7 @@ def test_a_crashing_and_a_hanging_test_are_named_and_the_rest_still_runs(client,
     # the hang is caught by the per-test watchdog (10 s), long before the run's own limit
     runner = PairRunner(client, image.id, ROOT / "bench", suite, suite_timeout=300, repeats=0,
                         progress=lambda _: None, test_timeout=10)
-    score = runner.suite(Injection(None, None), 2)
+    score = runner.suite(IMAGE_MPI, 2)
     assert score.status == "crashed" and score.run == 1 and score.failed == [], score
     assert score.crashed[0].startswith("test_b (while importing it, exit")
     assert score.crashed[1] == "test_a.T.test_hang (hung)"

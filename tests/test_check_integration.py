@@ -41,7 +41,7 @@ def matrix(ci_built):
 
 @pytest.fixture(scope="module")
 def checker(client, matrix):
-    return Checker(client, matrix, "ci", hostmpi.prepare(matrix.root), progress=lambda _: None)
+    return Checker(client, matrix, "ci", hostmpi.swap_binding(client, matrix), progress=lambda _: None)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ IMAGE = f"hpcimages/{REF}"
 
 @pytest.fixture(scope="module")
 def checker(client, ci_built):
-    return Checker(client, ci_built.matrix, "ci", hostmpi.prepare(ci_built.matrix.root), progress=lambda _: None)
+    matrix = ci_built.matrix
+    return Checker(client, matrix, "ci", hostmpi.swap_binding(client, matrix), progress=lambda _: None)
 
 
 def mpio(checker: Checker, ranks: int, *args: str, image: str = IMAGE) -> tuple[int, str]:
@@ -50,7 +51,7 @@ def test_mpio_refuses_an_empty_dataset_with_a_clear_message(checker):
 
 
 def test_hdf5_follows_the_injected_mpi_under_the_bind_model(checker):
-    env = hostmpi.SWAP_ENV
+    env = checker.host_mpi.env
     code, out = checker.run(IMAGE, [f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3",
                                     f"{BENCH_MOUNT}/h5py_mpio.py"], env=env, host_mpi=True)
     assert code == 0 and "reopened and verified every element" in out, out

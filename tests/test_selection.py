@@ -122,3 +122,36 @@ def test_numeric_options_get_one_clear_error(args, message, tmp_path):
                           text=True, check=False)
     assert proc.returncode == 2 and f"error: {message}" in proc.stderr, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_build_all_beside_only_is_a_contradiction_not_a_silent_choice(tmp_path):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--all", "--only", "mpi4py", "--profile", "ci",
+                           "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: --all builds every cell of the profile, --only mpi4py chooses some" in proc.stderr
+    alone = subprocess.run([sys.executable, "-m", "invoke", "build", "--all", "--profile", "ci", "--dry-run"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert alone.returncode == 0 and "mpi4py:py3.11-mpich4.3.2" in alone.stdout, alone.stdout + alone.stderr
+
+
+def _help(task: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "invoke", "--help", task], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_bench_help_names_every_benchmark_it_runs_by_default():
+    from hpcimages.measure.bench import BENCHMARKS
+
+    text = "".join(_help("bench").split())
+    assert f"default:allof{','.join(BENCHMARKS)}" in text, text
+
+
+def test_help_shows_every_option_with_its_value_and_no_stray_short_flag():
+    assert "--, " not in _help("submit") and "--no-sharens" in _help("submit")
+    lock = " ".join(_help("lock").split())
+    assert "--only TEXT: compile only locks" in lock, lock
+    build = " ".join(_help("build").split())
+    assert "--only GLOB: only cells matching" in build, build

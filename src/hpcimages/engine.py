@@ -1,5 +1,5 @@
 """The Docker engine, through the Docker SDK: one clear error when it cannot be reached, and one way to run a
-command in a container (check, bench, convert and the test cluster all go through ``run``/``create``)."""
+command in a container (``run``/``create``; MPI runs go through mpirun.py, which builds on them)."""
 
 from __future__ import annotations
 
@@ -64,26 +64,26 @@ class Mount:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """What a container may do beyond the engine's defaults (Apptainer inside a container needs FUSE, no
-    seccomp/AppArmor confinement and unmasked /proc paths; the CLI's `systempaths=unconfined` is client-side
-    sugar for the last, so the API gets empty masked and read-only path lists)."""
+    """What a container may do beyond the engine's defaults. The named sandboxes, each with its reason, are in
+    mpirun.py; ``label`` is how results and reports name one."""
 
     security_opt: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     unmask_paths: bool = False
     cap_add: tuple[str, ...] = ()
-
-
-DEFAULT_SANDBOX = Sandbox()
+    label: str = "engine default"
+    reason: str = ""
 
 
 def create(client: docker.DockerClient, image: str, command: list[str] | None, *, env: dict[str, str] | None = None,
            mounts: Iterable[Mount] = (), network: str = "none", workdir: str | None = None, user: str | None = None,
-           sandbox: Sandbox = DEFAULT_SANDBOX, shm_size: int | str | None = None, name: str | None = None,
+           sandbox: Sandbox | None = None, shm_size: int | str | None = None, name: str | None = None,
            hostname: str | None = None, entrypoint: list[str] | None = None,
            labels: dict[str, str] | None = None, init: bool = False, aliases: Iterable[str] = ()) -> Container:
-    """A created (not started) container; ``command`` is an argument list, never a shell string. ``aliases``:
+    """A created (not started) container; ``command`` is an argument list, never a shell string; ``sandbox`` None:
+    the engine's defaults (mpirun.ENGINE_DEFAULT names them). ``aliases``:
     further names under which the others on a user-defined ``network`` reach it."""
+    sandbox = sandbox or Sandbox()
     binds = {str(m.host): {"bind": m.inside, "mode": "ro" if m.read_only else "rw"} for m in mounts}
     host_config = client.api.create_host_config(
         binds=binds, network_mode=network, security_opt=list(sandbox.security_opt) or None,

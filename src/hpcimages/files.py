@@ -6,6 +6,7 @@ beside the target and moved over it in one rename.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -33,3 +34,12 @@ def write_text(path: Path, text: str, *, sync: bool = False) -> Path:
 def write_json(path: Path, data: object, *, sync: bool = False) -> Path:
     """``data`` as indented JSON with sorted keys (stable diffs), written atomically."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", sync=sync)
+
+
+def expand_paths(spec: str) -> list[str]:
+    """'a.jsonl,b.jsonl' or 'results/*.jsonl' -> paths (a glob that matches nothing stays, to be reported)."""
+    paths: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part:
+            paths.extend(sorted(glob.glob(part)) or [part])
+    return paths

@@ -1,4 +1,4 @@
-"""Where the tool writes: the one place that knows the build folder.
+"""Where the tool writes: the one place that knows the build folder (and the checkout's git revision).
 
 Everything a run produces (logs, reports, ``.sif`` files, job records, bench venvs) goes under the build
 folder: ``<repository>/build`` unless ``HPCIMAGES_BUILD_DIR`` names another (the test suite uses its own).
@@ -7,6 +7,7 @@ folder: ``<repository>/build`` unless ``HPCIMAGES_BUILD_DIR`` names another (the
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 BUILD_DIR_VAR = "HPCIMAGES_BUILD_DIR"
@@ -25,3 +26,19 @@ def build_dir(root: Path) -> Path:
 def relative(path: Path, root: Path) -> str:
     """A path as a message shows it: relative to the repository when it lies inside it."""
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def git_revision(root: Path) -> str:
+    """HEAD's sha, with ``-dirty`` when tracked files differ from it; empty outside a git checkout."""
+    head = git(root, "rev-parse", "HEAD")
+    if not head:
+        return ""
+    return head + ("-dirty" if git(root, "status", "--porcelain", "--untracked-files=no") else "")
+
+
+def git(root: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""

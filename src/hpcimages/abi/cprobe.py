@@ -14,8 +14,8 @@ import docker.errors
 
 from .. import engine
 from ..errors import HpcImagesError
-from ..measure.bench import COMPILER_LAYER
-from .pairs import HOST_MOUNT, Injection, PairRunner, short
+from ..mpirun import COMPILER_LAYER, HOST_MPI_MOUNT, Binding
+from .pairs import PairRunner, short
 
 PROBE_DIR = "/opt/hpcimages-abi-c"
 SOURCE = "abi_c_probe.c"
@@ -41,7 +41,7 @@ def c_probe_image(client: docker.DockerClient, family: str, tag: str, image: str
         raise CProbeError(f"cannot build {name}: {exc.msg}") from None
 
 
-def run_c_probe(runner: PairRunner, inj: Injection) -> str:
+def run_c_probe(runner: PairRunner, inj: Binding) -> str:
     """'pass', or what happened to the compiled program with this library."""
     binary = f"{PROBE_DIR}/abi_c_probe"
     soname = runner.soname
@@ -51,7 +51,7 @@ def run_c_probe(runner: PairRunner, inj: Injection) -> str:
     code, out = runner.run(inj, [inj.launcher, "-n", "2", binary])
     ran = out.count("allreduce 1") == 2
     isendrecv = out.count("MPI_Isendrecv ok") == 2
-    if inj.host is not None and not resolved.startswith(HOST_MOUNT + "/"):
+    if inj.bound and not resolved.startswith(HOST_MPI_MOUNT + "/"):
         state = "2 ranks ran" if ran else f"2 ranks did not run (exit {code})"
         return f"{soname} resolves to {resolved}, not the injected library; {state}"
     if ran and isendrecv and code == 0:

@@ -1,11 +1,9 @@
 """One row of the ABI table: an image with one host-MPI stand-in injected the way a site does it.
 
-Injection: the stand-in's folder bind-mounted at ``/opt/host-mpi`` (read-only), its ``lib/`` first on
-``LD_LIBRARY_PATH``, ranks started by its own ``mpiexec`` (or the image's, for a library without one). Every
-container runs with no network, the hostname ``localhost`` (mpi4py's suite resolves its own host name) and
-``--cap-add SYS_PTRACE``: Docker's default seccomp profile then allows the cross-memory-attach calls MPICH uses for
-large messages, as an informed site runs it (with the default profile the MPICH 5.0.2 wheel's ``osu_bw`` hangs at
-1 MiB; MPICH 4.3.2 falls back to a slower copy).
+Injection (mpirun.Binding): the stand-in's folder bind-mounted at ``/opt/host-mpi`` (read-only), its ``lib/`` first
+on ``LD_LIBRARY_PATH``, ranks started by its own ``mpiexec`` (or the image's, for a library without one). Every
+container runs with no network, the hostname ``localhost`` (mpi4py's suite resolves its own host name) and the
+sandbox an informed site uses (mpirun.CROSS_MEMORY_ATTACH, which says why).
 
 Measured per pair, each step only when the one before it passed:
 
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,17 +29,15 @@ from pathlib import Path
 
 import docker
 
-from .. import engine
-from ..define.standins import HostMpi
+from .. import engine, stats
 from ..engine import Mount
 from ..errors import output_tail
-from ..measure.bench import SANDBOX
 from ..measure.results import ResultsError, parse_osu
+from ..mpirun import BENCH_MOUNT, CROSS_MEMORY_ATTACH, HOST_MPI_MOUNT, Binding, loaded_from_host, run_in_image
 from ..sif.apptainer import Runtime
 
-HOST_MOUNT = "/opt/host-mpi"
+HOST_MOUNT = HOST_MPI_MOUNT
 ABI_MOUNT = "/opt/hpcimages-abi"
-BENCH_MOUNT = "/opt/hpcimages-bench"
 TESTS_MOUNT = "/opt/mpi4py-test"
 OUT_MOUNT = "/out"
 INCONTAINER = Path(__file__).parent / "incontainer"
@@ -114,29 +109,6 @@ class Pair:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class Injection:
-    """How a run sees the stand-in: mounts, environment and launcher (none for the image's own MPICH)."""
-
-    folder: Path | None
-    host: HostMpi | None
-
-    @property
-    def env(self) -> dict[str, str]:
-        if self.host is None:
-            return {}
-        return {"LD_LIBRARY_PATH": f"{HOST_MOUNT}/lib", **self.host.env}
-
-    @property
-    def launcher(self) -> str:
-        if self.host is None or self.host.launcher == "image":
-            return "mpiexec"
-        return f"{HOST_MOUNT}/bin/mpiexec"
-
-    def mounts(self) -> list[Mount]:
-        return [Mount(self.folder, HOST_MOUNT)] if self.folder is not None else []
-
-
 class PairRunner:
     """Runs the steps of a pair in containers of one image."""
 
@@ -156,20 +128,22 @@ class PairRunner:
         self.c_problem = "not tried: no C probe"
         self.soname = "libmpi.so.12"  # what the image's mpi4py links: libmpi_abi.so.1 for the MPI-5 standard ABI
 
-    def run(self, inj: Injection, argv: list[str], timeout: int = STEP_TIMEOUT_S, out: Path | None = None,
+    def run(self, inj: Binding, argv: list[str], timeout: int = STEP_TIMEOUT_S, out: Path | None = None,
             env: dict[str, str] | None = None) -> tuple[int, str]:
-        mounts = [Mount(INCONTAINER, ABI_MOUNT), Mount(self.bench_dir, BENCH_MOUNT), *inj.mounts()]
+        mounts = [Mount(INCONTAINER, ABI_MOUNT), Mount(self.bench_dir, BENCH_MOUNT)]
         if self.tests is not None:
             mounts.append(Mount(self.tests, TESTS_MOUNT))
         if out is not None:
             mounts.append(Mount(out, OUT_MOUNT, read_only=False))
-        return engine.run(self.client, self.image_id, argv, timeout=timeout, env={**inj.env, **(env or {})},
-                          mounts=mounts, user="0", hostname="localhost", sandbox=SANDBOX)
+        return run_in_image(self.client, self.image_id, argv, timeout=timeout, binding=inj, mounts=mounts, env=env,
+                            hostname="localhost", sandbox=CROSS_MEMORY_ATTACH)
 
     # -- steps -------------------------------------------------------------------------------------
 
-    def probe(self, inj: Injection, pair: Pair) -> None:
-        code, out = self.run(inj, [inj.launcher, "-n", "1", "python3", f"{ABI_MOUNT}/abi_probe.py"])
+    def probe(self, inj: Binding, pair: Pair) -> None:
+        # abi_probe asks bench/mpiloaded.py which library it loaded (the one answer, shared with the scripts)
+        code, out = self.run(inj, [inj.launcher, "-n", "1", "python3", f"{ABI_MOUNT}/abi_probe.py"],
+                             env={"PYTHONPATH": BENCH_MOUNT})
         facts = engine.last_json_line(out)
         if facts is None:
             missing = self._missing_soname(inj)
@@ -186,26 +160,26 @@ class PairRunner:
         pair.mpi_version = str(facts.get("mpi_version") or "")
         pair.mpi4py_version = str(facts.get("mpi4py") or "")
         pair.mpi4 = dict(facts.get("mpi4") or {})
-        injected = [f for f in files if f.startswith(HOST_MOUNT + "/")]
-        if inj.host is not None and not injected:
+        injected = loaded_from_host(files)
+        if inj.bound and not injected:
             pair.load_reason = self._not_injected(inj, pair)
             return
-        if inj.host is None and injected:
+        if not inj.bound and injected:
             pair.load_reason = f"the image's own run loaded {injected[0]}"
             return
         pair.loads = code == 0
         if not pair.loads:
             pair.load_reason = f"exit {code}: {short(out)}"
 
-    def _not_injected(self, inj: Injection, pair: Pair) -> str:
+    def _not_injected(self, inj: Binding, pair: Pair) -> str:
         loaded = f"mpi4py loaded {pair.library_file or 'no library file'} ({pair.library_version})"
         missing = self._missing_soname(inj)
         if missing:
             return f"{missing} ({loaded} instead)"
-        wanted = inj.host.soname if inj.host and self.soname == "libmpi.so.12" else self.soname
+        wanted = inj.soname if inj.bound and self.soname == "libmpi.so.12" else self.soname
         return f"{loaded}, not the injected {wanted} under {HOST_MOUNT}/lib"
 
-    def _missing_soname(self, inj: Injection) -> str:
+    def _missing_soname(self, inj: Binding) -> str:
         """Why a standard-ABI image cannot bind this stand-in, read from its lib/ ('' when it has the soname)."""
         if self.soname == "libmpi.so.12" or inj.folder is None or (inj.folder / "lib" / self.soname).exists():
             return ""
@@ -214,19 +188,18 @@ class PairRunner:
             "it implements no MPI-5 standard ABI"
         return f"the stand-in has no {self.soname}: {has}"
 
-    def hello(self, inj: Injection) -> str:
+    def hello(self, inj: Binding) -> str:
         code, out = self.run(inj, [inj.launcher, "-n", "2", "python3", f"{BENCH_MOUNT}/hello_mpi4py.py", "--library"])
         return _hello_verdict(code, out, inj)
 
-    def bench(self, own: Injection, inj: Injection) -> tuple[float | None, float | None, float | None, float | None,
+    def bench(self, own: Binding, inj: Binding) -> tuple[float | None, float | None, float | None, float | None,
                                                            str, list[float]]:
         """Medians of osu_bw 1 MiB and osu_latency 8 B, own and injected runs interleaved:
         (bw_own, bw_inj, lat_own, lat_inj, what failed, injected / own bandwidth of each repeat where both ran)."""
         samples: dict[tuple[str, str], list[float]] = {}
         failed: dict[str, str] = {}
-        bw_paired: list[float] = []
-        for _ in range(self.repeats):
-            this_repeat: dict[tuple[str, str], float] = {}
+        bw_runs: dict[tuple[str, int], float] = {}  # (own | inj, repeat) -> MB/s, for the paired ratios
+        for repeat in range(self.repeats):
             for name, which in (("own", own), ("inj", inj)):
                 for bench, size, metric in (("osu_bw", BW_SIZE, "bandwidth_mbs"),
                                             ("osu_latency", LAT_SIZE, "latency_us")):
@@ -235,21 +208,21 @@ class PairRunner:
                     value = _osu_value(out, size, metric) if code == 0 else None
                     if value is not None:
                         samples.setdefault((name, bench), []).append(value)
-                        this_repeat[(name, bench)] = value
+                        if bench == "osu_bw":
+                            bw_runs[(name, repeat)] = value
                     else:
                         why = "timed out" if code == engine.EXIT_TIMEOUT else f"exit {code}"
                         failed.setdefault(f"{bench} {size} B ({'own' if name == 'own' else 'injected'})", why)
-            if this_repeat.get(("own", "osu_bw")) and ("inj", "osu_bw") in this_repeat:
-                bw_paired.append(this_repeat[("inj", "osu_bw")] / this_repeat[("own", "osu_bw")])
+        bw_paired = stats.paired_ratios(bw_runs, "inj", "own")
 
         def median(key: tuple[str, str]) -> float | None:
-            return statistics.median(samples[key]) if samples.get(key) else None
+            return stats.median_or_none(samples.get(key, []))
 
         note = "; ".join(f"{what}: {why}" for what, why in failed.items())
         return (median(("own", "osu_bw")), median(("inj", "osu_bw")), median(("own", "osu_latency")),
                 median(("inj", "osu_latency")), note, bw_paired)
 
-    def suite(self, inj: Injection, ranks: int) -> SuiteScore:
+    def suite(self, inj: Binding, ranks: int) -> SuiteScore:
         score = SuiteScore(ranks)
         if self.tests is None:
             score.note = "no test suite (mpi4py sdist not prepared)"
@@ -304,7 +277,7 @@ class PairRunner:
         score.seconds = time.monotonic() - start
         return score
 
-    def apptainer(self, runtime: Runtime | None, sif: Path | None, inj: Injection) -> str:
+    def apptainer(self, runtime: Runtime | None, sif: Path | None, inj: Binding) -> str:
         if runtime is None:
             return "not tried: no Apptainer runtime"
         if sif is None:
@@ -315,13 +288,12 @@ class PairRunner:
         env = {"APPTAINERENV_UCX_POSIX_USE_PROC_LINK": "n"}
         binds = ["-B", bench_dir]
         launcher = "mpiexec"
-        if inj.folder is not None and inj.host is not None:
+        if inj.folder is not None:
             host_dir, host_mounts = runtime.see(inj.folder, HOST_MOUNT)
             mounts += host_mounts
             binds += ["-B", f"{host_dir}:{HOST_MOUNT}:ro"]
-            env.update({f"APPTAINERENV_{k}": v for k, v in inj.env.items()})
-            env.update(inj.host.env)  # the launcher outside reads its own variables
-            if inj.host.launcher != "image":
+            env.update(inj.apptainer_env())  # and the launcher outside reads the host MPI's own variables
+            if inj.own_launcher:
                 launcher = f"{host_dir}/bin/mpiexec"
         code, out = runtime.run([launcher, "-n", "2", "apptainer", "exec", *binds, f"{sif_dir}/{sif.name}", "python3",
                                  f"{BENCH_MOUNT}/hello_mpi4py.py", "--library"], mounts, env=env,
@@ -349,15 +321,15 @@ def _load_error(error: str) -> str:
     return lines[-1] if lines else error
 
 
-def _hello_verdict(code: int, out: str, inj: Injection) -> str:
+def _hello_verdict(code: int, out: str, inj: Binding) -> str:
     if code != 0 or "process 0 of 2" not in out or "process 1 of 2" not in out:
         return f"2-rank hello failed (exit {code}): {short(out)}"
     library_file = next((line.split(":", 1)[1].strip() for line in out.splitlines()
                          if line.startswith("# library file:")), "")
-    from_host = any(f.startswith(HOST_MOUNT + "/") for f in library_file.split())
-    if inj.host is not None and not from_host:
+    from_host = bool(loaded_from_host(library_file.split()))
+    if inj.bound and not from_host:
         return f"2 ranks ran, but on {library_file or 'an unnamed library'}, not the injected one"
-    if inj.host is None and from_host:
+    if not inj.bound and from_host:
         return f"2 ranks ran on the host library {library_file}"
     return "pass"
 

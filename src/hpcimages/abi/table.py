@@ -22,20 +22,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import docker
-from tabulate import tabulate
 
+from .. import stats, tables
 from ..define.matrix import Cell, Matrix, Profile
 from ..define.standins import HostMpi
 from ..engine import find_image
 from ..errors import HpcImagesError
 from ..files import write_json, write_text
-from ..measure.report import bootstrap_interval
+from ..images import hostmpi
+from ..mpirun import IMAGE_MPI, Binding
 from ..paths import build_dir
 from ..sif.apptainer import Runtime
 from ..sif.convert import is_fresh, sif_dir, sif_name
 from ..validate import shown
-from . import cprobe, mpi4py_tests, standins
-from .pairs import INCONTAINER, OWN, Injection, Pair, PairRunner, SuiteScore
+from . import cprobe, mpi4py_tests
+from .pairs import INCONTAINER, OWN, Pair, PairRunner, SuiteScore
 
 Progress = Callable[[str], None]
 SLOW_BANDWIDTH = 0.5  # below half the image's own bandwidth a site must know
@@ -89,7 +90,7 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
     """Every cell × (own, stand-ins...), measured; written under build/abi/ after each image."""
     folders: dict[str, Path] = {}
     for host in hosts:
-        folders[host.name] = standins.prepare(client, matrix, host, progress)
+        folders[host.name] = hostmpi.prepare(client, matrix, host, progress)
     bench = matrix.root / "bench"
     pairs: list[Pair] = []
     for i, cell in enumerate(cells, 1):
@@ -105,18 +106,18 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
                             test_timeout)
         runner.c_runner, runner.c_problem, runner.soname = c_runner, c_problem, cell.mpi.soname
         rows = [_own_row(runner, matrix, cell, image_ref, suite)]
-        own_inj = Injection(None, None)
+        own_inj = IMAGE_MPI
         rows[0].apptainer = runner.apptainer(runtime, sif_ok, own_inj)
         rows[0].c_probe = cprobe.run_c_probe(c_runner, own_inj) if c_runner else c_problem
         judge(rows[0], None)
         for j, host in enumerate(hosts, 1):
-            pair = Pair(cell.ref, image_ref, image.id, host.name, standins.version_of(folders[host.name]), host.abi)
+            pair = Pair(cell.ref, image_ref, image.id, host.name, hostmpi.version_of(folders[host.name]), host.abi)
             why_not = pairing_problem(matrix, profile, cell, host)
             if why_not:
                 pair.status, pair.skip_reason, pair.verdict = "skipped", why_not, "not paired"
             else:
                 progress(f"[{i}/{len(cells)}] {cell.ref} × {host.name} ({j}/{len(hosts)}) ...")
-                measure_pair(runner, pair, Injection(folders[host.name], host), own_inj, suite, runtime, sif_ok)
+                measure_pair(runner, pair, hostmpi.binding(host, folders[host.name]), own_inj, suite, runtime, sif_ok)
                 judge(pair, rows[0])
                 progress(f"    {pair.verdict}{': ' + pair.verdict_reason if pair.verdict_reason else ''}")
             rows.append(pair)
@@ -147,7 +148,7 @@ def _own_row(runner: PairRunner, matrix: Matrix, cell: Cell, image_ref: str, sui
     """The image's own MPICH, measured first; its probe names the mpi4py version whose suite the runner then uses
     for every row of this image."""
     row = Pair(cell.ref, image_ref, runner.image_id, OWN, cell.mpi.version, cell.mpi.abi)
-    own = Injection(None, None)
+    own = IMAGE_MPI
     runner.probe(own, row)
     if suite and row.mpi4py_version:
         try:
@@ -159,7 +160,7 @@ def _own_row(runner: PairRunner, matrix: Matrix, cell: Cell, image_ref: str, sui
     return row
 
 
-def measure_pair(runner: PairRunner, pair: Pair, inj: Injection, own: Injection, suite: bool,
+def measure_pair(runner: PairRunner, pair: Pair, inj: Binding, own: Binding, suite: bool,
                  runtime: Runtime | None, sif: Path | None, probe: bool = True) -> None:
     start = time.monotonic()
     if probe:
@@ -168,16 +169,16 @@ def measure_pair(runner: PairRunner, pair: Pair, inj: Injection, own: Injection,
         pair.seconds = time.monotonic() - start
         return
     pair.hello = runner.hello(inj)
-    if pair.hello == "pass" and inj.host is not None:
+    if pair.hello == "pass" and inj.bound:
         pair.c_probe = cprobe.run_c_probe(runner.c_runner, inj) if runner.c_runner else runner.c_problem
     if pair.hello == "pass":
-        if inj.host is not None:
+        if inj.bound:
             bw_own, bw_inj, lat_own, lat_inj, pair.bench_note, bw_paired = runner.bench(own, inj)
             pair.bw_mbs, pair.lat_us = bw_inj, lat_inj
             pair.bw_ratio = bw_inj / bw_own if bw_inj and bw_own else None
-            if len(bw_paired) >= 2:  # the spread of the repeats decides, not one median
-                _, low, high = bootstrap_interval(bw_paired)
-                pair.bw_interval = [round(low, 3), round(high, 3)]
+            found = stats.interval(bw_paired)  # the spread of the repeats decides, not one median
+            if found is not None:
+                pair.bw_interval = [round(found.low, 3), round(found.high, 3)]
             pair.lat_ratio = lat_inj / lat_own if lat_inj and lat_own else None
             pair.apptainer = runner.apptainer(runtime, sif, inj)
         if suite:
@@ -292,7 +293,7 @@ HEADERS = ["image", "host MPI", "version", "loads", "mpi4py ABI", "library", "he
 
 
 def terminal_table(pairs: list[Pair]) -> str:
-    text = tabulate(rows(pairs), headers=HEADERS, tablefmt="simple")
+    text = tables.terminal(rows(pairs), HEADERS)
     return text + "\n\n" + reasons(pairs)
 
 
@@ -303,11 +304,7 @@ def reasons(pairs: list[Pair]) -> str:
 
 
 def markdown(pairs: list[Pair], profile: str) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    head = "| " + " | ".join(HEADERS) + " |\n|" + "---|" * len(HEADERS) + "\n"
-    body = "".join("| " + " | ".join(cell(c) for c in row) + " |\n" for row in rows(pairs))
+    cell = tables.markdown_cell
     notes = "".join(f"- **{cell(p.cell)} × {cell(p.host)}**: {p.verdict}: {cell(p.verdict_reason or p.skip_reason)}\n"
                     for p in pairs if p.verdict_reason or p.skip_reason)
     failed = "".join(f"- {cell(p.cell)} × {cell(p.host)}, {s.ranks} rank(s): {cell(', '.join(s.failed + s.crashed))}\n"
@@ -318,7 +315,7 @@ def markdown(pairs: list[Pair], profile: str) -> str:
             "Ratios are the stand-in's median over the image's own MPICH's, interleaved in one run (bandwidth: "
             "higher is faster; latency: higher is slower). Suite: mpi4py's own tests from the sdist of the image's "
             "mpi4py (pass/fail/skip); a failure that also happens with the image's own MPICH is not held against a "
-            "stand-in.\n\n" + head + body + ("\n## Why\n\n" + notes if notes else "")
+            "stand-in.\n\n" + tables.markdown(rows(pairs), HEADERS) + "\n" + ("\n## Why\n\n" + notes if notes else "")
             + ("\n## Failing tests\n\n" + failed if failed else ""))
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jinja2
 
+from .. import tables
 from ..define.matrix import IMAGE_RE, Matrix
 from ..define.sites import Site
 from ..errors import HpcImagesError
@@ -409,15 +410,13 @@ def live_states(root: Path, sites: dict[str, Site], records: Iterable[JobRecord]
 
 
 def jobs_table(records: list[JobRecord], states: dict[str, tuple[str, str]]) -> str:
-    from tabulate import tabulate
-
     rows = []
     for r in records:
         live, detail = states.get(r.key, (r.slurm_state or "-", ""))
         note = r.summary or r.message or detail
         rows.append([r.key[:15], r.site, r.bench, r.model, r.image.rsplit("/", 1)[-1], r.job_id or "-", r.state,
                      live, note[:100]])
-    return tabulate(rows, headers=["record", "site", "bench", "model", "image", "job", "state", "slurm", "note"])
+    return tables.terminal(rows, ["record", "site", "bench", "model", "image", "job", "state", "slurm", "note"])
 
 
 @dataclass

@@ -27,8 +27,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .. import engine
-from ..abi import standins
+from .. import engine, mpirun
 from ..define.matrix import read_matrix
 from ..engine import Mount
 from ..errors import HpcImagesError
@@ -52,7 +51,7 @@ FOREIGN_MOUNT = "/opt/foreign-mpi"
 READY_TIMEOUT_S = 180
 #: Apptainer's needs, and CAP_SYS_NICE: slurmstepd (task/affinity) pins each task after it has become the job's
 #: user, and setting another user's CPU affinity needs it (without it every job fails: "task_g_set_affinity").
-NODE_SANDBOX = dataclasses.replace(tools.APPTAINER_SANDBOX, cap_add=("SYS_NICE",))
+NODE_SANDBOX = dataclasses.replace(mpirun.APPTAINER, cap_add=("SYS_NICE",))
 
 
 class ClusterError(HpcImagesError):
@@ -99,7 +98,7 @@ def _foreign_mpi(client: docker.DockerClient, root: Path, progress: Callable[[st
     """The matrix's first Open MPI stand-in, installed into the cache (None when the matrix declares none)."""
     matrix = read_matrix(root / "matrix.toml")
     host = next((h for h in matrix.host_mpis.values() if h.abi == "openmpi"), None)
-    return standins.prepare(client, matrix, host, progress) if host is not None else None
+    return hostmpi.prepare(client, matrix, host, progress) if host is not None else None
 
 
 def _running(client: docker.DockerClient, labels: dict[str, str], count: int) -> bool:
@@ -130,7 +129,11 @@ def start(client: docker.DockerClient, root: Path, progress: Callable[[str], Non
               FOREIGN_LABEL: foreign.name if foreign is not None else "", NODES_LABEL: str(nodes)}
     names = node_names(nodes)
     if not _running(client, labels, nodes):
-        host_mpi = hostmpi.prepare(root)
+        swap = hostmpi.swap_binding(client, read_matrix(root / "matrix.toml"), progress)
+        if swap is None or swap.folder is None:
+            raise ClusterError("matrix.toml declares no bind-swap stand-in (a [[host_mpi]] with swap = true): the "
+                               "test cluster binds it at /opt/host-mpi")
+        host_mpi = swap.folder
         progress(f"starting the Slurm test cluster: {CONTROLLER} and {', '.join(names)} on the network {NETWORK} ...")
         client.networks.create(NETWORK, driver="bridge", labels={CLUSTER_LABEL: "1"})
         key = secrets.token_bytes(1024)

@@ -28,12 +28,6 @@ TARGET_PLATFORM = "x86_64-unknown-linux-gnu"
 INPUT_MARK = "# input-sha256: "
 CONTENT_MARK = "# content-sha256: "
 
-#: The stand-in for a cluster's host MPI in the bind-model checks and benchmarks (images/hostmpi.py unpacks it):
-#: Intel MPI's runtime from PyPI, MPICH ABI. Its lock is compiled and drift-checked with the others.
-HOST_MPI_NAME = "impi-rt"
-HOST_MPI_VERSION = "2021.17.2"
-HOST_MPI_LOCK = f"pip-requirements/mpi/{HOST_MPI_NAME}-{HOST_MPI_VERSION}.txt"
-
 
 #: What compiling mpi4py's sdist for the MPI-5 standard ABI needs besides a C compiler (its pyproject and
 #: conf/requirements-build-cython.txt); a build stage installs them, the image never holds them.
@@ -88,14 +82,13 @@ def lock_jobs(matrix: Matrix, profile: str | Profile | None = None) -> list[Lock
             jobs[out] = LockJob(out, _input_text(matrix, cell), cell.family.requirements or "", cell.python,
                                 _parent_lock(matrix, cell))
     if profile is None or jobs:
-        jobs[HOST_MPI_LOCK] = LockJob(HOST_MPI_LOCK, host_mpi_lock_input(), f"{HOST_MPI_NAME}=={HOST_MPI_VERSION}",
-                                      "3.11", None)
         for host in matrix.host_mpis.values():
             # a stand-in that an image cell also installs shares that cell's lock (same input, same file)
             if host.lock and host.lock not in jobs:
                 cells_install = any(c.mpi.name == host.package and c.mpi.version == host.version
                                     and c.mpi.method == "wheel" for c in matrix.all_cells)
                 text = _mpi_wheel_input(host.package, host.version) if cells_install else \
+                    _swap_input(host.package, host.version) if host.swap else \
                     f"# a host-MPI stand-in of the ABI table (invoke abi)\n{host.package}=={host.version}\n"
                 jobs[host.lock] = LockJob(host.lock, text, f"{host.package}=={host.version}", "3.11", None)
     return list(jobs.values())
@@ -105,8 +98,8 @@ def _mpi_wheel_input(name: str, version: str) -> str:
     return f"# the MPI of the cells that install {name} {version} as a wheel\n{name}=={version}\n"
 
 
-def host_mpi_lock_input() -> str:
-    return f"# the stand-in host MPI of the bind-model checks (invoke check)\n{HOST_MPI_NAME}=={HOST_MPI_VERSION}\n"
+def _swap_input(name: str, version: str) -> str:
+    return f"# the stand-in host MPI of the bind-model checks (invoke check)\n{name}=={version}\n"
 
 
 def _input_text(matrix: Matrix, cell: Cell) -> str:

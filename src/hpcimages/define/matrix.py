@@ -229,7 +229,12 @@ class Matrix:
     families: Mapping[str, Family]
     exclude: tuple[Mapping[str, str], ...]
     profiles: Mapping[str, Profile]
-    host_mpis: Mapping[str, HostMpi] = field(default_factory=dict)  # stand-ins for `invoke abi`
+    host_mpis: Mapping[str, HostMpi] = field(default_factory=dict)  # every host MPI the project injects
+
+    @property
+    def swap_host(self) -> HostMpi | None:
+        """The stand-in of the bind-model swap (``swap = true``), None when the matrix declares none."""
+        return next((h for h in self.host_mpis.values() if h.swap), None)
 
     @property
     def template_dir(self) -> Path:

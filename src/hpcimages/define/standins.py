@@ -1,4 +1,6 @@
-"""Host-MPI stand-ins: the MPIs a site might bind into the images, declared in ``matrix.toml`` for ``invoke abi``.
+"""Host-MPI stand-ins: the MPIs a site might bind into the images, declared in ``matrix.toml``. Every host MPI the
+project injects anywhere is one of these (``invoke abi``'s rows, the bind-model swap of ``invoke check`` and the
+benchmarks, the test cluster's host MPIs); images/hostmpi.py installs them.
 
 Each ``[[host_mpi]]`` entry is one library a cluster could have::
 
@@ -7,6 +9,8 @@ Each ``[[host_mpi]]`` entry is one library a cluster could have::
     package = "impi-rt"
     version = "2021.19.0"
     env = { I_MPI_FABRICS = "shm" }   # what its ranks need in a container without a network
+    swap = true              # the one stand-in of the bind-model swap (invoke check, the bench's container+impi,
+                             # the test cluster's /opt/host-mpi); at most one entry says so
 
     [[host_mpi]]
     from = "debian"          # Debian's own MPICH of another suite, with the libraries it needs
@@ -29,7 +33,7 @@ from ..validate import problem, shown
 SOURCES = ("pypi", "debian")
 ABIS = ("mpich", "openmpi")
 LAUNCHERS = ("own", "image")
-KEYS = {"from", "package", "version", "suite", "abi", "env", "launcher"}
+KEYS = {"from", "package", "version", "suite", "abi", "env", "launcher", "swap"}
 PACKAGE_RE = re.compile(r"[a-z][a-z0-9-]{0,40}[a-z0-9]")
 VERSION_RE = re.compile(r"\d{1,6}(\.\d{1,6}){1,3}(\.post\d{1,3})?")
 SUITE_RE = re.compile(r"[a-z]{2,20}")
@@ -37,6 +41,9 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,80}")
 ENV_VALUE_RE = re.compile(r"[A-Za-z0-9_=,.:/+@ -]{0,200}")
 #: The soname each ABI's library carries: what the stand-in's lib/ must hold.
 SONAMES = {"mpich": "libmpi.so.12", "openmpi": "libmpi.so.40"}
+#: How each package's library begins its MPI_Get_library_version text: the proof that this vendor's library ran.
+BANNERS = {"impi-rt": "Intel(R) MPI Library", "mpich": "MPICH Version:", "libmpich12": "MPICH Version:",
+           "openmpi": "Open MPI"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class HostMpi:
     abi: str = "mpich"
     env: Mapping[str, str] = field(default_factory=dict)
     launcher: str = "own"
+    swap: bool = False  # the stand-in of the bind-model swap
 
     @property
     def name(self) -> str:
@@ -63,6 +71,11 @@ class HostMpi:
     def soname(self) -> str:
         return SONAMES[self.abi]
 
+    @property
+    def banner(self) -> str:
+        """The start of its MPI_Get_library_version text ('' for a package whose banner is not known)."""
+        return BANNERS.get(self.package, "")
+
 
 Fail = Callable[[str, str], Exception]
 
@@ -77,6 +90,9 @@ def load_host_mpis(entries: Any, fail: Fail) -> dict[str, HostMpi]:
         if host.name in found:
             raise fail(f"host_mpi[{i}]", f"{host.name!r} is declared twice")
         found[host.name] = host
+    swaps = [name for name, host in found.items() if host.swap]
+    if len(swaps) > 1:
+        raise fail("host_mpi", f"only one stand-in may be the bind-model swap (swap = true): {', '.join(swaps)}")
     return found
 
 
@@ -96,11 +112,17 @@ def _one(entry: Any, key: str, fail: Fail) -> HostMpi:
     checked_env = {_string(name, f"{key}.env", ENV_NAME_RE, "variable name", fail):
                    _string(value, f"{key}.env.{name}", ENV_VALUE_RE, "variable value", fail)
                    for name, value in env.items()}
+    swap = entry.get("swap", False)
+    if not isinstance(swap, bool):
+        raise fail(f"{key}.swap", f"must be true or false, got {shown(swap)}")
+    if swap and (source != "pypi" or abi != "mpich" or launcher != "own"):
+        raise fail(f"{key}.swap", "the bind-model swap needs a wheel (from = \"pypi\") of the MPICH ABI with its own "
+                                  "launcher: the checks start its ranks with its bin/mpiexec")
     if source == "pypi":
         if "suite" in entry:
             raise fail(f"{key}.suite", "only a Debian stand-in has a suite; a PyPI one has a version")
         version = _string(entry.get("version"), f"{key}.version", VERSION_RE, "version (X.Y[.Z])", fail)
-        return HostMpi(source, package, version=version, abi=abi, env=checked_env, launcher=launcher)
+        return HostMpi(source, package, version=version, abi=abi, env=checked_env, launcher=launcher, swap=swap)
     if "version" in entry:
         raise fail(f"{key}.version", "a Debian stand-in takes the suite's version; give `suite` only")
     suite = _string(entry.get("suite"), f"{key}.suite", SUITE_RE, "Debian suite", fail)

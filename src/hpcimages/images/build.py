@@ -22,7 +22,6 @@ import io
 import json
 import re
 import socket
-import subprocess
 import tarfile
 import threading
 import time
@@ -33,14 +32,14 @@ from pathlib import Path
 
 import docker
 import docker.errors
-from tabulate import tabulate
 
+from .. import tables
 from ..define.lock import lock_drift, locked_pins
 from ..define.matrix import Cell, Matrix, Profile, Source, select_cells
 from ..define.render import dockerfile_path, drift
 from ..engine import find_image
 from ..errors import HpcImagesError
-from ..paths import build_dir, relative
+from ..paths import build_dir, git, git_revision, relative
 from . import reports, wheelhouse
 
 INPUT_LABEL = "io.hpcimages.input-hash"
@@ -86,9 +85,9 @@ class BuildReport:
         return not self.failed
 
     def table(self) -> str:
-        rows = [[r.ref, r.status, f"{r.seconds:.1f}s", _size(r.size_bytes), r.image if r.ok else _clip(r.reason)]
+        rows = [[r.ref, r.status, f"{r.seconds:.1f}s", tables.size(r.size_bytes), r.image if r.ok else _clip(r.reason)]
                 for r in self.results]
-        return tabulate(rows, headers=["cell", "status", "time", "size", "image / reason"], tablefmt="simple")
+        return tables.terminal(rows, ["cell", "status", "time", "size", "image / reason"])
 
 
 def _telling(line: str) -> bool:
@@ -105,10 +104,6 @@ def _short_command(error: str) -> str:
 
 def _clip(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _size(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.0f} MB"
 
 
 class BuildError(HpcImagesError):
@@ -150,7 +145,7 @@ def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell]) -> str:
         if mpi_source(profile, cell) is not None:
             start += f" (MPI compiled in {profile.mpi_build_image})"
         rows.append([cell.ref, ", ".join(tags), start])
-    return tabulate(rows, headers=["cell", "tags", "FROM"], tablefmt="simple") + f"\n{len(cells)} cells"
+    return tables.terminal(rows, ["cell", "tags", "FROM"]) + f"\n{len(cells)} cells"
 
 
 def check_inputs_fresh(matrix: Matrix) -> None:
@@ -288,22 +283,6 @@ def provenance_labels(matrix: Matrix, profile: Profile, digest: str) -> dict[str
     if source and "@" not in source:  # never put credentials of a remote URL into a label
         labels["org.opencontainers.image.source"] = source
     return labels
-
-
-def git_revision(root: Path) -> str:
-    """HEAD's sha, with ``-dirty`` when tracked files differ from it; empty outside a git checkout."""
-    head = git(root, "rev-parse", "HEAD")
-    if not head:
-        return ""
-    return head + ("-dirty" if git(root, "status", "--porcelain", "--untracked-files=no") else "")
-
-
-def git(root: Path, *args: str) -> str:
-    try:
-        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
-    except OSError:
-        return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,7 +574,7 @@ class Builder:
                     cell = running.pop(future)
                     r = future.result()
                     done += 1
-                    detail = r.reason if r.status == "failed" else f"{r.seconds:.1f}s, {_size(r.size_bytes)}"
+                    detail = r.reason if r.status == "failed" else f"{r.seconds:.1f}s, {tables.size(r.size_bytes)}"
                     self.say(f"[{done}/{total}] {cell.ref}: {r.status} ({detail})")
 
 

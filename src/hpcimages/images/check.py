@@ -7,16 +7,17 @@ labels     the image's labels agree with the matrix and with what is inside
 linking    the MPI extensions (mpi4py's) need ``libmpi.so.12`` dynamically, resolved by the loader, with no
            RPATH/RUNPATH that would beat ``LD_LIBRARY_PATH``; other extensions that link MPI likewise
 mpi-run    a 2-rank ``mpiexec`` of bench/hello_mpi4py.py prints both ranks
-bind-swap  with a different MPICH-ABI library (Intel MPI from ``impi-rt``) mounted and first on
-           ``LD_LIBRARY_PATH``, mpi4py reports it and 2 ranks run under its launcher; unset, the image's own
-           MPICH is used again
+bind-swap  with a different MPICH-ABI library (the matrix's ``swap = true`` stand-in, Intel MPI from ``impi-rt``)
+           bound the way a site binds it (mpirun.Binding), mpi4py reports it and 2 ranks run under its launcher;
+           unset, the image's own MPICH is used again
 hygiene    no wheels, pip caches, credentials, private keys or extra CA bundles in the file system, no
            secrets in the image's environment or ``docker history``
 family     what only this family can prove (a CUDA kernel under numba's simulator; for a family with a parallel
            HDF5: h5py's MPI build on that HDF5, and a 2-rank ``driver='mpio'`` write verified element by element
            under the image's MPICH and under the bind model)
 
-Every container runs with ``--network none``: an image must work without a network.
+Every container runs with ``--network none`` and the engine's default sandbox (mpirun.ENGINE_DEFAULT): an image
+must work without a network and without extra rights.
 """
 
 from __future__ import annotations
@@ -28,18 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
-from tabulate import tabulate
 
-from .. import engine
+from .. import engine, tables
 from ..define.matrix import Cell, Matrix, Profile
 from ..engine import Mount, find_image
 from ..errors import output_tail
+from ..mpirun import BENCH_MOUNT, HOST_MPI_MOUNT, PROBE_MOUNT, Binding, bench_mount, loaded_from_host, run_in_image
 from ..paths import build_dir
 from . import hostmpi, reports
 
 PROBE_DIR = Path(__file__).parent / "incontainer"
-PROBE_MOUNT = "/opt/hpcimages-probe"
-BENCH_MOUNT = "/opt/hpcimages-bench"
+#: the probe asks bench/mpiloaded.py which MPI library it loaded (the one answer, shared with the scripts)
+PROBE_ENV = {"PYTHONPATH": BENCH_MOUNT}
 CHECKS = ("contents", "labels", "linking", "mpi-run", "bind-swap", "hygiene", "family")
 RUN_TIMEOUT_S = 180
 
@@ -110,10 +111,9 @@ def hdf5_checks(version: str) -> FamilyChecks:
         (f"h5py mpi True hdf5 {version}",))
     mpio = FamilyCommand("2-rank collective write with driver='mpio'", (
         "mpiexec", "-n", "2", "python3", f"{BENCH_MOUNT}/h5py_mpio.py"), ("2 rank(s)", H5PY_VERIFIED))
-    bind = FamilyCommand("the same under the bind model (Intel MPI injected)", (
-        f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3", f"{BENCH_MOUNT}/h5py_mpio.py"),
-        ("2 rank(s)", H5PY_VERIFIED, "# Intel(R) MPI Library", f"# Library file: {hostmpi.MOUNT}/lib/"),
-        env=tuple(hostmpi.SWAP_ENV.items()), host_mpi=True)
+    bind = FamilyCommand("the same under the bind model (the swap stand-in injected)", (
+        f"{HOST_MPI_MOUNT}/bin/mpiexec", "-n", "2", "python3", f"{BENCH_MOUNT}/h5py_mpio.py"),
+        ("2 rank(s)", H5PY_VERIFIED, "# {banner}", f"# Library file: {HOST_MPI_MOUNT}/lib/"), host_mpi=True)
     return FamilyChecks(imports=("h5py",), mpi_extensions=(HDF5_LIBRARY,), extensions=("h5py.h5", "h5py.h5f"),
                         commands=(config, mpio, bind))
 
@@ -156,8 +156,8 @@ class CellCheck:
 
 
 class Checker:
-    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str | Profile, host_mpi: Path | None,
-                 progress: Progress = print) -> None:
+    def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str | Profile,
+                 host_mpi: Binding | None, progress: Progress = print) -> None:
         self.client = client
         self.matrix = matrix
         self.profile = matrix.profile(profile)
@@ -166,11 +166,21 @@ class Checker:
 
     def run(self, image: str, argv: Iterable[str], env: dict[str, str] | None = None,
             host_mpi: bool = False) -> tuple[int, str]:
-        """Run an argument list in the image, as root, with no network, the probe and bench/ mounted."""
-        mounts = [Mount(PROBE_DIR, PROBE_MOUNT), Mount(self.matrix.root / "bench", BENCH_MOUNT)]
-        if host_mpi and self.host_mpi is not None:
-            mounts.append(Mount(self.host_mpi, hostmpi.MOUNT))
-        return engine.run(self.client, image, list(argv), timeout=RUN_TIMEOUT_S, env=env, mounts=mounts, user="0")
+        """Run an argument list in the image, as root, with no network, the probe and bench/ mounted; ``host_mpi``:
+        with the swap stand-in bound the way a site binds it (its environment under ``env``)."""
+        mounts = [Mount(PROBE_DIR, PROBE_MOUNT), bench_mount(self.matrix.root)]
+        binding = self.host_mpi if host_mpi and self.host_mpi is not None else Binding()
+        return run_in_image(self.client, image, argv, timeout=RUN_TIMEOUT_S, binding=binding, mounts=mounts, env=env)
+
+    @property
+    def banner(self) -> str:
+        """How the swap stand-in's library version text begins (its vendor's name)."""
+        host = self.matrix.swap_host
+        return host.banner if host is not None else ""
+
+    @property
+    def vendor(self) -> str:
+        return self.banner.split(" Library")[0].replace("(R)", "") or (self.host_mpi.name if self.host_mpi else "")
 
     def check_cell(self, cell: Cell, image_ref: str | None = None) -> CellCheck:
         """Check the cell's image (or ``image_ref``, an image that claims to be this cell)."""
@@ -186,7 +196,8 @@ class Checker:
         fc = family_checks(self.matrix, cell.family.name)
         args = [*(a for m in fc.imports for a in ("--import", m)),
                 *(a for m in fc.mpi_extensions + fc.extensions for a in ("--extension", m)), "--scan"]
-        code, out = self.run(image.id, ["env", "-u", "LD_LIBRARY_PATH", "python3", f"{PROBE_MOUNT}/probe.py", *args])
+        code, out = self.run(image.id, ["env", "-u", "LD_LIBRARY_PATH", "python3", f"{PROBE_MOUNT}/probe.py", *args],
+                             env=PROBE_ENV)
         facts = engine.last_json_line(out)
         if code != 0 or facts is None:
             result.checks["contents"] = Outcome("fail", f"the probe failed in the image (exit {code}): {_tail(out)}")
@@ -209,27 +220,27 @@ class Checker:
 
     def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
         if self.host_mpi is None:
-            return Outcome("skip", "no stand-in host MPI (impi-rt) available")
-        env = dict(hostmpi.SWAP_ENV)
+            return Outcome("skip", "no stand-in host MPI for the swap (a [[host_mpi]] entry with swap = true)")
+        host = self.host_mpi
         # the probe again, now with the host MPI first: its version, and the file it loaded (a soname proves nothing)
-        code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=env, host_mpi=True)
+        code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=PROBE_ENV, host_mpi=True)
         swapped = engine.last_json_line(out) or {}
         loaded = swapped.get("mpi_library_files") or []
-        injected = _from_host_mpi(loaded)
-        if code != 0 or not str(swapped.get("mpi_library_version")).startswith("Intel(R) MPI Library") or not injected:
-            return Outcome("fail", f"with LD_LIBRARY_PATH={hostmpi.MOUNT}/lib mpi4py did not load the injected "
-                                   f"Intel MPI (exit {code}; loaded {', '.join(loaded) or 'nothing'}): {_tail(out)}")
-        code, out = self.run(image_id, [f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3",
-                                        f"{BENCH_MOUNT}/hello_mpi4py.py"], env=env, host_mpi=True)
-        ranks = _two_ranks(code, out, "Intel MPI's mpiexec")
+        injected = loaded_from_host(loaded)
+        if code != 0 or not str(swapped.get("mpi_library_version")).startswith(self.banner) or not injected:
+            return Outcome("fail", f"with LD_LIBRARY_PATH={HOST_MPI_MOUNT}/lib mpi4py did not load the injected "
+                                   f"{host.name} (exit {code}; loaded {', '.join(loaded) or 'nothing'}): {_tail(out)}")
+        code, out = self.run(image_id, [host.launcher, "-n", "2", "python3", f"{BENCH_MOUNT}/hello_mpi4py.py"],
+                             host_mpi=True)
+        ranks = _two_ranks(code, out, f"{host.name}'s mpiexec")
         if ranks.status != "pass":
             return ranks
         own = facts.get("mpi_library_version") or ""
         own_files = facts.get("mpi_library_files") or []
-        if "MPICH Version:" not in own or cell.mpi.version not in own or _from_host_mpi(own_files):
+        if "MPICH Version:" not in own or cell.mpi.version not in own or loaded_from_host(own_files):
             return Outcome("fail", f"with LD_LIBRARY_PATH unset the image's own MPICH {cell.mpi.version} is not "
                                    f"used: {own.splitlines()[0] if own else 'nothing'} ({', '.join(own_files)})")
-        return Outcome("pass", f"Intel MPI loaded from {injected[0]} and used by 2 ranks; own MPICH "
+        return Outcome("pass", f"{self.vendor} loaded from {injected[0]} and used by 2 ranks; own MPICH "
                                f"({', '.join(own_files) or 'its library'}) when unset")
 
     def check_family(self, fc: FamilyChecks, image_id: str) -> Outcome:
@@ -241,7 +252,7 @@ class Checker:
                 done.append(f"{command.what}: skipped, no stand-in host MPI")
                 continue
             code, out = self.run(image_id, command.argv, env=dict(command.env), host_mpi=command.host_mpi)
-            missing = [text for text in command.expected if text not in out]
+            missing = [text for text in (e.format(banner=self.banner) for e in command.expected) if text not in out]
             if code != 0 or missing:
                 lacking = f" (no {missing[0]!r} in the output)" if missing else ""
                 return Outcome("fail", f"{command.what}: exit {code}{lacking}: {_tail(out)}")
@@ -355,11 +366,6 @@ def check_hygiene(image: object, facts: dict) -> Outcome:
         Outcome("pass", "no leftovers, no secrets in env or history")
 
 
-def _from_host_mpi(paths: Iterable[str]) -> list[str]:
-    """The loaded library files that lie in the stand-in host MPI's mount."""
-    return [path for path in paths if path.startswith(hostmpi.MOUNT + "/")]
-
-
 def _two_ranks(code: int, out: str, launcher: str) -> Outcome:
     ok = "process 0 of 2" in out and "process 1 of 2" in out
     if code == 0 and ok:
@@ -378,7 +384,7 @@ def _tail(out: str) -> str:
 def table(results: list[CellCheck]) -> str:
     marks = {"pass": "pass", "fail": "FAIL", "skip": "skip"}
     rows = [[r.ref, *(marks[r.checks[c].status] if c in r.checks else "-" for c in CHECKS)] for r in results]
-    text = tabulate(rows, headers=["cell", *CHECKS], tablefmt="simple")
+    text = tables.terminal(rows, ["cell", *CHECKS])
     failures = [f"  {r.ref} / {c}: {r.checks[c].reason}" for r in results for c in CHECKS
                 if c in r.checks and r.checks[c].status == "fail"]
     return text + ("\n\nfailures:\n" + "\n".join(failures) if failures else "")
@@ -388,9 +394,9 @@ def check_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cell
                 progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
     """Check each cell's image and record the verdicts (reports.py)."""
     host = None
-    if with_host_mpi:
-        progress(f"preparing the stand-in host MPI ({hostmpi.NAME} {hostmpi.VERSION}) ...")
-        host = hostmpi.prepare(matrix.root)
+    if with_host_mpi and matrix.swap_host is not None:
+        progress(f"preparing the stand-in host MPI of the bind swap ({matrix.swap_host.name}) ...")
+        host = hostmpi.swap_binding(client, matrix, progress)
     checker = Checker(client, matrix, prof, host, progress)
     results = []
     for i, cell in enumerate(cells, 1):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tabulate import tabulate
-
-from ..cli import say, whole_number
+from .. import tables
+from ..cli import UsageError, say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
@@ -20,13 +19,18 @@ from .reports import BUILD_REPORT, CHECK_REPORT
 def bases(matrix: str, profile: str = "offline", force: bool = False) -> int:
     m = load_matrix(matrix)
     results = bases_mod.ensure_bases(connect(), m.profile(profile), progress=say, force=force)
-    say(tabulate([[r.python, r.image, r.status, r.detail] for r in results],
-                 headers=["python", "image", "status", ""], tablefmt="simple"))
+    say(tables.terminal([[r.python, r.image, r.status, r.detail] for r in results], ["python", "image", "status", ""]))
     return 0
 
 
 def build(matrix: str, profile: str, only: Iterable[str] = (), jobs: int | str = 2, dry_run: bool = False,
-          force: bool = False) -> int:
+          force: bool = False, every_cell: bool = False) -> int:
+    """``every_cell`` (--all) says what no --only says too: every cell of the profile; beside --only it is a
+    contradiction, refused before anything runs."""
+    only = list(only)
+    if every_cell and only:
+        raise UsageError(f"--all builds every cell of the profile, --only {' '.join(only)} chooses some: give one "
+                         "of them")
     jobs = whole_number("--jobs", jobs, 1, 64)
     m = load_matrix(matrix)
     prof = m.profile(profile)

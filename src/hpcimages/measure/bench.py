@@ -42,6 +42,19 @@ from ..engine import Mount, Sandbox, find_image
 from ..errors import HpcImagesError
 from ..images import hostmpi, wheelhouse
 from ..images.build import fetch_build_sdists, hdf5_source
+from ..mpirun import (
+    BENCH_MOUNT,
+    COMPILER_LAYER,
+    CROSS_MEMORY_ATTACH,
+    ENGINE_DEFAULT,
+    HOST_MPI_MOUNT,
+    IMAGE_MPI,
+    SCRATCH_MOUNT,
+    Binding,
+    bench_mount,
+    mpiexec_argv,
+    run_in_image,
+)
 from ..paths import build_dir, relative
 from ..validate import shown
 from .results import (
@@ -55,22 +68,16 @@ from .results import (
     series_of,
 )
 
-BENCH_MOUNT = "/opt/hpcimages-bench"
 C_DIR = "/opt/hpcimages-bench-c"
-SCRATCH_MOUNT = "/opt/hpcimages-scratch"  # the parallel-I/O benchmark's files (a host folder, see scratch_dir)
 #: In a standard-ABI image's bench child: the C references and mpi4py built for the MPICH ABI
 MPICH_ABI_SUFFIX = "_mpich_abi"
 MPICH_ABI_MPI4PY = "/opt/hpcimages-mpi4py-mpich-abi"
 RUN_TIMEOUT_S = 900
-#: Docker runs of the benchmarks (and of `invoke abi`) allow cross-memory attach, as an informed site runs them:
-#: under Docker's default seccomp profile the MPICH 5 wheel's osu_bw hangs at 1 MiB and MPICH 4.3.2 falls back to a
-#: slower copy.
-SANDBOX = Sandbox(cap_add=("SYS_PTRACE",))
-SANDBOX_LABEL = "cap-add SYS_PTRACE"
-#: The same image under the engine's defaults, as a user who knows nothing of the above runs it: kept as a variant so
-#: the tables show what the informed configuration buys, with the cross-memory-attach probe's answer for both.
-DEFAULT_SANDBOX = Sandbox()
-DEFAULT_SANDBOX_LABEL = "engine default"
+#: Docker runs of the benchmarks allow cross-memory attach, as an informed site runs them (mpirun says why); the
+#: same image under the engine's defaults is kept as a variant, so the tables show what the informed configuration
+#: buys, with the cross-memory-attach probe's answer for both.
+SANDBOX = CROSS_MEMORY_ATTACH
+DEFAULT_SANDBOX = ENGINE_DEFAULT
 #: a default-sandbox run may hang (MPICH 5 under Docker's default seccomp): it gets less time, and its failure is
 #: reported and ends that variant, not the bench
 DEFAULT_SANDBOX_TIMEOUT_S = 240
@@ -79,9 +86,6 @@ CMA_PROBE = "cma_probe.py"
 PERSISTENT = ("--persistent",)
 #: the C references' sources: each program, and what both include
 C_SOURCES = ("osu_bw.c", "osu_latency.c", "osu_common.h")
-#: A compiler on top of an image, for code built by the image's own mpicc (one layer text: the engine shares it)
-COMPILER_LAYER = ("RUN set -eux; apt-get update; apt-get install -y --no-install-recommends gcc libc6-dev; "
-                  "rm -rf /var/lib/apt/lists/*\n")
 Progress = Callable[[str], None]
 
 
@@ -142,14 +146,14 @@ class Variant:
     image: str | None = None
     image_id: str | None = None
     env: dict[str, str] = field(default_factory=dict)
-    host_mpi: Path | None = None
+    binding: Binding = IMAGE_MPI  # the host MPI bound in (the bind-model swap), or none
     venv: Path | None = None
     scripts: Path | None = None  # bench/ on the host, for bare-metal runs
     soname: str = ""  # the MPI library file a Python run must have loaded (its label's proof), "" for any
     c_suffix: str = ""  # which build of the C references: "" (the image's ABI) or MPICH_ABI_SUFFIX
     hdf5: bool = False  # h5py with a parallel HDF5 is there (an image of such a family, or its bare-metal twin)
     sandbox: Sandbox = SANDBOX  # what a container run allows beyond the engine's defaults
-    sandbox_label: str = SANDBOX_LABEL  # with the cross-memory-attach probe's answer once probed
+    sandbox_label: str = SANDBOX.label  # with the cross-memory-attach probe's answer once probed
     optional: bool = False  # a failed run is reported and drops the variant instead of ending the bench
     args: tuple[str, ...] = ()  # passed to the script after the sizes, e.g. ("--persistent",)
 
@@ -162,7 +166,7 @@ class Variant:
         if bench.hdf5:  # the shared file: one host folder for every variant (see scratch_dir)
             args = [*args, "--dir", SCRATCH_MOUNT if self.cell is not None else str(scratch)]
         if self.cell is not None:
-            mpiexec = f"{hostmpi.MOUNT}/bin/mpiexec" if self.host_mpi else "mpiexec"
+            mpiexec = self.binding.launcher
             program = [f"{C_DIR}/{bench.name}{self.c_suffix}"] if self.language == "c" else \
                 ["python3", f"{BENCH_MOUNT}/{bench.script}"]
         else:
@@ -170,24 +174,13 @@ class Variant:
             mpiexec = str(self.venv / "bin" / "mpiexec")
             program = [str(self.venv / "bin" / f"{bench.name}_c")] if self.language == "c" else \
                 [str(self.venv / "bin" / "python"), str(self.scripts / bench.script)]
-        return [mpiexec, *pinned(program, args)]
+        return mpiexec_argv(mpiexec, [*program, *args], 2, pin_cpus())
 
 
 def pin_cpus() -> list[int]:
     """The two CPUs the ranks are pinned to: the first two this process may use (fewer than two: none)."""
     cpus = sorted(os.sched_getaffinity(0))
     return cpus[:2] if len(cpus) >= 2 else []
-
-
-def pinned(program: list[str], args: list[str]) -> list[str]:
-    """mpiexec's arguments for 2 ranks, each pinned to its own core by `taskset` (MPMD: `-n 1 taskset -c 0 ... :
-    -n 1 taskset -c 1 ...`): the same pinning in every variant, bare metal and container, whatever the MPI (a
-    launcher's own binding needs the engine to allow set_mempolicy). Each rank's placement line records it."""
-    cpus = pin_cpus()
-    if not cpus:
-        return ["-n", "2", *program, *args]
-    return [*["-n", "1", "taskset", "-c", str(cpus[0]), *program, *args], ":",
-            *["-n", "1", "taskset", "-c", str(cpus[1]), *program, *args]]
 
 
 def bench_dir(matrix: Matrix) -> Path:
@@ -276,10 +269,9 @@ def host_twin(matrix: Matrix, cell: Cell) -> Cell | None:
                  and c.python == python), None)
 
 
-def swapped(cell: Cell, image: str, image_id: str, host: Path, hdf5: bool = False) -> Variant:
-    """The bind-model swap in the cell's image: the stand-in host MPI mounted, first on the library path."""
-    return Variant("container+impi", "python", cell.mpi.key, cell, image, image_id, env=dict(hostmpi.SWAP_ENV),
-                   host_mpi=host, hdf5=hdf5)
+def swapped(cell: Cell, image: str, image_id: str, host: Binding, hdf5: bool = False) -> Variant:
+    """The bind-model swap in the cell's image: the stand-in host MPI bound the way a site binds it."""
+    return Variant("container+impi", "python", cell.mpi.key, cell, image, image_id, binding=host, hdf5=hdf5)
 
 
 def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | None:
@@ -331,7 +323,7 @@ def compile_c_references(matrix: Matrix, venv: Path) -> None:
             raise BenchError(f"cannot compile {source.name} on the host: {proc.stderr.strip()[-600:]}")
 
 
-def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Path | None,
+def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Binding | None,
                   bare_metal: bool, progress: Progress) -> list[Variant]:
     """An image with a parallel HDF5: its own MPICH, the bind-model swap, and the bare-metal twin with HDF5 and h5py
     built the same way into the host venv (where the host can compile them)."""
@@ -411,8 +403,8 @@ def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, pr
 def probe_cma(client: docker.DockerClient, scripts: Path, image: str, sandbox: Sandbox) -> str:
     """What bench/cma_probe.py (in ``scripts``) says in a container of ``image`` under ``sandbox``: "works" or
     "blocked (...)"."""
-    code, output = engine.run(client, image, ["python3", f"{BENCH_MOUNT}/{CMA_PROBE}"], timeout=60,
-                              mounts=[Mount(scripts, BENCH_MOUNT)], sandbox=sandbox, user="0")
+    code, output = run_in_image(client, image, ["python3", f"{BENCH_MOUNT}/{CMA_PROBE}"], timeout=60,
+                                mounts=[Mount(scripts, BENCH_MOUNT)], sandbox=sandbox)
     found = [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("cross-memory attach:")]
     return found[0] if code == 0 and found else f"unknown (probe exit {code}: {output.strip()[-120:]})"
 
@@ -425,7 +417,7 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
              c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True,
              progress: Progress = print) -> list[Variant]:
     registry = profile.registry
-    host = hostmpi.prepare(matrix.root) if swap else None
+    host = hostmpi.swap_binding(client, matrix, progress) if swap else None
     out: list[Variant] = []
     twins: dict[str, Path | None] = {}
     hdf5_twins: set[str] = set()
@@ -439,11 +431,11 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             out += hdf5_variants(matrix, profile, cell, image, found.id, host, twin, progress)
             hdf5_twins.add(cell.mpi.key)
             continue
-        informed = sandbox_label(SANDBOX_LABEL, probe_cma(client, bench_dir(matrix), image, SANDBOX))
+        informed = sandbox_label(SANDBOX.label, probe_cma(client, bench_dir(matrix), image, SANDBOX))
         out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, soname=cell.mpi.soname,
                            sandbox_label=informed))
         if default_sandbox:
-            plain = sandbox_label(DEFAULT_SANDBOX_LABEL, probe_cma(client, bench_dir(matrix), image, DEFAULT_SANDBOX))
+            plain = sandbox_label(DEFAULT_SANDBOX.label, probe_cma(client, bench_dir(matrix), image, DEFAULT_SANDBOX))
             progress(f"  {cell.ref}: {informed}; under the engine's defaults: {plain.split('; ', 1)[1]}")
             out.append(Variant(DEFAULT_SANDBOX_VARIANT, "python", cell.mpi.key, cell, image, found.id,
                                soname=cell.mpi.soname, sandbox=DEFAULT_SANDBOX, sandbox_label=plain, optional=True))
@@ -491,19 +483,17 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
         except subprocess.TimeoutExpired:
             return 124, f"timed out after {RUN_TIMEOUT_S}s"
         return proc.returncode, proc.stdout + proc.stderr
-    mounts = [Mount(bench_dir(matrix), BENCH_MOUNT), Mount(scratch, SCRATCH_MOUNT, read_only=False)]
-    if variant.host_mpi is not None:
-        mounts.append(Mount(variant.host_mpi, hostmpi.MOUNT))
+    mounts = [bench_mount(matrix.root), Mount(scratch, SCRATCH_MOUNT, read_only=False)]
     assert variant.image is not None
-    return engine.run(client, variant.image, command, timeout=variant.timeout, env=variant.env, mounts=mounts,
-                      sandbox=variant.sandbox, shm_size="1g", user="0")
+    return run_in_image(client, variant.image, command, timeout=variant.timeout, binding=variant.binding,
+                        mounts=mounts, env=variant.env, sandbox=variant.sandbox, shm_size="1g")
 
 
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
                repeat: int, run_id: str, session: str) -> list[ResultRow]:
     parsed = parse_osu(output)
     if variant.cell is not None and variant.language == "python":  # the C references print no library file
-        contradiction = library_contradiction(parsed.library_file, [hostmpi.MOUNT], variant.host_mpi is not None,
+        contradiction = library_contradiction(parsed.library_file, [HOST_MPI_MOUNT], variant.binding.bound,
                                               variant.soname)
         if contradiction:
             raise ResultsError(f"{variant.name}: {contradiction}; not stored")

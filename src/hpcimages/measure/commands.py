@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import sys
 import uuid
 from collections.abc import Iterable
@@ -13,23 +12,18 @@ from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
+from ..files import expand_paths
 from ..validate import shown
 from . import bench as bench_mod
 from . import report as report_mod
 from . import results as results_mod
 
-
-def expand_paths(spec: str) -> list[str]:
-    """'a.jsonl,b.jsonl' or 'results/*.jsonl' -> paths (a glob that matches nothing stays, to be reported)."""
-    paths: list[str] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if part:
-            paths.extend(sorted(glob.glob(part)) or [part])
-    return paths
+#: the benchmarks `invoke bench` knows, in the order it runs them (its --help names them from here)
+BENCHMARK_NAMES = tuple(bench_mod.BENCHMARKS)
 
 
-def tabulate(results: str, session: str | None = None, out: str | None = None, plots: bool = True,
-             strict: bool = False, skip_corrupt: bool = False) -> int:
+def tables_from_results(results: str, session: str | None = None, out: str | None = None, plots: bool = True,
+                        strict: bool = False, skip_corrupt: bool = False) -> int:
     """Tables (and plots) from stored results, printed and written as Markdown."""
     files = [Path(p) for p in expand_paths(results)]
     if not files:
@@ -95,4 +89,5 @@ def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks
         print(f"\ninterrupted: the runs finished before it are in {store} (session {session})", file=sys.stderr)
         raise
     say(f"{stored} runs stored in {store} (session {session})")
-    return tabulate(str(store), session=session, out=str(store.with_suffix(".md")), plots=plots, strict=strict)
+    return tables_from_results(str(store), session=session, out=str(store.with_suffix(".md")), plots=plots,
+                               strict=strict)

@@ -7,24 +7,22 @@ Every figure is the median over repeats.
 from __future__ import annotations
 
 import dataclasses
-import random
 import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tabulate import tabulate
-
+from .. import stats, tables
 from ..files import write_text
-from .results import CMA_BLOCKED, CMA_WORKS, H5PY_SERIES, ResultRow, medians
-from .results import DEFAULT_SANDBOX_VARIANT as DEFAULT_SANDBOX
+from .results import CMA_BLOCKED, CMA_WORKS, DEFAULT_SANDBOX_VARIANT, H5PY_SERIES, ResultRow, medians
 
 #: what to do where the probe found cross-memory attach blocked (both anomaly lines that name that cause say it)
 CMA_ADVICE = ("run containers with --cap-add SYS_PTRACE (or a seccomp profile that allows "
               "process_vm_readv/process_vm_writev)")
-VARIANT_ORDER = ("container", DEFAULT_SANDBOX, "container (MPICH ABI)", "container+impi", "container (persistent)",
-                 "container (C)", "container (C, MPICH ABI)", "bare-metal", "bare-metal (persistent)", "bare-metal (C)")
+VARIANT_ORDER = ("container", DEFAULT_SANDBOX_VARIANT, "container (MPICH ABI)", "container+impi",
+                 "container (persistent)", "container (C)", "container (C, MPICH ABI)", "bare-metal",
+                 "bare-metal (persistent)", "bare-metal (C)")
 LARGE = 1024 * 1024
 ANOMALY_RATIO = 0.5
 TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (µs)",
@@ -44,9 +42,11 @@ class Table:
     headers: list[str]
     rows: list[list[object]]
 
-    def text(self, fmt: str = "simple") -> str:
-        return f"{self.title}\n\n" + tabulate(self.rows, headers=self.headers, tablefmt=fmt, floatfmt=".2f",
-                                              missingval="-", disable_numparse=False)
+    def text(self) -> str:
+        return f"{self.title}\n\n" + tables.terminal(self.rows, self.headers)
+
+    def markdown(self) -> str:
+        return f"### {self.title}\n\n" + tables.markdown(self.rows, self.headers)
 
 
 @dataclass
@@ -106,15 +106,15 @@ def _ratio(med: dict, group: str, bench: str, a: str, b: str, size: int) -> floa
 
 RATIOS = (
     ("osu_bw", "container", "bare-metal", "bw container / bare metal"),
-    ("osu_bw", DEFAULT_SANDBOX, "bare-metal", "bw default sandbox / bare metal"),
-    ("osu_bw", DEFAULT_SANDBOX, "container", "bw default sandbox / container"),
+    ("osu_bw", DEFAULT_SANDBOX_VARIANT, "bare-metal", "bw default sandbox / bare metal"),
+    ("osu_bw", DEFAULT_SANDBOX_VARIANT, "container", "bw default sandbox / container"),
     ("osu_bw", "container+impi", "bare-metal", "bw container+impi / bare metal"),
     ("osu_bw", "container", "container (C)", "bw Python / C (container)"),
     ("osu_bw", "bare-metal", "bare-metal (C)", "bw Python / C (bare metal)"),
     ("osu_bw", "container (persistent)", "container (C)", "bw Python persistent / C (container)"),
     ("osu_bw", "bare-metal (persistent)", "bare-metal (C)", "bw Python persistent / C (bare metal)"),
     ("osu_latency", "container", "bare-metal", "latency container / bare metal"),
-    ("osu_latency", DEFAULT_SANDBOX, "container", "latency default sandbox / container"),
+    ("osu_latency", DEFAULT_SANDBOX_VARIANT, "container", "latency default sandbox / container"),
     ("osu_latency", "container", "container (C)", "latency Python / C (container)"),
     *((b, "container+impi", "container", f"{b[5:].replace('_', ' ')} container+impi / container")
       for b in H5PY_BENCHMARKS),
@@ -174,35 +174,10 @@ ABI_COST = (
     ("osu_latency", "container", "container (MPICH ABI)", "latency Python"),
     ("osu_latency", "container (C)", "container (C, MPICH ABI)", "latency C"),
 )
-EQUIVALENT = 0.05  # a ratio whose interval lies inside 1 ± this is "equivalent"
-BOOTSTRAP_DRAWS = 2000
-
-
 def paired_ratios(rows: Iterable[ResultRow], bench: str, a: str, b: str, size: int) -> list[float]:
     """a / b for each repeat in which both ran (same session, same repeat: the runs were interleaved)."""
-    values: dict[tuple[str, str, int], float] = {}
-    for r in rows:
-        if r.benchmark == bench and r.size == size and r.variant in (a, b):
-            values[(r.variant, r.session or "", r.repeat)] = r.value
-    keys = sorted({(s, n) for (v, s, n) in values if v == a} & {(s, n) for (v, s, n) in values if v == b})
-    return [values[(a, s, n)] / values[(b, s, n)] for s, n in keys if values[(b, s, n)]]
-
-
-def bootstrap_interval(ratios: list[float], draws: int = BOOTSTRAP_DRAWS) -> tuple[float, float, float]:
-    """(median, 2.5th and 97.5th percentile of the median over resampled repeats); seeded: a table is stable."""
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
-    return statistics.median(ratios), medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
-
-
-def interval_verdict(low: float, high: float, higher_is_better: bool) -> str:
-    if low >= 1 - EQUIVALENT and high <= 1 + EQUIVALENT:
-        return "equivalent"
-    if high < 1 - EQUIVALENT:
-        return "slower" if higher_is_better else "faster"
-    if low > 1 + EQUIVALENT:
-        return "faster" if higher_is_better else "slower"
-    return "undecided"
+    return stats.paired_ratios({(r.variant, (r.session or "", r.repeat)): r.value for r in rows
+                                if r.benchmark == bench and r.size == size and r.variant in (a, b)}, a, b)
 
 
 def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str, str, str, str]],
@@ -221,14 +196,14 @@ def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str
     sizes = sorted({size for cells in columns.values() for size in cells})
     body = [[size, *(cells.get(size) for cells in columns.values())] for size in sizes]
     return Table(f"{group}: {title} (median of the repeats' paired ratios, [95 % bootstrap interval], "
-                 f"equivalent = inside 1 ± {EQUIVALENT:.2f})", ["size (B)", *columns], body)
+                 f"equivalent = inside 1 ± {stats.EQUIVALENT:.2f})", ["size (B)", *columns], body)
 
 
 def _interval_cell(paired: list[float], higher_is_better: bool) -> str:
-    if len(paired) < 2:  # one repeat has no spread: a verdict would claim what was not measured
+    found = stats.interval(paired)
+    if found is None:  # one repeat has no spread: a verdict would claim what was not measured
         return f"{paired[0]:.3f} (1 repeat: no interval)"
-    mid, low, high = bootstrap_interval(paired)
-    return f"{mid:.3f} [{low:.3f}, {high:.3f}] {interval_verdict(low, high, higher_is_better)}"
+    return found.cell(higher_is_better)
 
 
 def abi_cost_table(group: str, rows: list[ResultRow]) -> Table | None:
@@ -260,19 +235,16 @@ def sandbox_gaps(group: str, rows: list[ResultRow]) -> list[str]:
     """Sizes where the default-sandbox container is slower than the informed one (their paired interval lies below
     1 - EQUIVALENT), with the cause the cross-memory-attach probe names (each run's sandbox label carries its
     answer), or the statement that the probe does not explain it."""
-    sizes = sorted({r.size for r in rows if r.benchmark == "osu_bw" and r.variant == DEFAULT_SANDBOX})
+    sizes = sorted({r.size for r in rows if r.benchmark == "osu_bw" and r.variant == DEFAULT_SANDBOX_VARIANT})
     slower = []
     for size in sizes:
-        paired = paired_ratios(rows, "osu_bw", DEFAULT_SANDBOX, "container", size)
-        if len(paired) < 2:
-            continue
-        mid, low, high = bootstrap_interval(paired)
-        if interval_verdict(low, high, True) == "slower":
-            slower.append((size, mid, low, high))
+        found = stats.interval(paired_ratios(rows, "osu_bw", DEFAULT_SANDBOX_VARIANT, "container", size))
+        if found is not None and found.verdict(True) == "slower":
+            slower.append((size, found.median, found.low, found.high))
     if not slower:
         return []
-    labels = {r.variant: r.sandbox or "" for r in rows if r.variant in (DEFAULT_SANDBOX, "container")}
-    plain, informed = labels.get(DEFAULT_SANDBOX, ""), labels.get("container", "")
+    labels = {r.variant: r.sandbox or "" for r in rows if r.variant in (DEFAULT_SANDBOX_VARIANT, "container")}
+    plain, informed = labels.get(DEFAULT_SANDBOX_VARIANT, ""), labels.get("container", "")
     where = ", ".join(f"{size} B {mid:.3f} [{low:.3f}, {high:.3f}]" for size, mid, low, high in slower[:4])
     if CMA_BLOCKED in plain and CMA_WORKS in informed:
         probe = plain.split(CMA_BLOCKED, 1)[1].strip(" ()")
@@ -281,7 +253,7 @@ def sandbox_gaps(group: str, rows: list[ResultRow]) -> list[str]:
                  f"memory twice instead of once; {CMA_ADVICE}")
     else:
         cause = f"not explained by cross-memory attach (default: {plain or '?'}; informed: {informed or '?'})"
-    return [f"{group} {DEFAULT_SANDBOX}: bandwidth below the informed container at {where}; {cause}"]
+    return [f"{group} {DEFAULT_SANDBOX_VARIANT}: bandwidth below the informed container at {where}; {cause}"]
 
 
 def transports(rows: Iterable[ResultRow]) -> dict[str, str]:
@@ -341,8 +313,8 @@ class Report:
     targets: list[Target]
     anomalies: list[str]
 
-    def text(self, fmt: str = "simple") -> str:
-        parts = [t.text(fmt) for t in self.tables]
+    def text(self) -> str:
+        parts = [t.text() for t in self.tables]
         if self.targets:  # the MPI benchmarks' (a parallel-I/O run alone has none)
             parts.append("Targets\n\n" + "\n".join(t.line() for t in self.targets))
         parts.append("Anomalies\n\n" + ("\n".join(self.anomalies) or "none"))
@@ -387,8 +359,7 @@ def write_markdown(report: Report, path: Path, sources: list[Path]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "<!-- GENERATED by `invoke tabulate` / `nox -s bench` from: " + \
         ", ".join(str(p) for p in sources) + " -->\n\n"
-    body = "\n\n".join(f"### {t.title}\n\n" + tabulate(t.rows, headers=t.headers, tablefmt="github",
-                                                          floatfmt=".2f", missingval="-") for t in report.tables)
+    body = "\n\n".join(t.markdown() for t in report.tables)
     tail = "\n\n### Targets\n\n" + "\n".join(f"- {t.line()}" for t in report.targets) + \
         "\n\n### Anomalies\n\n" + ("\n".join(f"- {a}" for a in report.anomalies) or "none") + "\n"
     write_text(path, header + body + tail)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tabulate import tabulate
-
+from .. import tables
 from ..cli import UsageError, say, whole_number
 from ..define import load_matrix
 from ..define.matrix import Profile, select_cells
 from ..engine import connect
-from ..measure.commands import expand_paths
+from ..files import expand_paths
 from ..paths import build_dir, relative, repository_root
 from ..sif import apptainer
 from . import catalogue as catalogue_mod
@@ -77,7 +76,7 @@ def table(results: list[publisher.CellPublish], target: Target, sif: bool) -> st
     headers = ["cell", "status", "more tags", "digest", "time", "reason"]
     if sif:
         headers.insert(5, ".sif")
-    return f"publish to {target}\n" + tabulate(rows, headers=headers, tablefmt="simple")
+    return f"publish to {target}\n" + tables.terminal(rows, headers)
 
 
 def catalogue(matrix: str, registry: str | None = None, profile: str = "ci", results: str | None = None) -> int:

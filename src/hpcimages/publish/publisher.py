@@ -32,8 +32,7 @@ from ..define.tags import alias_tags, release_tag
 from ..engine import find_image
 from ..errors import HpcImagesError, output_tail
 from ..images import reports
-from ..images.build import git_revision
-from ..paths import build_dir
+from ..paths import build_dir, git_revision
 from . import push as push_mod
 from . import record, remote
 from .record import Published

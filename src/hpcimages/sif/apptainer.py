@@ -21,7 +21,7 @@ from pathlib import Path
 
 import docker
 
-from .. import engine
+from .. import engine, mpirun
 from ..engine import Mount
 from ..errors import HpcImagesError, output_tail
 from . import tools
@@ -34,7 +34,6 @@ NO_RUNTIME = ("no Apptainer/Singularity runtime: either install one on this mach
 #: (hybrid model with Debian's or the wheel's MPICH, whose shared memory goes through UCX).
 MPI_ENV_IN_CONTAINER = {"UCX_POSIX_USE_PROC_LINK": "n"}
 MPI_ENV = {f"APPTAINERENV_{k}": v for k, v in MPI_ENV_IN_CONTAINER.items()}
-BENCH_MOUNT = "/opt/hpcimages-bench"
 
 
 class ConvertError(HpcImagesError):
@@ -106,7 +105,7 @@ class ContainerRuntime(Runtime):
     def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
             network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
         return engine.run(self.client, self.image, command, timeout=timeout, env=env, mounts=mounts,
-                          network="host" if network else "none", workdir=workdir, sandbox=tools.APPTAINER_SANDBOX)
+                          network="host" if network else "none", workdir=workdir, sandbox=mpirun.APPTAINER)
 
     def see(self, host: Path, inside: str, writable: bool = False) -> tuple[str, list[Mount]]:
         if writable:
@@ -137,7 +136,7 @@ def exec_in_sif(runtime: Runtime, sif: Path, command: list[str], bench: Path, ra
     """`apptainer exec -e x.sif ...`, or with ranks, `mpiexec -n R apptainer exec x.sif ...` (launcher outside).
     ``{bench}`` in the command names the bench/ directory as the container sees it."""
     sif_dir, sif_mounts = runtime.see(sif.parent, "/sif")
-    bench_path, bench_mounts = runtime.see(bench, BENCH_MOUNT)
+    bench_path, bench_mounts = runtime.see(bench, mpirun.BENCH_MOUNT)
     mounts = [*sif_mounts, *bench_mounts]
     command = [c.replace("{bench}", bench_path) for c in command]
     sif_path = f"{sif_dir}/{sif.name}"

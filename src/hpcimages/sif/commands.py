@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tabulate import tabulate
-
+from .. import tables
 from ..cli import say
 from ..define import load_matrix
 from ..define.matrix import select_cells
@@ -48,8 +47,8 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
     say("")
     say(convert_mod.table(results))
     say("")
-    say(tabulate(rows, headers=["image", "exec -e hello (1 rank)", "mpiexec -n 2 apptainer exec hello",
-                                "h5py mpio (2 ranks)"]))
+    say(tables.terminal(rows, ["image", "exec -e hello (1 rank)", "mpiexec -n 2 apptainer exec hello",
+                               "h5py mpio (2 ranks)"]))
     failed = [r for r in results if r.status == "failed"]
     unbuilt = [r for r in results if r.status == "not built"]
     done = len(results) - len(failed) - len(unbuilt)

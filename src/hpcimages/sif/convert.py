@@ -17,8 +17,8 @@ from pathlib import Path
 
 import docker
 import docker.errors
-from tabulate import tabulate
 
+from .. import tables
 from ..define.matrix import Cell, Matrix, Profile
 from ..define.render import recipe_path
 from ..engine import find_image
@@ -148,12 +148,9 @@ def mpio_test(runtime: Runtime, sif: Path, bench: Path) -> tuple[bool, str]:
 
 
 def table(results: list[Conversion]) -> str:
-    def mb(n: int | None) -> str:
-        return "-" if n is None else f"{n / 1e6:.0f} MB"
-
-    rows = [[r.image, r.status, f"{r.seconds:.1f}s", mb(r.image_bytes), mb(r.sif_bytes),
+    rows = [[r.image, r.status, f"{r.seconds:.1f}s", tables.size(r.image_bytes), tables.size(r.sif_bytes),
              Path(r.sif).name if r.status in ("converted", "up to date") else r.reason[:90]] for r in results]
-    return tabulate(rows, headers=["image", "status", "time", "image size", "sif size", "sif / reason"])
+    return tables.terminal(rows, ["image", "status", "time", "image size", "sif size", "sif / reason"])
 
 
 def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, profile: Profile, cell: Cell,
@@ -198,6 +195,6 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
         ok = ok and "ABI (1, 0)" in output
     if ok and cell.family.hdf5:  # h5py must write in parallel through the HDF5 the recipe compiled
         ok, output = mpio_test(runtime, sif, matrix.root / "bench")
-    progress(f"  built in {time.monotonic() - start:.0f}s, {sif.stat().st_size / 1e6:.0f} MB; smoke test: "
+    progress(f"  built in {time.monotonic() - start:.0f}s, {tables.size(sif.stat().st_size)}; smoke test: "
              f"{'pass' if ok else 'FAIL ' + tail(output)}")
     return ok

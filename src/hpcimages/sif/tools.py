@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from ..engine import Sandbox, find_image
+from ..engine import find_image
 from ..errors import BaseImageError
 from ..images.aptsources import debian_mirror
 from ..images.bases import debootstrap_import
@@ -29,9 +29,6 @@ PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "gocryptfs", "mpich", "slurm-w
 ROOTFS_IMAGE = "hpcimages-tools/sid-rootfs:latest"
 TOOLS_IMAGE = "hpcimages-tools/cluster:sid"
 RECIPE_LABEL = "io.hpcimages.tools-recipe"
-#: what Apptainer needs from the engine to run unprivileged inside a container (see engine.Sandbox)
-APPTAINER_SANDBOX = Sandbox(security_opt=("seccomp=unconfined", "apparmor=unconfined"),
-                            devices=("/dev/fuse:/dev/fuse:rwm",), unmask_paths=True)
 
 
 def context_dir(root: Path) -> Path:
