@@ -314,3 +314,46 @@ def test_template_without_front_matter(workdir):
     (workdir / "dockerfiles" / "mpi4py.Dockerfile.j2").write_text("FROM scratch\n", encoding="utf-8")
     with pytest.raises(MatrixError, match="front matter"):
         load_matrix(write(workdir, MINIMAL))
+
+
+@pytest.mark.parametrize(("profiles", "expected"), [
+    # the list comes from the profile a child extends: the error says so, and how to change it
+    ('[profiles.small]\nextends = "offline"\nmpi = ["mpich4.3.2"]\n[profiles.ci]\nextends = "small"\n'
+     'cells = ["mpi4py:py3.11-mpich4.0.2"]\n',
+     "'mpich4.0.2' is not in the profile's mpi (mpich4.3.2; inherited from profiles.small.mpi through extends: "
+     "give profiles.ci.mpi to change it)"),
+    # its own list
+    ('[profiles.ci]\nextends = "offline"\npython = ["3.13"]\ncells = ["mpi4py:py3.11-*"]\n',
+     "'3.11' is not in the profile's python (3.13; profiles.ci.python)"),
+    # a value the matrix does not have at all
+    ('[profiles.ci]\nextends = "offline"\ncells = ["mpi4py:py3.11-mpich4.1.3"]\n',
+     "no cell of the whole matrix matches it either: its axes are python 3.11, 3.13; mpi mpich4.3.2, mpich4.0.2"),
+    # an exclude rule
+    ('[profiles.ci]\nextends = "offline"\ncells = ["hpc-python:py3.13-mpich4.0.2", "mpi4py:py3.13-mpich4.0.2"]\n'
+     '[[profiles.ci.exclude]]\nfamily = "hpc-python"\nmpi = "mpich4.0.2"\n',
+     "hpc-python:py3.13-mpich4.0.2 is removed by the exclude rule {'family': 'hpc-python', 'mpi': 'mpich4.0.2'}"),
+])
+def test_a_cell_pattern_that_matches_nothing_names_the_missing_axis_value_and_its_origin(workdir, profiles, expected):
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, MINIMAL + profiles))
+    assert "matches no cell of the profile" in str(exc.value) and expected in str(exc.value), str(exc.value)
+
+
+def test_every_problem_of_the_file_is_reported_at_once_each_naming_its_key(workdir):
+    """A maintainer fixing the matrix does not rerun once per typo: problems of separate entries come together."""
+    text = MINIMAL.replace('version = "4.0.2"\nmethod = "source"', 'version = "4.0.2"\nmethod = "conda"') \
+        .replace('parent = "mpi4py"\n', 'parent = "mpi4py"\ndescription = 7\n') \
+        + '\n[[host_mpi]]\nfrom = "pypi"\npackage = "impi-rt"\nversion = "2021.17.2"\nswap = "yes"\n'
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, text))
+    keys = [p.key for p in exc.value.problems]
+    assert keys == ["host_mpi[0].swap", "axes.mpi[1].method"], str(exc.value)  # the axes stop the read there
+    message = str(exc.value)
+    assert "\n" not in message and "unknown install method 'conda'" in message and "must be true or false" in message
+    # with the axes right, the families' problems are next, and each family is read on its own
+    fixed = text.replace('method = "conda"', 'method = "source"').replace(
+        'template = "mpi4py.Dockerfile.j2"', 'template = "nope.j2"')
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, fixed))
+    assert [p.key for p in exc.value.problems] == ["host_mpi[0].swap", "families.mpi4py.template",
+                                                   "families.hpc-python.description"], str(exc.value)

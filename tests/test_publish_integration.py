@@ -5,6 +5,7 @@ does not match, a release tag that would move)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -15,6 +16,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from hpcimages import engine
@@ -76,6 +78,25 @@ def remove_with_children(client, image_id: str) -> None:
         client.images.remove(ident, force=True)
 
     remove(image_id)
+
+
+@contextlib.contextmanager
+def tag_restored(client, ref: str):
+    """A test that rebuilds one of the maintainer's tags leaves it as it found it: the image the tag named is kept
+    (under a tag of the tests' own namespace) while the test runs, and the tag names it again afterwards."""
+    before = client.images.get(ref).id
+    repository, tag = ref.rsplit(":", 1)
+    keeper = f"hpcimages-test/kept-{repository.rsplit('/', 1)[-1]}"
+    client.api.tag(before, keeper, tag)
+    try:
+        yield before
+    finally:
+        now = engine.find_image(client, ref)
+        client.api.tag(before, repository, tag)
+        client.images.remove(f"{keeper}:{tag}", noprune=True)
+        if now is not None and now.id != before:
+            with contextlib.suppress(docker.errors.APIError):  # the test's own image, unless a child still uses it
+                client.images.remove(now.id)
 
 
 @pytest.fixture(scope="module")
@@ -305,9 +326,12 @@ def test_unchecked_failed_and_rebuilt_images_are_refused(client, checked, tmp_pa
     assert all(r.passed for r in check_mod.check_cells(client, m, prof, [cell], progress=lambda _: None,
                                                         with_host_mpi=False))
     assert "would publish" in run_publish(capsys, "127.0.0.1:5000/hpc", dry_run=True)[1]
-    assert build(client, m, prof, only=[CELL], force=True, progress=lambda _: None).ok  # a new image id
-    code, out = run_publish(capsys, "127.0.0.1:5000/hpc", dry_run=True)
-    assert "rebuilt after its check" in out and "run `invoke check` again" in out
+    with tag_restored(client, f"hpcimages/{CELL}") as before:
+        assert build(client, m, prof, only=[CELL], force=True, progress=lambda _: None).ok  # a new image id
+        code, out = run_publish(capsys, "127.0.0.1:5000/hpc", dry_run=True)
+        assert "rebuilt after its check" in out and "run `invoke check` again" in out
+    # the maintainer's tag names the image it named before this test (the suite moves no real tag)
+    assert client.images.get(f"hpcimages/{CELL}").id == before
 
 
 def test_the_registry_starts_once_and_a_taken_port_is_named(tmp_path):

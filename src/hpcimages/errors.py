@@ -12,11 +12,18 @@ class HpcImagesError(Exception):
 class MatrixError(HpcImagesError):
     """The matrix file is wrong. Names the file and the key, and what is allowed."""
 
-    def __init__(self, path: object, key: str, message: str) -> None:
+    def __init__(self, path: object, key: str, message: str, more: tuple[MatrixError, ...] = ()) -> None:
         self.path = str(path)
         self.key = key if key.isprintable() and len(key) <= 120 else repr(key)[:120]  # a hostile key stays one line
         self.message = message
-        super().__init__(f"{self.path}: {self.key}: {message}")
+        self.problems = (self, *more)  # every problem found in one read of the file
+        super().__init__(f"{self.path}: " + "; ".join(f"{p.key}: {p.message}" for p in self.problems))
+
+    @classmethod
+    def every(cls, problems: list[MatrixError]) -> MatrixError:
+        """One error for every problem of a file, in the order they were found (each names its key)."""
+        first = problems[0]
+        return cls(first.path, first.key, first.message, tuple(problems[1:]))
 
 
 class EngineError(HpcImagesError):

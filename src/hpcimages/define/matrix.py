@@ -13,11 +13,12 @@ Cells are chosen with one rule everywhere (``select_cells``): see its docstring.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -136,6 +137,7 @@ class Profile:
     cells: tuple[str, ...]
     publish: PublishSettings = field(default_factory=PublishSettings)
     mpi_build_python: str = ""
+    origins: Mapping[str, str] = field(default_factory=dict)  # key -> the profile that gives it (through extends)
 
     @property
     def mpi_build_image(self) -> str:
@@ -287,14 +289,38 @@ def read_matrix(path: str | Path) -> Matrix:
     return _Loader(path, data).load()
 
 
+#: where flatten_profile notes which profile gave each key (not a key of the file)
+ORIGINS = "__origins__"
+
+
 class _Loader:
+    """Reads matrix.toml with one policy for every problem: each entry (an MPI, a family, a profile, a stand-in, an
+    exclude rule) is checked on its own, and every problem found is reported at once, each naming file and key. A
+    section that later sections are read against (the axes, the families) stops the read when it is broken, so no
+    problem is reported that is only the echo of another."""
+
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path = path
         self.root = repository_root(path)
         self.data = data
+        self.problems: list[MatrixError] = []
 
     def fail(self, key: str, message: str) -> MatrixError:
         return MatrixError(self.path, key, message)
+
+    @contextlib.contextmanager
+    def entry(self) -> Iterator[None]:
+        """Check one entry: its first problem is noted and the read goes on with the next entry."""
+        try:
+            yield
+        except MatrixError as exc:
+            self.problems.extend(exc.problems)
+
+    def settle(self, since: int = 0) -> None:
+        """Stop here, with every problem found so far, when a section read after problem number ``since`` is wrong:
+        what follows is read against it."""
+        if len(self.problems) > since:
+            raise MatrixError.every(self.problems)
 
     # -- generic checks --------------------------------------------------------------------------
 
@@ -357,20 +383,36 @@ class _Loader:
 
     def load(self) -> Matrix:
         self.keys(self.data, "", TOP_KEYS, required=("axes", "families", "profiles"))
-        axes = self.keys(self.data["axes"], "axes", AXES_KEYS, required=("python", "mpi"))
-        python = self.string_list(axes["python"], "axes.python", PYTHON_RE, "Python version (3.X)")
-        cuda = self.string_list(axes.get("cuda", []), "axes.cuda", CUDA_RE, "CUDA version (MM.m)")
-        mpi = self.load_mpi(axes["mpi"])
+        host_mpis: dict[str, HostMpi] = {}
+        with self.entry():  # the stand-ins depend on nothing else of the file
+            host_mpis = load_host_mpis(self.data.get("host_mpi", []), self.fail, self.entry)
+        python: list[str] = []
+        cuda: list[str] = []
+        mpi: dict[str, Mpi] = {}
+        independent = len(self.problems)  # the stand-ins' problems: nothing below is read against them
+        with self.entry():
+            axes = self.keys(self.data["axes"], "axes", AXES_KEYS, required=("python", "mpi"))
+            with self.entry():
+                python = self.string_list(axes["python"], "axes.python", PYTHON_RE, "Python version (3.X)")
+            with self.entry():
+                cuda = self.string_list(axes.get("cuda", []), "axes.cuda", CUDA_RE, "CUDA version (MM.m)")
+            mpi = self.load_mpi(axes["mpi"])
+        self.settle(independent)
         families = self.load_families(set(python), mpi)
-        exclude = self.load_exclude(self.data.get("exclude", []), "exclude", python, mpi, cuda, families)
+        self.settle(independent)
+        exclude: tuple[dict[str, str], ...] = ()
+        with self.entry():
+            exclude = self.load_exclude(self.data.get("exclude", []), "exclude", python, mpi, cuda, families)
         partial = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, {})
         profiles = self.load_profiles(partial)
-        host_mpis = load_host_mpis(self.data.get("host_mpi", []), self.fail)
+        self.settle(independent)
         matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles, host_mpis)
         for name in profiles:
-            cells = _profile_cells(matrix, profiles[name])  # raises on an impossible profile
-            check_tags(cells, profiles[name].publish, f"profiles.{name}.publish", self.fail)
-            self.check_hdf5_sources(profiles[name], cells)
+            with self.entry():
+                cells = _profile_cells(matrix, profiles[name])  # raises on an impossible profile
+                check_tags(cells, profiles[name].publish, f"profiles.{name}.publish", self.fail)
+                self.check_hdf5_sources(profiles[name], cells)
+        self.settle()
         own = {name: len(t.get("exclude", [])) if isinstance(t.get("exclude", []), list) else 1
                for name, t in self.data["profiles"].items()}
         check_excludes_and_emptiness(matrix, own)
@@ -381,79 +423,90 @@ class _Loader:
             raise self.fail("axes.mpi", "must be a non-empty array of tables ([[axes.mpi]])")
         result: dict[str, Mpi] = {}
         for i, entry in enumerate(entries):
-            key = f"axes.mpi[{i}]"
-            self.keys(entry, key, MPI_KEYS, required=("name", "version", "method"))
-            name = self.string(entry["name"], f"{key}.name", NAME_RE, "MPI implementation name")
-            version = self.string(entry["version"], f"{key}.version", VERSION_RE, "version (X.Y[.Z])")
-            method = entry["method"]
-            if not isinstance(method, str) or method not in MPI_METHODS:
-                raise self.fail(f"{key}.method",
-                                f"unknown install method {shown(method)}; allowed: {', '.join(MPI_METHODS)}")
-            configure = ""
-            if "configure" in entry:
-                if method != "source":
-                    raise self.fail(f"{key}.configure", f"only the 'source' method is configured, not {method!r}")
-                configure = self.string(entry["configure"], f"{key}.configure", CONFIGURE_RE,
-                                        "configure option list (no quotes or shell metacharacters)")
-            abi = entry.get("abi", "mpich")
-            if not isinstance(abi, str) or abi not in MPI_ABIS:
-                raise self.fail(f"{key}.abi", f"unknown ABI {shown(abi)}; allowed: mpich (libmpi.so.12) or mpi "
-                                "(the MPI-5 standard ABI, libmpi_abi.so.1)")
-            if abi == "mpi" and (method != "wheel" or name != "mpich" or int(version.split(".")[0]) < 5):
-                raise self.fail(f"{key}.abi", f"the standard ABI is built from the mpich wheel 5.0 or newer (its "
-                                f"libmpi_abi.so.1 and mpicc_abi), not {name} {version} ({method})")
-            mpi = Mpi(name, version, method, configure, abi)
-            if mpi.key in result:
-                raise self.fail(key, f"duplicate MPI axis value {mpi.key!r}: two entries would build the same tags")
-            result[mpi.key] = mpi
+            with self.entry():
+                self.load_one_mpi(entry, f"axes.mpi[{i}]", result)
         return result
+
+    def load_one_mpi(self, entry: Any, key: str, result: dict[str, Mpi]) -> None:
+        """One entry of [[axes.mpi]], added to ``result``."""
+        self.keys(entry, key, MPI_KEYS, required=("name", "version", "method"))
+        name = self.string(entry["name"], f"{key}.name", NAME_RE, "MPI implementation name")
+        version = self.string(entry["version"], f"{key}.version", VERSION_RE, "version (X.Y[.Z])")
+        method = entry["method"]
+        if not isinstance(method, str) or method not in MPI_METHODS:
+            raise self.fail(f"{key}.method",
+                            f"unknown install method {shown(method)}; allowed: {', '.join(MPI_METHODS)}")
+        configure = ""
+        if "configure" in entry:
+            if method != "source":
+                raise self.fail(f"{key}.configure", f"only the 'source' method is configured, not {method!r}")
+            configure = self.string(entry["configure"], f"{key}.configure", CONFIGURE_RE,
+                                    "configure option list (no quotes or shell metacharacters)")
+        abi = entry.get("abi", "mpich")
+        if not isinstance(abi, str) or abi not in MPI_ABIS:
+            raise self.fail(f"{key}.abi", f"unknown ABI {shown(abi)}; allowed: mpich (libmpi.so.12) or mpi "
+                            "(the MPI-5 standard ABI, libmpi_abi.so.1)")
+        if abi == "mpi" and (method != "wheel" or name != "mpich" or int(version.split(".")[0]) < 5):
+            raise self.fail(f"{key}.abi", f"the standard ABI is built from the mpich wheel 5.0 or newer (its "
+                            f"libmpi_abi.so.1 and mpicc_abi), not {name} {version} ({method})")
+        mpi = Mpi(name, version, method, configure, abi)
+        if mpi.key in result:
+            raise self.fail(key, f"duplicate MPI axis value {mpi.key!r}: two entries would build the same tags")
+        result[mpi.key] = mpi
 
     def load_families(self, python: set[str], mpi: Mapping[str, Mpi]) -> dict[str, Family]:
         tables = self.data["families"]
         if not isinstance(tables, dict) or not tables:
             raise self.fail("families", "must define at least one image family")
         families: dict[str, Family] = {}
+        before = len(self.problems)
         for name, table in tables.items():
-            key = f"families.{name}"
-            self.name(name, key, "family")
-            self.keys(table, key, FAMILY_KEYS, required=("template", "axes"))
-            template = self.string(table["template"], f"{key}.template", TEMPLATE_NAME_RE, "template file name")
-            if not (self.root / "dockerfiles" / template).is_file():
-                raise self.fail(f"{key}.template", f"template dockerfiles/{template} does not exist")
-            requirements = table.get("requirements")
-            if requirements is not None:
-                requirements = self.string(requirements, f"{key}.requirements",
-                                           re.compile(r"pip-requirements/[A-Za-z0-9_./-]+\.in"),
-                                           "path pip-requirements/<...>.in")
-                if not (self.root / requirements).is_file():
-                    raise self.fail(f"{key}.requirements", f"{requirements} does not exist")
-            axes = self.string_list(table["axes"], f"{key}.axes", re.compile(r"[a-z]+"), "axis name")
-            self.subset(axes, AXES, f"{key}.axes")
-            if "python" not in axes or "mpi" not in axes:
-                raise self.fail(f"{key}.axes", "every family varies on 'python' and 'mpi'")
-            build_args = table.get("build_args", {})
-            if not isinstance(build_args, dict):
-                raise self.fail(f"{key}.build_args", "must be a table of NAME = \"value\"")
-            for arg, value in build_args.items():
-                self.string(arg, f"{key}.build_args", ARG_NAME_RE, "build arg name (UPPER_CASE)")
-                self.string(value, f"{key}.build_args.{arg}", ARG_VALUE_RE, "build arg value")
-            parent = table.get("parent")
-            if parent is not None and not isinstance(parent, str):
-                raise self.fail(f"{key}.parent", "must be the name of another family")
-            description = self.free_text(table.get("description"), f"{key}.description")
-            hdf5 = table.get("hdf5")
-            if hdf5 is not None:
-                hdf5 = self.string(hdf5, f"{key}.hdf5", VERSION_RE, "HDF5 version (X.Y.Z)")
-                numbers = [int(part) for part in hdf5.split(".")] + [0]
-                if tuple(numbers[:3]) < (1, 10, 4) or numbers[0] >= 2:
-                    raise self.fail(f"{key}.hdf5", f"{shown(hdf5)}: h5py needs HDF5 1.10.4 or newer, and HDF5 2.x "
-                                    "builds with CMake only (this family's build runs configure): use 1.10 to 1.14")
-                if requirements is None:
-                    raise self.fail(f"{key}.requirements", "a family with hdf5 builds h5py from the sdist its lock "
-                                    "pins: it needs a requirements file")
-            families[name] = Family(name, description, template, requirements, parent, axes, dict(build_args), hdf5)
-        self.check_parents(families)
+            with self.entry():
+                families[name] = self.load_one_family(name, table)
+        if len(self.problems) == before:  # parents are checked among families that all read well
+            self.check_parents(families)
         return families
+
+    def load_one_family(self, name: str, table: Any) -> Family:
+        """One ``[families.NAME]`` table."""
+        key = f"families.{name}"
+        self.name(name, key, "family")
+        self.keys(table, key, FAMILY_KEYS, required=("template", "axes"))
+        template = self.string(table["template"], f"{key}.template", TEMPLATE_NAME_RE, "template file name")
+        if not (self.root / "dockerfiles" / template).is_file():
+            raise self.fail(f"{key}.template", f"template dockerfiles/{template} does not exist")
+        requirements = table.get("requirements")
+        if requirements is not None:
+            requirements = self.string(requirements, f"{key}.requirements",
+                                       re.compile(r"pip-requirements/[A-Za-z0-9_./-]+\.in"),
+                                       "path pip-requirements/<...>.in")
+            if not (self.root / requirements).is_file():
+                raise self.fail(f"{key}.requirements", f"{requirements} does not exist")
+        axes = self.string_list(table["axes"], f"{key}.axes", re.compile(r"[a-z]+"), "axis name")
+        self.subset(axes, AXES, f"{key}.axes")
+        if "python" not in axes or "mpi" not in axes:
+            raise self.fail(f"{key}.axes", "every family varies on 'python' and 'mpi'")
+        build_args = table.get("build_args", {})
+        if not isinstance(build_args, dict):
+            raise self.fail(f"{key}.build_args", "must be a table of NAME = \"value\"")
+        for arg, value in build_args.items():
+            self.string(arg, f"{key}.build_args", ARG_NAME_RE, "build arg name (UPPER_CASE)")
+            self.string(value, f"{key}.build_args.{arg}", ARG_VALUE_RE, "build arg value")
+        parent = table.get("parent")
+        if parent is not None and not isinstance(parent, str):
+            raise self.fail(f"{key}.parent", "must be the name of another family")
+        description = self.free_text(table.get("description"), f"{key}.description")
+        hdf5 = table.get("hdf5")
+        if hdf5 is not None:
+            hdf5 = self.string(hdf5, f"{key}.hdf5", VERSION_RE, "HDF5 version (X.Y.Z)")
+            numbers = [int(part) for part in hdf5.split(".")] + [0]
+            if tuple(numbers[:3]) < (1, 10, 4) or numbers[0] >= 2:
+                raise self.fail(f"{key}.hdf5", f"{shown(hdf5)}: h5py needs HDF5 1.10.4 or newer, and HDF5 2.x "
+                                "builds with CMake only (this family's build runs configure): use 1.10 to 1.14")
+            if requirements is None:
+                raise self.fail(f"{key}.requirements", "a family with hdf5 builds h5py from the sdist its lock "
+                                "pins: it needs a requirements file")
+        return Family(name, description, template, requirements, parent, axes, dict(build_args), hdf5)
 
     def check_parents(self, families: Mapping[str, Family]) -> None:
         for family in families.values():
@@ -496,13 +549,22 @@ class _Loader:
         tables = self.data["profiles"]
         if not isinstance(tables, dict) or not tables:
             raise self.fail("profiles", "must define at least one profile")
+        before = len(self.problems)
         for name, table in tables.items():
-            self.name(name, f"profiles.{name}", "profile")
-            self.keys(table, f"profiles.{name}", PROFILE_KEYS)
+            with self.entry():
+                self.name(name, f"profiles.{name}", "profile")
+                self.keys(table, f"profiles.{name}", PROFILE_KEYS)
+        if len(self.problems) > before:  # extends is followed among profiles that all read well
+            return {}
         resolved: dict[str, dict[str, Any]] = {}
         for name in tables:
-            resolved[name] = self.flatten_profile(name, tables)
-        return {name: self.load_profile(name, table, matrix) for name, table in resolved.items()}
+            with self.entry():
+                resolved[name] = self.flatten_profile(name, tables)
+        profiles: dict[str, Profile] = {}
+        for name, table in resolved.items():
+            with self.entry():
+                profiles[name] = self.load_profile(name, table, matrix)
+        return profiles
 
     def flatten_profile(self, name: str, tables: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``extends``: the child's keys override, exclude rules add up."""
@@ -521,6 +583,7 @@ class _Loader:
             table = tables[parent]
         merged: dict[str, Any] = {}
         excludes: list[Any] = []
+        origins: dict[str, str] = {}
         for link in reversed(chain):
             for k, v in tables[link].items():
                 if k == "exclude":
@@ -529,7 +592,9 @@ class _Loader:
                     continue  # a cell list describes one profile, it is not inherited
                 else:
                     merged[k] = v
+                    origins[k] = link
         merged["exclude"] = excludes
+        merged[ORIGINS] = origins
         return merged
 
     def load_profile(self, name: str, table: dict[str, Any], m: Matrix) -> Profile:
@@ -557,7 +622,7 @@ class _Loader:
         publish = load_publish(table.get("publish"), f"{key}.publish", self.fail)
         build_python = self.mpi_build_python(table.get("mpi_build_python"), f"{key}.mpi_build_python", python)
         return Profile(name, description, registry, python, mpi, cuda, families, bases, sources, exclude, cells,
-                       publish, build_python)
+                       publish, build_python, dict(table.get(ORIGINS, {})))
 
     def check_hdf5_sources(self, profile: Profile, cells: list[Cell]) -> None:
         """Every HDF5 a profile's cells compile has a tarball and sha256 in the profile: caught before any build."""
@@ -674,9 +739,11 @@ def _profile_cells(m: Matrix, profile: Profile) -> list[Cell]:
         for i, pattern in enumerate(profile.cells):
             hits = [c for c in candidates if fnmatch.fnmatchcase(c.ref, pattern)]
             if not hits:
+                why = why_no_cell(m, profile, pattern)
                 raise MatrixError(m.path, f"{key}.cells[{i}]",
-                                  f"{shown(pattern)} matches no cell of the profile; cells: "
-                                  f"{', '.join(c.ref for c in candidates[:8])}{' ...' if len(candidates) > 8 else ''}")
+                                  f"{shown(pattern)} matches no cell of the profile ({why}); cells: "
+                                  f"{', '.join(c.ref for c in candidates[:8])}"
+                                  f"{' ...' if len(candidates) > 8 else ''}")
             chosen.extend(c for c in hits if c not in chosen)
         candidates = chosen
     refs = {c.ref for c in candidates}
@@ -686,6 +753,31 @@ def _profile_cells(m: Matrix, profile: Profile) -> list[Cell]:
             raise MatrixError(m.path, key, f"cell {cell.ref} needs its parent {parent}, which this profile "
                                            "does not build (add it, or exclude the child)")
     return order_by_parents(candidates)
+
+
+def why_no_cell(m: Matrix, profile: Profile, pattern: str) -> str:
+    """Why a cell pattern of a profile matches nothing: the axis value the profile lacks and where the profile's
+    list of that axis comes from (its own key, a profile it extends, or the matrix's axes), or the exclude rule."""
+    whole = [Cell(f, py, m.mpi[key], cuda) for f in m.families.values() for py in m.python for key in m.mpi
+             for cuda in (m.cuda if "cuda" in f.axes else (None,))]
+    hits = [c for c in whole if fnmatch.fnmatchcase(c.ref, pattern)]
+    if not hits:
+        return (f"no cell of the whole matrix matches it either: its axes are python {', '.join(m.python)}; "
+                f"mpi {', '.join(m.mpi)}; cuda {', '.join(m.cuda) or 'none'}; families {', '.join(m.families)}")
+    cell = hits[0]
+    wanted = {"families": cell.family.name, "python": cell.python, "mpi": cell.mpi.key, "cuda": cell.cuda}
+    for axis, value in wanted.items():
+        allowed = getattr(profile, axis)
+        if value is None or value in allowed:
+            continue
+        origin = profile.origins.get(axis)
+        where = (f"profiles.{profile.name}.{axis}" if origin == profile.name else
+                 f"inherited from profiles.{origin}.{axis} through extends: give profiles.{profile.name}.{axis} "
+                 "to change it" if origin else f"every value of the matrix's {axis} by default")
+        return f"{cell.ref}: {value!r} is not in the profile's {axis} ({', '.join(allowed)}; {where})"
+    rule = next((r for r in (*m.exclude, *profile.exclude)
+                 if all({"family": cell.family.name, **cell.axis_values}.get(a) == v for a, v in r.items())), None)
+    return f"{cell.ref} is removed by the exclude rule {dict(rule)}" if rule else f"{cell.ref} is not selected"
 
 
 def order_by_parents(cells: list[Cell]) -> list[Cell]:

@@ -23,8 +23,10 @@ wheel's ``launcher`` is its own ``bin/mpiexec`` unless ``launcher = "image"`` (t
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,16 +82,19 @@ class HostMpi:
 Fail = Callable[[str, str], Exception]
 
 
-def load_host_mpis(entries: Any, fail: Fail) -> dict[str, HostMpi]:
-    """The ``[[host_mpi]]`` entries, validated; keyed by name."""
+def load_host_mpis(entries: Any, fail: Fail,
+                   entry: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> dict[str, HostMpi]:
+    """The ``[[host_mpi]]`` entries, validated; keyed by name. ``entry``: the matrix reader's context that notes one
+    entry's problem and goes on with the next (the default stops at the first)."""
     if not isinstance(entries, list):
         raise fail("host_mpi", "must be an array of tables ([[host_mpi]])")
     found: dict[str, HostMpi] = {}
-    for i, entry in enumerate(entries):
-        host = _one(entry, f"host_mpi[{i}]", fail)
-        if host.name in found:
-            raise fail(f"host_mpi[{i}]", f"{host.name!r} is declared twice")
-        found[host.name] = host
+    for i, table in enumerate(entries):
+        with entry():
+            host = _one(table, f"host_mpi[{i}]", fail)
+            if host.name in found:
+                raise fail(f"host_mpi[{i}]", f"{host.name!r} is declared twice")
+            found[host.name] = host
     swaps = [name for name, host in found.items() if host.swap]
     if len(swaps) > 1:
         raise fail("host_mpi", f"only one stand-in may be the bind-model swap (swap = true): {', '.join(swaps)}")
