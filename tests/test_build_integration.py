@@ -93,6 +93,12 @@ def test_second_run_rebuilds_nothing(ci_build):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"0 to build, {len(ci_build[0].cells('ci'))} up to date" in proc.stdout
     assert " built " not in proc.stdout
+    # the plan says so too, cell by cell, before anything runs
+    plan = subprocess.run([sys.executable, "-m", "invoke", "build", "--profile", "ci", "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    n = len(ci_build[0].cells("ci"))
+    assert plan.returncode == 0 and f"{n} cells: {n} up to date, 0 to build" in plan.stdout, plan.stdout
+    assert "to build  " not in plan.stdout and plan.stdout.count("up to date") == n + 1, plan.stdout
 
 
 def test_a_generated_dockerfile_builds_with_plain_docker_build(ci_build, client):

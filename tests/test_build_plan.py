@@ -37,6 +37,15 @@ def test_dry_run_lists_every_published_cell_with_its_tags():
     assert "hpcimages/cuda-python:py3.12-mpich4.3.2-cuda12.6" in proc.stdout
 
 
+def test_dry_run_without_an_engine_says_that_up_to_date_is_not_known(tmp_path):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--profile", "ci", "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "no Docker engine answered: which are up to date is not known" in proc.stdout
+    assert "up to date  " not in proc.stdout and "to build  " not in proc.stdout
+
+
 def test_only_adds_ancestors_and_rejects_unknown_patterns():
     m = load_matrix(ROOT / "matrix.toml")
     refs = [c.ref for c in plan(m, "ci", ["cuda-python:*"])]

@@ -157,3 +157,27 @@ def test_a_standard_abi_cell_must_report_abi_1_0_through_mpi4py():
     assert check_contents(cell, good).status == "pass" and "MPI standard ABI 1.0" in check_contents(cell, good).reason
     out = check_contents(cell, {**good, "mpi_abi_version": [-1, -1]})  # mpi4py built for the MPICH ABI
     assert out.status == "fail" and "not the standard ABI 1.0" in out.reason
+
+
+def test_a_family_without_checks_of_its_own_still_gets_one_that_can_fail(tmp_path):
+    """A new family (here dask-mpi, on mpi4py) with no FAMILY_CHECKS entry: its requirements.in decides what it
+    must import; the families with checks of their own are unchanged."""
+    import dataclasses
+
+    from hpcimages.define.matrix import Family
+    from hpcimages.images.check import IMPORT_REQUIREMENTS, requirement_names
+
+    (tmp_path / "pip-requirements" / "dask-mpi").mkdir(parents=True)
+    (tmp_path / "pip-requirements" / "dask-mpi" / "requirements.in").write_text(
+        "# dask on MPI\ndask[array]>=2024.1 ; python_version >= '3.10'\n-c ../mpi4py/requirements-py3.11.txt\n"
+        "dask_mpi  # the launcher\n\n")
+    family = Family("dask-mpi", "", "hpc-python.Dockerfile.j2", "pip-requirements/dask-mpi/requirements.in",
+                    "mpi4py", ("python", "mpi"))
+    matrix = dataclasses.replace(M, root=tmp_path, families={**M.families, "dask-mpi": family})
+    assert requirement_names(tmp_path / family.requirements) == ("dask", "dask_mpi")
+    command = family_checks(matrix, "dask-mpi").commands[-1]
+    assert command.argv == ("python3", "-c", IMPORT_REQUIREMENTS, "dask", "dask_mpi")
+    assert command.expected == ("every package of requirements.in imports",)
+    assert family_checks(M, "mpi4py").commands == ()  # its own entry says what it proves
+    assert [c.what for c in family_checks(M, "cuda-python").commands] == ["CUDA kernel under the simulator",
+                                                                          "CUDA toolkit wheels"]

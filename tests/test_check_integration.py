@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,16 @@ def test_check_with_unknown_cells_is_a_clear_error():
     proc = subprocess.run([sys.executable, "-m", "invoke", "check", "--profile", "ci", "--only", "openmpi*"],
                           cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "matches no cell" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_requirements_check_of_a_family_without_its_own_runs_and_names_what_does_not_import(checker):
+    """The check a new family gets, run for real in the hpc-python image: its requirements.in imports; a package
+    the image lacks is named."""
+    from hpcimages.images.check import IMPORT_REQUIREMENTS
+
+    image = "hpcimages/hpc-python:py3.11-mpich4.3.2"
+    code, out = checker.run(image, ["python3", "-c", IMPORT_REQUIREMENTS, "scipy", "h5py", "pandas"])
+    assert code == 0 and "every package of requirements.in imports" in out, out
+    assert re.search(r"^scipy \d+\.\d+", out, re.M) and re.search(r"^pandas \d+\.\d+.* pandas$", out, re.M), out
+    code, out = checker.run(image, ["python3", "-c", IMPORT_REQUIREMENTS, "scipy", "dask-mpi"])
+    assert code != 0 and "dask-mpi is not installed" in out and "every package" not in out, out

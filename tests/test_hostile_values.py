@@ -233,7 +233,8 @@ def test_hostile_matrix_value(workdir, path, value):
 SITE = {
     "description": "a cluster",
     "slurm": {"partition": "work", "account": "proj0001", "qos": "normal", "time": "00:10:00", "nodes": 2,
-              "ntasks_per_node": 1, "cpus_per_task": 1, "options": ["--exclusive"], "commands": "/usr/bin"},
+              "ntasks_per_node": 1, "cpus_per_task": 1, "options": ["--exclusive"], "commands": "/usr/bin",
+              "runs_dir": "/scratch/proj0001/runs"},
     "environment": {"modules": ["PrgEnv-gnu/8.5"], "vars": {"MPICH_OFI_NIC_POLICY": "NUMA"}},
     "container": {"runtime": "apptainer", "binary": "/usr/bin/apptainer", "cleanenv": True,
                   "bind": ["/scratch"], "sif_dir": "/software/sif", "bench_dir": "/software/bench", "sharens": True},

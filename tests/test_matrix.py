@@ -77,7 +77,7 @@ def test_real_matrix_is_valid_and_covers_the_published_axes():
     ci = m.cells("ci")
     assert {c.python for c in ci} >= {"3.11", "3.13"}
     assert len({c.mpi.key for c in ci}) >= 2
-    assert {c.family.name for c in ci} == {"mpi4py", "hpc-python", "cuda-python", "h5py-mpi"}
+    assert {c.family.name for c in ci} >= {"mpi4py", "hpc-python", "cuda-python", "h5py-mpi"}  # a new one may join
     assert {c.python for c in ci if c.family.hdf5} == {"3.11", "3.13"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -57,6 +58,9 @@ def test_the_shipped_profiles_load():
     ('[host_mpi]\nbind = ["/a:b"]\n', "with absolute paths"),
     ('[host_mpi]\nbind = ["/a:/b:rx"]\n', "OPTS one of ro, rw"),
     ('[container]\nbind = ["scratch"]\n', "container.bind[0] = 'scratch': a bind is SRC[:DST[:OPTS]]"),
+    ('[slurm]\nruns_dir = "runs"\n', "slurm.runs_dir = 'runs': must be an absolute directory"),
+    ('[slurm]\nruns_dir = "/scratch/../etc"\n', "no ':' or '..'"),
+    ('[slurm]\nruns_dir = "/scratch/x;id"\n', "slurm.runs_dir = '/scratch/x;id': ';' not allowed"),
 ])
 def test_bad_values_are_refused_with_the_key_named(text, expected):
     with pytest.raises(SiteError) as info:
@@ -365,3 +369,22 @@ def test_apptainer_ranks_share_a_namespace_unless_asked_not_to(tmp_path):
     assert slurm.JobSpec(off, "hello", IMAGE, own_namespaces=True).variant == "t inter-node"  # nothing to turn off
     with pytest.raises(SiteError, match=r"sharens = true: only Apptainer \(1.1 or newer\) has --sharens"):
         site_from('[container]\nruntime = "singularity"\nsharens = true\n')
+
+
+def test_the_site_template_sends_scripts_outputs_and_records_to_its_runs_dir(tmp_path):
+    """A copy of template.toml is a real cluster's profile: its jobs write where its nodes see (runs_dir), the
+    .sif and bench/ paths are the cluster's, and `invoke jobs` finds the record there."""
+    template = load_site(SITES, "template")
+    assert template.slurm.runs_dir and template.container.sif_dir and template.container.bench_dir
+    assert template.has_bind_model
+    root, runs = tmp_path / "checkout", tmp_path / "cluster-scratch" / "runs"
+    shutil.copytree(ROOT / "slurm", root / "slurm")
+    text = (SITES / "template.toml").read_text().replace(template.slurm.runs_dir, str(runs))
+    (root / "slurm" / "sites" / "mysite.toml").write_text(text)
+    site = load_site(root / "slurm" / "sites", "mysite")
+    assert slurm.runs_dir(root, site) == runs and slurm.runs_dir(root) != runs
+    record = slurm.prepare(root, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "osu_bw", IMAGE, "bind"))
+    script = Path(record.script).read_text()
+    assert Path(record.run_dir).parent == runs and record.path.is_file()
+    assert f"#SBATCH --output={runs}/" in script and f"BENCH={template.container.bench_dir}" in script
+    assert [r.key for r in slurm.load_records(root)] == [record.key]

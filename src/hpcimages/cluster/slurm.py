@@ -26,7 +26,7 @@ import jinja2
 
 from .. import tables
 from ..define.matrix import IMAGE_RE, Matrix
-from ..define.sites import Site
+from ..define.sites import Site, SiteError, load_site, site_names
 from ..errors import HpcImagesError
 from ..files import write_json
 from ..measure.bench import BENCHMARKS
@@ -262,15 +262,33 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def runs_dir(root: Path) -> Path:
-    """Where scripts, outputs and records go; HPCIMAGES_SLURM_RUNS moves them (it must be visible to the jobs)."""
+def runs_dir(root: Path, site: Site | None = None) -> Path:
+    """Where scripts, outputs and records go: the site's ``[slurm] runs_dir`` (a file system its jobs see), else
+    build/slurm/runs, which HPCIMAGES_SLURM_RUNS moves (it must be visible to the jobs)."""
+    if site is not None and site.slurm.runs_dir:
+        return Path(site.slurm.runs_dir)
     override = os.environ.get("HPCIMAGES_SLURM_RUNS")
     return Path(override) if override else build_dir(root) / "slurm" / "runs"
 
 
+def record_dirs(root: Path) -> list[Path]:
+    """Every folder job records may be in: the default one and each site profile's own ``runs_dir``."""
+    folders = [runs_dir(root)]
+    sites_dir = root / "slurm" / "sites"
+    for name in site_names(sites_dir):
+        try:
+            site = load_site(sites_dir, name)
+        except SiteError:
+            continue  # a broken profile is reported when it is used, not by every `invoke jobs`
+        folder = runs_dir(root, site)
+        if folder not in folders:
+            folders.append(folder)
+    return folders
+
+
 def load_records(root: Path) -> list[JobRecord]:
     records = []
-    for path in sorted(runs_dir(root).glob("*/record.json")):
+    for path in sorted(p for folder in record_dirs(root) for p in folder.glob("*/record.json")):
         try:
             records.append(JobRecord(**json.loads(path.read_text(encoding="utf-8"))))
         except (ValueError, TypeError) as exc:
@@ -365,7 +383,7 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
         raise SlurmError(f"{sif} does not exist: convert the image first (`invoke convert --only {cell}`), or set "
                          f"[container] sif_dir in {spec.site.path} to where the .sif files are on the cluster")
     key = job_key(spec, now)
-    run_dir = runs_dir(root) / key
+    run_dir = runs_dir(root, spec.site) / key
     run_dir.mkdir(parents=True)
     script = run_dir / "job.sbatch"
     script.write_text(render(root, spec, run_dir), encoding="utf-8")

@@ -37,7 +37,7 @@ KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "
 SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
     "": {"description": str},
     "slurm": {"partition": str, "account": str, "qos": str, "time": str, "nodes": int, "ntasks_per_node": int,
-              "cpus_per_task": int, "options": list, "commands": str},
+              "cpus_per_task": int, "options": list, "commands": str, "runs_dir": str},
     "environment": {"modules": list, "vars": dict},
     "container": {"runtime": str, "binary": str, "cleanenv": bool, "bind": list, "sif_dir": str, "bench_dir": str,
                   "sharens": bool},
@@ -62,6 +62,7 @@ class Slurm:
     cpus_per_task: int = 0
     options: tuple[str, ...] = ()
     commands: str = ""  # directory of sbatch/squeue/...; "" = the PATH
+    runs_dir: str = ""  # where job scripts, outputs and records go (a file system the jobs see); "" = build/slurm/runs
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
             nodes=get.count("slurm", "nodes", 2), ntasks_per_node=get.count("slurm", "ntasks_per_node", 1),
             cpus_per_task=get.count("slurm", "cpus_per_task", 0, minimum=0),
             options=get.sbatch_options("slurm", "options"), commands=get.text("slurm", "commands"),
+            runs_dir=get.directory("slurm", "runs_dir"),
         ),
         modules=get.words("environment", "modules"),
         vars=get.variables("environment", "vars"),
@@ -325,6 +327,15 @@ class _Getter:
         """Directories on the compute node: absolute, or they would resolve against the job's working directory."""
         return self._kept(section, key, lambda item: None if item.startswith("/") and ":" not in item else
                           "must be an absolute directory on the compute node (starting with /, no ':')")
+
+    def directory(self, section: str, key: str) -> str:
+        """One absolute directory (a file system the jobs see), or ''."""
+        value = self.text(section, key)
+        if value and (not value.startswith("/") or ":" in value or ".." in value.split("/")):
+            self.problems.append(f"{self._where(section, key)} = {shown(value)}: must be an absolute directory "
+                                 "(starting with /, no ':' or '..')")
+            return ""
+        return value
 
     def binds(self, section: str, key: str) -> tuple[str, ...]:
         """Bind specs ``SRC[:DST[:OPTS]]`` as Apptainer reads them: absolute paths, OPTS ``ro`` or ``rw``."""

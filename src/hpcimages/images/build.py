@@ -137,15 +137,28 @@ def plan(matrix: Matrix, profile: str | Profile, only: Iterable[str] = ()) -> li
     return select_cells(matrix, profile, only, with_parents=True)
 
 
-def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell]) -> str:
+def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell], stale: set[str] | None = None) -> str:
+    """The plan as a table: each cell's tags, what it starts FROM and, where the engine could be asked (``stale``:
+    the cells a build would build), whether it is up to date."""
     rows = []
     for cell in cells:
         tags = [cell.image(profile.registry), *cell.aliases(profile)]
         start = cell.parent_ref() or profile.bases[cell.python].image
         if mpi_source(profile, cell) is not None:
             start += f" (MPI compiled in {profile.mpi_build_image})"
-        rows.append([cell.ref, ", ".join(tags), start])
-    return tables.terminal(rows, ["cell", "tags", "FROM"]) + f"\n{len(cells)} cells"
+        state = "?" if stale is None else "to build" if cell.ref in stale else "up to date"
+        rows.append([cell.ref, state, ", ".join(tags), start])
+    if stale is None:
+        summary = f"{len(cells)} cells (no Docker engine answered: which are up to date is not known)"
+    else:
+        summary = f"{len(cells)} cells: {len(cells) - len(stale & {c.ref for c in cells})} up to date, " \
+                  f"{len(stale & {c.ref for c in cells})} to build"
+    return tables.terminal(rows, ["cell", "state", "tags", "FROM"]) + f"\n{summary}"
+
+
+def stale_for_plan(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell]) -> set[str]:
+    """The cells of a plan that a build would build (stale, or below a stale parent), by the engine's images."""
+    return Builder(client, matrix, profile).stale_cells(cells)
 
 
 def check_inputs_fresh(matrix: Matrix) -> None:
@@ -332,7 +345,10 @@ class Builder:
         if from_id is None:
             return None
         args = build_args(self.matrix, self.profile, cell, None)
-        return input_hash(self.matrix, cell, hashed_args(self.profile, cell, args), from_id)
+        try:
+            return input_hash(self.matrix, cell, hashed_args(self.profile, cell, args), from_id)
+        except FileNotFoundError:  # an input not there yet (a new family's lock before `invoke lock`): not fresh
+            return None
 
     def up_to_date(self, cell: Cell, parent_id: str | None) -> tuple[bool, str | None]:
         image = find_image(self.client, cell.image(self.profile.registry))

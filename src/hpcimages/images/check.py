@@ -14,7 +14,8 @@ hygiene    no wheels, pip caches, credentials, private keys or extra CA bundles 
            secrets in the image's environment or ``docker history``
 family     what only this family can prove (a CUDA kernel under numba's simulator; for a family with a parallel
            HDF5: h5py's MPI build on that HDF5, and a 2-rank ``driver='mpio'`` write verified element by element
-           under the image's MPICH and under the bind model)
+           under the image's MPICH and under the bind model); a family with no entry in FAMILY_CHECKS still gets one
+           that can fail: every package its requirements.in names imports (``contents`` proves the locked versions)
 
 Every container runs with ``--network none`` and the engine's default sandbox (mpirun.ENGINE_DEFAULT): an image
 must work without a network and without extra rights.
@@ -65,12 +66,19 @@ class FamilyCommand:
 
 @dataclass(frozen=True)
 class FamilyChecks:
-    """What one family adds to the checks of its parent."""
+    """What one family adds to the checks of its parent (docs/extending.md has an example)::
 
-    imports: tuple[str, ...] = ()
+        FAMILY_CHECKS["dask-mpi"] = FamilyChecks(
+            imports=("dask", "dask_mpi"),                      # `contents`: each must import
+            extensions=(),                                      # `linking`: compiled modules inspected too
+            commands=(FamilyCommand("2-rank dask-mpi", ("mpiexec", "-n", "2", "python3", "-c", "..."),
+                                    expected=("ok",)),))        # `family`: argv run in the image, text expected
+    """
+
+    imports: tuple[str, ...] = ()  # modules that must import (the contents check)
     mpi_extensions: tuple[str, ...] = ()  # compiled modules that must link libmpi.so.12 dynamically
     extensions: tuple[str, ...] = ()  # compiled modules inspected too (they must not pin an MPI)
-    commands: tuple[FamilyCommand, ...] = ()
+    commands: tuple[FamilyCommand, ...] = ()  # the family check: each run in the image, its output checked
 
 
 CUDA_SIM_KERNEL = FamilyCommand("CUDA kernel under the simulator", ("python3", "-c", (
@@ -118,9 +126,62 @@ def hdf5_checks(version: str) -> FamilyChecks:
                         commands=(config, mpio, bind))
 
 
+#: imports every distribution named on its command line by the modules it installs (importlib.metadata), prints each
+#: with its version, and fails naming the first package that does not import
+IMPORT_REQUIREMENTS = """
+import importlib, importlib.metadata as md, re, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+modules = {}
+for module, dists in md.packages_distributions().items():
+    for dist in dists:
+        modules.setdefault(norm(dist), set()).add(module)
+failed = []
+for name in sys.argv[1:]:
+    found = sorted(m for m in modules.get(norm(name), ()) if not m.startswith("_")) or [name.replace("-", "_")]
+    for module in found:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            failed.append(f"{name}: import {module}: {exc.__class__.__name__}: {exc}")
+    try:
+        version = md.version(name)
+    except md.PackageNotFoundError:
+        version = "not installed"
+        failed.append(f"{name} is not installed")
+    print(name, version, " ".join(found))
+if failed:
+    sys.exit("; ".join(failed))
+print("every package of requirements.in imports")
+"""
+REQUIREMENT_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def requirement_names(path: Path) -> tuple[str, ...]:
+    """The distributions a requirements.in names (extras, versions, markers and comments dropped)."""
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0]
+        match = REQUIREMENT_RE.match(line)
+        if match and not line.lstrip().startswith("-"):
+            names.append(match.group(1))
+    return tuple(names)
+
+
+def requirements_check(matrix: Matrix, family: str) -> FamilyChecks:
+    """For a family without an entry of its own: every package its requirements.in names imports."""
+    requirements = matrix.families[family].requirements
+    names = requirement_names(matrix.root / requirements) if requirements else ()
+    if not names:
+        return FamilyChecks()
+    return FamilyChecks(commands=(FamilyCommand(f"{family}: every package of its requirements.in imports",
+                                                ("python3", "-c", IMPORT_REQUIREMENTS, *names),
+                                                ("every package of requirements.in imports",)),))
+
+
 def family_checks(matrix: Matrix, family: str) -> FamilyChecks:
     """The family's checks merged with its ancestors' (parents first); a family with ``hdf5`` adds those of
-    ``hdf5_checks``."""
+    ``hdf5_checks``; a family with neither a FAMILY_CHECKS entry nor ``hdf5`` the import of its requirements
+    (requirements_check)."""
     chain = []
     name: str | None = family
     while name is not None:
@@ -129,7 +190,9 @@ def family_checks(matrix: Matrix, family: str) -> FamilyChecks:
     merged = FamilyChecks()
     for name in reversed(chain):
         hdf5 = matrix.families[name].hdf5
-        for extra in (FAMILY_CHECKS.get(name, FamilyChecks()), hdf5_checks(hdf5) if hdf5 else FamilyChecks()):
+        # a family with neither an entry nor a parallel HDF5 would prove nothing of its own: it imports its packages
+        own = FAMILY_CHECKS.get(name) or (FamilyChecks() if hdf5 else requirements_check(matrix, name))
+        for extra in (own, hdf5_checks(hdf5) if hdf5 else FamilyChecks()):
             merged = FamilyChecks(merged.imports + extra.imports, merged.mpi_extensions + extra.mpi_extensions,
                                   merged.extensions + extra.extensions, merged.commands + extra.commands)
     return merged
@@ -252,7 +315,8 @@ class Checker:
                 done.append(f"{command.what}: skipped, no stand-in host MPI")
                 continue
             code, out = self.run(image_id, command.argv, env=dict(command.env), host_mpi=command.host_mpi)
-            missing = [text for text in (e.format(banner=self.banner) for e in command.expected) if text not in out]
+            wanted = [text.replace("{banner}", self.banner) for text in command.expected]
+            missing = [text for text in wanted if text not in out]
             if code != 0 or missing:
                 lacking = f" (no {missing[0]!r} in the output)" if missing else ""
                 return Outcome("fail", f"{command.what}: exit {code}{lacking}: {_tail(out)}")

@@ -9,6 +9,7 @@ from ..cli import UsageError, say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
+from ..errors import EngineError
 from ..paths import build_dir, relative
 from . import bases as bases_mod
 from . import build as build_mod
@@ -37,7 +38,11 @@ def build(matrix: str, profile: str, only: Iterable[str] = (), jobs: int | str =
     cells = build_mod.plan(m, prof, only)
     if dry_run:
         say(f"profile {prof.name!r}: {prof.description}")
-        say(build_mod.describe_plan(m, prof, cells))
+        try:  # the plan needs no engine; with one, it also says which cells are up to date
+            stale: set[str] | None = build_mod.stale_for_plan(connect(ping_timeout=5), m, prof, cells)
+        except EngineError:
+            stale = None
+        say(build_mod.describe_plan(m, prof, cells, stale))
         return 0
     report = build_mod.build_cells(connect(), m, prof, cells, jobs=jobs, progress=say, force=force)
     say("")
