@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 from h5py_mpio import NO_MPI, say_error, shared_path  # same folder
 from mpi4py import MPI
-from osu_bw import library_file, mpi_abi, parse_sizes, placement, sizes
+from osu_bw import library_file, mpi_abi, placement, size_range, sizes
 
 MODES = (("write", False), ("write", True), ("read", False), ("read", True))
 HEADERS = ("Write independent (MB/s)", "Write collective (MB/s)", "Read independent (MB/s)", "Read collective (MB/s)")
@@ -78,7 +78,7 @@ def measure(comm: MPI.Intracomm, path: str, nbytes: int, iters: int, warmup: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-m", "--message-size", type=parse_sizes, default=(65536, 16 * 1024 * 1024),
+    parser.add_argument("-m", "--message-size", type=size_range(1, 16 * 1024 * 1024), default=(65536, 16 * 1024 * 1024),
                         metavar="MIN:MAX", help="bytes each rank writes (default 65536:16777216)")
     parser.add_argument("-i", "--iterations", type=int, default=5, help="timed iterations per mode (default 5)")
     parser.add_argument("-x", "--warmup", type=int, default=1, help="warm-up iterations per mode (default 1)")

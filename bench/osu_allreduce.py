@@ -13,17 +13,12 @@ import sys
 
 import numpy as np
 from mpi4py import MPI
-from osu_bw import print_provenance, print_transport  # same folder
+from osu_bw import print_provenance, print_transport, size_range  # same folder
 
 LARGE_MESSAGE = 8192
 
 
-def parse_sizes(text: str) -> tuple[int, int]:
-    low, _, high = text.partition(":")
-    lo, hi = int(low or 4), int(high or 1024 * 1024)
-    if lo < 4 or hi < lo:
-        raise argparse.ArgumentTypeError(f"bad size range {text!r}: use MIN:MAX with 4 <= MIN <= MAX")
-    return lo, hi
+parse_sizes = size_range(4, 1024 * 1024)
 
 
 def sizes(lo: int, hi: int) -> list[int]:

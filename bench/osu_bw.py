@@ -118,12 +118,24 @@ def print_transport(comm) -> None:
         print(f"# Transport: {seen}", flush=True)
 
 
-def parse_sizes(text: str) -> tuple[int, int]:
-    low, _, high = text.partition(":")
-    lo, hi = int(low or 1), int(high or 4 * 1024 * 1024)
-    if lo < 1 or hi < lo:
-        raise argparse.ArgumentTypeError(f"bad size range {text!r}: use MIN:MAX with 1 <= MIN <= MAX")
-    return lo, hi
+def size_range(minimum: int, largest: int):
+    """The one `-m MIN:MAX` rule of every benchmark script: an empty side takes the default (``minimum``,
+    ``largest``), and ``minimum <= MIN <= MAX`` (hpcimages checks the same before a job waits in a queue:
+    Benchmark.sizes_problem)."""
+    def parse(text: str) -> tuple[int, int]:
+        low, _, high = text.partition(":")
+        try:
+            lo, hi = int(low or minimum), int(high or largest)
+        except ValueError:
+            lo, hi = minimum - 1, 0
+        if lo < minimum or hi < lo:
+            raise argparse.ArgumentTypeError(f"bad size range {text!r}: use MIN:MAX with {minimum} <= MIN <= MAX")
+        return lo, hi
+
+    return parse
+
+
+parse_sizes = size_range(1, 4 * 1024 * 1024)
 
 
 def sizes(lo: int, hi: int) -> list[int]:

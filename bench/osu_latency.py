@@ -12,17 +12,20 @@ import argparse
 import sys
 
 from mpi4py import MPI
-from osu_bw import allocate, fill, message, print_provenance, print_transport, received_bytes  # same folder
+from osu_bw import (  # same folder
+    allocate,
+    fill,
+    message,
+    print_provenance,
+    print_transport,
+    received_bytes,
+    size_range,
+)
 
 LARGE_MESSAGE = 8192
 
 
-def parse_sizes(text: str) -> tuple[int, int]:
-    low, _, high = text.partition(":")
-    lo, hi = int(low or 0), int(high or 4 * 1024 * 1024)
-    if lo < 0 or hi < lo:
-        raise argparse.ArgumentTypeError(f"bad size range {text!r}: use MIN:MAX with 0 <= MIN <= MAX")
-    return lo, hi
+parse_sizes = size_range(0, 4 * 1024 * 1024)
 
 
 def sizes(lo: int, hi: int) -> list[int]:

@@ -183,3 +183,22 @@ def test_a_persistent_variant_must_show_the_script_used_persistent_requests(tmp_
         bench.records_of(plain, variant, bench.BENCHMARKS["osu_bw"], ["x"], "ci", 1, "r", "s")
     rows = bench.records_of(INTER_NODE, variant, bench.BENCHMARKS["osu_bw"], ["x"], "ci", 1, "r", "s")
     assert rows[0].settings.endswith("requests: persistent") and rows[0].variant == "bare-metal (persistent)"
+
+
+def test_the_scripts_size_rule_and_the_preflight_are_one_rule():
+    """Every benchmark script parses `-m` with osu_bw.size_range(MIN, LARGEST); the check run before a job waits in
+    a queue (Benchmark.sizes_problem) must use the same MIN and LARGEST, or it would refuse what runs (or pass
+    what the script refuses)."""
+    import ast
+
+    from hpcimages.measure.bench import BENCHMARKS
+
+    root = Path(__file__).resolve().parent.parent / "bench"
+    for bench in BENCHMARKS.values():
+        tree = ast.parse((root / bench.script).read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "size_range"]
+        assert len(calls) == 1, f"{bench.script}: one size_range(...) call, found {len(calls)}"
+        minimum, largest = (eval(compile(ast.Expression(a), bench.script, "eval")) for a in calls[0].args)
+        assert (minimum, largest) == (bench.min_size, int(bench.default_sizes.split(":")[1])), bench.name
+        assert bench.sizes_problem(f":{largest}") is None and bench.sizes_problem(f"{minimum}:") is None
+        assert bench.sizes_problem(f"{minimum - 1}:{largest}") and bench.sizes_problem(f"{largest}:{minimum}")

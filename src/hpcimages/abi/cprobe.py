@@ -48,7 +48,7 @@ def run_c_probe(runner: PairRunner, inj: Binding) -> str:
     code, out = runner.run(inj, ["sh", "-c", f'ldd "$1" | grep "{soname} =>" || echo "{soname} => not found"',
                                  "sh", binary])
     resolved = out.split("=>", 1)[1].split("(")[0].strip() if "=>" in out else "unknown"
-    code, out = runner.run(inj, [inj.launcher, "-n", "2", binary])
+    code, out = runner.run(inj, [binary], ranks=2)
     ran = out.count("allreduce 1") == 2
     isendrecv = out.count("MPI_Isendrecv ok") == 2
     if inj.bound and not resolved.startswith(HOST_MPI_MOUNT + "/"):

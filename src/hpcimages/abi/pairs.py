@@ -33,7 +33,15 @@ from .. import engine, stats
 from ..engine import Mount
 from ..errors import output_tail
 from ..measure.results import ResultsError, parse_osu
-from ..mpirun import BENCH_MOUNT, CROSS_MEMORY_ATTACH, HOST_MPI_MOUNT, Binding, loaded_from_host, run_in_image
+from ..mpirun import (
+    BENCH_MOUNT,
+    CROSS_MEMORY_ATTACH,
+    HOST_MPI_MOUNT,
+    Binding,
+    loaded_from_host,
+    mpiexec_argv,
+    run_in_image,
+)
 from ..sif.apptainer import Runtime
 
 HOST_MOUNT = HOST_MPI_MOUNT
@@ -129,7 +137,10 @@ class PairRunner:
         self.soname = "libmpi.so.12"  # what the image's mpi4py links: libmpi_abi.so.1 for the MPI-5 standard ABI
 
     def run(self, inj: Binding, argv: list[str], timeout: int = STEP_TIMEOUT_S, out: Path | None = None,
-            env: dict[str, str] | None = None) -> tuple[int, str]:
+            env: dict[str, str] | None = None, ranks: int = 0) -> tuple[int, str]:
+        """``argv`` in a container of the image with ``inj`` bound; ``ranks``: that many ranks of it under the
+        launcher of what is bound (mpirun.mpiexec_argv)."""
+        argv = mpiexec_argv(inj.launcher, argv, ranks) if ranks else argv
         mounts = [Mount(INCONTAINER, ABI_MOUNT), Mount(self.bench_dir, BENCH_MOUNT)]
         if self.tests is not None:
             mounts.append(Mount(self.tests, TESTS_MOUNT))
@@ -142,8 +153,8 @@ class PairRunner:
 
     def probe(self, inj: Binding, pair: Pair) -> None:
         # abi_probe asks bench/mpiloaded.py which library it loaded (the one answer, shared with the scripts)
-        code, out = self.run(inj, [inj.launcher, "-n", "1", "python3", f"{ABI_MOUNT}/abi_probe.py"],
-                             env={"PYTHONPATH": BENCH_MOUNT})
+        code, out = self.run(inj, ["python3", f"{ABI_MOUNT}/abi_probe.py"], env={"PYTHONPATH": BENCH_MOUNT},
+                             ranks=1)
         facts = engine.last_json_line(out)
         if facts is None:
             missing = self._missing_soname(inj)
@@ -189,7 +200,7 @@ class PairRunner:
         return f"the stand-in has no {self.soname}: {has}"
 
     def hello(self, inj: Binding) -> str:
-        code, out = self.run(inj, [inj.launcher, "-n", "2", "python3", f"{BENCH_MOUNT}/hello_mpi4py.py", "--library"])
+        code, out = self.run(inj, ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py", "--library"], ranks=2)
         return _hello_verdict(code, out, inj)
 
     def bench(self, own: Binding, inj: Binding) -> tuple[float | None, float | None, float | None, float | None,
@@ -203,8 +214,8 @@ class PairRunner:
             for name, which in (("own", own), ("inj", inj)):
                 for bench, size, metric in (("osu_bw", BW_SIZE, "bandwidth_mbs"),
                                             ("osu_latency", LAT_SIZE, "latency_us")):
-                    code, out = self.run(which, [which.launcher, "-n", "2", "python3",
-                                                 f"{BENCH_MOUNT}/{bench}.py", "-m", f"{size}:{size}"])
+                    code, out = self.run(which, ["python3", f"{BENCH_MOUNT}/{bench}.py", "-m", f"{size}:{size}"],
+                                         ranks=2)
                     value = _osu_value(out, size, metric) if code == 0 else None
                     if value is not None:
                         samples.setdefault((name, bench), []).append(value)
@@ -234,14 +245,13 @@ class PairRunner:
                 out_dir = Path(tmp)
                 out_dir.chmod(0o777)
                 # faulthandler: a crash while the suite imports its modules names the module in its traceback
-                argv = [inj.launcher, "-n", str(ranks), "python3", "-X", "faulthandler", f"{ABI_MOUNT}/suite.py",
-                        TESTS_MOUNT, OUT_MOUNT]
+                argv = ["python3", "-X", "faulthandler", f"{ABI_MOUNT}/suite.py", TESTS_MOUNT, OUT_MOUNT]
                 for pattern in self.suite_include:
                     argv += ["-i", pattern]
                 for test in left_out:
                     argv += ["-e", test] if "." not in test else ["-x", test]
                 # the workers that mpi4py.futures and the pool tests spawn import the test modules by name
-                code, out = self.run(inj, argv, timeout=self.suite_timeout, out=out_dir,
+                code, out = self.run(inj, argv, timeout=self.suite_timeout, out=out_dir, ranks=ranks,
                                      env={"PYTHONPATH": TESTS_MOUNT, "HPCIMAGES_TEST_TIMEOUT": str(self.test_timeout)})
                 results = [_read_json(out_dir / f"result-{r}.json") for r in range(ranks)]
                 running = sorted({(out_dir / f"progress-{r}").read_text(encoding="utf-8").strip()

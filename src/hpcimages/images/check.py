@@ -35,7 +35,17 @@ from .. import engine, tables
 from ..define.matrix import Cell, Matrix, Profile
 from ..engine import Mount, find_image
 from ..errors import output_tail
-from ..mpirun import BENCH_MOUNT, HOST_MPI_MOUNT, PROBE_MOUNT, Binding, bench_mount, loaded_from_host, run_in_image
+from ..mpirun import (
+    BENCH_MOUNT,
+    HOST_MPI_MOUNT,
+    IMAGE_MPI,
+    PROBE_MOUNT,
+    Binding,
+    bench_mount,
+    loaded_from_host,
+    run_in_image,
+    run_ranks,
+)
 from ..paths import build_dir
 from . import hostmpi, reports
 
@@ -228,11 +238,15 @@ class Checker:
         self.progress = progress
 
     def run(self, image: str, argv: Iterable[str], env: dict[str, str] | None = None,
-            host_mpi: bool = False) -> tuple[int, str]:
+            host_mpi: bool = False, ranks: int = 0) -> tuple[int, str]:
         """Run an argument list in the image, as root, with no network, the probe and bench/ mounted; ``host_mpi``:
-        with the swap stand-in bound the way a site binds it (its environment under ``env``)."""
+        with the swap stand-in bound the way a site binds it (its environment under ``env``); ``ranks``: that many
+        ranks of it under the launcher of what is bound (the image's mpiexec, or the stand-in's)."""
         mounts = [Mount(PROBE_DIR, PROBE_MOUNT), bench_mount(self.matrix.root)]
-        binding = self.host_mpi if host_mpi and self.host_mpi is not None else Binding()
+        binding = self.host_mpi if host_mpi and self.host_mpi is not None else IMAGE_MPI
+        if ranks:
+            return run_ranks(self.client, image, list(argv), ranks=ranks, timeout=RUN_TIMEOUT_S, binding=binding,
+                             mounts=mounts, env=env)
         return run_in_image(self.client, image, argv, timeout=RUN_TIMEOUT_S, binding=binding, mounts=mounts, env=env)
 
     @property
@@ -278,7 +292,7 @@ class Checker:
         return result
 
     def check_mpi_run(self, image_id: str) -> Outcome:
-        code, out = self.run(image_id, ["mpiexec", "-n", "2", "python3", f"{BENCH_MOUNT}/hello_mpi4py.py"])
+        code, out = self.run(image_id, ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py"], ranks=2)
         return _two_ranks(code, out, "the image's mpiexec")
 
     def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
@@ -293,8 +307,7 @@ class Checker:
         if code != 0 or not str(swapped.get("mpi_library_version")).startswith(self.banner) or not injected:
             return Outcome("fail", f"with LD_LIBRARY_PATH={HOST_MPI_MOUNT}/lib mpi4py did not load the injected "
                                    f"{host.name} (exit {code}; loaded {', '.join(loaded) or 'nothing'}): {_tail(out)}")
-        code, out = self.run(image_id, [host.launcher, "-n", "2", "python3", f"{BENCH_MOUNT}/hello_mpi4py.py"],
-                             host_mpi=True)
+        code, out = self.run(image_id, ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py"], host_mpi=True, ranks=2)
         ranks = _two_ranks(code, out, f"{host.name}'s mpiexec")
         if ranks.status != "pass":
             return ranks

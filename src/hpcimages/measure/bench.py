@@ -100,12 +100,13 @@ class Benchmark:
 
     def sizes_problem(self, text: str) -> str | None:
         """Why ``-m MIN:MAX`` would make the script refuse to run, checked before a job waits in a queue: the
-        same rule as the script's parse_sizes (an empty side takes the default)."""
+        same rule as the scripts' size_range (bench/osu_bw.py: an empty MIN is the smallest size the script
+        accepts, an empty MAX its largest default)."""
         low, _, high = text.partition(":")
-        default_low, _, default_high = self.default_sizes.partition(":")
+        default_high = self.default_sizes.partition(":")[2]
         if not all(part.isdigit() for part in (low, high) if part) or len(text) > 24:
             return f"{shown(text)}: use MIN:MAX in bytes, e.g. {self.default_sizes}"
-        lo, hi = int(low or default_low), int(high or default_high)
+        lo, hi = int(low or self.min_size), int(high or default_high)
         if lo < self.min_size or hi < lo:
             return f"{shown(text)}: {self.name} needs {self.min_size} <= MIN <= MAX"
         return None
