@@ -23,7 +23,7 @@ BOOTSTRAP_DRAWS = 2000
 def paired_ratios(values: Mapping[tuple[str, Hashable], float], a: str, b: str) -> list[float]:
     """a / b for each repeat in which both ran: ``values`` maps (variant, repeat) to one measurement. The variants of
     a repeat ran back to back, so a ratio within one repeat cancels the machine's drift between repeats."""
-    repeats = sorted({k for v, k in values if v == a} & {k for v, k in values if v == b}, key=repr)
+    repeats = sorted({k for v, k in values if v == a} & {k for v, k in values if v == b})
     return [values[(a, k)] / values[(b, k)] for k in repeats if values[(b, k)]]
 
 
