@@ -217,7 +217,8 @@ def publish(c, profile="published", only=None, registry=None, dry_run=False, sif
 @task(iterable=["only", "host", "suite_include"], help={
     "profile": PROFILE_HELP + " (default: ci)",
     "only": ONLY_HELP.format(""),
-    "host": "only this host-MPI stand-in of matrix.toml's [[host_mpi]], e.g. impi-rt-2021.18.1 (repeatable)",
+    "host": "only this host-MPI stand-in of matrix.toml's [[host_mpi]], e.g. impi-rt-2021.18.1 (repeatable; "
+            "the default is every stand-in but the one with swap = true)",
     "no-suite": "skip mpi4py's own test suite (the slowest column)",
     "suite-include": "run only the suite's modules matching this regular expression, e.g. test_p2p (repeatable)",
     "suite-timeout": "seconds one run of the suite may take before the test it hangs in is named (default 600)",

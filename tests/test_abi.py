@@ -103,6 +103,9 @@ def test_unknown_host_on_the_command_line_lists_the_declared_ones():
         table.choose_hosts(matrix, ["mpich-9.9"])
     assert [h.name for h in table.choose_hosts(matrix, ["openmpi-4.1.8", "mpich-3.4.3"])] == \
         ["mpich-3.4.3", "openmpi-4.1.8"]  # matrix order
+    swap = matrix.swap_host.name
+    assert swap not in [h.name for h in table.choose_hosts(matrix, [])]  # the checks' library, not a table row
+    assert [h.name for h in table.choose_hosts(matrix, [swap])] == [swap]
 
 
 @pytest.mark.parametrize("pattern", ["test_(p2p", "", "x" * 201, "a\nb"])

@@ -20,6 +20,18 @@ def test_unreachable_engine_is_a_clear_error(tmp_path, monkeypatch):
         connect()
 
 
+@pytest.mark.parametrize("address", ["tcp://host:notaport", "tcp://[::1", "tcp://"])
+def test_a_malformed_engine_address_is_named_and_build_dry_run_still_plans(address, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", address)
+    with pytest.raises(EngineError, match=r"DOCKER_HOST|cannot reach a Docker engine"):
+        connect(ping_timeout=2)
+    env = {"DOCKER_HOST": address, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--profile", "ci", "--dry-run"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "no Docker engine answered" in proc.stdout, proc.stdout
+
+
 def test_build_without_engine_exits_2_without_traceback(tmp_path):
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--profile", "ci"], cwd=ROOT, env=env,

@@ -98,7 +98,7 @@ def test_a_family_an_mpi_and_a_site_added_by_the_page(ci_built, tmp_path):
     # a site: the template copied and filled in; its job writes where the cluster's nodes see
     sites = root / "slurm" / "sites"
     runs = tmp_path / "scratch" / "runs"
-    site = (sites / "template.toml").read_text().replace("/scratch/project0001/hpcimages/runs", str(runs))
+    site = (root / "slurm" / "site-template.toml").read_text().replace("/scratch/project0001/hpcimages/runs", str(runs))
     (sites / "mycluster.toml").write_text(site.replace('partition = "debug"', 'partition = "work"'))
     submitted = invoke("submit", "--matrix", str(matrix), "--site", "mycluster", "--bench", "hello", "--image",
                        "hpcimages/mpi4py:py3.11-mpich4.3.2", "--model", "bind", "--dry-run")

@@ -357,3 +357,37 @@ def test_every_problem_of_the_file_is_reported_at_once_each_naming_its_key(workd
         load_matrix(write(workdir, fixed))
     assert [p.key for p in exc.value.problems] == ["host_mpi[0].swap", "families.mpi4py.template",
                                                    "families.hpc-python.description"], str(exc.value)
+
+
+@pytest.mark.parametrize("edit, key, expected", [
+    (lambda t: t.replace('python = ["3.11", "3.13"]', "python = []"), "axes.python",
+     "must list at least one Python version"),
+    (lambda t: t + '[profiles.none]\nextends = "offline"\npython = []\n', "profiles.none.python",
+     "must list at least one Python version"),
+])
+def test_an_empty_python_list_is_refused_by_key_not_a_traceback(workdir, edit, key, expected):
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, edit(MINIMAL)))
+    assert [p.key for p in exc.value.problems] == [key] and expected in str(exc.value), str(exc.value)
+
+
+def test_each_exclude_rule_and_each_parent_is_an_entry_of_its_own(workdir):
+    text = MINIMAL.replace('parent = "mpi4py"', 'parent = "nope"') \
+        + '[[exclude]]\npython = "2.7"\n[[exclude]]\nmpi = "lam"\n[[exclude]]\nfamily = "mpi4py"\npython = "3.11"\n'
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, text))
+    assert [p.key for p in exc.value.problems] == ["families.hpc-python.parent"], str(exc.value)
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, text.replace('parent = "nope"', 'parent = "mpi4py"')))
+    assert [p.key for p in exc.value.problems] == ["exclude[0].python", "exclude[1].mpi"], str(exc.value)
+
+
+def test_a_matrix_without_families_or_profiles_says_so_beside_the_other_problems(workdir):
+    standin = '[[host_mpi]]\nfrom = "pypi"\npackage = "impi-rt"\nversion = "2021.17.2"\nswap = "yes"\n'
+    head = MINIMAL[:MINIMAL.index("[families.mpi4py]")]
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, head + "[families]\n[profiles]\n" + standin))
+    assert [p.key for p in exc.value.problems] == ["host_mpi[0].swap", "families"], str(exc.value)
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(write(workdir, MINIMAL[:MINIMAL.index("[profiles.offline]")] + "[profiles]\n" + standin))
+    assert [p.key for p in exc.value.problems] == ["host_mpi[0].swap", "profiles"], str(exc.value)

@@ -164,6 +164,20 @@ def test_dry_run_writes_script_and_record_and_submits_nothing(tmp_path, monkeypa
     assert [r.key for r in slurm.load_records(ROOT)] == [record.key]
 
 
+@pytest.mark.parametrize("damage", ["bytes", "folder"])
+def test_an_unreadable_job_record_is_named_and_left_in_place(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
+    bad = tmp_path / "20260101T000000000000-x" / "record.json"
+    if damage == "bytes":
+        bad.parent.mkdir()
+        bad.write_bytes(b"\xff\xfe{")
+    else:
+        bad.mkdir(parents=True)  # a folder where the file should be: OSError, not a traceback
+    with pytest.raises(slurm.SlurmError, match=r"record\.json: unreadable job record .*move it away"):
+        slurm.load_records(ROOT)
+    assert bad.exists()
+
+
 def test_missing_sbatch_is_a_clear_error_and_no_record_claims_a_submission(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
     site = site_from('[slurm]\ncommands = "no/such/dir"\n[container]\nsif_dir = "/cluster/sif"\n', "nowhere")
@@ -374,12 +388,12 @@ def test_apptainer_ranks_share_a_namespace_unless_asked_not_to(tmp_path):
 def test_the_site_template_sends_scripts_outputs_and_records_to_its_runs_dir(tmp_path):
     """A copy of template.toml is a real cluster's profile: its jobs write where its nodes see (runs_dir), the
     .sif and bench/ paths are the cluster's, and `invoke jobs` finds the record there."""
-    template = load_site(SITES, "template")
+    template = load_site(ROOT / "slurm", "site-template")
     assert template.slurm.runs_dir and template.container.sif_dir and template.container.bench_dir
     assert template.has_bind_model
     root, runs = tmp_path / "checkout", tmp_path / "cluster-scratch" / "runs"
     shutil.copytree(ROOT / "slurm", root / "slurm")
-    text = (SITES / "template.toml").read_text().replace(template.slurm.runs_dir, str(runs))
+    text = (ROOT / "slurm" / "site-template.toml").read_text().replace(template.slurm.runs_dir, str(runs))
     (root / "slurm" / "sites" / "mysite.toml").write_text(text)
     site = load_site(root / "slurm" / "sites", "mysite")
     assert slurm.runs_dir(root, site) == runs and slurm.runs_dir(root) != runs

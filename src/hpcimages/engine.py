@@ -30,6 +30,9 @@ def connect(timeout: int = 900, ping_timeout: int = 15) -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=ping_timeout)
         client.ping()
+    except ValueError as exc:  # the SDK parses some malformed addresses (a port that is no number) with a bare int()
+        raise EngineError(f"DOCKER_HOST={_host()!r} is not an engine address ({_short(exc)}); "
+                          "use unix:///path/to/docker.sock or tcp://host:port") from None
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower():
             raise EngineError(f"the Docker engine at {_host()} did not answer within {ping_timeout}s; is it "

@@ -65,12 +65,16 @@ def suite_patterns(patterns: Iterable[str]) -> tuple[str, ...]:
 
 
 def choose_hosts(matrix: Matrix, names: Iterable[str]) -> list[HostMpi]:
-    """The stand-ins named (all when none is), in matrix order; an unknown name is one clear error."""
+    """The stand-ins named, in matrix order; with none named, every stand-in but the bind-model swap (``swap =
+    true`` is the library the checks bind, not a host MPI of the table: ``--host`` names it to add its row). An
+    unknown name is one clear error."""
     names = list(names)
     unknown = [n for n in names if n not in matrix.host_mpis]
     if unknown:
         raise AbiError(f"unknown stand-in {shown(unknown[0])}; the matrix declares: {', '.join(matrix.host_mpis)}")
-    return [h for h in matrix.host_mpis.values() if not names or h.name in names]
+    if not names:
+        return [h for h in matrix.host_mpis.values() if not h.swap]
+    return [h for h in matrix.host_mpis.values() if h.name in names]
 
 
 def pairing_problem(matrix: Matrix, profile: Profile, cell: Cell, host: HostMpi) -> str | None:

@@ -287,13 +287,16 @@ def record_dirs(root: Path) -> list[Path]:
 
 
 def load_records(root: Path) -> list[JobRecord]:
+    """Every job record of the default folder and the sites' runs_dir, oldest first (a key starts with its time, so
+    records of several folders interleave in the order they were made)."""
     records = []
     for path in sorted(p for folder in record_dirs(root) for p in folder.glob("*/record.json")):
         try:
             records.append(JobRecord(**json.loads(path.read_text(encoding="utf-8"))))
-        except (ValueError, TypeError) as exc:
-            raise SlurmError(f"{path}: unreadable job record ({exc}); move it away to go on") from None
-    return records
+        except (OSError, ValueError, TypeError) as exc:  # ValueError: also bytes that are no UTF-8
+            raise SlurmError(f"{path}: unreadable job record ({exc.__class__.__name__}: {exc}); move it away to "
+                             "go on") from None
+    return sorted(records, key=lambda r: r.key)
 
 
 def not_a_cell(matrix: Matrix, image: str, consequence: str = " (its results will name no cell)") -> str:

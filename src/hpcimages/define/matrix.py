@@ -363,9 +363,12 @@ class _Loader:
             raise self.fail(key, f"{shown(value)} is not a valid {what} name ({reason})")
         return value
 
-    def string_list(self, value: Any, key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+    def string_list(self, value: Any, key: str, pattern: re.Pattern[str], what: str,
+                    nonempty: bool = False) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise self.fail(key, f"must be a list of {what}s, got {type(value).__name__}")
+        if nonempty and not value:
+            raise self.fail(key, f"must list at least one {what}")
         items = tuple(self.string(v, f"{key}[{i}]", pattern, what) for i, v in enumerate(value))
         dupes = sorted({v for v in items if items.count(v) > 1})
         if dupes:
@@ -393,18 +396,24 @@ class _Loader:
         with self.entry():
             axes = self.keys(self.data["axes"], "axes", AXES_KEYS, required=("python", "mpi"))
             with self.entry():
-                python = self.string_list(axes["python"], "axes.python", PYTHON_RE, "Python version (3.X)")
+                python = self.string_list(axes["python"], "axes.python", PYTHON_RE, "Python version (3.X)",
+                                          nonempty=True)
             with self.entry():
                 cuda = self.string_list(axes.get("cuda", []), "axes.cuda", CUDA_RE, "CUDA version (MM.m)")
             mpi = self.load_mpi(axes["mpi"])
         self.settle(independent)
-        families = self.load_families(set(python), mpi)
+        families: dict[str, Family] = {}
+        with self.entry():
+            families = self.load_families(set(python), mpi)
         self.settle(independent)
         exclude: tuple[dict[str, str], ...] = ()
         with self.entry():
-            exclude = self.load_exclude(self.data.get("exclude", []), "exclude", python, mpi, cuda, families)
+            exclude = self.load_exclude(self.data.get("exclude", []), "exclude", python, mpi, cuda, families,
+                                        each_on_its_own=True)
         partial = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, {})
-        profiles = self.load_profiles(partial)
+        profiles: dict[str, Profile] = {}
+        with self.entry():
+            profiles = self.load_profiles(partial)
         self.settle(independent)
         matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles, host_mpis)
         for name in profiles:
@@ -510,8 +519,12 @@ class _Loader:
 
     def check_parents(self, families: Mapping[str, Family]) -> None:
         for family in families.values():
-            if family.parent is None:
-                continue
+            with self.entry():
+                self.check_parent(family, families)
+
+    def check_parent(self, family: Family, families: Mapping[str, Family]) -> None:
+        """One family's parent exists, forms no cycle, and its axes are the child's too."""
+        if family.parent is not None:
             key = f"families.{family.name}.parent"
             if family.parent not in families:
                 raise self.fail(key, f"unknown family {shown(family.parent)}; families: {', '.join(families)}")
@@ -520,6 +533,8 @@ class _Loader:
                 if current.parent in chain:
                     cycle = " -> ".join([*chain, current.parent])
                     raise self.fail(key, f"parents form a cycle: {cycle}")
+                if current.parent not in families:
+                    break  # an unknown ancestor: its own child's entry reports it
                 chain.append(current.parent)
                 current = families[current.parent]
             missing = set(families[family.parent].axes) - set(family.axes)
@@ -528,22 +543,27 @@ class _Loader:
                                 f"must include the parent's axes too (missing {', '.join(sorted(missing))})")
 
     def load_exclude(self, rules: Any, key: str, python: Iterable[str], mpi: Mapping[str, Mpi],
-                     cuda: Iterable[str], families: Mapping[str, Family]) -> tuple[dict[str, str], ...]:
+                     cuda: Iterable[str], families: Mapping[str, Family],
+                     each_on_its_own: bool = False) -> tuple[dict[str, str], ...]:
+        """The rules of ``[[exclude]]`` (or a profile's ``exclude``). With ``each_on_its_own`` every broken rule is
+        reported (the top-level list); a profile's rules stop at the first, as the profile is one entry."""
         if not isinstance(rules, list):
             raise self.fail(key, "must be an array of tables ([[exclude]])")
         allowed = {"family": list(families), "python": list(python), "mpi": list(mpi), "cuda": list(cuda)}
         result = []
         for i, rule in enumerate(rules):
-            rkey = f"{key}[{i}]"
-            self.keys(rule, rkey, EXCLUDE_KEYS)
-            if not rule:
-                raise self.fail(rkey, "an empty exclude rule would exclude every cell")
-            for axis, value in rule.items():
-                if not isinstance(value, str) or value not in allowed[axis]:
-                    raise self.fail(f"{rkey}.{axis}",
-                                    f"unknown value {shown(value)}; allowed: {', '.join(allowed[axis])}")
-            result.append(dict(rule))
+            with self.entry() if each_on_its_own else contextlib.nullcontext():
+                result.append(self.exclude_rule(rule, f"{key}[{i}]", allowed))
         return tuple(result)
+
+    def exclude_rule(self, rule: Any, key: str, allowed: Mapping[str, list[str]]) -> dict[str, str]:
+        self.keys(rule, key, EXCLUDE_KEYS)
+        if not rule:
+            raise self.fail(key, "an empty exclude rule would exclude every cell")
+        for axis, value in rule.items():
+            if not isinstance(value, str) or value not in allowed[axis]:
+                raise self.fail(f"{key}.{axis}", f"unknown value {shown(value)}; allowed: {', '.join(allowed[axis])}")
+        return dict(rule)
 
     def load_profiles(self, matrix: Matrix) -> dict[str, Profile]:
         tables = self.data["profiles"]
@@ -602,7 +622,7 @@ class _Loader:
         registry = self.string(table.get("registry", "hpcimages"), f"{key}.registry", REGISTRY_RE,
                                "registry/namespace (lower case, no scheme)")
         python = self.subset(self.string_list(table.get("python", list(m.python)), f"{key}.python", PYTHON_RE,
-                                              "Python version"), m.python, f"{key}.python")
+                                              "Python version", nonempty=True), m.python, f"{key}.python")
         mpi = self.subset(self.string_list(table.get("mpi", list(m.mpi)), f"{key}.mpi",
                                            re.compile(r"[a-z0-9.-]{1,60}"), "MPI axis value"), m.mpi, f"{key}.mpi")
         cuda = self.subset(self.string_list(table.get("cuda", list(m.cuda)), f"{key}.cuda", CUDA_RE,

@@ -2,7 +2,9 @@
 
 Standard library, mpi4py and numpy only; `invoke abi` mounts it read-only and runs it under the stand-in's launcher::
 
-    mpiexec -n 1 python3 /opt/hpcimages-abi/abi_probe.py
+    PYTHONPATH=/opt/hpcimages-bench mpiexec -n 1 python3 /opt/hpcimages-abi/abi_probe.py
+
+(the project's bench/ mounted at /opt/hpcimages-bench, for ``mpiloaded.py``: which MPI library was loaded).
 
 Facts: whether mpi4py loads an MPI at all (and the loader's reasons when it does not: a missing symbol,
 ``GLIBC_x.y not found``), the file it loaded (``/proc/self/maps``: the proof by path), the library's version
@@ -17,7 +19,11 @@ import sys
 
 
 def loaded_files() -> list[str]:
-    from mpiloaded import loaded_files as files  # bench/mpiloaded.py: the runner puts bench/ on PYTHONPATH
+    try:
+        from mpiloaded import loaded_files as files  # bench/mpiloaded.py: the runner puts bench/ on PYTHONPATH
+    except ModuleNotFoundError:
+        raise SystemExit("mpiloaded.py is not importable: mount the project's bench/ folder and put it on "
+                         "PYTHONPATH (PYTHONPATH=/opt/hpcimages-bench)") from None
 
     return files()
 

@@ -2,8 +2,11 @@
 
 Standard library only: it runs with the image's own ``python3``, mounted read-only by ``invoke check``::
 
-    docker run --rm -v .../incontainer:/opt/hpcimages-probe:ro IMAGE python3 /opt/hpcimages-probe/probe.py \\
+    docker run --rm -v .../incontainer:/opt/hpcimages-probe:ro -v .../bench:/opt/hpcimages-bench:ro \\
+        -e PYTHONPATH=/opt/hpcimages-bench IMAGE python3 /opt/hpcimages-probe/probe.py \\
         --import mpi4py --import numpy --extension mpi4py.MPI
+
+(bench/ is mounted for ``mpiloaded.py``, the one reader of which MPI library a process loaded.)
 """
 
 from __future__ import annotations
@@ -153,7 +156,11 @@ def mpi_abi_version() -> list | None:
 
 def loaded_mpi_libraries() -> list:
     """The MPI library files this process mapped (after mpi4py chose and loaded one): the proof by path."""
-    from mpiloaded import loaded_files  # bench/mpiloaded.py: the checker puts bench/ on PYTHONPATH
+    try:
+        from mpiloaded import loaded_files  # bench/mpiloaded.py: the checker puts bench/ on PYTHONPATH
+    except ModuleNotFoundError:
+        raise SystemExit("mpiloaded.py is not importable: mount the project's bench/ folder and put it on "
+                         "PYTHONPATH (PYTHONPATH=/opt/hpcimages-bench)") from None
 
     return loaded_files()
 
