@@ -79,7 +79,7 @@ def test_a_torn_line_from_an_interrupted_run_is_reported_and_loses_nothing_else(
 def test_records_without_required_keys_are_corrupt(tmp_path):
     store = tmp_path / "x.jsonl"
     store.write_text(json.dumps(record(1).to_json()) + "\n" + json.dumps({"benchmark": "osu_bw"}) + "\n")
-    with pytest.raises(ResultsError, match=r"x\.jsonl:2: corrupt result line \(missing variant, size, value\)"):
+    with pytest.raises(ResultsError, match=r"x\.jsonl:2: corrupt result line \(variant: missing\)"):
         load([store])
 
 
@@ -96,7 +96,7 @@ def test_medians_over_repeats():
 def test_a_row_whose_value_is_not_a_number_is_corrupt_not_a_traceback(tmp_path):
     store = tmp_path / "x.jsonl"
     store.write_text(json.dumps({**record(1).to_json(), "value": "fast"}) + "\n")
-    with pytest.raises(ResultsError, match=r"x\.jsonl:1: corrupt result line \(value must be a number"):
+    with pytest.raises(ResultsError, match=r"x\.jsonl:1: corrupt result line \(value: must be a number"):
         load([store])
     assert load([store], skip_corrupt=True)[0] == []
 

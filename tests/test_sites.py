@@ -173,7 +173,7 @@ def test_an_unreadable_job_record_is_named_and_left_in_place(tmp_path, monkeypat
         bad.write_bytes(b"\xff\xfe{")
     else:
         bad.mkdir(parents=True)  # a folder where the file should be: OSError, not a traceback
-    with pytest.raises(slurm.SlurmError, match=r"record\.json: unreadable job record .*move it away"):
+    with pytest.raises(slurm.SlurmError, match=r"unreadable job record: .*record\.json cannot be read .*left as it is"):
         slurm.load_records(ROOT)
     assert bad.exists()
 

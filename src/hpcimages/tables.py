@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 from tabulate import tabulate
 
+from .validate import CONTROL_RE
+
 MISSING = "-"
 #: numbers in tables: two decimals unless a column says otherwise
 FLOAT_FORMAT = ".2f"
@@ -23,8 +25,18 @@ def terminal(rows: Iterable[Sequence[object]], headers: Sequence[str], floatfmt:
 
 
 def markdown_cell(value: object) -> str:
-    """The one escaping rule of a Markdown cell: ``|`` escaped, line breaks folded into spaces."""
-    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """The one escaping rule of a value in Markdown (a table cell, a heading, a list item): one line (every control
+    character and line break folded into a space, so no value starts a block), ``|`` escaped, and ``&``, ``<``,
+    ``>`` written as entities, so no value carries HTML."""
+    text = CONTROL_RE.sub(" ", str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|")
+
+
+def markdown_code(value: object) -> str:
+    """A value shown as inline code: one line, ``|`` escaped (a table would split on it), a backtick (which would
+    end the span) written as ``'``. Markdown keeps ``<`` literal inside code."""
+    return "`" + CONTROL_RE.sub(" ", str(value)).replace("`", "'").replace("|", "\\|") + "`"
 
 
 def markdown(rows: Iterable[Sequence[object]], headers: Sequence[str], floatfmt: str = FLOAT_FORMAT) -> str:

@@ -19,6 +19,10 @@ CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: what no value inserted into a Dockerfile may hold: a line break, or what is special in a quoted ARG/LABEL value
 DOCKERFILE_UNSAFE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\"\\$]")
 FREE_TEXT_RE = re.compile(r"[^\"\\$]*")
+#: a family, profile or site name; a tag; and a cell's ``family:tag``, wherever it is read (matrix, state files)
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,40}")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+CELL_REF_RE = re.compile(f"{NAME_RE.pattern}:{TAG_RE.pattern}")
 DEFAULT_LIMIT = 400
 FREE_TEXT_LIMIT = 200
 SHOWN = 60

@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import jinja2
 
+from .. import state as statefile
 from .. import tables
 from ..define.matrix import IMAGE_RE, Matrix
-from ..define.sites import Site, SiteError, load_site, site_names
+from ..define.sites import SITE_NAME_RE, Site, SiteError, load_site, site_names
 from ..errors import HpcImagesError
 from ..files import write_json
 from ..measure.bench import BENCHMARKS
@@ -48,6 +50,7 @@ from ..validate import CONTROL_RE, UnsafeValue, problem, refuse_unsafe, shown
 
 BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "h5py_write", "cuda", "convert")
 MODELS = ("hybrid", "bind")
+JOB_ID_RE = re.compile(r"\d{1,20}")
 SIZES_RE = re.compile(r"\d{1,10}(:\d{1,10})?")
 SOURCE_RE = re.compile(r"(docker|docker-archive|oras|library)://[A-Za-z0-9_@%+=:,./-]+")
 HELLO_RE = re.compile(r"Hello World! I am process (\d+) of (\d+) on (\S+?)\.?$", re.M)
@@ -240,6 +243,12 @@ class JobRecord:
     store: str | None = None
     summary: str = ""
 
+    field_checks: ClassVar[dict[str, statefile.Check]] = {
+        "nodes": statefile.non_negative, "ntasks_per_node": statefile.non_negative,
+        "state": statefile.one_of("rendered", "submitting", "submitted", "rejected", "failed", "collected"),
+        "job_id": lambda v: None if JOB_ID_RE.fullmatch(v) else f"{shown(v)} is not a Slurm job id",
+        "cell": statefile.cell_ref, "site": lambda v: problem(v, SITE_NAME_RE)}
+
     @property
     def path(self) -> Path:
         return Path(self.run_dir) / "record.json"
@@ -292,11 +301,25 @@ def load_records(root: Path) -> list[JobRecord]:
     records = []
     for path in sorted(p for folder in record_dirs(root) for p in folder.glob("*/record.json")):
         try:
-            records.append(JobRecord(**json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, TypeError) as exc:  # ValueError: also bytes that are no UTF-8
-            raise SlurmError(f"{path}: unreadable job record ({exc.__class__.__name__}: {exc}); move it away to "
-                             "go on") from None
+            records.append(read_record(path))
+        except statefile.StateError as exc:
+            raise SlurmError(f"unreadable job record: {exc}; it is left as it is: move its folder away to go on") \
+                from None
     return sorted(records, key=lambda r: r.key)
+
+
+def read_record(path: Path) -> JobRecord:
+    """One record, every field checked; its folder is the one it lies in (a hand-edited ``run_dir`` elsewhere would
+    send collect's writes there), and its script lies in that folder."""
+    record = statefile.typed(JobRecord, statefile.load_json(path, "job record"), path, "record")
+    folder = path.parent
+    if Path(record.run_dir) != folder or record.key != folder.name:
+        raise statefile.StateError(f"{path}: record: run_dir/key: {shown(record.run_dir)} and {shown(record.key)} "
+                                   "are not the folder the record lies in")
+    if Path(record.script).parent != folder:
+        raise statefile.StateError(f"{path}: record: script: {shown(record.script)} is not in the record's "
+                                   "folder")
+    return record
 
 
 def not_a_cell(matrix: Matrix, image: str, consequence: str = " (its results will name no cell)") -> str:

@@ -35,7 +35,9 @@ def render(matrix: str, check: bool = False) -> int:
 
 def lock(matrix: str, upgrade: bool = False, only: Iterable[str] = (), profile: str | None = None) -> int:
     m = load_matrix(matrix)
-    only = [p for p in only if p]
+    only = list(only)
+    if any(not p.strip() for p in only):
+        raise SelectionError("--only '' is empty: give part of a lock's path, or leave --only out for every lock")
     jobs = lock_mod.lock_jobs(m, m.profile(profile) if profile else None)
     chosen = [j for j in jobs if not only or any(p in j.output for p in only)]
     if not chosen:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import MatrixError, SelectionError
 from ..paths import repository_root
-from ..validate import free_text_problem, problem, shown
+from ..validate import NAME_RE, free_text_problem, problem, shown
 from .standins import HostMpi, load_host_mpis
 from .tags import PublishSettings, alias_tags, check_tags, load_publish
 
@@ -36,7 +36,6 @@ MPI_METHODS = ("wheel", "source", "apt")
 PYTHON_RE = re.compile(r"3\.\d{1,2}")
 VERSION_RE = re.compile(r"\d{1,6}(\.\d{1,6}){1,3}")
 CUDA_RE = re.compile(r"\d{2}\.\d")
-NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,40}")
 # Options handed to ./configure unquoted: words only, no shell metacharacters.
 CONFIGURE_RE = re.compile(r"[A-Za-z0-9_=,.:/+ -]{0,400}")
 IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?")
@@ -839,7 +838,10 @@ def select_cells(matrix: Matrix, profile: str | Profile, only: Iterable[str] = (
     pattern must match at least one cell, so a typo is an error instead of a silent no-op."""
     prof = matrix.profile(profile)
     cells = matrix.cells(prof)
-    patterns = [p for p in only if p]
+    patterns = list(only)
+    if any(not p.strip() for p in patterns):  # `--only "$UNSET"` in a script must not mean every cell
+        raise SelectionError("--only '' is empty: give a glob on family:tag or a family name, or leave --only out "
+                             "for every cell of the profile")
     if not patterns:
         return cells
     for pattern in patterns:

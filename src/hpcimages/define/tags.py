@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..validate import problem, shown
+from ..validate import TAG_RE, problem, shown
 
 if TYPE_CHECKING:
     from .matrix import Cell
 
-TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 # host[:port][/namespace...]: the host must look like one (a dot, a port or `localhost`), or Docker would read a
 # bare word as a Docker Hub namespace
 PUBLISH_REGISTRY_RE = re.compile(r"(localhost|[a-z0-9-]+(\.[a-z0-9-]+)+|[a-z0-9.-]+:[0-9]{1,5})"
@@ -159,6 +158,17 @@ def registry_problem(value: Any) -> str | None:
         return (f"{shown(value)} is not a registry reference HOST[:PORT][/NAMESPACE]{detail}: e.g. "
                 "127.0.0.1:5000/hpc or registry.example.org/hpc, a lower-case host with a dot or a port (a bare "
                 "word would mean Docker Hub), no scheme, no tag")
+    return _host_problem(value.split("/", 1)[0])
+
+
+def _host_problem(host: str) -> str | None:
+    """A port the socket layer would take modulo 65536 (71534 dials 5998), or an IPv4 literal that is none."""
+    name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+    if port and not 1 <= int(port) <= 65535:
+        return f"{shown(host)}: port {port} is not a TCP port (1-65535)"
+    parts = name.split(".")
+    if len(parts) == 4 and all(p.isdigit() for p in parts) and any(int(p) > 255 for p in parts):
+        return f"{shown(host)}: {name} is not an IPv4 address (each part 0-255)"
     return None
 
 

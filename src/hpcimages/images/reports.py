@@ -16,14 +16,15 @@ another profile starts it afresh). Publish and the catalogue read both through t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .. import state
 from ..errors import HpcImagesError
 from ..files import write_json
+from ..validate import shown
 
 BUILD_REPORT = "build-report.json"
 CHECK_REPORT = "check-report.json"
@@ -60,29 +61,39 @@ class CellEntry:
         return {**asdict(self), "publishable": self.publishable}
 
     @classmethod
-    def from_json(cls, key: str, data: dict[str, Any]) -> CellEntry:
+    def from_json(cls, key: str, data: Any, path: Path | str = BUILD_REPORT) -> CellEntry:
+        """One entry of the report, every field checked (state.typed): a hand-edited entry is one clear line."""
         profile, _, ref = key.partition("/")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values.setdefault("profile", profile)
-        values.setdefault("ref", ref)
-        values.setdefault("image", "")
+        if not isinstance(data, dict):
+            raise ReportError(f"{path}: cells.{shown(key)}: must be a table, got {type(data).__name__}")
+        values = {"profile": profile, "ref": ref, "image": "", **data}
         if "check_passed" not in data and "publishable" in data:  # written before the entry had check_passed
-            values["check_passed"] = bool(data["publishable"])
-        return cls(**values)
+            values["check_passed"] = data["publishable"]
+        try:
+            entry = state.typed(cls, values, path, f"cells.{shown(key)}")
+        except state.StateError as exc:
+            raise ReportError(f"{exc}; the file is left as it is: fix the entry or move the file away") from None
+        if entry.key != key:
+            raise ReportError(f"{path}: cells.{shown(key)}: the key is not <profile>/<ref> of the entry "
+                              f"({entry.key}); the file is left as it is")
+        return entry
+
+    ignored: ClassVar[tuple[str, ...]] = ("publishable",)  # derived, written for readers of the file
+    field_checks: ClassVar[dict[str, state.Check]] = {
+        "ref": state.cell_ref, "seconds": state.non_negative, "size_bytes": state.non_negative}
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
-    except (ValueError, OSError) as exc:
-        raise ReportError(f"{path} cannot be read ({exc}); it is left as it is: move it away (or delete it) "
-                          "and run the step again") from None
+        data = state.load_json(path, "report")
+    except state.StateError as exc:
+        raise ReportError(f"{exc}; it is left as it is: move it away (or delete it) and run the step again") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} is not a JSON object; it is left as it is: move it away (or delete it) and run the "
+                          "step again")
+    return data
 
 
 def load_entries(build_dir: Path) -> dict[str, CellEntry]:
@@ -90,19 +101,55 @@ def load_entries(build_dir: Path) -> dict[str, CellEntry]:
     cells = _read(build_dir / BUILD_REPORT).get("cells", {})
     if not isinstance(cells, dict):
         raise ReportError(f"{build_dir / BUILD_REPORT}: 'cells' is not a table; move the file away and run again")
-    return {key: CellEntry.from_json(key, value) for key, value in cells.items() if isinstance(value, dict)}
+    return {key: CellEntry.from_json(key, value, build_dir / BUILD_REPORT) for key, value in cells.items()}
 
 
-def load_checks(build_dir: Path, profile: str) -> dict[str, dict[str, Any]]:
+@dataclass
+class StoredOutcome:
+    """One check's outcome as ``check-report.json`` holds it."""
+
+    status: str
+    reason: str = ""
+
+    field_checks: ClassVar[dict[str, state.Check]] = {"status": state.one_of("pass", "fail", "skip")}
+
+
+@dataclass
+class StoredCheck:
+    """The last check of one cell as ``check-report.json`` holds it (images.check.CellCheck, written)."""
+
+    ref: str
+    image: str
+    image_id: str | None = None
+    checks: dict[str, StoredOutcome] = field(default_factory=dict)
+    seconds: float = 0.0
+    passed: bool = False
+
+    field_checks: ClassVar[dict[str, state.Check]] = {"ref": state.cell_ref, "seconds": state.non_negative}
+
+
+def load_checks(build_dir: Path, profile: str) -> dict[str, StoredCheck]:
     """``check-report.json``'s cells of one profile (ref -> every check's outcome and the image id it judged); empty
-    when there is none, it is another profile's, or it cannot be read: the details only explain a verdict that
-    ``build-report.json`` holds."""
-    try:
-        data = _read(build_dir / CHECK_REPORT)
-    except ReportError:
+    when there is none or it is another profile's. An entry that is not what `invoke check` writes is a ReportError
+    naming it: publish and the catalogue read their verdicts' details from here."""
+    path = build_dir / CHECK_REPORT
+    data = _read(path)
+    if data.get("profile") != profile:
         return {}
-    cells = data.get("cells") if data.get("profile") == profile else None
-    return cells if isinstance(cells, dict) else {}
+    cells = data.get("cells")
+    if not isinstance(cells, dict):
+        raise ReportError(f"{path}: cells: must be a table; the file is left as it is: move it away and check again")
+    result = {}
+    for ref, cell in cells.items():
+        try:
+            result[ref] = state.typed(StoredCheck, cell, path, f"cells.{shown(ref)}")
+        except state.StateError as exc:
+            raise ReportError(f"{exc}; the file is left as it is: run `invoke check` again, or move it away") \
+                from None
+        if result[ref].ref != ref:
+            raise ReportError(f"{path}: cells.{shown(ref)}: holds the check of {result[ref].ref}; the file is left "
+                              "as it is: run `invoke check` again")
+    return result
 
 
 def _save_entries(build_dir: Path, entries: dict[str, CellEntry]) -> Path:

@@ -20,10 +20,11 @@ import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .. import state as statefile
 from ..errors import HpcImagesError
 
 COLUMN_PATTERNS = (
@@ -108,26 +109,15 @@ class ResultRow:
 
     @classmethod
     def from_json(cls, data: object) -> ResultRow:
-        """A stored row, validated; raises ValueError saying what is wrong (the loader adds file and line)."""
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        missing = [k for k in REQUIRED_KEYS if k not in data]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        for key in ("benchmark", "variant"):
-            if not isinstance(data[key], str):
-                raise ValueError(f"{key} must be a string, got {data[key]!r}"[:120])
-        size, value = data["size"], data["value"]
-        if isinstance(size, bool) or not isinstance(size, int | float) or size != int(size) or size < 0:
-            raise ValueError(f"size must be a whole number of bytes, got {size!r}"[:120])
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"value must be a number, got {value!r}"[:120])
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["size"], values["value"] = int(size), float(value)
-        if not isinstance(values.get("extra", {}), dict):
-            raise ValueError("extra must be a table")
-        return cls(**values)
+        """A stored row, every field checked (state.typed: finite numbers, whole sizes, no unknown field); raises
+        ValueError saying what is wrong (the loader adds file and line)."""
+        try:
+            return statefile.typed(cls, data, "", "")
+        except statefile.StateError as exc:
+            raise ValueError(str(exc)) from None
+
+    field_checks: ClassVar[dict[str, statefile.Check]] = {
+        "size": statefile.non_negative, "repeat": statefile.non_negative}
 
 
 @dataclass(frozen=True)
@@ -295,7 +285,7 @@ def load(paths: Iterable[Path], skip_corrupt: bool = False) -> tuple[list[Result
                 if not line.strip():
                     continue
                 try:
-                    record = ResultRow.from_json(json.loads(line))
+                    record = ResultRow.from_json(statefile.json_line(line))
                 except (ValueError, TypeError) as exc:
                     problem = f"{path}:{number}: corrupt result line ({exc}): {line.strip()[:80]!r}"
                     if not skip_corrupt:

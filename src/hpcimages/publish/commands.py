@@ -29,7 +29,7 @@ def registry(matrix: str, port: int | str = registry_mod.DEFAULT_PORT, stop: boo
 
 
 def target_of(profile: Profile, override: str | None) -> Target:
-    if override:
+    if override is not None:  # `--registry ''` is a mistake, not "the profile's registry"
         return Target.parse(override)
     if profile.publish.registry:
         return Target.parse(profile.publish.registry, f"profiles.{profile.name}.publish.registry")

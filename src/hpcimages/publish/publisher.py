@@ -67,7 +67,8 @@ class Failed(HpcImagesError):
     """Publishing the cell went wrong; nothing was recorded."""
 
 
-def eligibility(cell: Cell, profile: Profile, entries: dict[str, reports.CellEntry], check_details: dict,
+def eligibility(cell: Cell, profile: Profile, entries: dict[str, reports.CellEntry],
+                check_details: dict[str, reports.StoredCheck],
                 client: docker.DockerClient) -> str:
     """The image id to publish, or ``Refused`` with the reason a maintainer acts on."""
     entry = entries.get(f"{profile.name}/{cell.ref}")
@@ -84,12 +85,15 @@ def eligibility(cell: Cell, profile: Profile, entries: dict[str, reports.CellEnt
     if entry.checked_image_id != entry.image_id:
         raise Refused(f"rebuilt after its check (checked {entry.checked_image_id[7:19]}, now "
                       f"{entry.image_id[7:19]}): run `invoke check` again")
+    details = check_details.get(cell.ref)
     if not entry.check_passed:
-        failed = [f"{name}: {outcome.get('reason', '')}"[:160] for name, outcome in
-                  (check_details.get(cell.ref, {}).get("checks") or {}).items()
-                  if isinstance(outcome, dict) and outcome.get("status") == "fail"]
+        failed = [f"{name}: {outcome.reason}"[:160] for name, outcome in (details.checks if details else {}).items()
+                  if outcome.status == "fail"]
         raise Refused("its check failed" + (f" ({'; '.join(failed)})" if failed else "") + ": fix it, rebuild, "
                       "check again")
+    if details is not None and details.image_id == entry.image_id and not details.passed:
+        raise Refused(f"the reports disagree: {reports.BUILD_REPORT} says the check of {entry.image_id[7:19]} passed, "
+                      f"{reports.CHECK_REPORT} that it failed: run `invoke check` again")
     return image.id
 
 

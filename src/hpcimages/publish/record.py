@@ -6,13 +6,15 @@ per-cell verdicts (refusals and failures included) are kept beside the entries.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .. import state
 from ..files import write_json
 from ..images.reports import ReportError
+from ..validate import TAG_RE, problem, shown
 
 PUBLISH_REPORT = "publish-report.json"
 
@@ -22,6 +24,16 @@ class SifRecord:
     ref: str
     sha256: str
     digest: str | None = None
+
+
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _tags_problem(tags: list[str]) -> str | None:
+    if not tags:
+        return "must name at least one tag"
+    bad = next((t for t in tags if problem(t, TAG_RE, 128)), None)
+    return f"{shown(bad)} is not a tag" if bad is not None else None
 
 
 @dataclass
@@ -41,13 +53,10 @@ class Published:
     sif: SifRecord | None = None
     seconds: float = 0.0
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Published:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if isinstance(values.get("sif"), dict):
-            values["sif"] = SifRecord(**{k: v for k, v in values["sif"].items() if k in ("ref", "sha256", "digest")})
-        return cls(**values)
+    field_checks: ClassVar[dict[str, state.Check]] = {
+        "ref": state.cell_ref, "tags": _tags_problem, "size_bytes": state.non_negative,
+        "compressed_bytes": state.non_negative, "seconds": state.non_negative,
+        "digest": lambda v: None if DIGEST_RE.fullmatch(v) else f"{shown(v)} is not a sha256:<64 hex> digest"}
 
 
 @dataclass
@@ -69,17 +78,32 @@ class PublishReport:
 
 
 def load(build_dir: Path) -> PublishReport:
+    """The report, every entry checked (state.typed); a broken one is a ReportError and the file stays as it is."""
     path = build_dir / PUBLISH_REPORT
     report = PublishReport(path)
-    if not path.is_file():
+    if not path.exists():
         return report
+    advice = ("it is left as it is: move it away and publish again (the registry keeps what was pushed; a re-run "
+              "proves it again)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        for target, cells in (data.get("targets") or {}).items():
-            for entry in cells.values():
-                report.put(target, Published.from_json(entry))
-        report.last_run = data.get("last_run") or {}
-    except (ValueError, TypeError, AttributeError, OSError) as exc:
-        raise ReportError(f"{path} cannot be read ({exc}); it is left as it is: move it away and publish again "
-                          "(the registry keeps what was pushed; a re-run proves it again)") from None
+        data = state.load_json(path, "report")
+        if not isinstance(data, dict):
+            raise state.StateError(f"{path}: must be a JSON object")
+        targets = data.get("targets") or {}
+        if not isinstance(targets, dict):
+            raise state.StateError(f"{path}: targets: must be a table")
+        for target, cells in targets.items():
+            if not isinstance(cells, dict):
+                raise state.StateError(f"{path}: targets.{shown(target)}: must be a table")
+            for ref, entry in cells.items():
+                published = state.typed(Published, entry, path, f"targets.{shown(target)}.{shown(ref)}")
+                if published.ref != ref:
+                    raise state.StateError(f"{path}: targets.{shown(target)}.{shown(ref)}: holds {published.ref}")
+                report.put(target, published)
+        last_run = data.get("last_run") or {}
+        if not isinstance(last_run, dict):
+            raise state.StateError(f"{path}: last_run: must be a table")
+        report.last_run = last_run
+    except state.StateError as exc:
+        raise ReportError(f"{exc}; {advice}") from None
     return report
