@@ -161,7 +161,7 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
     "dry-run": "render the script into build/slurm/runs/ and print it; submit nothing",
     "matrix": MATRIX_HELP,
 })
-def submit(c, site, bench, image, model="hybrid", sizes="", source="", nodes="0", ntasks_per_node="0",
+def submit(c, site, bench, image, model="hybrid", sizes="", source="", nodes=None, ntasks_per_node=None,
            no_sharens=False, dry_run=False, matrix=MATRIX):
     """Render a batch script for a site profile and submit it with `sbatch --parsable`, keeping a job record."""
     _run(cluster.submit, matrix=matrix, site=site, bench=bench, image=image, model=model, sizes=sizes, source=source,

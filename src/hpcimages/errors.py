@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .validate import CONTROL_RE
+
 
 class HpcImagesError(Exception):
     """Base class: the message is meant for the person at the terminal."""
@@ -43,6 +45,8 @@ class SelectionError(HpcImagesError):
 
 
 def output_tail(text: str, lines: int, limit: int, skip: Iterable[str] = ()) -> str:
-    """The last non-empty lines of a command's output, on one line, for an error message."""
-    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not any(s in ln for s in skip)]
+    """The last non-empty lines of a command's output, on one line, for an error message; control characters (a
+    NUL, a terminal escape sequence's ESC) shown as ``?``, so output a job wrote cannot drive the terminal."""
+    kept = [CONTROL_RE.sub("?", ln.strip()) for ln in text.strip().splitlines()
+            if ln.strip() and not any(s in ln for s in skip)]
     return " | ".join(kept[-lines:])[:limit] or "(no output)"

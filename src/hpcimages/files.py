@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -43,3 +44,17 @@ def expand_paths(spec: str) -> list[str]:
         if part:
             paths.extend(sorted(glob.glob(part)) or [part])
     return paths
+
+
+def output_problem(option: str, target: Path, inputs: Iterable[Path], suffix: str) -> str | None:
+    """Why ``target`` may not be written as an output named by ``option``: it is one of the inputs (the step would
+    replace what it reads), a folder, or not a ``suffix`` file (``--store matrix.toml`` would append JSON lines to
+    the matrix). None when it may."""
+    if target.is_dir():
+        return f"{option} {target}: is a directory; name a {suffix} file"
+    if target.suffix != suffix:
+        return f"{option} {target}: not a {suffix} file (it would be replaced by, or receive, {suffix} content)"
+    resolved = target.resolve()
+    if any(resolved == Path(i).resolve() for i in inputs):
+        return f"{option} {target}: is one of the inputs; name another file"
+    return None

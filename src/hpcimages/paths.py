@@ -42,3 +42,14 @@ def git(root: Path, *args: str) -> str:
     except OSError:
         return ""
     return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def build_dir_problem(root: Path) -> str | None:
+    """Why the build folder cannot take the reports a step writes (checked before a step that contacts anything)."""
+    folder = build_dir(root)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"the build folder {folder} cannot be made: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the build folder {folder} is not writable ({existing}): set {BUILD_DIR_VAR} to a folder you can write"
+    return None

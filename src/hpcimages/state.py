@@ -56,21 +56,17 @@ def decode(raw: bytes, path: Path | str) -> str:
 
 
 def load_json(path: Path, what: str = "file") -> Any:
-    """A JSON document; NaN and Infinity, which Python's json accepts, are refused like any other non-JSON."""
+    """A JSON document (NaN and Infinity read as numbers, so the field that holds one is named by ``typed``)."""
     text = read_text(path, what)
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text)
     except ValueError as exc:
         raise StateError(f"{path} cannot be read (not valid JSON: {exc})") from None
 
 
 def json_line(line: str) -> Any:
     """One line of a JSON-lines file (a ValueError says why it is none)."""
-    return json.loads(line, parse_constant=_no_constant)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON has")
+    return json.loads(line)
 
 
 def typed(cls: type[T], data: Any, path: Path | str, entry: str) -> T:
@@ -178,3 +174,13 @@ def one_of(*allowed: str) -> Check:
     def check(value: str) -> str | None:
         return None if value in allowed else f"{shown(value)} is not one of {', '.join(allowed)}"
     return check
+
+
+def cached_object(path: Path) -> dict[str, Any] | None:
+    """A cache or stamp the tool can make again (a .sif's metadata, an inventory): its JSON object, or None when it
+    is missing, unreadable or not an object, so it is made again instead of trusted or crashed on."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return data if isinstance(data, dict) else None

@@ -10,26 +10,33 @@ from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define import sites as sites_mod
 from ..engine import connect
+from ..files import output_problem
 from ..paths import relative, repository_root
 from . import slurm as slurm_mod
 from . import testcluster as testcluster_mod
 
 
-def _sites(root: Path) -> dict[str, sites_mod.Site]:
+def _sites(root: Path, records: list[slurm_mod.JobRecord] | None = None) -> dict[str, sites_mod.Site]:
+    """The site profiles the job records name (a broken profile no record uses stops nothing)."""
     directory = root / "slurm" / "sites"
-    return {name: sites_mod.load_site(directory, name) for name in sites_mod.site_names(directory)}
+    records = slurm_mod.load_records(root) if records is None else records
+    known = set(sites_mod.site_names(directory))
+    return {name: sites_mod.load_site(directory, name) for name in sorted({r.site for r in records} & known)}
 
 
 def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid", sizes: str = "",
-           source: str = "", dry_run: bool = False, nodes: int | str = 0, ntasks_per_node: int | str = 0,
+           source: str = "", dry_run: bool = False, nodes: int | str | None = None,
+           ntasks_per_node: int | str | None = None,
            no_sharens: bool = False) -> int:
     m = load_matrix(matrix)
     profile = sites_mod.load_site(m.root / "slurm" / "sites", site)
     for warning in profile.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     limit = slurm_mod.MAX_LAYOUT
-    layout = {"nodes": whole_number("--nodes", nodes, 0, limit),
-              "ntasks_per_node": whole_number("--ntasks-per-node", ntasks_per_node, 0, limit)}
+    # left out: the site profile's layout (0 in the spec); given, at least 1 (`--nodes 0` is no layout)
+    layout = {"nodes": 0 if nodes is None else whole_number("--nodes", nodes, 1, limit),
+              "ntasks_per_node": 0 if ntasks_per_node is None else whole_number("--ntasks-per-node",
+                                                                              ntasks_per_node, 1, limit)}
     spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source, **layout, own_namespaces=no_sharens)
     record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
     if record.cell is None:  # allowed where the site has the .sif; the results will name no cell
@@ -53,13 +60,17 @@ def jobs(matrix: str, all_states: bool = False) -> int:
     if not records:
         say("no job records (submit one with `invoke submit`)")
         return 0
-    say(slurm_mod.jobs_table(records, slurm_mod.live_states(root, _sites(root), records)))
+    say(slurm_mod.jobs_table(records, slurm_mod.live_states(root, _sites(root, records), records)))
     return 0
 
 
 def collect(matrix: str, timeout: int | str = 1800, site: Iterable[str] = (), store: str | None = None) -> int:
     timeout = whole_number("--timeout", timeout, 0, 7 * 24 * 3600)
     root = repository_root(matrix)
+
+    refused = output_problem("--store", Path(store), (), ".jsonl") if store is not None else None
+    if refused:
+        raise slurm_mod.SlurmError(refused)
 
     def store_for(name: str) -> Path:
         return Path(store) if store else root / "results" / f"slurm-{name}.jsonl"

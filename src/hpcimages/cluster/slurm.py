@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import json
 import os
 import re
 import shlex
@@ -508,11 +507,8 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: t
 
 
 def _image_id(sif: str) -> str | None:
-    meta = Path(sif).with_suffix(".json")
-    try:
-        return json.loads(meta.read_text(encoding="utf-8")).get("image_id")
-    except (OSError, ValueError):
-        return None
+    recorded = (statefile.cached_object(Path(sif).with_suffix(".json")) or {}).get("image_id")
+    return recorded if isinstance(recorded, str) else None
 
 
 def _already_stored(store: Path) -> set[str]:

@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .. import state
 from ..errors import MatrixError, SelectionError
 from ..paths import repository_root
 from ..validate import NAME_RE, free_text_problem, problem, shown
@@ -279,10 +280,12 @@ def read_matrix(path: str | Path) -> Matrix:
     """Read and validate a matrix file; raise MatrixError naming file and key on the first problem.
     (``hpcimages.define.load_matrix`` adds the checks against the templates.)"""
     path = Path(path)
-    if not path.is_file():
-        raise MatrixError(path, "(file)", "no such matrix file")
+    if not path.exists():  # the absolute path: run from a subdirectory, a relative name is looked up there
+        raise MatrixError(path, "(file)", f"no such matrix file (looked for {path.absolute()})")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(state.read_text(path, "matrix file"))
+    except state.StateError as exc:
+        raise MatrixError(path, "(file)", str(exc).removeprefix(f"{path} ")) from None
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(path, "(syntax)", f"not valid TOML: {exc}") from None
     return _Loader(path, data).load()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import state
 from ..errors import HpcImagesError
 from ..validate import free_text_problem, problem, shown
 
@@ -133,7 +134,8 @@ class Site:
 
 
 def site_names(sites_dir: Path) -> list[str]:
-    return sorted(p.stem for p in sites_dir.glob("*.toml"))
+    """The site profiles: the ``*.toml`` files of the folder (a folder named ``x.toml`` is none)."""
+    return sorted(p.stem for p in sites_dir.glob("*.toml") if p.is_file())
 
 
 BIND_OPTS = ("ro", "rw")
@@ -143,11 +145,13 @@ def load_site(sites_dir: Path, name: str) -> Site:
     if problem(name, SITE_NAME_RE):
         raise SiteError(f"site name {shown(name)}: use lower-case letters, digits and '-'")
     path = sites_dir / f"{name}.toml"
-    if not path.is_file():
+    if not path.exists():
         known = ", ".join(site_names(sites_dir)) or "none"
         raise SiteError(f"no site profile {path} (known sites: {known})")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(state.read_text(path, "site profile"))
+    except state.StateError as exc:
+        raise SiteError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise SiteError(f"{path}: not valid TOML: {exc}") from None
     return parse_site(name, path, data)
@@ -340,6 +344,8 @@ class _Getter:
     def binds(self, section: str, key: str) -> tuple[str, ...]:
         """Bind specs ``SRC[:DST[:OPTS]]`` as Apptainer reads them: absolute paths, OPTS ``ro`` or ``rw``."""
         def why(item: str) -> str | None:
+            if "," in item:  # Apptainer's list separator: one entry would carry binds the rule never saw
+                return "one bind per list entry (',' separates binds in APPTAINER_BINDPATH): write each as its own item"
             parts = item.split(":")
             if len(parts) <= 3 and all(p.startswith("/") for p in parts[:2]) and all(o in BIND_OPTS for o in parts[2:]):
                 return None

@@ -18,7 +18,6 @@ air-gapped after the first run.
 
 from __future__ import annotations
 
-import json
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import docker
 
-from .. import engine, mpirun
+from .. import engine, mpirun, state
 from ..define.matrix import Matrix
 from ..define.standins import HostMpi
 from ..engine import Mount, find_image
@@ -58,9 +57,8 @@ def cache_dir(host: HostMpi, cache: Path | None = None) -> Path:
 def installed(host: HostMpi, cache: Path | None = None) -> Path | None:
     """The stand-in's folder when it is complete, else None."""
     folder = cache_dir(host, cache)
-    try:
-        stamp = json.loads((folder / STAMP).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    stamp = state.cached_object(folder / STAMP)  # unreadable: installed again
+    if stamp is None:
         return None
     return folder if stamp.get("name") == host.name and (folder / "lib" / host.soname).exists() else None
 
@@ -153,8 +151,7 @@ def version_of(folder: Path) -> str:
     try:
         return (folder / "version").read_text(encoding="utf-8").strip()
     except OSError:
-        stamp = json.loads((folder / STAMP).read_text(encoding="utf-8"))
-        return str(stamp.get("version") or "")
+        return str((state.cached_object(folder / STAMP) or {}).get("version") or "")
 
 
 def binding(host: HostMpi, folder: Path) -> mpirun.Binding:

@@ -12,7 +12,7 @@ from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
-from ..files import expand_paths
+from ..files import expand_paths, output_problem
 from ..validate import shown
 from . import bench as bench_mod
 from . import report as report_mod
@@ -28,6 +28,10 @@ def tables_from_results(results: str, session: str | None = None, out: str | Non
     files = [Path(p) for p in expand_paths(results)]
     if not files:
         raise results_mod.ResultsError("name at least one results file, e.g. results/ci.jsonl")
+    target = Path(out) if out else files[0].with_suffix(".md")
+    refused = output_problem("--out", target, files, ".md")
+    if refused:
+        raise results_mod.ResultsError(refused)
     records, problems = results_mod.load(files, skip_corrupt=skip_corrupt)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -38,7 +42,6 @@ def tables_from_results(results: str, session: str | None = None, out: str | Non
                                        + (f" for session {session}" if session else ""))
     report = report_mod.build_report(records)
     say(report.text())
-    target = Path(out) if out else files[0].with_suffix(".md")
     report_mod.write_markdown(report, target, files)
     say(f"tables: {target}")
     if plots:
@@ -73,13 +76,16 @@ def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks
     repeats = whole_number("--repeats", repeats, 1, 1000)
     m = load_matrix(matrix)
     prof = m.profile(profile)
-    only = [p for p in only if p]
+    only = list(only)
     # default: the root family (plain mpi4py) for the MPI benchmarks, and the families with a parallel HDF5 for h5py's
     cells = select_cells(m, prof, only, with_parents=False) if only else \
         [c for c in m.cells(prof) if c.family.parent is None or c.family.hdf5]
     chosen = [b for b in (benchmarks or ",".join(bench_mod.BENCHMARKS)).split(",") if b]
     ranges = parse_sizes(sizes)
     store = Path(results) if results else m.root / "results" / f"{prof.name}.jsonl"
+    refused = output_problem("--results", store, (), ".jsonl")
+    if refused:
+        raise results_mod.ResultsError(refused)
     session = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     try:
         stored = bench_mod.run(connect(), m, prof, cells, chosen, store, repeats=repeats, sizes=ranges, swap=swap,

@@ -15,6 +15,7 @@ the next run. Reading names the file and line of anything corrupt.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 
 from .. import state as statefile
 from ..errors import HpcImagesError
+from ..validate import shown
 
 COLUMN_PATTERNS = (
     ("size", re.compile(r"^size\b", re.I)),
@@ -201,6 +203,16 @@ def _benchmark(titles: list[str], columns: tuple[str, ...]) -> str:
     raise ResultsError(f"unrecognised benchmark output (columns: {', '.join(columns)})")
 
 
+def _row_problem(values: list[float]) -> str | None:
+    """Why a row of figures is none: a value that is not finite, or a size that is not a whole number of bytes."""
+    if not all(math.isfinite(v) for v in values):
+        return "a value is not a finite number"
+    size = values[0]
+    if size < 0 or size != int(size):
+        return "the size is not a whole, non-negative number of bytes"
+    return None
+
+
 def parse_osu(text: str) -> Parsed:
     """Rows of an OSU-style output; raises ResultsError when there is no header or no row."""
     titles: list[str] = []
@@ -237,6 +249,9 @@ def parse_osu(text: str) -> Parsed:
             continue  # a warning printed by the MPI library between rows
         if len(values) != len(columns):
             continue
+        row_problem = _row_problem(values)
+        if row_problem:  # a figure that is no figure is refused, not stored (nor a crash later)
+            raise ResultsError(f"result row {shown(stripped)}: {row_problem}")
         rows.append(dict(zip(columns, values, strict=True)))
     if columns is None:
         raise ResultsError("no '# Size ...' header in the benchmark output")

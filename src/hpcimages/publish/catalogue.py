@@ -22,7 +22,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .. import engine, tables
+from .. import engine, state, tables
 from ..abi import table as abi_table
 from ..define.matrix import Cell, Matrix
 from ..engine import Mount
@@ -56,8 +56,9 @@ def catalogue_dir(root: Path, target: Target | None = None) -> Path:
 
 def inventory(client: docker.DockerClient, entry: record.Published, cache: Path) -> dict[str, Any]:
     cached = cache / f"{entry.image_id.replace(':', '-')}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text(encoding="utf-8"))
+    known = state.cached_object(cached)
+    if known is not None:
+        return known  # a cache that cannot be read is made again
     image = f"{entry.repository}@{entry.digest}"
     if engine.find_image(client, entry.image_id) is None:
         try:

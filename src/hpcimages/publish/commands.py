@@ -11,10 +11,10 @@ from ..define import load_matrix
 from ..define.matrix import Profile, select_cells
 from ..engine import connect
 from ..files import expand_paths
-from ..paths import build_dir, relative, repository_root
+from ..paths import build_dir, build_dir_problem, relative, repository_root
 from ..sif import apptainer
 from . import catalogue as catalogue_mod
-from . import publisher
+from . import publisher, record
 from . import registry as registry_mod
 from .record import PUBLISH_REPORT
 from .remote import Target
@@ -43,6 +43,10 @@ def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str |
     prof = m.profile(profile)
     cells = select_cells(m, prof, only, with_parents=False)
     target = target_of(prof, registry)
+    unwritable = build_dir_problem(m.root)
+    if unwritable:  # found before the registry is contacted, not after a push
+        raise UsageError(unwritable)
+    record.load(build_dir(m.root))  # and a broken report before anything is pushed
     client = connect()
     pusher = None
     if sif and not dry_run:
@@ -83,6 +87,7 @@ def catalogue(matrix: str, registry: str | None = None, profile: str = "ci", res
     m = load_matrix(matrix)
     target = target_of(m.profile(profile), registry)
     files = [Path(p) for p in expand_paths(results)] if results else None
+    record.load(build_dir(m.root))  # a broken report is refused before the engine is asked anything
     written = catalogue_mod.write(connect(), m, target, progress=say, results=files)
     say(f"catalogue: {relative(written, m.root)}")
     return 0

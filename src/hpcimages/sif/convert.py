@@ -9,7 +9,6 @@ files instead (``from_recipe``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .. import tables
+from .. import state, tables
 from ..define.matrix import Cell, Matrix, Profile
 from ..define.render import recipe_path
 from ..engine import find_image
@@ -62,10 +61,7 @@ def is_fresh(sif: Path, image: object) -> bool:
     meta = sif.with_suffix(".json")
     if not sif.is_file() or not meta.is_file():
         return False
-    try:
-        recorded = json.loads(meta.read_text(encoding="utf-8")).get("image_id")
-    except json.JSONDecodeError:
-        return False
+    recorded = (state.cached_object(meta) or {}).get("image_id")
     created = dt.datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=dt.UTC)  # type: ignore[attr-defined]
     return recorded == image.id and sif.stat().st_mtime >= created.timestamp()  # type: ignore[attr-defined]
 
