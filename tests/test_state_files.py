@@ -319,3 +319,37 @@ def test_a_build_folder_that_cannot_be_made_is_refused_before_the_registry_is_co
     afile.write_text("")
     proc = invoke("publish", "--profile", "ci", "--dry-run", env={"HPCIMAGES_BUILD_DIR": str(afile / "build")})
     assert proc.returncode == 2 and f"{afile} is not a folder" in proc.stderr, proc.stderr
+
+
+def test_a_profile_registry_port_out_of_range_is_a_matrix_error(tmp_path):
+    import shutil
+
+    from hpcimages.errors import MatrixError
+
+    for folder in ("dockerfiles", "pip-requirements"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    text = (ROOT / "matrix.toml").read_text().replace('registry = "127.0.0.1:5000/hpc"',
+                                                      'registry = "127.0.0.1:99999/hpc"')
+    (tmp_path / "matrix.toml").write_text(text)
+    with pytest.raises(MatrixError, match=r"profiles\.ci\.publish\.registry.*port 99999 is not a TCP port"):
+        load_matrix(tmp_path / "matrix.toml")
+
+
+def test_reports_that_disagree_about_one_image_are_refused_not_published(tmp_path):
+    """The build report says the check of an image passed, the check report that the same image failed: no hand
+    edit of one report may make an image publishable (the engine is a stand-in: it only answers the image id)."""
+    from types import SimpleNamespace
+
+    from hpcimages.publish.publisher import Refused, eligibility
+
+    matrix = load_matrix(ROOT / "matrix.toml")
+    profile = matrix.profile("ci")
+    cell = matrix.cell(REF)
+    image_id = "sha256:" + "c" * 64
+    reports.record_check(tmp_path, "ci", [CellCheck(REF, IMAGE, image_id, {"contents": Outcome("fail", "no")})])
+    entries = reports.load_entries(tmp_path)
+    entries[f"ci/{REF}"].check_passed = True  # the hand edit
+    entries[f"ci/{REF}"].image_id = image_id
+    engine = SimpleNamespace(images=SimpleNamespace(get=lambda ref: SimpleNamespace(id=image_id)))
+    with pytest.raises(Refused, match="the reports disagree"):
+        eligibility(cell, profile, entries, reports.load_checks(tmp_path, "ci"), engine)
