@@ -67,7 +67,7 @@ def _check_report(folder: Path) -> Path:
 def _publish_report(folder: Path) -> Path:
     report = record.PublishReport(folder / record.PUBLISH_REPORT)
     report.put("127.0.0.1:5000/hpc", record.Published(
-        "ci", REF, "sha256:1", "127.0.0.1:5000/hpc/mpi4py", ["py3.13-mpich4.3.2"], DIGEST, 1000, 400,
+        "ci", REF, "sha256:" + "1" * 64, "127.0.0.1:5000/hpc/mpi4py", ["py3.13-mpich4.3.2"], DIGEST, 1000, 400,
         "2026-12-02T00:00:00Z", "abc", "abc", "2 ranks", record.SifRecord("127.0.0.1:5000/hpc/sif:x", "b" * 64), 3.0))
     return report.save()
 
@@ -102,7 +102,7 @@ STATE_FILES = [
               lambda d: d["targets"]["127.0.0.1:5000/hpc"][REF], lambda p: record.load(p.parent),
               path_fields=("ref", "tags")),
     StateFile("job record", slurm.JobRecord, _job_record, lambda d: d, slurm.read_record,
-              path_fields=("key", "run_dir", "script", "site", "cell")),
+              path_fields=("key", "script", "site", "cell")),
     StateFile("results", results.ResultRow, _results, lambda d: d, lambda p: results.load([p]), lines=True),
 ]
 
@@ -215,14 +215,18 @@ def test_a_hostile_ref_in_the_publish_report_writes_nothing_anywhere(tmp_path):
 
 
 def test_collect_writes_only_in_the_record_s_own_folder(tmp_path, monkeypatch):
+    """A hand-edited run_dir is not followed: the record's folder is where it lies (so a moved checkout's records
+    still read), and saving it writes there, nowhere else."""
     monkeypatch.setenv(slurm_runs_var(), str(tmp_path))
     path = _job_record(tmp_path)
     data = json.loads(path.read_text())
     data["run_dir"] = str(tmp_path / "elsewhere")
     path.write_text(json.dumps(data))
-    with pytest.raises(slurm.SlurmError, match=r"run_dir/key: .* not the folder the record lies in"):
-        slurm.load_records(ROOT)
-    assert not (tmp_path / "elsewhere").exists()
+    [loaded] = slurm.load_records(ROOT)
+    assert loaded.run_dir == str(path.parent) and loaded.path == path
+    loaded.state = "failed"
+    loaded.save()
+    assert not (tmp_path / "elsewhere").exists() and json.loads(path.read_text())["state"] == "failed"
 
 
 def test_an_output_never_replaces_an_input(tmp_path):
@@ -353,3 +357,41 @@ def test_reports_that_disagree_about_one_image_are_refused_not_published(tmp_pat
     engine = SimpleNamespace(images=SimpleNamespace(get=lambda ref: SimpleNamespace(id=image_id)))
     with pytest.raises(Refused, match="the reports disagree"):
         eligibility(cell, profile, entries, reports.load_checks(tmp_path, "ci"), engine)
+
+
+@pytest.mark.parametrize("state", STATE_FILES, ids=[s.name for s in STATE_FILES])
+def test_a_file_nested_deeper_than_the_tool_writes_is_one_line(tmp_path, monkeypatch, state):
+    monkeypatch.setenv(slurm_runs_var(), str(tmp_path))
+    path = state.write(tmp_path)
+    path.write_text("[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(HpcImagesError, match="nested deeper than the tool writes"):
+        state.read(path)
+
+
+def test_more_registry_and_markdown_and_results_cases(tmp_path):
+    from hpcimages import tables
+    from hpcimages.define.tags import registry_problem
+
+    assert "one port at most" in registry_problem("1.2.3.4:70000:5000/hpc")
+    assert tables.markdown_cell("a\\|b") == "a\\\\\\|b"  # a backslash, then an escaped |: still one cell
+    store = _results(tmp_path)
+    store.write_bytes(store.read_bytes().replace(b'"container"', b'"cont\xffainer"'))
+    with pytest.raises(results.ResultsError, match=r"ci\.jsonl:1: corrupt result line .*can't decode byte 0xff"):
+        results.load([store])
+    with pytest.raises(results.ResultsError, match="is a directory, not a results file"):
+        results.load([tmp_path])
+
+
+def test_a_broken_row_of_the_abi_table_stops_the_merge_and_is_left_as_it_is(tmp_path, monkeypatch):
+    from hpcimages.abi import table
+    from hpcimages.abi.pairs import Pair
+
+    monkeypatch.setenv("HPCIMAGES_BUILD_DIR", str(tmp_path))
+    table.write_reports(ROOT, "ci", [Pair(REF, IMAGE, "sha256:1", "own")])
+    stored = tmp_path / "abi" / "abi-table.json"
+    assert [p["host"] for p in table.rows_of_image(ROOT, "sha256:1")] == ["own"]
+    text = stored.read_text().replace('"host": "own"', '"host": "own", "bogus": 1')
+    stored.write_text(text)
+    with pytest.raises(table.AbiError, match=r"abi-table\.json: pairs\[0\]: unknown field 'bogus'"):
+        table.write_reports(ROOT, "ci", [Pair(REF, IMAGE, "sha256:2", "own")])
+    assert stored.read_text() == text

@@ -26,6 +26,8 @@ from .validate import CELL_REF_RE, problem, shown
 
 #: the longest string a state file may hold in one field (check logs are paths, reasons a few lines)
 MAX_TEXT = 65536
+#: no count the tool writes (bytes, seconds, ranks) comes near this
+MAX_WHOLE = 2**53
 
 T = TypeVar("T")
 Check = Callable[[Any], "str | None"]
@@ -62,11 +64,16 @@ def load_json(path: Path, what: str = "file") -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise StateError(f"{path} cannot be read (not valid JSON: {exc})") from None
+    except RecursionError:
+        raise StateError(f"{path} cannot be read (nested deeper than the tool writes)") from None
 
 
 def json_line(line: str) -> Any:
     """One line of a JSON-lines file (a ValueError says why it is none)."""
-    return json.loads(line)
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("nested deeper than the tool writes") from None
 
 
 def typed(cls: type[T], data: Any, path: Path | str, entry: str) -> T:
@@ -121,7 +128,7 @@ def _conform(value: Any, hint: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise StateError(f"{where}: must be a table, got {_kind(value)}")
-        return {_conform(k, args[0], where): _conform(v, args[1], f"{where}.{k}"[:200]) for k, v in value.items()}
+        return {_conform(k, args[0], where): _conform(v, args[1], f"{where}.{shown(k)}") for k, v in value.items()}
     return _scalar(value, hint, where)
 
 
@@ -130,6 +137,8 @@ def _scalar(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is int:
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) >= MAX_WHOLE:
+            raise StateError(f"{where}: {shown(value)} is larger than any count the tool writes")
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and math.isfinite(value) and value == int(value):
@@ -184,3 +193,9 @@ def cached_object(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     return data if isinstance(data, dict) else None
+
+
+def at_most(limit: int) -> Check:
+    def check(value: float) -> str | None:
+        return None if 0 <= value <= limit else f"must be from 0 to {limit}, got {shown(value)}"
+    return check

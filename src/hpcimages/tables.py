@@ -30,7 +30,7 @@ def markdown_cell(value: object) -> str:
     ``>`` written as entities, so no value carries HTML."""
     text = CONTROL_RE.sub(" ", str(value))
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("|", "\\|")
+    return text.replace("\\", "\\\\").replace("|", "\\|")  # a backslash first: `a\|b` stays one cell
 
 
 def markdown_code(value: object) -> str:

@@ -15,7 +15,6 @@ Written to ``build/abi/abi-table.{md,json}``; the catalogue shows each image's r
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import docker
 
-from .. import stats, tables
+from .. import state, stats, tables
 from ..define.matrix import Cell, Matrix, Profile
 from ..define.standins import HostMpi
 from ..engine import find_image
@@ -325,7 +324,7 @@ def markdown(pairs: list[Pair], profile: str) -> str:
 
 def rows_of_image(root: Path, image_id: str) -> list[dict]:
     """The last table's rows measured on exactly this image id (the catalogue's section), own MPICH first."""
-    return [p for p in _stored_pairs(table_dir(root) / "abi-table.json") if p["image_id"] == image_id]
+    return [p.to_json() for p in _stored_pairs(table_dir(root) / "abi-table.json") if p.image_id == image_id]
 
 
 def write_reports(root: Path, profile: str, pairs: list[Pair]) -> tuple[Path, Path]:
@@ -333,8 +332,7 @@ def write_reports(root: Path, profile: str, pairs: list[Pair]) -> tuple[Path, Pa
     --only or --host replaces only the image × stand-in rows it measured)."""
     folder = table_dir(root)
     measured = {(p.image_id, p.host) for p in pairs}
-    kept = [Pair.from_json(p) for p in _stored_pairs(folder / "abi-table.json")
-            if (p.get("image_id"), p.get("host")) not in measured]
+    kept = [p for p in _stored_pairs(folder / "abi-table.json") if (p.image_id, p.host) not in measured]
     rows = kept + pairs
     md = write_text(folder / "abi-table.md", markdown(rows, profile))
     data = {"profile": profile, "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -343,10 +341,16 @@ def write_reports(root: Path, profile: str, pairs: list[Pair]) -> tuple[Path, Pa
     return md, js
 
 
-def _stored_pairs(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def _stored_pairs(path: Path) -> list[Pair]:
+    """The stored table's rows, each checked (state.typed); none when there is no table yet. A broken row is an
+    AbiError and the file is left as it is (a later run would otherwise drop the other images' rows)."""
+    if not path.exists():
         return []
-    found = data.get("pairs") if isinstance(data, dict) else None
-    return [p for p in found or [] if isinstance(p, dict) and isinstance(p.get("image_id"), str)]
+    try:
+        data = state.load_json(path, "ABI table")
+        found = data.get("pairs", []) if isinstance(data, dict) else None
+        if not isinstance(found, list):
+            raise state.StateError(f"{path}: pairs: must be a list")
+        return [state.typed(Pair, p, path, f"pairs[{i}]") for i, p in enumerate(found)]
+    except state.StateError as exc:
+        raise AbiError(f"{exc}; it is left as it is: move it away to start the table afresh") from None

@@ -49,6 +49,7 @@ from ..validate import CONTROL_RE, UnsafeValue, problem, refuse_unsafe, shown
 
 BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "h5py_write", "cuda", "convert")
 MODELS = ("hybrid", "bind")
+SCRIPT_NAME = "job.sbatch"
 JOB_ID_RE = re.compile(r"\d{1,20}")
 SIZES_RE = re.compile(r"\d{1,10}(:\d{1,10})?")
 SOURCE_RE = re.compile(r"(docker|docker-archive|oras|library)://[A-Za-z0-9_@%+=:,./-]+")
@@ -193,7 +194,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
     context = {
         "title": f"hpcimages {spec.bench} job: {spec.image} on {site.name} ({spec.model} model)",
         "site": site, "bench": spec.bench, "image": spec.image, "model": spec.model,
-        "script": str(run_dir / "job.sbatch"), "output": str(run_dir / "slurm-%j.out"),
+        "script": str(run_dir / SCRIPT_NAME), "output": str(run_dir / "slurm-%j.out"),
         "job_name": f"hpcimages-{spec.bench}", "sif": sif_path(root, spec), "bench_dir": bench_dir,
         "nodes": nodes, "ntasks_per_node": ntasks_per_node,
         "layout_args": (f" --nodes {spec.nodes}" if spec.nodes else "") +
@@ -243,7 +244,7 @@ class JobRecord:
     summary: str = ""
 
     field_checks: ClassVar[dict[str, statefile.Check]] = {
-        "nodes": statefile.non_negative, "ntasks_per_node": statefile.non_negative,
+        "nodes": statefile.at_most(MAX_LAYOUT), "ntasks_per_node": statefile.at_most(MAX_LAYOUT),
         "state": statefile.one_of("rendered", "submitting", "submitted", "rejected", "failed", "collected"),
         "job_id": lambda v: None if JOB_ID_RE.fullmatch(v) else f"{shown(v)} is not a Slurm job id",
         "cell": statefile.cell_ref, "site": lambda v: problem(v, SITE_NAME_RE)}
@@ -308,16 +309,17 @@ def load_records(root: Path) -> list[JobRecord]:
 
 
 def read_record(path: Path) -> JobRecord:
-    """One record, every field checked; its folder is the one it lies in (a hand-edited ``run_dir`` elsewhere would
-    send collect's writes there), and its script lies in that folder."""
+    """One record, every field checked. Its folder is the one it lies in, whatever ``run_dir`` says (a hand-edited
+    one would send collect's writes elsewhere; a moved checkout's records still read), and so is its script."""
     record = statefile.typed(JobRecord, statefile.load_json(path, "job record"), path, "record")
     folder = path.parent
-    if Path(record.run_dir) != folder or record.key != folder.name:
-        raise statefile.StateError(f"{path}: record: run_dir/key: {shown(record.run_dir)} and {shown(record.key)} "
-                                   "are not the folder the record lies in")
-    if Path(record.script).parent != folder:
-        raise statefile.StateError(f"{path}: record: script: {shown(record.script)} is not in the record's "
-                                   "folder")
+    if record.key != folder.name:
+        raise statefile.StateError(f"{path}: record: key: {shown(record.key)} is not the name of the folder the "
+                                   "record lies in")
+    if Path(record.script).name != SCRIPT_NAME:
+        raise statefile.StateError(f"{path}: record: script: {shown(record.script)} is not the record's "
+                                   f"{SCRIPT_NAME}")
+    record.run_dir, record.script = str(folder), str(folder / SCRIPT_NAME)
     return record
 
 
@@ -410,7 +412,7 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     key = job_key(spec, now)
     run_dir = runs_dir(root, spec.site) / key
     run_dir.mkdir(parents=True)
-    script = run_dir / "job.sbatch"
+    script = run_dir / SCRIPT_NAME
     script.write_text(render(root, spec, run_dir), encoding="utf-8")
     script.chmod(0o755)
     cell, mpi = cell_of(matrix, spec.image)

@@ -163,6 +163,8 @@ def registry_problem(value: Any) -> str | None:
 
 def _host_problem(host: str) -> str | None:
     """A port the socket layer would take modulo 65536 (71534 dials 5998), or an IPv4 literal that is none."""
+    if host.count(":") > 1:
+        return f"{shown(host)}: one port at most (HOST:PORT)"
     name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
     if port and not 1 <= int(port) <= 65535:
         return f"{shown(host)}: port {port} is not a TCP port (1-65535)"

@@ -174,8 +174,8 @@ def record_check(build_dir: Path, profile: str, results: Iterable[Any]) -> Path:
     """Merge this run (``images.check.CellCheck``s) into ``check-report.json`` and mark the verdicts in the build
     report."""
     results = list(results)
-    previous = _read(build_dir / CHECK_REPORT)
-    cells = dict(previous.get("cells") or {}) if previous.get("profile") == profile else {}
+    kept = load_checks(build_dir, profile)  # read through the typed reader: a broken entry stops the merge
+    cells: dict[str, Any] = {ref: asdict(check) for ref, check in kept.items()}
     cells.update({r.ref: {**asdict(r), "passed": r.passed} for r in results})
     path = write_json(build_dir / CHECK_REPORT, {"profile": profile, "cells": cells})
     entries = load_entries(build_dir)

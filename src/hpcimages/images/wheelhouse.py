@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import state
 from ..define.matrix import Source
 from ..errors import HpcImagesError
 from ..files import write_json
@@ -93,11 +94,11 @@ def download_wheels(lock: Path, python: str, root: Path) -> None:
 
 
 def _stamp_holds(stamp: Path, dest: Path) -> bool:
-    try:
-        files = json.loads(stamp.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False  # none yet, or a stamp of an older hpcimages (an empty file): download again
-    return isinstance(files, dict) and bool(files) and all(
+    files = state.cached_object(stamp)  # none yet, an older stamp (an empty file), or broken: download again
+    if not files or not all(isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")
+                            for name in files):
+        return False  # a name that is no file of the wheelhouse: the stamp does not choose what is read
+    return all(
         (dest / name).is_file() and sha256_file(dest / name) == sha for name, sha in files.items())
 
 

@@ -391,6 +391,11 @@ def spread(rows: Iterable[ResultRow], bench: str, variant: str) -> list[tuple[in
     return [(size, statistics.median(v), min(v), max(v)) for size, v in sorted(values.items())]
 
 
+def plain(text: str) -> str:
+    """A stored name as plot text: matplotlib reads ``$...$`` as mathtext (and fails on an unbalanced one)."""
+    return text.replace("$", r"\$")
+
+
 def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
     """PNG plots per group: bandwidth, point-to-point latency and allreduce latency vs message size. Each variant
     is its median line with a band from the lowest to the highest repeat; sizes are labelled 1 B ... 4 MiB,
@@ -416,7 +421,7 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
                     continue
                 sizes = [p[0] for p in points]
                 drawn += sizes
-                line, = ax.plot(sizes, [p[1] for p in points], marker="o", markersize=3, label=v,
+                line, = ax.plot(sizes, [p[1] for p in points], marker="o", markersize=3, label=plain(v),
                                 linestyle="--" if "bare-metal" in v else "-")
                 ax.fill_between(sizes, [p[2] for p in points], [p[3] for p in points], color=line.get_color(),
                                 alpha=0.15, linewidth=0)
@@ -433,7 +438,7 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
                 ax.yaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
             ax.set_xlabel("bytes per rank" if bench in H5PY_BENCHMARKS else "message size")
             ax.set_ylabel(TITLES[bench])
-            ax.set_title(f"{bench}: {group}\n(median of the repeats; band: lowest to highest)", fontsize=10)
+            ax.set_title(f"{bench}: {plain(group)}\n(median of the repeats; band: lowest to highest)", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()

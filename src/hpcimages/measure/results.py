@@ -293,21 +293,27 @@ def load(paths: Iterable[Path], skip_corrupt: bool = False) -> tuple[list[Result
     records: list[ResultRow] = []
     problems: list[str] = []
     for path in paths:
+        if path.is_dir():
+            raise ResultsError(f"{path}: is a directory, not a results file (name its *.jsonl files)")
         if not path.is_file():
             raise ResultsError(f"{path}: no such results file")
-        with path.open(encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = ResultRow.from_json(statefile.json_line(line))
-                except (ValueError, TypeError) as exc:
-                    problem = f"{path}:{number}: corrupt result line ({exc}): {line.strip()[:80]!r}"
-                    if not skip_corrupt:
-                        raise ResultsError(problem + " (fix or delete the line; --skip-corrupt ignores it)") from None
-                    problems.append(problem)
-                    continue
-                records.append(record)
+        try:
+            lines = path.read_bytes().splitlines(keepends=True)
+        except OSError as exc:
+            raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        for number, raw in enumerate(lines, 1):
+            line = raw.decode("utf-8", errors="replace")  # shown in the message; the row is read strictly
+            if not line.strip():
+                continue
+            try:
+                record = ResultRow.from_json(statefile.json_line(raw.decode("utf-8")))
+            except (ValueError, TypeError) as exc:
+                problem = f"{path}:{number}: corrupt result line ({exc}): {line.strip()[:80]!r}"
+                if not skip_corrupt:
+                    raise ResultsError(problem + " (fix or delete the line; --skip-corrupt ignores it)") from None
+                problems.append(problem)
+                continue
+            records.append(record)
     return records, problems
 
 

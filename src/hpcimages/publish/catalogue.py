@@ -57,8 +57,8 @@ def catalogue_dir(root: Path, target: Target | None = None) -> Path:
 def inventory(client: docker.DockerClient, entry: record.Published, cache: Path) -> dict[str, Any]:
     cached = cache / f"{entry.image_id.replace(':', '-')}.json"
     known = state.cached_object(cached)
-    if known is not None:
-        return known  # a cache that cannot be read is made again
+    if known is not None and inventory_ok(known):
+        return known  # a cache that cannot be read, or holds what no inventory writes, is made again
     image = f"{entry.repository}@{entry.digest}"
     if engine.find_image(client, entry.image_id) is None:
         try:
@@ -70,9 +70,22 @@ def inventory(client: docker.DockerClient, entry: record.Published, cache: Path)
     line = next((x for x in reversed(out.strip().splitlines()) if x.startswith("{")), "")
     if code != 0 or not line:
         raise CatalogueError(f"the inventory failed in {image} (exit {code}): {output_tail(out, lines=3)}")
-    data = json.loads(line)
+    try:
+        data = json.loads(line)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not inventory_ok(data):
+        raise CatalogueError(f"the inventory of {image} printed no inventory: {line[:120]!r}")
     write_json(cached, data)
     return data
+
+
+def inventory_ok(data: dict[str, Any]) -> bool:
+    """What inventory.py prints: text facts, and name -> version tables of the Python and Debian packages."""
+    tables_ok = all(isinstance(data.get(k, {}), dict) and all(isinstance(n, str) and isinstance(v, str)
+                                                               for n, v in data.get(k, {}).items())
+                    for k in ("pip", "debian"))
+    return tables_ok and all(isinstance(data.get(k, ""), str) for k in ("os", "python", "mpichversion"))
 
 
 def _checks(out: Path, entry: record.Published) -> dict[str, Any]:

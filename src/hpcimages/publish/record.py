@@ -27,6 +27,7 @@ class SifRecord:
 
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+REPOSITORY_RE = re.compile(r"[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+")
 
 
 def _tags_problem(tags: list[str]) -> str | None:
@@ -56,7 +57,10 @@ class Published:
     field_checks: ClassVar[dict[str, state.Check]] = {
         "ref": state.cell_ref, "tags": _tags_problem, "size_bytes": state.non_negative,
         "compressed_bytes": state.non_negative, "seconds": state.non_negative,
-        "digest": lambda v: None if DIGEST_RE.fullmatch(v) else f"{shown(v)} is not a sha256:<64 hex> digest"}
+        "digest": lambda v: None if DIGEST_RE.fullmatch(v) else f"{shown(v)} is not a sha256:<64 hex> digest",
+        # the image id names the inventory's cache file and the image the catalogue runs; the repository is pulled
+        "image_id": lambda v: None if DIGEST_RE.fullmatch(v) else f"{shown(v)} is not an image id (sha256:<64 hex>)",
+        "repository": lambda v: None if REPOSITORY_RE.fullmatch(v) else f"{shown(v)} is not a repository"}
 
 
 @dataclass
@@ -89,7 +93,7 @@ def load(build_dir: Path) -> PublishReport:
         data = state.load_json(path, "report")
         if not isinstance(data, dict):
             raise state.StateError(f"{path}: must be a JSON object")
-        targets = data.get("targets") or {}
+        targets = data.get("targets", {})
         if not isinstance(targets, dict):
             raise state.StateError(f"{path}: targets: must be a table")
         for target, cells in targets.items():
@@ -100,7 +104,7 @@ def load(build_dir: Path) -> PublishReport:
                 if published.ref != ref:
                     raise state.StateError(f"{path}: targets.{shown(target)}.{shown(ref)}: holds {published.ref}")
                 report.put(target, published)
-        last_run = data.get("last_run") or {}
+        last_run = data.get("last_run", {})
         if not isinstance(last_run, dict):
             raise state.StateError(f"{path}: last_run: must be a table")
         report.last_run = last_run
