@@ -96,7 +96,7 @@ def _results(folder: Path) -> Path:
 STATE_FILES = [
     StateFile("build-report.json", reports.CellEntry, _build_report, lambda d: d["cells"][f"ci/{REF}"],
               lambda p: reports.load_entries(p.parent), path_fields=("ref",)),
-    StateFile("check-report.json", reports.StoredCheck, _check_report, lambda d: d["cells"][REF],
+    StateFile("check-report.json", reports.CellCheck, _check_report, lambda d: d["cells"][REF],
               lambda p: reports.load_checks(p.parent, "ci"), path_fields=("ref",)),
     StateFile("publish-report.json", record.Published, _publish_report,
               lambda d: d["targets"]["127.0.0.1:5000/hpc"][REF], lambda p: record.load(p.parent),

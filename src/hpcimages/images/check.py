@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -48,6 +48,7 @@ from ..mpirun import (
 )
 from ..paths import build_dir
 from . import hostmpi, reports
+from .reports import CellCheck, Outcome
 
 PROBE_DIR = Path(__file__).parent / "incontainer"
 #: the probe asks bench/mpiloaded.py which MPI library it loaded (the one answer, shared with the scripts)
@@ -206,26 +207,6 @@ def family_checks(matrix: Matrix, family: str) -> FamilyChecks:
             merged = FamilyChecks(merged.imports + extra.imports, merged.mpi_extensions + extra.mpi_extensions,
                                   merged.extensions + extra.extensions, merged.commands + extra.commands)
     return merged
-
-
-@dataclass
-class Outcome:
-    status: str  # pass | fail | skip
-    reason: str = ""
-
-
-@dataclass
-class CellCheck:
-    ref: str
-    image: str
-    image_id: str | None = None
-    checks: dict[str, Outcome] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(o.status != "fail" for o in self.checks.values()) and \
-            self.checks.get("contents", Outcome("fail")).status == "pass"
 
 
 class Checker:

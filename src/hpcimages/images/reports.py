@@ -105,30 +105,38 @@ def load_entries(build_dir: Path) -> dict[str, CellEntry]:
 
 
 @dataclass
-class StoredOutcome:
-    """One check's outcome as ``check-report.json`` holds it."""
+class Outcome:
+    """One check's outcome, as `invoke check` finds it and ``check-report.json`` holds it."""
 
-    status: str
+    status: str  # pass | fail | skip
     reason: str = ""
 
     field_checks: ClassVar[dict[str, state.Check]] = {"status": state.one_of("pass", "fail", "skip")}
 
 
 @dataclass
-class StoredCheck:
-    """The last check of one cell as ``check-report.json`` holds it (images.check.CellCheck, written)."""
+class CellCheck:
+    """The check of one cell (images.check runs it; ``check-report.json`` holds the last one of each cell)."""
 
     ref: str
     image: str
     image_id: str | None = None
-    checks: dict[str, StoredOutcome] = field(default_factory=dict)
+    checks: dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
-    passed: bool = False
 
+    ignored: ClassVar[tuple[str, ...]] = ("passed",)  # derived, written for readers of the file
     field_checks: ClassVar[dict[str, state.Check]] = {"ref": state.cell_ref, "seconds": state.non_negative}
 
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(o.status != "fail" for o in self.checks.values()) and \
+            self.checks.get("contents", Outcome("fail")).status == "pass"
 
-def load_checks(build_dir: Path, profile: str) -> dict[str, StoredCheck]:
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def load_checks(build_dir: Path, profile: str) -> dict[str, CellCheck]:
     """``check-report.json``'s cells of one profile (ref -> every check's outcome and the image id it judged); empty
     when there is none or it is another profile's. An entry that is not what `invoke check` writes is a ReportError
     naming it: publish and the catalogue read their verdicts' details from here."""
@@ -142,7 +150,7 @@ def load_checks(build_dir: Path, profile: str) -> dict[str, StoredCheck]:
     result = {}
     for ref, cell in cells.items():
         try:
-            result[ref] = state.typed(StoredCheck, cell, path, f"cells.{shown(ref)}")
+            result[ref] = state.typed(CellCheck, cell, path, f"cells.{shown(ref)}")
         except state.StateError as exc:
             raise ReportError(f"{exc}; the file is left as it is: run `invoke check` again, or move it away") \
                 from None
@@ -171,13 +179,13 @@ def record_build(build_dir: Path, profile: str, results: Iterable[Any]) -> Path:
 
 
 def record_check(build_dir: Path, profile: str, results: Iterable[Any]) -> Path:
-    """Merge this run (``images.check.CellCheck``s) into ``check-report.json`` and mark the verdicts in the build
+    """Merge this run (``CellCheck``s) into ``check-report.json`` and mark the verdicts in the build
     report."""
     results = list(results)
-    kept = load_checks(build_dir, profile)  # read through the typed reader: a broken entry stops the merge
-    cells: dict[str, Any] = {ref: asdict(check) for ref, check in kept.items()}
-    cells.update({r.ref: {**asdict(r), "passed": r.passed} for r in results})
-    path = write_json(build_dir / CHECK_REPORT, {"profile": profile, "cells": cells})
+    cells = load_checks(build_dir, profile)  # read through the typed reader: a broken entry stops the merge
+    cells.update({r.ref: r for r in results})
+    path = write_json(build_dir / CHECK_REPORT, {"profile": profile, "cells": {ref: c.to_json() for ref, c in
+                                                                               cells.items()}})
     entries = load_entries(build_dir)
     for r in results:
         entry = entries.setdefault(f"{profile}/{r.ref}", CellEntry(profile, r.ref, r.image, image_id=r.image_id))

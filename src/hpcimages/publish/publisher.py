@@ -68,7 +68,7 @@ class Failed(HpcImagesError):
 
 
 def eligibility(cell: Cell, profile: Profile, entries: dict[str, reports.CellEntry],
-                check_details: dict[str, reports.StoredCheck],
+                check_details: dict[str, reports.CellCheck],
                 client: docker.DockerClient) -> str:
     """The image id to publish, or ``Refused`` with the reason a maintainer acts on."""
     entry = entries.get(f"{profile.name}/{cell.ref}")
