@@ -83,8 +83,10 @@ def remove_with_children(client, image_id: str) -> None:
 @contextlib.contextmanager
 def tag_restored(client, ref: str):
     """A test that rebuilds one of the maintainer's tags leaves it as it found it: the image the tag named is kept
-    (under a tag of the tests' own namespace) while the test runs, and the tag names it again afterwards."""
-    before = client.images.get(ref).id
+    (under a tag of the tests' own namespace) while the test runs, and the tag, and every other tag of that image (the
+    cell's aliases, which the rebuild moved too), name it again afterwards."""
+    image = client.images.get(ref)
+    before, names = image.id, list(image.tags)  # the cell's own tag and its aliases: a rebuild moves them all
     repository, tag = ref.rsplit(":", 1)
     keeper = f"hpcimages-test/kept-{repository.rsplit('/', 1)[-1]}"
     client.api.tag(before, keeper, tag)
@@ -92,7 +94,9 @@ def tag_restored(client, ref: str):
         yield before
     finally:
         now = engine.find_image(client, ref)
-        client.api.tag(before, repository, tag)
+        for name in names:
+            named_repository, named_tag = name.rsplit(":", 1)
+            client.api.tag(before, named_repository, named_tag)
         client.images.remove(f"{keeper}:{tag}", noprune=True)
         if now is not None and now.id != before:
             with contextlib.suppress(docker.errors.APIError):  # the test's own image, unless a child still uses it
