@@ -279,3 +279,29 @@ def test_the_default_profile_without_registry_access_stops_at_once_and_says_what
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "cannot pull" in proc.stderr and "`--profile offline`" in proc.stderr and "`--profile ci`" in proc.stderr
     assert "Traceback" not in proc.stderr and "failed" not in proc.stdout, "no cell was tried"
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.13"])
+def test_an_offline_base_has_pip_alone_and_pip_can_upgrade_what_it_installed(ci_build, client, python):
+    """Like python:X-slim: no dpkg-installed Python package that a lock could pin and pip could never replace
+    (trixie's python3-pip brings python3-packaging, which stopped the cuda-python cell of Python 3.13)."""
+    m, _ = ci_build
+    base = m.profile("offline").bases[python].image
+    out = run_in(client, base, "dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' 'python3-*' "
+                               "| awk '$1 == \"ii\" {print $2}'; echo '--'; "
+                               "python3 -m pip list --disable-pip-version-check --format freeze; "
+                               "python3 -m pip --version")
+    debian, _, pip = out.partition("--")
+    assert not {"python3-pip", "python3-packaging", "python3-wheel", "python3-setuptools"} & set(debian.split())
+    assert [line.split("==")[0] for line in pip.split() if "==" in line] == ["pip"], pip
+    assert f"/usr/local/lib/python{python}/dist-packages/pip" in pip
+
+
+def test_a_base_without_debians_pip_wheel_is_a_clear_error(tmp_path):
+    from hpcimages.define.matrix import Base
+    from hpcimages.errors import BaseImageError
+    from hpcimages.images.bases import _install_pip
+
+    (tmp_path / "usr/share/python-wheels").mkdir(parents=True)
+    with pytest.raises(BaseImageError, match="python3-pip-whl put no pip wheel in /usr/share/python-wheels"):
+        _install_pip(tmp_path, Base("hpcimages-base/python:3.13-trixie", "trixie"))

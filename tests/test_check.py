@@ -179,5 +179,5 @@ def test_a_family_without_checks_of_its_own_still_gets_one_that_can_fail(tmp_pat
     assert command.argv == ("python3", "-c", IMPORT_REQUIREMENTS, "dask", "dask_mpi")
     assert command.expected == ("every package of requirements.in imports",)
     assert family_checks(M, "mpi4py").commands == ()  # its own entry says what it proves
-    assert [c.what for c in family_checks(M, "cuda-python").commands] == ["CUDA kernel under the simulator",
-                                                                          "CUDA toolkit wheels"]
+    assert [c.what for c in family_checks(M, "cuda-python").commands] == [
+        "CUDA toolkit wheels", "kernels compiled for the CUDA target", "CUDA kernel under the simulator"]

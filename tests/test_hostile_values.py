@@ -49,7 +49,7 @@ MATRIX = {
                    "build_args": {"MAKE_JOBS": "2"}},
         "cuda-python": {"description": "numba CUDA", "template": "cuda-python.Dockerfile.j2",
                         "requirements": "pip-requirements/cuda-python/requirements.in", "parent": "mpi4py",
-                        "axes": ["python", "mpi", "cuda"]},
+                        "axes": ["python", "mpi", "cuda"], "compute_capabilities": ["8.0", "9.0"]},
         "h5py-mpi": {"description": "parallel HDF5", "template": "h5py-mpi.Dockerfile.j2",
                      "requirements": "pip-requirements/h5py-mpi/requirements.in", "parent": "mpi4py",
                      "axes": ["python", "mpi"], "hdf5": "1.14.5"},

@@ -205,8 +205,25 @@ BROKEN = [
     ("child-missing-parent-axis", [('requirements = "pip-requirements/mpi4py/requirements.in"\n'
                                     'axes = ["python", "mpi"]',
                                     'requirements = "pip-requirements/mpi4py/requirements.in"\n'
-                                    'axes = ["python", "mpi", "cuda"]')],
+                                    'axes = ["python", "mpi", "cuda"]\ncompute_capabilities = ["9.0"]')],
      "families.hpc-python.axes", "must include the parent's axes too (missing cuda)"),
+    ("cuda-family-claims-no-gpu", [('requirements = "pip-requirements/mpi4py/requirements.in"\n'
+                                    'axes = ["python", "mpi"]',
+                                    'requirements = "pip-requirements/mpi4py/requirements.in"\n'
+                                    'axes = ["python", "mpi", "cuda"]')],
+     "families.mpi4py.compute_capabilities", "must list the GPU compute capabilities its images support"),
+    ("compute-capabilities-without-cuda", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                                            'axes = ["python", "mpi"]\ncompute_capabilities = ["9.0"]\n\n'
+                                            '[families.hpc')],
+     "families.mpi4py.compute_capabilities", "only a family with the cuda axis runs on GPUs"),
+    ("compute-capability-malformed", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                                       'axes = ["python", "mpi", "cuda"]\ncompute_capabilities = ["8.0", "sm_90"]\n\n'
+                                       '[families.hpc')],
+     "families.mpi4py.compute_capabilities[1]", "compute capability (major.minor)"),
+    ("compute-capabilities-empty", [('axes = ["python", "mpi"]\n\n[families.hpc',
+                                     'axes = ["python", "mpi", "cuda"]\ncompute_capabilities = []\n\n'
+                                     '[families.hpc')],
+     "families.mpi4py.compute_capabilities", "must list at least one compute capability"),
     ("cells-pattern-matches-nothing", [('registry = "local/hpc"', 'registry = "local/hpc"\ncells = ["mpi4py:py2*"]')],
      "profiles.offline.cells[0]", "matches no cell"),
     ("child-without-parent-cell", [('registry = "local/hpc"',

@@ -37,6 +37,8 @@ MPI_METHODS = ("wheel", "source", "apt")
 PYTHON_RE = re.compile(r"3\.\d{1,2}")
 VERSION_RE = re.compile(r"\d{1,6}(\.\d{1,6}){1,3}")
 CUDA_RE = re.compile(r"\d{2}\.\d")
+#: a GPU's compute capability, major.minor (7.0 Volta, 8.0 Ampere, 9.0 Hopper, 12.0 Blackwell consumer)
+COMPUTE_CAPABILITY_RE = re.compile(r"[1-9]\d?\.\d")
 # Options handed to ./configure unquoted: words only, no shell metacharacters.
 CONFIGURE_RE = re.compile(r"[A-Za-z0-9_=,.:/+ -]{0,400}")
 IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?")
@@ -52,7 +54,8 @@ AXES_KEYS = {"python", "mpi", "cuda"}
 MPI_KEYS = {"name", "version", "method", "configure", "abi"}
 #: The ABI an image's mpi4py is built for: MPICH's (libmpi.so.12) or the MPI-5 standard ABI (libmpi_abi.so.1).
 MPI_ABIS = ("mpich", "mpi")
-FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args", "hdf5"}
+FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args", "hdf5",
+               "compute_capabilities"}
 PROFILE_KEYS = {
     "description", "registry", "extends", "python", "mpi", "cuda", "families",
     "bases", "sources", "exclude", "cells", "publish", "mpi_build_python",
@@ -99,6 +102,8 @@ class Family:
     axes: tuple[str, ...]
     build_args: Mapping[str, str] = field(default_factory=dict)
     hdf5: str | None = None  # the HDF5 version the family compiles with MPI (h5py is built from its sdist against it)
+    #: the GPUs a family with the cuda axis claims (a label of its images; `invoke check` compiles kernels for each)
+    compute_capabilities: tuple[str, ...] = ()
 
     @property
     def hdf5_key(self) -> str | None:
@@ -517,7 +522,21 @@ class _Loader:
             if requirements is None:
                 raise self.fail(f"{key}.requirements", "a family with hdf5 builds h5py from the sdist its lock "
                                 "pins: it needs a requirements file")
-        return Family(name, description, template, requirements, parent, axes, dict(build_args), hdf5)
+        ccs = self.compute_capabilities(table.get("compute_capabilities"), key, axes)
+        return Family(name, description, template, requirements, parent, axes, dict(build_args), hdf5, ccs)
+
+    def compute_capabilities(self, value: Any, key: str, axes: tuple[str, ...]) -> tuple[str, ...]:
+        """A family with the cuda axis says which GPUs its images support; one without it claims none."""
+        key = f"{key}.compute_capabilities"
+        if "cuda" not in axes:
+            if value is not None:
+                raise self.fail(key, "only a family with the cuda axis runs on GPUs: drop it, or add 'cuda' to axes")
+            return ()
+        if value is None:
+            raise self.fail(key, "a family with the cuda axis must list the GPU compute capabilities its images "
+                            'support, e.g. ["8.0", "9.0"] (a label; `invoke check` compiles kernels for each)')
+        ccs = self.string_list(value, key, COMPUTE_CAPABILITY_RE, "compute capability (major.minor)", nonempty=True)
+        return tuple(sorted(ccs, key=lambda cc: tuple(int(n) for n in cc.split("."))))
 
     def check_parents(self, families: Mapping[str, Family]) -> None:
         for family in families.values():

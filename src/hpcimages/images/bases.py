@@ -26,8 +26,13 @@ from ..errors import BaseImageError
 from .aptsources import debian_mirror
 
 RECIPE_LABEL = "io.hpcimages.base-recipe"
-PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")
-RECIPE_VERSION = 1  # bump when the bootstrap steps below change
+#: Debian's pip *wheel*, not its python3-pip package: that one brings python3-packaging and python3-wheel, installed
+#: by dpkg with no RECORD, so pip can never upgrade them and a lock that pins another `packaging` (numba-cuda's)
+#: fails with "Cannot uninstall packaging ... installed by debian". pip is installed from the wheel instead, the
+#: way python:X-slim has it: pip alone, with its RECORD, in /usr/local.
+PACKAGES = ("python3", "python3-pip-whl", "python3-venv", "ca-certificates")
+RECIPE_VERSION = 2  # bump when the bootstrap steps below change
+PIP_WHEELS = "usr/share/python-wheels"
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,25 @@ def _make_python_slim_like(rootfs: Path, python: str, base: Base) -> None:
                              f"Python {python}; fix profiles.*.bases in matrix.toml")
     (rootfs / f"usr/lib/python{python}/EXTERNALLY-MANAGED").unlink(missing_ok=True)
     (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3")
+    _install_pip(rootfs, base)
+
+
+def _install_pip(rootfs: Path, base: Base) -> None:
+    """pip from Debian's own pip wheel (python3-pip-whl, what venvs get), run from the wheel itself, with no
+    index: /usr/local/bin/pip and a pip that can upgrade what it installed."""
+    wheels = sorted((rootfs / PIP_WHEELS).glob("pip-*.whl"))
+    if not wheels:
+        raise BaseImageError(f"Debian {base.debian}'s python3-pip-whl put no pip wheel in /{PIP_WHEELS}")
+    wheel = f"/{PIP_WHEELS}/{wheels[-1].name}"
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    cmd = [chroot, str(rootfs), "python3", f"{wheel}/pip", "install", "--no-index", "--no-cache-dir",
+           "--disable-pip-version-check", "--no-warn-script-location", wheel]
+    # the chroot's own PATH, not the caller's (a venv's bin/ does not exist inside the root file system)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+        raise BaseImageError(f"installing pip from {wheel} in Debian {base.debian} failed:\n{tail}")
 
 
 def _scratch() -> str:

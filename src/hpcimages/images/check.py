@@ -12,7 +12,9 @@ bind-swap  with a different MPICH-ABI library (the matrix's ``swap = true`` stan
            unset, the image's own MPICH is used again
 hygiene    no wheels, pip caches, credentials, private keys or extra CA bundles in the file system, no
            secrets in the image's environment or ``docker history``
-family     what only this family can prove (a CUDA kernel under numba's simulator; for a family with a parallel
+family     what only this family can prove (for CUDA: real kernels compiled to PTX with NVVM for every compute
+           capability the image claims, as the first launch on a GPU does, and a kernel run under numba's
+           simulator for the Python logic; for a family with a parallel
            HDF5: h5py's MPI build on that HDF5, and a 2-rank ``driver='mpio'`` write verified element by element
            under the image's MPICH and under the bind model); a family with no entry in FAMILY_CHECKS still gets one
            that can fail: every package its requirements.in names imports (``contents`` proves the locked versions)
@@ -73,6 +75,7 @@ class FamilyCommand:
     expected: tuple[str, ...]  # every one of these must be in the output
     env: tuple[tuple[str, str], ...] = ()
     host_mpi: bool = False  # run under the bind model: the stand-in host MPI mounted, first on LD_LIBRARY_PATH
+    report: str = ""  # the output line that starts with this is the check's detail for the command (else `what`)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,11 @@ class FamilyChecks:
     commands: tuple[FamilyCommand, ...] = ()  # the family check: each run in the image, its output checked
 
 
+#: argv placeholder: the compute capabilities the cell's family claims (matrix.toml), comma-separated
+COMPUTE_CAPABILITIES = "{compute_capabilities}"
+CUDA_COMPILE = FamilyCommand("kernels compiled for the CUDA target", (
+    "python3", f"{BENCH_MOUNT}/cuda_compile.py", "--cc", COMPUTE_CAPABILITIES), ("to PTX with NVVM",),
+    report="compiled ")
 CUDA_SIM_KERNEL = FamilyCommand("CUDA kernel under the simulator", ("python3", "-c", (
     "import numpy as np; from numba import cuda\n"
     "@cuda.jit\n"
@@ -99,20 +107,23 @@ CUDA_SIM_KERNEL = FamilyCommand("CUDA kernel under the simulator", ("python3", "
     "    i = cuda.grid(1)\n"
     "    if i < out.size: out[i] = a[i] + b[i]\n"
     "a = np.arange(16, dtype=np.float32); out = np.zeros_like(a); add[2, 8](a, a, out)\n"
-    "assert (out == 2 * a).all(); print('cuda-sim vector add ok')")), ("vector add ok",),
-    env=(("NUMBA_ENABLE_CUDASIM", "1"),))
+    "assert (out == 2 * a).all(); print('cuda-sim vector add ok (the simulator runs kernels as Python)')")),
+    ("vector add ok",),
+    env=(("NUMBA_ENABLE_CUDASIM", "1"),),
+    report="cuda-sim ")
 CUDA_TOOLKIT = FamilyCommand("CUDA toolkit wheels", ("python3", "-c", (
     "import importlib.metadata as md, pathlib, nvidia; "
     "base = pathlib.Path(list(nvidia.__path__)[0]); "
-    "print('runtime', md.version('nvidia-cuda-runtime-cu12')); "
-    "print('nvvm', *sorted(p.name for p in base.glob('cuda_nvcc/nvvm/lib64/libnvvm.so*')))")), ("libnvvm.so",))
+    "print('toolkit wheels: runtime', md.version('nvidia-cuda-runtime-cu12'), 'nvvm', "
+    "*sorted(p.name for p in base.glob('cuda_nvcc/nvvm/lib64/libnvvm.so*')))")), ("libnvvm.so",),
+    report="toolkit wheels: ")
 MPI_LIBRARY_VERSION = ("python3", "-c", "from mpi4py import MPI; print(MPI.Get_library_version())")
 
 FAMILY_CHECKS: dict[str, FamilyChecks] = {
     "mpi4py": FamilyChecks(imports=("mpi4py", "mpi4py.MPI", "numpy"), mpi_extensions=("mpi4py.MPI",)),
     "hpc-python": FamilyChecks(imports=("scipy", "h5py", "pandas"), extensions=("h5py._conv",)),
     "cuda-python": FamilyChecks(imports=("numba", "numba.cuda"),
-                                commands=(CUDA_SIM_KERNEL, CUDA_TOOLKIT)),
+                                commands=(CUDA_TOOLKIT, CUDA_COMPILE, CUDA_SIM_KERNEL)),
 }
 
 
@@ -268,7 +279,7 @@ class Checker:
         result.checks["mpi-run"] = self.check_mpi_run(image.id)
         result.checks["bind-swap"] = self.check_bind_swap(cell, image.id, facts)
         result.checks["hygiene"] = check_hygiene(image, facts)
-        result.checks["family"] = self.check_family(fc, image.id)
+        result.checks["family"] = self.check_family(fc, image.id, cell)
         result.seconds = time.monotonic() - start
         return result
 
@@ -300,21 +311,23 @@ class Checker:
         return Outcome("pass", f"{self.vendor} loaded from {injected[0]} and used by 2 ranks; own MPICH "
                                f"({', '.join(own_files) or 'its library'}) when unset")
 
-    def check_family(self, fc: FamilyChecks, image_id: str) -> Outcome:
+    def check_family(self, fc: FamilyChecks, image_id: str, cell: Cell) -> Outcome:
         if not fc.commands:
             return Outcome("skip", "nothing family-specific")
         done = []
+        ccs = ",".join(cell.family.compute_capabilities)
         for command in fc.commands:
             if command.host_mpi and self.host_mpi is None:
                 done.append(f"{command.what}: skipped, no stand-in host MPI")
                 continue
-            code, out = self.run(image_id, command.argv, env=dict(command.env), host_mpi=command.host_mpi)
+            argv = [arg.replace(COMPUTE_CAPABILITIES, ccs) for arg in command.argv]
+            code, out = self.run(image_id, argv, env=dict(command.env), host_mpi=command.host_mpi)
             wanted = [text.replace("{banner}", self.banner) for text in command.expected]
             missing = [text for text in wanted if text not in out]
             if code != 0 or missing:
                 lacking = f" (no {missing[0]!r} in the output)" if missing else ""
-                return Outcome("fail", f"{command.what}: exit {code}{lacking}: {_tail(out)}")
-            done.append(command.what)
+                return Outcome("fail", f"{command.what}: exit {code}{lacking}: {_failure(out)}")
+            done.append(_reported(command, out))
         return Outcome("pass", "; ".join(done))
 
 
@@ -359,6 +372,7 @@ def check_labels(cell: Cell, labels: dict[str, str], facts: dict) -> Outcome:
                 "org.opencontainers.image.version": cell.tag}
     if cell.cuda:
         expected["io.hpcimages.cuda"] = cell.cuda
+        expected["io.hpcimages.cuda.compute_capabilities"] = " ".join(cell.family.compute_capabilities)
     if cell.family.hdf5:
         expected["io.hpcimages.hdf5"] = cell.family.hdf5
     problems = [f"{k}={labels.get(k)!r}, expected {v!r}" for k, v in expected.items() if labels.get(k) != v]
@@ -433,6 +447,26 @@ def _two_ranks(code: int, out: str, launcher: str) -> Outcome:
 
 def _tail(out: str) -> str:
     return output_tail(out, lines=3, limit=400)
+
+
+def _failure(out: str) -> str:
+    """What a failed command said: its ``error:`` line and what follows it (a compiler's own message), else the
+    output's last lines."""
+    lines = out.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    if first is None:
+        return _tail(out)
+    return output_tail("\n".join(lines[first:first + 1] + lines[first + 1:][-3:]), lines=4, limit=600)
+
+
+def _reported(command: FamilyCommand, out: str) -> str:
+    """A passed command in the check's detail: the output line it reports (kernels, capabilities, time), or its
+    name."""
+    if command.report:
+        line = next((line for line in out.splitlines() if line.startswith(command.report)), None)
+        if line:
+            return output_tail(line, lines=1, limit=300)
+    return command.what
 
 
 # ---------------------------------------------------------------------------------------------
