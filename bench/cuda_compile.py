@@ -12,8 +12,12 @@ Three kernels: an elementwise axpy, a shared-memory block reduction finished wit
 calls numpy functions inside the kernel. For each capability, the toolkit must list it among the architectures
 it compiles for (numba would otherwise pick the nearest lower one without a word), and the PTX must target it.
 
+With `--cuda MM.m` (what `invoke check` passes) the toolkit wheels must be that CUDA version, and cuda-bindings
+must be of its major (13.x needs a CUDA 13 driver): a compile cannot show that mismatch, a GPU node would.
+
 Prints one line per kernel and capability, then `compiled K kernels for ... in S s` and exits 0; on the first
-failure prints the compiler's own message (the exception and the last frames of its traceback) and exits 1.
+failure prints `error: ...` with the compiler's own message (the exception's first line, then the last frames of
+its traceback) and exits 1.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ cuda = float32 = None
 THREADS = 128
 TARGET_RE = re.compile(r"^\.target\s+(sm_\d+[a-z]?)", re.M)
 CC_RE = re.compile(r"^([1-9]\d?)\.(\d)$")
+CUDA_RE = re.compile(r"^\d{2}\.\d$")
 
 
 def axpy(a, x, y, out):
@@ -101,21 +106,42 @@ def versions() -> str:
         "numba-cuda", "numba", "numpy", "cuda-bindings", "nvidia-cuda-nvcc-cu12", "nvidia-cuda-nvrtc-cu12"))
 
 
-def bindings_mismatch() -> str | None:
-    """cuda-bindings follows the CUDA major version: 13.x needs a CUDA 13 driver (580.65+) and CUDA 13 libraries,
-    12.x any CUDA 12 driver (525.60+). Beside another major's toolkit wheels the first kernel launch fails."""
-    bindings, toolkit = version("cuda-bindings"), version("nvidia-cuda-nvrtc-cu12")
-    if "not installed" in (bindings, toolkit) or bindings.split(".")[0] == toolkit.split(".")[0]:
-        return None
-    major = toolkit.split(".")[0]
-    return (f"cuda-bindings {bindings} is for CUDA {bindings.split('.')[0]} (a driver of that major), but the "
-            f"toolkit wheels are CUDA {toolkit}: lock cuda-bindings {major}.x (numba-cuda[cu{major}])")
+def toolkit_version(major: str) -> tuple[str, str]:
+    """The NVRTC wheel of a CUDA major (nvidia-cuda-nvrtc-cu12; CUDA 13's wheels drop the suffix) and its
+    version."""
+    for name in (f"nvidia-cuda-nvrtc-cu{major}", "nvidia-cuda-nvrtc"):
+        found = version(name)
+        if found != "not installed":
+            return name, found
+    return f"nvidia-cuda-nvrtc-cu{major}", "not installed"
+
+
+def toolkit_problem(cuda_version: str | None) -> str | None:
+    """The toolkit wheels are the image's CUDA version, and cuda-bindings is of the same major. cuda-bindings follows
+    the CUDA major: 13.x needs a CUDA 13 driver (580.65+) and CUDA 13 libraries, 12.x any CUDA 12 driver (525.60+);
+    beside another major's toolkit the first kernel launch fails, which a compile alone cannot show."""
+    bindings = version("cuda-bindings")
+    major = (cuda_version or version("nvidia-cuda-nvrtc-cu12")).split(".")[0]
+    name, toolkit = toolkit_version(major)
+    if toolkit == "not installed":
+        return f"{name} is not installed: numba-cuda finds NVRTC (and NVVM beside it) in the toolkit wheels"
+    if cuda_version and not toolkit.startswith(f"{cuda_version}."):
+        return f"the toolkit wheels are CUDA {toolkit} ({name}), the image claims CUDA {cuda_version}"
+    if bindings == "not installed":
+        return "cuda-bindings is not installed: numba-cuda reaches the driver and NVRTC through it"
+    if bindings.split(".")[0] != major:
+        return (f"cuda-bindings {bindings} is for CUDA {bindings.split('.')[0]} (a driver of that major), but the "
+                f"toolkit wheels are CUDA {toolkit}: lock cuda-bindings {major}.x (numba-cuda[cu{major}])")
+    return None
 
 
 def compiler_message(exc: BaseException) -> str:
-    """The compiler's own words: the exception, and where it was raised (the last frames of its traceback)."""
+    """The compiler's own words: the exception's first line (what numba says went wrong; its later lines say where),
+    then the last frames of its traceback."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    headline = f"{type(exc).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")
     frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    return "".join(frames[-4:]).rstrip()
+    return f"{headline}\n{''.join(frames[-4:]).rstrip()}"
 
 
 def supported_ccs() -> list[tuple[int, int]]:
@@ -131,19 +157,27 @@ def sm(cc: tuple[int, int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cc", required=True, help="compute capabilities, comma- or space-separated (8.0,9.0)")
+    parser.add_argument("--cuda", help="the CUDA version the image claims (MM.m): the toolkit wheels must be it")
     args = parser.parse_args(argv)
+    # one line at a time on both streams: a container's log keeps them in the order they were written, so the
+    # error comes after the lines that passed, not before them
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    if args.cuda is not None and not CUDA_RE.match(args.cuda):
+        raise SystemExit(f"error: --cuda {args.cuda!r} is not a CUDA version (MM.m, e.g. 12.8)")
     wanted = parse_ccs(args.cc)
     kernels = load_numba()
     print(f"# {versions()}")
-    mismatch = bindings_mismatch()
-    if mismatch:
-        print(f"error: {mismatch}", file=sys.stderr)
+    problem = toolkit_problem(args.cuda)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     start = time.monotonic()
     try:
         supported = supported_ccs()
     except Exception as exc:  # the toolkit's NVRTC did not load: its own error says why
-        print(f"error: the toolkit's NVRTC did not answer:\n{compiler_message(exc)}", file=sys.stderr)
+        print(f"error: the toolkit's NVRTC did not answer: {compiler_message(exc)}", file=sys.stderr)
         return 1
     print(f"# the toolkit compiles for {' '.join(sm(cc) for cc in supported)}")
     unsupported = [cc for cc in wanted if cc not in supported]
@@ -157,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 ptx, _ = cuda.compile_ptx(kernel, signature, cc=cc)
             except Exception as exc:  # what the user would see at the first launch on a GPU
-                print(f"error: kernel {name} for {sm(cc)} did not compile:\n{compiler_message(exc)}",
+                print(f"error: kernel {name} for {sm(cc)} did not compile: {compiler_message(exc)}",
                       file=sys.stderr)
                 return 1
             targets = TARGET_RE.findall(ptx)

@@ -296,12 +296,3 @@ def test_an_offline_base_has_pip_alone_and_pip_can_upgrade_what_it_installed(ci_
     assert [line.split("==")[0] for line in pip.split() if "==" in line] == ["pip"], pip
     assert f"/usr/local/lib/python{python}/dist-packages/pip" in pip
 
-
-def test_a_base_without_debians_pip_wheel_is_a_clear_error(tmp_path):
-    from hpcimages.define.matrix import Base
-    from hpcimages.errors import BaseImageError
-    from hpcimages.images.bases import _install_pip
-
-    (tmp_path / "usr/share/python-wheels").mkdir(parents=True)
-    with pytest.raises(BaseImageError, match="python3-pip-whl put no pip wheel in /usr/share/python-wheels"):
-        _install_pip(tmp_path, Base("hpcimages-base/python:3.13-trixie", "trixie"))

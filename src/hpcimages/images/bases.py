@@ -28,8 +28,9 @@ from .aptsources import debian_mirror
 RECIPE_LABEL = "io.hpcimages.base-recipe"
 #: Debian's pip *wheel*, not its python3-pip package: that one brings python3-packaging and python3-wheel, installed
 #: by dpkg with no RECORD, so pip can never upgrade them and a lock that pins another `packaging` (numba-cuda's)
-#: fails with "Cannot uninstall packaging ... installed by debian". pip is installed from the wheel instead, the
-#: way python:X-slim has it: pip alone, with its RECORD, in /usr/local.
+#: fails with "Cannot uninstall packaging ... installed by debian". pip is installed from the wheel instead, with its
+#: RECORD, in /usr/local, and no Debian-packaged Python module is left for a lock to collide with (python:3.11-slim
+#: also ships setuptools and wheel; nothing here needs them at run time: the build stages lock their own).
 PACKAGES = ("python3", "python3-pip-whl", "python3-venv", "ca-certificates")
 RECIPE_VERSION = 2  # bump when the bootstrap steps below change
 PIP_WHEELS = "usr/share/python-wheels"
@@ -122,10 +123,10 @@ def _make_python_slim_like(rootfs: Path, python: str, base: Base) -> None:
 def _install_pip(rootfs: Path, base: Base) -> None:
     """pip from Debian's own pip wheel (python3-pip-whl, what venvs get), run from the wheel itself, with no
     index: /usr/local/bin/pip and a pip that can upgrade what it installed."""
-    wheels = sorted((rootfs / PIP_WHEELS).glob("pip-*.whl"))
+    wheels = list((rootfs / PIP_WHEELS).glob("pip-*.whl"))
     if not wheels:
         raise BaseImageError(f"Debian {base.debian}'s python3-pip-whl put no pip wheel in /{PIP_WHEELS}")
-    wheel = f"/{PIP_WHEELS}/{wheels[-1].name}"
+    wheel = f"/{PIP_WHEELS}/{newest_wheel(wheels).name}"
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
     cmd = [chroot, str(rootfs), "python3", f"{wheel}/pip", "install", "--no-index", "--no-cache-dir",
            "--disable-pip-version-check", "--no-warn-script-location", wheel]
@@ -135,6 +136,15 @@ def _install_pip(rootfs: Path, base: Base) -> None:
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
         raise BaseImageError(f"installing pip from {wheel} in Debian {base.debian} failed:\n{tail}")
+
+
+def newest_wheel(wheels: list[Path]) -> Path:
+    """The wheel of the highest version (pip-25.1.1 before pip-9.0.1, which a sort by name would pick)."""
+    def key(path: Path) -> tuple[int, ...]:
+        version = path.name.split("-")[1]
+        return tuple(int(part) if part.isdigit() else -1 for part in version.split("."))
+
+    return max(wheels, key=key)
 
 
 def _scratch() -> str:
