@@ -13,6 +13,7 @@ problem of a value, or None) and names keys that older versions wrote, or that a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -85,7 +86,7 @@ def typed(cls: type[T], data: Any, path: Path | str, entry: str) -> T:
 def _dataclass(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
         raise StateError(_at(where, f"must be a table, got {_kind(data)}"))
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     ignored = set(getattr(cls, "ignored", ()))
     unknown = sorted(k for k in data if k not in fields and k not in ignored)
@@ -99,11 +100,17 @@ def _dataclass(cls: type[T], data: Any, where: str) -> T:
                 raise StateError(_at(where, f"{name}: missing"))
             continue
         value = _conform(data[name], hints[name], _at(where, name))
-        problem = checks[name](value) if name in checks and value is not None else None
-        if problem:
-            raise StateError(_at(where, f"{name}: {problem}"))
+        refused = checks[name](value) if name in checks and value is not None else None
+        if refused:
+            raise StateError(_at(where, f"{name}: {refused}"))
         values[name] = value
     return cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved annotations, once per class (a report holds many entries of one class)."""
+    return typing.get_type_hints(cls)
 
 
 def _at(where: str, what: str) -> str:
