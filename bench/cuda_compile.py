@@ -106,14 +106,16 @@ def versions() -> str:
         "numba-cuda", "numba", "numpy", "cuda-bindings", "nvidia-cuda-nvcc-cu12", "nvidia-cuda-nvrtc-cu12"))
 
 
-def toolkit_version(major: str) -> tuple[str, str]:
-    """The NVRTC wheel of a CUDA major (nvidia-cuda-nvrtc-cu12; CUDA 13's wheels drop the suffix) and its
-    version."""
-    for name in (f"nvidia-cuda-nvrtc-cu{major}", "nvidia-cuda-nvrtc"):
+def toolkit_version(major: str | None) -> tuple[str, str]:
+    """The NVRTC wheel of a CUDA major (nvidia-cuda-nvrtc-cu12; CUDA 13's wheels drop the suffix), or of whichever
+    major is installed when none is given, and its version."""
+    names = (f"nvidia-cuda-nvrtc-cu{major}", "nvidia-cuda-nvrtc") if major else \
+        ("nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc-cu13", "nvidia-cuda-nvrtc")
+    for name in names:
         found = version(name)
         if found != "not installed":
             return name, found
-    return f"nvidia-cuda-nvrtc-cu{major}", "not installed"
+    return names[0], "not installed"
 
 
 def toolkit_problem(cuda_version: str | None) -> str | None:
@@ -121,10 +123,10 @@ def toolkit_problem(cuda_version: str | None) -> str | None:
     the CUDA major: 13.x needs a CUDA 13 driver (580.65+) and CUDA 13 libraries, 12.x any CUDA 12 driver (525.60+);
     beside another major's toolkit the first kernel launch fails, which a compile alone cannot show."""
     bindings = version("cuda-bindings")
-    major = (cuda_version or version("nvidia-cuda-nvrtc-cu12")).split(".")[0]
-    name, toolkit = toolkit_version(major)
+    name, toolkit = toolkit_version(cuda_version.split(".")[0] if cuda_version else None)
     if toolkit == "not installed":
         return f"{name} is not installed: numba-cuda finds NVRTC (and NVVM beside it) in the toolkit wheels"
+    major = toolkit.split(".")[0]
     if cuda_version and not toolkit.startswith(f"{cuda_version}."):
         return f"the toolkit wheels are CUDA {toolkit} ({name}), the image claims CUDA {cuda_version}"
     if bindings == "not installed":

@@ -42,6 +42,14 @@ def test_compute_capabilities_are_major_dot_minor(script):
             script.parse_ccs(bad)
 
 
+def test_the_script_and_the_matrix_read_a_compute_capability_alike(script):
+    """The script runs in images without hpcimages, so it carries the matrix's rule as a pattern of its own."""
+    from hpcimages.define.matrix import COMPUTE_CAPABILITY_RE
+
+    for sample in ("7.0", "9.0", "12.0", "10.1", "99.9", "9", "09.0", "0.5", "9.0a", "sm_90", "100.0", "9.10", ""):
+        assert bool(COMPUTE_CAPABILITY_RE.fullmatch(sample)) == bool(script.CC_RE.match(sample)), sample
+
+
 @pytest.mark.parametrize("cuda, installed, fragment", [
     ("12.8", {"cuda-bindings": "13.5.0", "nvidia-cuda-nvrtc-cu12": "12.8.93"},
      "cuda-bindings 13.5.0 is for CUDA 13 (a driver of that major), but the toolkit wheels are CUDA 12.8.93: "
@@ -53,6 +61,9 @@ def test_compute_capabilities_are_major_dot_minor(script):
      "the toolkit wheels are CUDA 12.8.93 (nvidia-cuda-nvrtc-cu12), the image claims CUDA 12.6"),
     ("12.8", {"nvidia-cuda-nvrtc-cu12": "12.8.93"}, "cuda-bindings is not installed"),
     ("12.8", {"cuda-bindings": "12.9.10"}, "nvidia-cuda-nvrtc-cu12 is not installed"),
+    (None, {"cuda-bindings": "12.9.10"}, "nvidia-cuda-nvrtc-cu12 is not installed"),
+    (None, {"cuda-bindings": "12.9.10", "nvidia-cuda-nvrtc-cu13": "13.0.88"},
+     "cuda-bindings 12.9.10 is for CUDA 12 (a driver of that major), but the toolkit wheels are CUDA 13.0.88"),
     ("13.0", {"cuda-bindings": "12.9.10", "nvidia-cuda-nvrtc": "13.0.88"},
      "cuda-bindings 12.9.10 is for CUDA 12 (a driver of that major), but the toolkit wheels are CUDA 13.0.88: "
      "lock cuda-bindings 13.x (numba-cuda[cu13])"),
