@@ -48,6 +48,30 @@ def lock(c, matrix=MATRIX, upgrade=False, only=None, profile=None):
     _run(define.lock, matrix=matrix, upgrade=upgrade, only=only or [], profile=profile)
 
 
+@task(positional=["action"], iterable=["only", "env"], auto_shortflags=False, help={
+    "action": "discover (find the host MPI's bind model, write the profile and the users' module file), verify "
+              "(prove it through Slurm, image by image) or status",
+    "name": "the site profile to write (discover) or to verify: slurm/sites/NAME.toml",
+    "mpi-lib": "discover: the host MPI library on the node, e.g. /usr/lib/x86_64-linux-gnu/libmpi.so.12",
+    "mpicc": "discover: the host MPI's compiler wrapper (its -show names the library)",
+    "mpiexec": "discover: the host MPI's launcher (the library is looked for under its prefix; also what runs the "
+               "two ranks when there is no --via)",
+    "via": "discover: a site profile whose Slurm and launcher reach the nodes (default: probe on this machine)",
+    "profile": "discover: the profile whose cells the fit table covers (default: ci)",
+    "only": ONLY_HELP.format("; verify: of the discovered cells"),
+    "env": "discover: --env NAME=VALUE the host MPI needs (what its module sets, e.g. I_MPI_PMI_LIBRARY=...); "
+           "written into [host_mpi] vars with bound paths as the container sees them (repeatable)",
+    "rounds": "verify: interleaved bare-metal/bind rounds of osu_bw and osu_latency (default 3)",
+    "timeout": "verify: seconds to wait for the jobs (default 1200)",
+    "matrix": MATRIX_HELP})
+def site(c, action, name="", mpi_lib="", mpicc="", mpiexec="", via="", profile="ci", only=None, env=None,
+         rounds="3", timeout="1200", matrix=MATRIX):
+    """The bind model configured from the host: `invoke site discover --name S --mpi-lib PATH [--via SITE]`,
+    `invoke site verify --name S`, `invoke site status` (docs/site.md)."""
+    _run(cluster.site, matrix=matrix, action=action, name=name, mpi_lib=mpi_lib, mpicc=mpicc, mpiexec=mpiexec,
+         via=via, profile=profile, only=only or [], env=env or [], rounds=rounds, timeout=timeout)
+
+
 @task(help={"matrix": MATRIX_HELP, "profile": "profile whose bases to bootstrap (default: offline)",
             "force": "bootstrap again even if the image is up to date"})
 def bases(c, matrix=MATRIX, profile="offline", force=False):

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CELL = "mpi4py:py3.13-mpich4.3.2"
 IMAGE = f"hpcimages/{CELL}"
 BOOKWORM_IMAGE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
+STANDARD_ABI_IMAGE = "hpcimages/mpi4py:py3.13-mpiabi-mpich5.0.2"  # invoke site verify binds Debian's libmpi_abi.so.1
 SIZES = "1:1048576"
 
 
@@ -36,7 +38,7 @@ SIZES = "1:1048576"
 def cluster(ci_built):
     client = ci_built.client
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
-    for converted in cv.convert(client, runtime, [IMAGE, BOOKWORM_IMAGE], cv.sif_dir(ROOT),
+    for converted in cv.convert(client, runtime, [IMAGE, BOOKWORM_IMAGE, STANDARD_ABI_IMAGE], cv.sif_dir(ROOT),
                                 progress=lambda _: None):
         assert converted.status in ("converted", "up to date"), converted.reason
     testcluster.start(client, ROOT, progress=lambda _: None)
@@ -272,3 +274,176 @@ def test_a_site_whose_lib_dirs_hold_open_mpi_is_told_it_is_not_the_mpich_abi(clu
         failed.message
     assert "# Size" not in Path(failed.output).read_text()
     assert not (tmp_path / "r.jsonl").exists()
+
+
+# -- invoke site discover / verify: the bind model found from the cluster's own Debian MPICH -------------------------
+
+DEBIAN_MPICH = "/usr/lib/x86_64-linux-gnu/libmpi.so.12"
+
+
+@pytest.fixture(scope="module")
+def discovered(cluster):
+    """`invoke site discover` through the test cluster's srun, for the mpi4py cells: the profile, the module file
+    and the record it writes, removed afterwards."""
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    written = [ROOT / "slurm" / "sites" / f"{name}{suffix}" for suffix in (".toml", ".discovery.json",
+                                                                         ".verified.json")]
+    written.append(ROOT / "slurm" / "modules" / "hpcimages-bind" / f"{name}.lua")
+    proc = invoke("site", "discover", "--name", name, "--via", "local", "--mpi-lib", DEBIAN_MPICH,
+                  "--only", "mpi4py:py3.13-mpich4.3.2", "--only", "mpi4py:py3.11-mpich4.3.2",
+                  "--only", "mpi4py:py3.13-mpiabi-mpich5.0.2")
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        yield name, proc.stdout
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
+def test_discover_finds_the_closure_the_plugins_and_the_fit_of_each_cell(discovered):
+    name, _ = discovered
+    record = json.loads((ROOT / "slurm" / "sites" / f"{name}.discovery.json").read_text())
+    assert record["libraries"] == {"libmpi.so.12": "/usr/lib/x86_64-linux-gnu/libmpich.so.12.6.2",
+                                   "libmpi_abi.so.1": "/usr/lib/x86_64-linux-gnu/libmpi_abi_mpich.so.1.0.0"}
+    sources = {b.split(":")[0] for b in record["binds"]}
+    assert {"/usr/lib/x86_64-linux-gnu/libucp.so.0.0.0", "/usr/lib/x86_64-linux-gnu/libucs.so.0.0.0",
+            "/usr/lib/x86_64-linux-gnu/libhwloc.so.15.10.4"} <= sources
+    # never the image's own: no loader, no C library, no C++ runtime
+    assert not [s for s in sources if re.search(r"/(ld-linux|libc|libm|libstdc\+\+|libgcc_s)[.-]", s)], sources
+    # the UCX modules, opened at run time, come from what the two ranks mapped, placed beside the bound libucs
+    assert "/usr/lib/x86_64-linux-gnu/ucx:/opt/hpcimages/host-mpi/lib/ucx" in record["binds"]
+    assert any(p.startswith("/usr/lib/x86_64-linux-gnu/ucx/libuct_") for p in record["plugins"]), record["plugins"]
+    assert record["needs_glibc"] == "GLIBC_2.38"
+    fit = {r["cell"]: r for r in record["fit"]}
+    assert fit["mpi4py:py3.13-mpich4.3.2"]["fits"] and fit["mpi4py:py3.13-mpiabi-mpich5.0.2"]["fits"]
+    bookworm = fit["mpi4py:py3.11-mpich4.3.2"]
+    assert not bookworm["fits"] and "needs GLIBC_2.38" in bookworm["reason"] and "glibc 2.36" in bookworm["reason"]
+    assert "use an image with glibc 2.38 or newer" in bookworm["reason"]
+    # the profile it wrote loads and runs the bind model through the existing schema
+    site = load_site(ROOT / "slurm" / "sites", name)
+    assert site.has_bind_model and site.host_dirs == ("/opt/hpcimages/host-mpi/lib",)
+
+
+def test_verify_proves_library_and_plugins_by_identity_and_refuses_bookworm(discovered):
+    name, _ = discovered
+    proc = invoke("site", "verify", "--name", name, "--rounds", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((ROOT / "slurm" / "sites" / f"{name}.verified.json").read_text())
+    assert record["verified"]
+    images = {i["cell"]: i for i in record["images"]}
+    mpich = images["mpi4py:py3.13-mpich4.3.2"]
+    assert mpich["status"] == "passed" and mpich["hello_ranks"] == 2
+    assert mpich["library"] == "/opt/hpcimages/host-mpi/lib/libmpi.so.12"
+    assert mpich["host_library"].startswith("/usr/lib/x86_64-linux-gnu/libmpich.so.12.6.2 (")
+    assert mpich["plugins_proven"] and not mpich["plugins_missing"]
+    assert any(f.startswith("osu_bw 1048576 B: bind/bare ") for f in mpich["figures"]), mpich["figures"]
+    standard = images["mpi4py:py3.13-mpiabi-mpich5.0.2"]
+    assert standard["status"] == "passed" and standard["library"] == "/opt/hpcimages/host-mpi/lib/libmpi_abi.so.1"
+    assert images["mpi4py:py3.11-mpich4.3.2"]["status"] == "refused"
+    assert "GLIBC_2.38" in images["mpi4py:py3.11-mpich4.3.2"]["reason"]
+    assert f"{name}: verified on" in invoke("site", "status", "--name", name).stdout
+    # a profile edited by hand after verification is no longer verified
+    profile = ROOT / "slurm" / "sites" / f"{name}.toml"
+    original = profile.read_text()
+    try:
+        profile.write_text(original.replace('time = "00:10:00"', 'time = "00:20:00"'))
+        status = invoke("site", "status", "--name", name).stdout
+        assert "not verified" in status and "changed after its verification" in status, status
+    finally:
+        profile.write_text(original)
+
+
+def test_the_users_module_file_loaded_by_lmod_runs_the_bind_model_with_nothing_else(discovered, tmp_path):
+    name, _ = discovered
+    modules = ROOT / "slurm" / "modules"
+    sif = cv.sif_dir(ROOT) / cv.sif_name(IMAGE)
+    runs = Path(os.environ["HPCIMAGES_SLURM_RUNS"])
+    runs.mkdir(parents=True, exist_ok=True)
+    script = runs / f"lmod-{name}.sbatch"
+    output = runs / f"lmod-{name}.out"
+    # what a user writes: the module, then srun apptainer exec; no binds, no library path of their own
+    script.write_text(f"""#!/bin/bash
+#SBATCH --nodes=1 --ntasks-per-node=2 --time=00:05:00 --output={output}
+source /usr/share/lmod/lmod/init/bash
+module use {modules}
+module load hpcimages-bind/{name}
+srun --mpi=pmi2 apptainer exec {sif} python3 -c 'from mpi4py import MPI
+maps = [l.split()[-1] for l in open("/proc/self/maps") if "libmpi" in l]
+print("rank", MPI.COMM_WORLD.Get_rank(), "of", MPI.COMM_WORLD.Get_size(), maps[0])'
+""")
+    client = slurm.SlurmClient(ROOT, load_site(ROOT / "slurm" / "sites", "local"))
+    job = client.sbatch(script)
+    for _ in range(120):
+        state, _ = client.state(job)
+        if state in slurm.TERMINAL or state == "UNKNOWN":
+            break
+        time.sleep(1)
+    text = output.read_text()
+    assert state == "COMPLETED", text
+    lines = sorted(line for line in text.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank {r} of 2 /opt/hpcimages/host-mpi/lib/libmpi.so.12" for r in (0, 1)], text
+
+
+INTEL_ENV = ["I_MPI_PMI_LIBRARY=/usr/lib/x86_64-linux-gnu/libpmi2.so.0", "I_MPI_FABRICS=shm:ofi", "FI_PROVIDER=tcp",
+             "FI_PROVIDER_PATH=/opt/host-mpi/lib", "LD_LIBRARY_PATH=/opt/host-mpi/lib"]
+
+
+def test_an_intel_mpi_in_its_own_prefix_is_discovered_with_its_providers_and_verified(cluster):
+    """Intel MPI as a site installs it: its own prefix, libfabric dlopened by name, providers opened at run time,
+    Slurm's libpmi2 named by I_MPI_PMI_LIBRARY (a system folder: bound file by file)."""
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    sites = ROOT / "slurm" / "sites"
+    written = [sites / f"{name}.toml", sites / f"{name}.discovery.json", sites / f"{name}.verified.json",
+               ROOT / "slurm" / "modules" / "hpcimages-bind" / f"{name}.lua"]
+    try:
+        proc = invoke("site", "discover", "--name", name, "--via", "local", "--mpi-lib",
+                      "/opt/host-mpi/lib/libmpi.so.12", *[f"--env={e}" for e in INTEL_ENV],
+                      "--only", "mpi4py:py3.13-mpich4.3.2", "--only", "mpi4py:py3.11-mpich4.3.2")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        record = json.loads((sites / f"{name}.discovery.json").read_text())
+        assert record["version"].startswith("Intel(R) MPI Library")
+        assert {"/opt/host-mpi/lib/libfabric.so.1", "/opt/host-mpi/lib/libtcp-fi.so",
+                "/usr/lib/x86_64-linux-gnu/libpmi2.so.0.0.0"} <= set(record["plugins"]), record["plugins"]
+        assert not [b for b in record["binds"] if b.startswith("/usr/lib/x86_64-linux-gnu:")]  # never whole
+        site = load_site(sites, name)
+        assert dict(site.host_mpi.vars)["I_MPI_PMI_LIBRARY"] == "/opt/hpcimages/host-mpi/lib/libpmi2.so.0"
+        assert dict(site.host_mpi.vars)["FI_PROVIDER_PATH"] == "/opt/hpcimages/host-mpi/lib"
+        fit = {r["cell"]: r for r in record["fit"]}
+        # the sid libpmi2 needs glibc 2.38: bookworm is refused for it, with the reason
+        bookworm = fit["mpi4py:py3.11-mpich4.3.2"]
+        assert not bookworm["fits"] and "GLIBC_2.38" in bookworm["reason"]
+        proc = invoke("site", "verify", "--name", name, "--rounds", "2")
+        result = json.loads((sites / f"{name}.verified.json").read_text())
+        image = next(i for i in result["images"] if i["cell"] == "mpi4py:py3.13-mpich4.3.2")
+        assert image["hello_ranks"] == 2 and image["library"] == "/opt/hpcimages/host-mpi/lib/libmpi.so.12", image
+        assert "/opt/host-mpi/lib/libtcp-fi.so" in image["plugins_proven"] and not image["plugins_missing"], image
+        # the identity proofs hold; the only verdict left to the machine is the bandwidth one
+        assert image["status"] == "passed" or image["reason"].startswith("osu_bw at "), image["reason"]
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
+def test_an_open_mpi_is_another_abi_for_every_image_and_verify_runs_nothing(cluster):
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    sites = ROOT / "slurm" / "sites"
+    written = [sites / f"{name}.toml", sites / f"{name}.discovery.json",
+               ROOT / "slurm" / "modules" / "hpcimages-bind" / f"{name}.lua"]
+    try:
+        proc = invoke("site", "discover", "--name", name, "--via", "local", "--mpi-lib",
+                      f"{testcluster.FOREIGN_MOUNT}/lib/libmpi.so.40", "--only", "mpi4py:py3.13-*")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Open MPI's ABI (libmpi.so.40): another ABI" in proc.stdout
+        assert "no image of the profile fits this host MPI" in proc.stdout
+        proc = invoke("site", "verify", "--name", name)
+        assert proc.returncode == 2 and "no image fits the host MPI" in proc.stderr, proc.stdout + proc.stderr
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
+def test_discover_names_a_library_missing_on_the_node_and_writes_nothing(cluster):
+    proc = invoke("site", "discover", "--name", "test-nolib", "--via", "local", "--mpi-lib",
+                  "/opt/nowhere/libmpi.so.12")
+    assert proc.returncode == 2 and "/opt/nowhere/libmpi.so.12 cannot be read" in proc.stderr, proc.stderr
+    assert not (ROOT / "slurm" / "sites" / "test-nolib.toml").exists()  # nothing written on a refusal

@@ -96,3 +96,45 @@ def testcluster(matrix: str, stop: bool = False, nodes: int | str = testcluster_
     testcluster_mod.start(connect(), root, progress=say, nodes=count)
     say("submit to it with `invoke submit --site local ...`")
     return 0
+
+
+def site(matrix: str, action: str, name: str = "", mpi_lib: str = "", mpicc: str = "", mpiexec: str = "",
+         via: str = "", profile: str = "ci", only: Iterable[str] = (), env: Iterable[str] = (), rounds: int | str = 3,
+         timeout: int | str = 1200) -> int:
+    """`invoke site discover | verify | status`."""
+    from . import discover as discover_mod
+    from . import siteverify
+
+    root = repository_root(matrix)
+    sites_dir = root / "slurm" / "sites"
+    if action == "discover":
+        via_site = sites_mod.load_site(sites_dir, via) if via else None
+        words = [f"invoke site discover --name {name}"] + [f"--{k} {v}" for k, v in
+                                                           (("mpi-lib", mpi_lib), ("mpicc", mpicc),
+                                                            ("mpiexec", mpiexec), ("via", via)) if v]
+        words += [f"--env {item}" for item in env]
+        found = discover_mod.discover(root, load_matrix(matrix), name, mpi_lib=mpi_lib, mpicc=mpicc,
+                                      mpiexec=mpiexec, via=via_site, profile=profile, only=only, env=env,
+                                      command=" ".join(words), progress=say)
+        say(discover_mod.report(found, root))
+        return 0
+    if action == "verify":
+        if not name:
+            raise sites_mod.SiteError("invoke site verify needs --name SITE (a profile invoke site discover wrote)")
+        result = siteverify.verify(root, load_matrix(matrix), name, only=only,
+                                   rounds=whole_number("--rounds", rounds, 1, 100),
+                                   timeout_s=whole_number("--timeout", timeout, 1, 86400), progress=say)
+        say(siteverify.terminal(result))
+        say(siteverify.status_line(sites_dir, name))
+        say(f"report: {relative(siteverify.report_path(root, name), root)}")
+        return 0 if result.verified else 1
+    if action == "status":
+        names = [name] if name else [n for n in sites_mod.site_names(sites_dir)
+                                     if discover_mod.record_path(sites_dir, n).exists()
+                                     or siteverify.record_path(sites_dir, n).exists()]
+        if not names:
+            say("no site was discovered or verified yet (invoke site discover --name SITE ...)")
+        for n in names:
+            say(siteverify.status_line(sites_dir, n))
+        return 0
+    raise sites_mod.SiteError(f"invoke site {action!r}: the actions are discover, verify and status")

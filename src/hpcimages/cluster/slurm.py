@@ -48,6 +48,8 @@ from ..sif.convert import sif_dir, sif_name
 from ..validate import CONTROL_RE, UnsafeValue, problem, refuse_unsafe, shown
 
 BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "h5py_write", "cuda", "convert")
+#: jobs another task renders, submits and reads itself (`invoke site verify`): not `invoke submit`'s, not collected
+NOT_COLLECTED = ("site_verify",)
 MODELS = ("hybrid", "bind")
 SCRIPT_NAME = "job.sbatch"
 JOB_ID_RE = re.compile(r"\d{1,20}")
@@ -83,6 +85,7 @@ class JobSpec:
     nodes: int = 0  # the layout; 0: the site profile's
     ntasks_per_node: int = 0
     own_namespaces: bool = False  # Apptainer without --sharens although the site has it: the plain variant
+    internal: bool = False  # a job of another task (NOT_COLLECTED), never from `invoke submit`
 
     @property
     def sharens(self) -> bool:
@@ -96,7 +99,7 @@ class JobSpec:
         return self.nodes or self.site.slurm.nodes, self.ntasks_per_node or self.site.slurm.ntasks_per_node
 
     def validate(self) -> None:
-        if self.bench not in BENCHES:
+        if self.bench not in BENCHES and not (self.bench in NOT_COLLECTED and self.internal):
             raise SlurmError(f"unknown benchmark {shown(self.bench)}; known: {', '.join(BENCHES)}")
         if self.model not in MODELS:
             raise SlurmError(f"unknown model {shown(self.model)}; known: {', '.join(MODELS)}")
@@ -104,7 +107,8 @@ class JobSpec:
             raise SlurmError(f"image {shown(self.image)}: not an image reference like "
                              "hpcimages/mpi4py:py3.11-mpich4.3.2")
         if self.model == "bind" and not self.site.has_bind_model:
-            raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs: the bind model needs them "
+            raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs (or bind and lib_path): the bind "
+                             "model needs them "
                              f"({self.site.path})")
         if self.sizes and self.bench in BENCHMARKS:  # the other jobs pass no sizes to their script
             reason = problem(self.sizes, SIZES_RE) and f"{shown(self.sizes)}: a size or a range like 1:4194304"
@@ -180,7 +184,7 @@ def preflight_libraries(site: Site) -> list[str]:
     return ["libmpi.so.12", *named]
 
 
-def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
+def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) -> str:
     spec.validate()
     site = spec.site
     bench_dir = site.container.bench_dir or str(root / "bench")
@@ -202,10 +206,11 @@ def render(root: Path, spec: JobSpec, run_dir: Path) -> str:
                        (" --no-sharens" if spec.own_namespaces else ""),
         "gpu": spec.bench == "cuda", "bindpath": ",".join(binds),
         "ld_library_path": ":".join((*site.host_mpi.lib_dirs, *site.host_mpi.lib_path)),
-        "preflight_libs": preflight_libraries(site), "lib_dirs": ":".join(site.host_mpi.lib_dirs),
+        "preflight_libs": preflight_libraries(site), "lib_dirs": ":".join(site.host_dirs),
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}", "run_dir": str(run_dir),
+        **(extra or {}),
     }
     try:
         text = _environment(root).get_template(f"{spec.bench}.sbatch.j2").render(context)
@@ -398,7 +403,8 @@ class SlurmClient:
 # submit / jobs / collect
 
 
-def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None = None) -> JobRecord:
+def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None = None,
+            extra: dict | None = None) -> JobRecord:
     """Render the script into its run directory and write the record (state `rendered`)."""
     spec.validate()
     sif = sif_path(root, spec)
@@ -413,7 +419,7 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     run_dir = runs_dir(root, spec.site) / key
     run_dir.mkdir(parents=True)
     script = run_dir / SCRIPT_NAME
-    script.write_text(render(root, spec, run_dir), encoding="utf-8")
+    script.write_text(render(root, spec, run_dir, extra), encoding="utf-8")
     script.chmod(0o755)
     cell, mpi = cell_of(matrix, spec.image)
     nodes, tasks = spec.layout
@@ -424,8 +430,8 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     return record
 
 
-def submit(root: Path, matrix: Matrix, spec: JobSpec, dry_run: bool = False) -> JobRecord:
-    record = prepare(root, matrix, spec)
+def submit(root: Path, matrix: Matrix, spec: JobSpec, dry_run: bool = False, extra: dict | None = None) -> JobRecord:
+    record = prepare(root, matrix, spec, extra=extra)
     if dry_run:
         return record
     client = SlurmClient(root, spec.site)
@@ -527,7 +533,8 @@ def collect(root: Path, sites: dict[str, Site], store_for: Callable[[str], Path]
     Raises SlurmError when jobs are still running at the timeout (their records stay `submitted`: a later
     collect goes on with them)."""
     wanted = set(only)
-    pending = [r for r in load_records(root) if r.state == "submitted" and (not wanted or r.site in wanted)]
+    pending = [r for r in load_records(root) if r.state == "submitted" and (not wanted or r.site in wanted)
+               and r.bench not in NOT_COLLECTED]
     if not pending:
         progress("nothing to collect: no submitted jobs")
         return []
@@ -575,7 +582,7 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         return Collected(record)
     expected = (record.nodes or site.slurm.nodes) * (record.ntasks_per_node or site.slurm.ntasks_per_node)
     try:
-        rows, summary = parse_output(record, text, expected, site.host_mpi.lib_dirs)
+        rows, summary = parse_output(record, text, expected, site.host_dirs)
     except ResultsError as exc:
         record.state, record.message = "failed", f"completed, but its output is not usable: {exc}: {_tail(text)}"
         record.save()

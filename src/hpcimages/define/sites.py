@@ -130,7 +130,14 @@ class Site:
 
     @property
     def has_bind_model(self) -> bool:
-        return bool(self.host_mpi.lib_dirs)
+        """Folders of the host MPI bound whole (lib_dirs), or its files bound one by one into a folder of the
+        container that lib_path names (what `invoke site discover` writes)."""
+        return bool(self.host_mpi.lib_dirs or (self.host_mpi.lib_path and self.host_mpi.bind))
+
+    @property
+    def host_dirs(self) -> tuple[str, ...]:
+        """Where the host MPI library lies inside the container: the proof by path of a bind-model run."""
+        return self.host_mpi.lib_dirs or self.host_mpi.lib_path
 
 
 def site_names(sites_dir: Path) -> list[str]:

@@ -25,7 +25,7 @@ from ..images.bases import debootstrap_import
 SUITE = "sid"
 # gocryptfs: Apptainer looks for it at every start and says so in every job's output when it is missing
 PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "gocryptfs", "mpich", "slurm-wlm", "munge", "python3", "procps",
-            "ca-certificates", "util-linux", "hostname", "libpmi2-0t64")
+            "ca-certificates", "util-linux", "hostname", "libpmi2-0t64", "lmod")
 ROOTFS_IMAGE = "hpcimages-tools/sid-rootfs:latest"
 TOOLS_IMAGE = "hpcimages-tools/cluster:sid"
 RECIPE_LABEL = "io.hpcimages.tools-recipe"
