@@ -196,3 +196,40 @@ def test_bandwidth_far_below_bare_metal_in_every_round_fails_a_noisy_round_does_
     assert broken and "a broken binding" in broken[0]
     lines, broken = sv.figures(steps([300.0, 1000.0, 990.0]), 3)
     assert not broken and ("undecided" in lines[0] or "equivalent" in lines[0])
+
+
+def test_the_library_is_found_from_mpicc_show_and_under_mpiexecs_prefix(tmp_path):
+    lib = tmp_path / "prefix" / "lib" / "libmpi.so.12"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"\x7fELF")
+    mpicc = tmp_path / "prefix" / "bin" / "mpicc"
+    mpicc.parent.mkdir()
+    mpicc.write_text(f"#!/bin/sh\necho gcc -I{tmp_path}/prefix/include -L{lib.parent} -lmpi\n")
+    mpicc.chmod(0o755)
+    assert dc.locate_library("", str(mpicc), "") == str(lib)
+    mpiexec = mpicc.parent / "mpiexec"
+    mpiexec.write_text("#!/bin/sh\n")
+    assert dc.locate_library("", "", str(mpiexec)) == str(lib)
+    lib.unlink()
+    with pytest.raises(dc.DiscoverError, match="names no MPI library that exists here"):
+        dc.locate_library("", str(mpicc), "")
+    with pytest.raises(dc.DiscoverError, match=r"no libmpi\.so\.12, libmpi_abi\.so\.1 or libmpi\.so\.40 under"):
+        dc.locate_library("", "", str(mpiexec))
+
+
+@pytest.mark.parametrize("item", ["NOEQUALS", "1BAD=x", "A=has space", "A=$(reboot)", "A="])
+def test_a_hostile_or_malformed_env_is_refused_before_anything_runs(item):
+    with pytest.raises(dc.DiscoverError, match="NAME=VALUE"):
+        dc.parse_env([item])
+
+
+def test_env_paths_are_rewritten_to_where_the_container_sees_them():
+    found = dc.BindSet(files={"/usr/lib/x86_64-linux-gnu/libpmi2.so.0.0.0": ["libpmi2.so.0"],
+                              "/opt/impi/lib/libfabric.so.1": ["libfabric.so.1"]},
+                       plugin_dirs={"/opt/impi/lib/prov": "/opt/hpcimages/host-mpi/lib/prov"}, plugins=[], needs={})
+    env = dc.container_env({"I_MPI_PMI_LIBRARY": "/usr/lib/x86_64-linux-gnu/libpmi2.so.0",
+                            "FI_PROVIDER_PATH": "/opt/impi/lib/prov", "LIBDIR": "/opt/impi/lib/",
+                            "FI_PROVIDER": "tcp", "LD_LIBRARY_PATH": "/opt/impi/lib"}, found)
+    assert env == {"I_MPI_PMI_LIBRARY": "/opt/hpcimages/host-mpi/lib/libpmi2.so.0",
+                   "FI_PROVIDER_PATH": "/opt/hpcimages/host-mpi/lib/prov", "LIBDIR": "/opt/hpcimages/host-mpi/lib",
+                   "FI_PROVIDER": "tcp"}
