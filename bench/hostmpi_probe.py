@@ -399,6 +399,15 @@ def facts() -> dict:
     return {"glibc": os.confstr("CS_GNU_LIBC_VERSION") or "", "glibcxx": glibcxx[-1] if glibcxx else ""}
 
 
+def user_namespace() -> str:
+    """This process's user namespace (`user:[4026531837]`): ranks in different ones cannot attach to each other's
+    memory (cross-memory attach), which costs large-message bandwidth."""
+    try:
+        return os.readlink("/proc/self/ns/user")
+    except OSError:
+        return ""
+
+
 def bw(library: str, sizes: list[int], rounds: int) -> dict:
     """osu_bw (window 64, ack) and osu_latency (ping-pong) per size, `rounds` times, on rank 0 (MB/s, us)."""
     mpi = CtypesMpi(library)
@@ -442,6 +451,7 @@ def bw(library: str, sizes: list[int], rounds: int) -> dict:
                     mpi.send(buf, size, peer, tag=102)
             out["latency"].append([size, (mpi.wtime() - start) * 1e6 / (2 * iters)])
     result = {"rank": mpi.rank, "node": os.uname().nodename, "version": mpi.version(), **out,
+              "userns": user_namespace(),
               "maps": [p for p in mapped_files() if re.search(r"/lib(mpi|mpich)[^/]*[.]so", p)]}
     mpi.finalize()
     return result
