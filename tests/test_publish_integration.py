@@ -10,7 +10,6 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
-import socket
 import subprocess
 import threading
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from conftest import free_port, registry_server
 from hpcimages import engine
 from hpcimages.cli import exit_code
 from hpcimages.define import load_matrix
@@ -42,27 +42,10 @@ OTHER = "hpcimages/mpi4py:py3.13-mpich4.3.2"
 HELLO = ["mpiexec", "-n", "2", "python3", "-m", "mpi4py.bench", "helloworld"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(client, tmp_path):
-    s = RegistryServer(tmp_path / "registry", free_port())
-    s.start()
-    yield s
-    s.stop()
-    untag_registry(client, s.address)
-
-
-def untag_registry(client, address: str) -> None:
-    """Push and pull leave `<address>/...` tags on local images; the registry is gone, so are they."""
-    for image in client.images.list():
-        for ref in image.tags:
-            if ref.startswith(address + "/"):
-                client.images.remove(ref, noprune=True)
+    with registry_server(client, tmp_path / "registry") as s:
+        yield s
 
 
 def remove_with_children(client, image_id: str) -> None:
@@ -101,6 +84,12 @@ def tag_restored(client, ref: str):
         if now is not None and now.id != before:
             with contextlib.suppress(docker.errors.APIError):  # the test's own image, unless a child still uses it
                 client.images.remove(now.id)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def signing_keys(centre_keys):
+    """The ci profile signs what it publishes: the session's keys and password are in the environment."""
+    return centre_keys
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +167,10 @@ def test_sif_is_pushed_beside_the_image_and_apptainer_pulls_both(client, checked
     assert code == 0, out[-3000:]
     entry = entry_of(target)
     assert entry.sif is not None and entry.sif.ref == f"{target}/sif/mpi4py:py3.11-mpich4.2.3"
-    assert entry.sif.sha256 == hashlib.sha256((cv.sif_dir(ROOT) / cv.sif_name(f"hpcimages/{CELL}")).read_bytes()
-                                              ).hexdigest()
-    assert "pulled back: same sha256" in out
+    # the profile signs: what is pushed is the signed copy, with the SBOMs and the provenance inside
+    signed = cv.sif_dir(ROOT) / "signed" / cv.sif_name(f"hpcimages/{CELL}")
+    assert entry.sif.sha256 == hashlib.sha256(signed.read_bytes()).hexdigest() and len(entry.sif.signed_by) == 40
+    assert "pulled back: same sha256; apptainer verify: all 7 objects signed by" in out
     # the way the seed's users get images on a cluster: apptainer pull docker://, then 2 ranks
     script = (f"cd /tmp && apptainer pull --no-https x.sif docker://{target}/mpi4py:py3.11-mpich4.2.3 >/dev/null "
               "2>&1 && mpiexec -n 2 apptainer exec x.sif python3 -m mpi4py.bench helloworld")

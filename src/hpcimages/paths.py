@@ -7,7 +7,9 @@ folder: ``<repository>/build`` unless ``HPCIMAGES_BUILD_DIR`` names another (the
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 BUILD_DIR_VAR = "HPCIMAGES_BUILD_DIR"
@@ -53,3 +55,44 @@ def build_dir_problem(root: Path) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"the build folder {folder} is not writable ({existing}): set {BUILD_DIR_VAR} to a folder you can write"
     return None
+
+
+#: a public source URL as a label and a provenance record carry it: https, a host, a path; no credentials, query
+#: or fragment
+PUBLIC_URL_RE = re.compile(r"https://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)+/?")
+SCP_REMOTE_RE = re.compile(r"^(?:[^@/:]+@)?(?P<host>[A-Za-z0-9.-]+\.[A-Za-z]{2,}):(?!//)(?P<path>[^\s]+)$")
+
+
+def public_url_problem(value: object) -> str | None:
+    """Why a configured source URL is not a public one (``[project] source``), or None."""
+    if not isinstance(value, str):
+        return f"must be an https URL (a string), got {type(value).__name__}"
+    if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+        return "must not carry credentials (user@ or user:token@ before the host)"
+    if not PUBLIC_URL_RE.fullmatch(value) or len(value) > 300:
+        return "must be https://HOST/PATH (e.g. https://github.com/centre/hpcimages), no query or fragment"
+    return None
+
+
+def normalised_remote(remote: str) -> str:
+    """A git remote as a public https URL, or "" when it names no public place: an SSH remote
+    (``git@host:org/repo.git``, ``ssh://git@host/org/repo``) becomes ``https://host/org/repo``; credentials in an
+    https remote are dropped; a local path or ``file://`` remote (a clone from disk) is no public source."""
+    remote = remote.strip()
+    scp = SCP_REMOTE_RE.match(remote)
+    if scp and "://" not in remote:
+        host, path = scp.group("host"), scp.group("path")
+    else:
+        parsed = urllib.parse.urlsplit(remote)
+        if parsed.scheme not in ("https", "http", "ssh", "git") or not parsed.hostname:
+            return ""
+        host, path = parsed.hostname, parsed.path
+    path = path.strip("/").removesuffix(".git")
+    candidate = f"https://{host.lower()}/{path}"
+    return candidate if path and public_url_problem(candidate) is None else ""
+
+
+def public_source(root: Path, configured: str = "") -> str:
+    """The project's public source URL for labels and provenance: the configured one, else the checkout's
+    ``remote.origin.url`` normalised, else "" (absent rather than a path of the build machine)."""
+    return configured or normalised_remote(git(root, "config", "--get", "remote.origin.url"))

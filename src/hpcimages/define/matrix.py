@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import state
 from ..errors import MatrixError, SelectionError
-from ..paths import repository_root
+from ..paths import public_url_problem, repository_root
 from ..validate import NAME_RE, free_text_problem, problem, shown
 from .standins import HostMpi, load_host_mpis
 from .tags import PublishSettings, alias_tags, check_tags, load_publish
@@ -49,7 +49,8 @@ ARG_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,60}")
 ARG_VALUE_RE = re.compile(r"[A-Za-z0-9_=,.:/+@ -]{0,400}")
 TEMPLATE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\.j2")
 
-TOP_KEYS = {"axes", "families", "exclude", "profiles", "host_mpi"}
+TOP_KEYS = {"axes", "families", "exclude", "profiles", "host_mpi", "project"}
+PROJECT_KEYS = {"source"}
 AXES_KEYS = {"python", "mpi", "cuda"}
 MPI_KEYS = {"name", "version", "method", "configure", "abi"}
 #: The ABI an image's mpi4py is built for: MPICH's (libmpi.so.12) or the MPI-5 standard ABI (libmpi_abi.so.1).
@@ -237,6 +238,7 @@ class Matrix:
     exclude: tuple[Mapping[str, str], ...]
     profiles: Mapping[str, Profile]
     host_mpis: Mapping[str, HostMpi] = field(default_factory=dict)  # every host MPI the project injects
+    source: str = ""  # [project] source: the public source URL images and provenance name ("" = from the remote)
 
     @property
     def swap_host(self) -> HostMpi | None:
@@ -422,7 +424,11 @@ class _Loader:
         with self.entry():
             profiles = self.load_profiles(partial)
         self.settle(independent)
-        matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles, host_mpis)
+        source = ""
+        with self.entry():
+            source = self.load_project(self.data.get("project", {}))
+        self.settle(independent)
+        matrix = Matrix(self.path, self.root, python, cuda, mpi, families, exclude, profiles, host_mpis, source)
         for name in profiles:
             with self.entry():
                 cells = _profile_cells(matrix, profiles[name])  # raises on an impossible profile
@@ -433,6 +439,20 @@ class _Loader:
                for name, t in self.data["profiles"].items()}
         check_excludes_and_emptiness(matrix, own)
         return matrix
+
+    def load_project(self, table: Any) -> str:
+        """``[project] source``: the public URL of the repository, for the images' source label and the provenance
+        (absent: the checkout's remote, normalised; a clone from disk names none)."""
+        if not isinstance(table, dict):
+            raise self.fail("project", f"must be a table, got {type(table).__name__}")
+        self.keys(table, "project", PROJECT_KEYS)
+        source = table.get("source", "")
+        if source == "":
+            return ""
+        reason = public_url_problem(source)
+        if reason:
+            raise self.fail("project.source", reason)
+        return source
 
     def load_mpi(self, entries: Any) -> dict[str, Mpi]:
         if not isinstance(entries, list) or not entries:

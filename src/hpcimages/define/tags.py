@@ -34,7 +34,7 @@ ALIAS_FIELDS = ("python", "mpi", "mpi_minor", "cuda", "tag")
 RELEASE_FIELDS = ("tag", "revision", "date")
 DEFAULT_ALIASES = ("{python}-{mpi_minor}-{cuda}",)
 DEFAULT_RELEASE = "{tag}-{revision}"
-PUBLISH_KEYS = {"registry", "aliases", "latest", "release", "retries"}
+PUBLISH_KEYS = {"registry", "aliases", "latest", "release", "retries", "sign"}
 
 Fail = Callable[[str, str], Exception]
 
@@ -48,6 +48,7 @@ class PublishSettings:
     latest: tuple[str, ...] = ()
     release: str = DEFAULT_RELEASE
     retries: int = 3
+    sign: bool = False  # sign every pushed digest, attest its SBOMs and provenance (the keys of `invoke keys`)
 
 
 def _fields(template: str) -> list[str]:
@@ -145,7 +146,10 @@ def load_publish(table: Any, key: str, fail: Fail) -> PublishSettings:
     retries = table.get("retries", 3)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 1 <= retries <= 10:
         raise fail(f"{key}.retries", f"must be a whole number from 1 to 10 (push attempts), got {shown(retries)}")
-    return PublishSettings(registry, rules, tuple(latest), release, retries)
+    sign = table.get("sign", False)
+    if not isinstance(sign, bool):
+        raise fail(f"{key}.sign", f"must be true or false (sign and attest every pushed image), got {shown(sign)}")
+    return PublishSettings(registry, rules, tuple(latest), release, retries, sign)
 
 
 def registry_problem(value: Any) -> str | None:

@@ -39,7 +39,7 @@ from ..define.matrix import Cell, Matrix, Profile, Source, select_cells
 from ..define.render import dockerfile_path, drift
 from ..engine import find_image
 from ..errors import HpcImagesError
-from ..paths import build_dir, git, git_revision, relative
+from ..paths import build_dir, git_revision, public_source, relative
 from . import reports, wheelhouse
 
 INPUT_LABEL = "io.hpcimages.input-hash"
@@ -292,8 +292,9 @@ def provenance_labels(matrix: Matrix, profile: Profile, digest: str) -> dict[str
     revision = git_revision(matrix.root)
     if revision:
         labels["org.opencontainers.image.revision"] = revision
-    source = git(matrix.root, "config", "--get", "remote.origin.url")
-    if source and "@" not in source:  # never put credentials of a remote URL into a label
+    # a public URL or nothing: never a path of the build machine (a clone from disk), never credentials
+    source = public_source(matrix.root, matrix.source)
+    if source:
         labels["org.opencontainers.image.source"] = source
     return labels
 

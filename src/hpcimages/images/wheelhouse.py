@@ -78,8 +78,7 @@ def download_wheels(lock: Path, python: str, root: Path) -> None:
     dest = wheelhouse_dir(root)
     stamps = dest / ".done"
     stamps.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(lock.read_bytes() + f"\0{python}\0{platform.machine()}".encode()).hexdigest()
-    stamp = stamps / digest
+    stamp = stamps / stamp_name(lock, python)
     if _stamp_holds(stamp, dest):
         return
     with tempfile.TemporaryDirectory(prefix=".download-", dir=dest) as scratch:
@@ -91,6 +90,23 @@ def download_wheels(lock: Path, python: str, root: Path) -> None:
             if not target.is_file() or sha256_file(target) != fetched[wheel.name]:
                 wheel.replace(target)  # a missing or damaged copy; a good one stays as it is
     write_json(stamp, fetched)
+
+
+def stamp_name(lock: Path, python: str) -> str:
+    """A lock's stamp is keyed by its content, the Python version and the machine the wheels are for."""
+    return hashlib.sha256(lock.read_bytes() + f"\0{python}\0{platform.machine()}".encode()).hexdigest()
+
+
+def fetched_files(lock: Path, python: str, root: Path) -> dict[str, str]:
+    """The files pip downloaded for one lock and Python (file name -> sha256): what the builds installed from
+    (``--require-hashes`` against the lock). Only files whose sha256 the lock pins; empty when the wheelhouse has
+    no stamp of that lock (its files are not hashed again here: pip checked them against the lock)."""
+    files = state.cached_object(wheelhouse_dir(root) / ".done" / stamp_name(lock, python))
+    if not isinstance(files, dict):
+        return {}
+    pinned = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", lock.read_text(encoding="utf-8")))
+    return {name: sha for name, sha in files.items()
+            if isinstance(name, str) and name == Path(name).name and isinstance(sha, str) and sha in pinned}
 
 
 def _stamp_holds(stamp: Path, dest: Path) -> bool:

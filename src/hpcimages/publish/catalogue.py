@@ -34,6 +34,7 @@ from ..measure import results as results_mod
 from ..paths import build_dir
 from . import record
 from .remote import Target
+from .sbom import summary as sbom_summary
 
 INVENTORY_DIR = Path(__file__).parent / "incontainer"
 INVENTORY_MOUNT = "/opt/hpcimages-inventory"
@@ -82,10 +83,12 @@ def inventory(client: docker.DockerClient, entry: record.Published, cache: Path)
 
 def inventory_ok(data: dict[str, Any]) -> bool:
     """What inventory.py prints: text facts, and name -> version tables of the Python and Debian packages."""
-    tables_ok = all(isinstance(data.get(k, {}), dict) and all(isinstance(n, str) and isinstance(v, str)
-                                                               for n, v in data.get(k, {}).items())
-                    for k in ("pip", "debian"))
-    return tables_ok and all(isinstance(data.get(k, ""), str) for k in ("os", "python", "mpichversion"))
+    tables_ok = all(isinstance(data.get(k), dict) and all(isinstance(n, str) and isinstance(v, str)
+                                                          for n, v in data[k].items())
+                    for k in ("pip", "debian", "debian_arch"))
+    # an inventory of an older inventory.py (no mpi4py, HDF5 or architectures) is made again
+    return tables_ok and all(isinstance(data.get(k), str) for k in ("os", "python", "mpichversion", "mpi4py",
+                                                                    "hdf5", "python_implementation"))
 
 
 def _checks(out: Path, entry: record.Published) -> dict[str, Any]:
@@ -141,9 +144,34 @@ def page_data(client: docker.DockerClient, matrix: Matrix, target: Target, entry
         "packages": {name: inv.get("pip", {}).get(name) for name in KEY_PACKAGES if inv.get("pip", {}).get(name)},
         "pip": inv.get("pip", {}), "debian": inv.get("debian", {}), "labels": labels, "checks": checks,
         "sif": entry.sif.ref if entry.sif else None,
+        "supply_chain": _supply_chain(entry, pages, stem),
         "bench": _bench(results, entry, pages, stem),
         "abi": [_abi_row(p) for p in abi_table.rows_of_image(matrix.root, entry.image_id)],
     }
+
+
+def _supply_chain(entry: record.Published, pages: Path, stem: str) -> dict[str, Any]:
+    """The signed documents beside the page (attest.py writes them) and the commands that check them."""
+    if entry.signed is None:
+        return {}
+    spdx = pages / f"{stem}.spdx.json"
+    files = {kind: f"{stem}{suffix}" for kind, suffix in (("spdx", ".spdx.json"), ("cyclonedx", ".cdx.json"),
+                                                           ("provenance", ".provenance.slsa.json"))
+             if (pages / f"{stem}{suffix}").is_file()}
+    reference = f"{entry.repository}@{entry.digest}"
+    insecure = " --allow-insecure-registry" if entry.repository.startswith(("127.", "localhost")) else ""
+    verify = [f"invoke verify {reference} --key cosign.pub",
+              f"cosign verify --key cosign.pub --insecure-ignore-tlog=true{insecure} {reference}",
+              f"cosign verify-attestation --key cosign.pub --type spdxjson --insecure-ignore-tlog=true{insecure} "
+              f"{reference}"]
+    if entry.sif is not None and entry.sif.signed_by:
+        name = entry.sif.ref.rsplit("/", 1)[-1].replace(":", "_") + ".sif"
+        verify += [f"apptainer pull {name} oras://{entry.sif.ref}",
+                   f"invoke verify {name} --key apptainer.pub.asc",
+                   f"apptainer key import apptainer.pub.asc && apptainer verify {name}"]
+    summary = sbom_summary(spdx) if spdx.is_file() else {}
+    return {"key": entry.signed.key, "signed_at": entry.signed.signed_at, "files": files, "summary": summary,
+            "verify": verify, "sif_signed_by": entry.sif.signed_by if entry.sif is not None else ""}
 
 
 def _abi_row(pair: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +243,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", "## Checks", "", tables.markdown([[n, o["status"], o["reason"][:160]]
                                                         for n, o in data["checks"].items()],
                                                        ["check", "outcome", "detail"])]
+    lines += _supply_chain_lines(data.get("supply_chain") or {})
     lines += _bench_lines(data["bench"]) + _abi_lines(data.get("abi"))
     lines += ["", "## Labels", "", *(f"- {code(k)} = {code(v)}" for k, v in sorted(data["labels"].items())),
               "", f"## Python packages ({len(data['pip'])})", "", "| package | version |", "|---|---|",
@@ -222,6 +251,26 @@ def markdown(data: dict[str, Any]) -> str:
               "", f"## Debian packages ({len(data['debian'])})", "", "| package | version |", "|---|---|",
               *(f"| {c(k)} | {c(v)} |" for k, v in data["debian"].items()), ""]
     return "\n".join(lines)
+
+
+def _supply_chain_lines(chain: dict[str, Any]) -> list[str]:
+    if not chain:
+        return []
+    c, code = tables.markdown_cell, tables.markdown_code
+    summary = chain.get("summary") or {}
+    counts = ", ".join(f"{n} {c(k)}" for k, n in (summary.get("by_type") or {}).items())
+    stack = ", ".join(f"{c(k)} {c(v)}" for k, v in (summary.get("stack") or {}).items())
+    lines = ["", "## Signature, SBOM and provenance", "",
+             f"Signed and attested on {c(chain['signed_at'])} with the cosign key {code(chain['key'][:19] + '…')}"
+             + (f"; the `.sif` is signed by the Apptainer key {code(chain['sif_signed_by'])}"
+                if chain.get("sif_signed_by") else "") + ".", ""]
+    names = {"spdx": "SBOM (SPDX 2.3)", "cyclonedx": "SBOM (CycloneDX 1.6)", "provenance": "provenance (SLSA v1)"}
+    lines += [f"- [{names[k]}]({c(v)})" for k, v in chain.get("files", {}).items()]
+    if summary:
+        lines += ["", f"The SBOM lists {summary.get('components', 0)} components ({counts}); the MPI stack: {stack}."]
+    lines += ["", "Check it before you trust it (the centre's public keys `cosign.pub` and `apptainer.pub.asc`):", ""]
+    lines += [f"    {command}" for command in chain.get("verify", [])]
+    return lines
 
 
 def _bench_lines(bench: dict[str, Any]) -> list[str]:

@@ -14,8 +14,9 @@ from ..files import expand_paths
 from ..paths import build_dir, build_dir_problem, relative, repository_root
 from ..sif import apptainer
 from . import catalogue as catalogue_mod
-from . import publisher, record
+from . import publisher, record, signing
 from . import registry as registry_mod
+from . import verify as verify_mod
 from .record import PUBLISH_REPORT
 from .remote import Target
 from .sifpush import SifPusher
@@ -38,7 +39,7 @@ def target_of(profile: Profile, override: str | None) -> Target:
 
 
 def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str | None = None, dry_run: bool = False,
-            sif: bool = False, runtime: str = "auto") -> int:
+            sif: bool = False, runtime: str = "auto", keys: str | None = None) -> int:
     m = load_matrix(matrix)
     prof = m.profile(profile)
     cells = select_cells(m, prof, only, with_parents=False)
@@ -48,13 +49,25 @@ def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str |
         raise UsageError(unwritable)
     record.load(build_dir(m.root))  # and a broken report before anything is pushed
     client = connect()
+    signer = None
+    if prof.publish.sign and not dry_run:  # the keys and the password, before anything is pushed
+        signer = signing.Signer(signing.Tools(lambda: client, m.root, say),
+                                signing.Keys(signing.keys_dir(m.root, keys)), target.loopback)
+        try:
+            fingerprint = signer.preflight()
+        except signing.SigningError as exc:
+            raise UsageError(f"profile {prof.name} signs what it publishes ([profiles.{prof.name}.publish] sign = "
+                             f"true), and nothing was pushed: {exc}") from None
+        say(f"signing with {signer.keys.cosign_pub} ({signer.keys.key_id[7:19]}) and the Apptainer key "
+            f"{fingerprint[:16]}")
     pusher = None
     if sif and not dry_run:
         rt = apptainer.choose_runtime(runtime, lambda: client, m.root, progress=say)
-        pusher = SifPusher(rt, m.root, prof, target)
-    results = publisher.publish(client, m, prof, cells, target, dry_run=dry_run, progress=say, sif_pusher=pusher)
+        pusher = SifPusher(rt, m.root, prof, target, signer)
+    results = publisher.publish(client, m, prof, cells, target, dry_run=dry_run, progress=say, sif_pusher=pusher,
+                                signer=signer)
     say("")
-    say(table(results, target, sif))
+    say(table(results, target, sif, signer is not None))
     out = build_dir(m.root)
     if dry_run:
         say(f"\ndry run: nothing pushed; {sum(r.ok for r in results)}/{len(results)} cells would be published "
@@ -69,17 +82,21 @@ def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str |
     return 0 if all(r.ok for r in results) else 1
 
 
-def table(results: list[publisher.CellPublish], target: Target, sif: bool) -> str:
+def table(results: list[publisher.CellPublish], target: Target, sif: bool, signed: bool = False) -> str:
     rows = []
     for r in results:
         row = [r.ref, r.status if r.status != "failed" else "FAILED", ", ".join(r.tags[1:]) or "-",
                r.digest[:19] + "…" if r.digest else "-", f"{r.seconds:.1f}s", r.reason or ""]
         if sif:
             row.insert(5, r.sif or "-")
+        if signed:
+            row.insert(4, r.signed or "-")
         rows.append(row)
     headers = ["cell", "status", "more tags", "digest", "time", "reason"]
     if sif:
         headers.insert(5, ".sif")
+    if signed:
+        headers.insert(4, "signed")
     return f"publish to {target}\n" + tables.terminal(rows, headers)
 
 
@@ -91,3 +108,53 @@ def catalogue(matrix: str, registry: str | None = None, profile: str = "ci", res
     written = catalogue_mod.write(connect(), m, target, progress=say, results=files)
     say(f"catalogue: {relative(written, m.root)}")
     return 0
+
+
+def keys(matrix: str, folder: str | None = None, name: str = "", email: str = "", force: bool = False) -> int:
+    """The centre's key pairs (cosign, Apptainer), outside the repository, encrypted with $COSIGN_PASSWORD."""
+    root = repository_root(matrix)
+    if not name or not email or "@" not in email:
+        raise UsageError("give --name (the centre, e.g. 'Example HPC Centre') and --email (its contact address): "
+                         "the Apptainer key carries both")
+    try:
+        made = signing.create_keys(signing.Tools(connect, root, say), signing.keys_dir(root, folder), name, email,
+                                   force, say)
+        fingerprint = signing.fingerprint(signing.Tools(connect, root, say), made)
+    except signing.SigningError as exc:
+        raise UsageError(str(exc)) from None
+    say(f"keys in {made.folder} (private keys mode 0600, encrypted with ${signing.PASSWORD_VAR}):\n"
+        f"  cosign      {made.cosign_key.name} / {made.cosign_pub.name}  (key id {made.key_id[7:19]})\n"
+        f"  Apptainer   {signing.APPTAINER_RING}/ / {made.apptainer_pub.name}  (fingerprint {fingerprint})\n"
+        f"give sites the two public keys: {made.cosign_pub} and {made.apptainer_pub}")
+    return 0
+
+
+def verify(matrix: str, reference: str, key: str | None = None, runtime: str = "auto") -> int:
+    """`invoke verify REF|SIF`: one line per check; 0 only when every check holds."""
+    root = repository_root(matrix)
+    is_sif = reference.endswith(".sif") or Path(reference).is_file()
+    try:
+        default = signing.Keys(signing.keys_dir(root))
+    except signing.SigningError:
+        default = None
+    chosen = Path(key).expanduser() if key else (default.apptainer_pub if is_sif else default.cosign_pub) \
+        if default else None
+    if chosen is None or not chosen.is_file():
+        raise UsageError(f"no public key {chosen or ''}: give --key (the centre's cosign.pub for an image, "
+                         "apptainer.pub.asc for a .sif)")
+    tools = signing.Tools(connect, root, say)
+    try:
+        if is_sif:
+            sif = Path(reference)
+            if not sif.is_file():
+                raise UsageError(f"{reference}: no such .sif file")
+            rt = apptainer.choose_runtime(runtime, connect, root, progress=say)
+            outcome = verify_mod.verify_sif(root, sif.resolve(), chosen.resolve(), rt, tools, progress=say)
+        else:
+            outcome = verify_mod.verify_image(root, reference, chosen.resolve(), connect, tools, progress=say)
+    except (verify_mod.VerifyError, signing.SigningError) as exc:
+        raise UsageError(str(exc)) from None
+    say("\n".join(outcome.lines()))
+    say(f"{reference}: {'verified' if outcome.ok else 'NOT verified'}"
+        + (f" ({outcome.digest})" if outcome.digest else ""))
+    return 0 if outcome.ok else 1

@@ -12,7 +12,9 @@ For each chosen cell, parents first:
 5. **prove**: skopeo reads every tag back; the digest of the bytes it served must equal the engine's, and the
    manifest's config must be the checked image id; the engine pulls the image by digest and 2 ranks say hello in
    the pulled copy;
-6. only then **record** it in ``publish-report.json`` (and, with ``--sif``, push and pull back the ``.sif``).
+6. where the profile signs, **sign** the digest and attest its SBOMs and provenance (attest.py);
+7. only then **record** it in ``publish-report.json`` (and, with ``--sif``, push and pull back the ``.sif``, the
+   signed copy where the profile signs).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from ..engine import find_image
 from ..errors import HpcImagesError, output_tail
 from ..images import reports
 from ..paths import build_dir, git_revision
+from . import attest, provenance, record, remote, sbom, signing
 from . import push as push_mod
-from . import record, remote
 from .record import Published
 from .remote import Target
 
@@ -53,6 +55,7 @@ class CellPublish:
     reason: str = ""
     seconds: float = 0.0
     sif: str = ""
+    signed: str = ""  # signed | signed (up to date) | "" (the profile does not sign)
 
     @property
     def ok(self) -> bool:
@@ -111,8 +114,10 @@ def cell_tags(cell: Cell, profile: Profile, labels: dict[str, str]) -> list[str]
 
 class Publisher:
     def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: Profile, target: Target,
-                 progress: Progress = print, sif_pusher: Callable[[Cell, Image, Published], str] | None = None) -> None:
+                 progress: Progress = print, sif_pusher: Callable[[Cell, Image, Published], str] | None = None,
+                 signer: signing.Signer | None = None) -> None:
         self.client = client
+        self.signer = signer
         self.matrix = matrix
         self.profile = profile
         self.target = target
@@ -174,6 +179,15 @@ class Publisher:
             else:
                 entry = self.push_and_prove(cell, image, result.tags)
                 result.status, result.digest = "published", entry.digest
+            if self.signer is not None:
+                try:
+                    result.signed = attest.attest_image(self.client, self.matrix, self.profile, cell, self.target,
+                                                        entry, self.signer, self.progress)
+                except (signing.SigningError, sbom.SbomError, provenance.ProvenanceError) as exc:
+                    # pushed and proven, but not signed: recorded without a signature, and the run fails
+                    self.report.put(str(self.target), entry)
+                    self.report.save()
+                    raise Failed(f"pushed as {entry.digest[:19]}, but not signed: {exc}") from None
             if self.sif_pusher is not None:
                 result.sif = self.sif_pusher(cell, image, entry)
             self.report.put(str(self.target), entry)
@@ -253,12 +267,13 @@ class Publisher:
 
 def publish(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: Iterable[Cell], target: Target,
             dry_run: bool = False, progress: Progress = print,
-            sif_pusher: Callable[[Cell, Image, Published], str] | None = None) -> list[CellPublish]:
+            sif_pusher: Callable[[Cell, Image, Published], str] | None = None,
+            signer: signing.Signer | None = None) -> list[CellPublish]:
     cells = list(cells)
     if not dry_run:
         access = remote.ping(target)
         progress(f"registry {target.host} answers ({access}); publishing {len(cells)} cells to {target}")
-    publisher = Publisher(client, matrix, profile, target, progress, sif_pusher)
+    publisher = Publisher(client, matrix, profile, target, progress, sif_pusher, signer)
     results = []
     for i, cell in enumerate(cells, 1):
         progress(f"[{i}/{len(cells)}] {cell.ref}")
@@ -269,7 +284,7 @@ def publish(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells
         publisher.report.last_run = {
             "target": str(target), "profile": profile.name,
             "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "cells": {r.ref: {"status": r.status, "reason": r.reason, "tags": r.tags, "sif": r.sif}
-                      for r in results}}
+            "cells": {r.ref: {"status": r.status, "reason": r.reason, "tags": r.tags, "sif": r.sif,
+                              "signed": r.signed} for r in results}}
         publisher.report.save()
     return results

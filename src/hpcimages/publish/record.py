@@ -17,6 +17,15 @@ from ..images.reports import ReportError
 from ..validate import TAG_RE, problem, shown
 
 PUBLISH_REPORT = "publish-report.json"
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+SIF_REF_RE = re.compile(r"[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+:[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _sha256_problem(value: str) -> str | None:
+    return None if SHA256_RE.fullmatch(value) else f"{shown(value)} is not a sha256 (64 hex)"
 
 
 @dataclass
@@ -24,9 +33,29 @@ class SifRecord:
     ref: str
     sha256: str
     digest: str | None = None
+    signed_by: str = ""  # the Apptainer key's fingerprint, when the pushed .sif is the signed copy
+
+    field_checks: ClassVar[dict[str, state.Check]] = {
+        "ref": lambda v: None if SIF_REF_RE.fullmatch(v) else f"{shown(v)} is not a repository:tag",
+        "sha256": _sha256_problem,
+        "signed_by": lambda v: None if re.fullmatch(r"([0-9A-F]{40})?", v) else f"{shown(v)} is not a fingerprint"}
 
 
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+@dataclass
+class SignRecord:
+    """What signed a published digest: the cosign key (sha256 of its public key) and the documents it attested."""
+
+    key: str
+    spdx_sha256: str
+    cyclonedx_sha256: str
+    provenance_sha256: str
+    signed_at: str
+
+    field_checks: ClassVar[dict[str, state.Check]] = {
+        "key": lambda v: None if DIGEST_RE.fullmatch(v) else f"{shown(v)} is not a sha256:<64 hex> key id",
+        "spdx_sha256": _sha256_problem, "cyclonedx_sha256": _sha256_problem, "provenance_sha256": _sha256_problem}
+
+
 REPOSITORY_RE = re.compile(r"[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+")
 
 
@@ -53,6 +82,7 @@ class Published:
     hello: str
     sif: SifRecord | None = None
     seconds: float = 0.0
+    signed: SignRecord | None = None
 
     field_checks: ClassVar[dict[str, state.Check]] = {
         "ref": state.cell_ref, "tags": _tags_problem, "size_bytes": state.non_negative,

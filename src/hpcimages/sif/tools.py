@@ -23,9 +23,10 @@ from ..images.aptsources import debian_mirror
 from ..images.bases import debootstrap_import
 
 SUITE = "sid"
-# gocryptfs: Apptainer looks for it at every start and says so in every job's output when it is missing
+# gocryptfs: Apptainer looks for it at every start and says so in every job's output when it is missing;
+# lmod: the users' module file of `invoke site discover`; cosign: signs and verifies published images (signing.py)
 PACKAGES = ("apptainer", "squashfuse", "fuse2fs", "gocryptfs", "mpich", "slurm-wlm", "munge", "python3", "procps",
-            "ca-certificates", "util-linux", "hostname", "libpmi2-0t64", "lmod")
+            "ca-certificates", "util-linux", "hostname", "libpmi2-0t64", "lmod", "cosign")
 ROOTFS_IMAGE = "hpcimages-tools/sid-rootfs:latest"
 TOOLS_IMAGE = "hpcimages-tools/cluster:sid"
 RECIPE_LABEL = "io.hpcimages.tools-recipe"

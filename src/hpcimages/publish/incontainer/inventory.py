@@ -1,5 +1,6 @@
-"""Runs inside an image (no network, read-only mount): what the catalogue says the image holds, as one JSON line.
-Only the standard library; it imports nothing of hpcimages."""
+"""Runs inside an image (no network, read-only mount): what the catalogue and the SBOM say the image holds, as one
+JSON line: Python, the OS, the MPI library, mpi4py and HDF5 as the image reports them, pip's installed
+distributions and dpkg's installed packages. Only the standard library; it imports nothing of hpcimages."""
 
 import importlib.metadata as md
 import json
@@ -21,12 +22,25 @@ def mpi_library():
 
 
 def debian_packages():
+    """name -> (version, architecture) of every package dpkg knows as installed."""
     try:
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"], capture_output=True,
-                             text=True, timeout=60, check=False).stdout
+        fields = "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"
+        out = subprocess.run(["dpkg-query", "-W", "-f", fields], capture_output=True, text=True, timeout=60,
+                             check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    found = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[3].startswith("ii"):
+            found[parts[0]] = (parts[1], parts[2])
+    return found
+
+
+def module_version(code):
+    """What a one-line Python expression prints in a fresh interpreter ("" when the import fails)."""
+    line = first_line(["python3", "-c", code])
+    return "" if line.startswith(("ERROR", "Traceback")) or " " in line else line
 
 
 def os_release():
@@ -44,13 +58,18 @@ def main():
         name = dist.metadata["Name"]
         if name:
             pip[name.lower()] = dist.version
+    debian = debian_packages()
     print(json.dumps({
         "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
         "os": os_release(),
         "mpichversion": first_line(["mpichversion", "--version"]).replace("MPICH Version:", "").strip(),
         "mpi_library": mpi_library(),
+        "mpi4py": module_version("import mpi4py; print(mpi4py.__version__)"),
+        "hdf5": module_version("import h5py; print(h5py.version.hdf5_version)"),
         "pip": dict(sorted(pip.items())),
-        "debian": dict(sorted(debian_packages().items())),
+        "debian": {name: version for name, (version, _) in sorted(debian.items())},
+        "debian_arch": {name: arch for name, (_, arch) in sorted(debian.items())},
     }))
 
 
