@@ -18,7 +18,7 @@ from hpcimages.errors import MatrixError
 from hpcimages.images import wheelhouse
 from hpcimages.images.build import INPUT_LABEL, provenance_labels
 from hpcimages.images.reports import ReportError
-from hpcimages.paths import normalised_remote, public_url_problem
+from hpcimages.paths import normalised_remote, public_url_problem, without_credentials
 from hpcimages.publish import provenance, record, sbom, signing, verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
     ("file:///srv/git/hpcimages.git", ""),
     ("../hpcimages", ""),
     ("", ""),
+    ("https://git.example.org:8443/a/b.git", "https://git.example.org:8443/a/b"),  # a web port is the address's
+    ("http://git.example.org/a/b", ""),  # plain http is no public https source, and is not upgraded silently
+    ("ssh://git@[::1/x", ""),  # malformed: nothing, not a traceback in the build
 ])
 def test_a_remote_becomes_a_public_https_url_or_nothing(remote, public):
     assert normalised_remote(remote) == public
@@ -51,6 +54,31 @@ def test_a_remote_becomes_a_public_https_url_or_nothing(remote, public):
 ])
 def test_a_configured_source_that_is_no_public_url_is_refused(value, words):
     assert words in str(public_url_problem(value))
+
+
+@pytest.mark.parametrize("url, public", [
+    ("https://ci-bot:s3cr3t-token@pypi.internal.example/simple", "https://pypi.internal.example/simple"),
+    ("https://pypi.org/simple", "https://pypi.org/simple"),
+    ("http://user@deb.example.org/debian/pool/x.tar.gz", "http://deb.example.org/debian/pool/x.tar.gz"),
+])
+def test_urls_in_published_documents_carry_no_credentials(url, public):
+    assert without_credentials(url) == public
+
+
+def test_an_index_with_a_token_leaves_it_out_of_the_sbom(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "https://ci-bot:s3cr3t-token@pypi.internal.example/simple")
+    m = load_matrix(ROOT / "matrix.toml")
+    cell = m.cell("mpi4py:py3.11-mpich4.3.2")
+    inventory = {"python": "3.11.2", "debian": {}, "pip": {"mpi4py": "4.1.2"}}
+    stamp = wheelhouse.wheelhouse_dir(tmp_path) / ".done" / wheelhouse.stamp_name(ROOT / str(cell.lock), "3.11")
+    stamp.parent.mkdir(parents=True)
+    sha = sorted(wheelhouse.pinned_hashes(ROOT, "mpi4py", "4.1.2"))[0]
+    stamp.write_text(json.dumps({"mpi4py-4.1.2-cp311-cp311-manylinux1_x86_64.whl": sha}))
+    parts = sbom.contents(m, m.profile("ci"), cell, inventory, base_id="sha256:" + "a" * 64, base_digests=[],
+                          base_labels={}, cache=tmp_path)
+    mpi4py = next(p for p in parts if p.name == "mpi4py")
+    assert mpi4py.sha256 == sha and mpi4py.download == "https://pypi.internal.example/simple/mpi4py/"
+    assert not [p for p in parts if "s3cr3t" in p.download or "s3cr3t" in p.purl]
 
 
 def git_repo(path: Path, remote: str) -> Path:
@@ -222,6 +250,62 @@ def test_a_provenance_that_does_not_match_is_refused_with_its_reasons(statement)
     assert "no SLSA v1 predicate" in provenance.check({"buildDefinition": {"bogus": 1}}, labels, ROOT)[1][0]
 
 
+@pytest.mark.parametrize("change, words", [
+    (lambda p: p["buildDefinition"]["externalParameters"].update(source="x"), "names no git commit"),
+    (lambda p: p["buildDefinition"]["externalParameters"].update(source=[1]), "names no git commit"),
+    (lambda p: p["buildDefinition"]["externalParameters"]["source"].update(revision="HEAD"), "names no git commit"),
+    (lambda p: p["buildDefinition"]["externalParameters"]["source"].update(revision="a\0b"), "names no git commit"),
+    (lambda p: p["buildDefinition"]["externalParameters"]["source"].update(revision="--output=/tmp/x"),
+     "names no git commit"),
+    (lambda p: p["buildDefinition"].update(resolvedDependencies=[]), "leaves out the cell's own inputs"),
+    (lambda p: p["buildDefinition"]["externalParameters"].update(cell="../../x:y"), "names no cell of a profile"),
+])
+def test_a_hostile_provenance_is_refused_with_a_reason_not_a_traceback(statement, change, words):
+    predicate, labels = statement
+    hostile = json.loads(json.dumps(predicate))
+    change(hostile)
+    _, reasons = provenance.check(hostile, labels, ROOT)
+    assert any(words in r for r in reasons), reasons
+
+
+def test_a_malformed_sbom_is_a_failed_check_not_a_traceback():
+    outcome = verify.Outcome("x")
+    verify.check_contents(outcome, {"packages": 5}, {"python": "3.11.2"}, "the image")
+    verify.check_spdx(outcome, {"packages": "no"})
+    assert [ok for _, ok, _ in outcome.checks] == [False, False]
+    outcome = verify.Outcome("x")
+    outcome.add("provenance", True, "fine\nok   signature: forged\x1b[2K")
+    assert outcome.lines() == ["ok   provenance: fine ok   signature: forged [2K"]
+
+
+def test_a_tag_the_signed_sbom_does_not_name_is_refused():
+    cdx = {"metadata": {"component": {"properties": [{"name": "hpcimages:tag", "value": "py3.11-mpich4.3.2"},
+                                                     {"name": "hpcimages:tag", "value": "latest"}]}}}
+    labels = {"io.hpcimages.family": "mpi4py"}
+    outcome = verify.Outcome("x")
+    verify.check_reference(outcome, "r.example.org/hpc/mpi4py", "latest", labels, [cdx])
+    verify.check_reference(outcome, "r.example.org/hpc/mpi4py", "py3.11-mpich4.2", labels, [cdx])
+    verify.check_reference(outcome, "r.example.org/hpc/hpc-python", "sha256:" + "a" * 64, labels, [cdx])
+    verify.check_reference(outcome, "r.example.org/hpc/mpi4py", "latest", labels, [{"metadata": 3}])
+    assert [ok for _, ok, _ in outcome.checks] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("signers, code, ok", [
+    ([("AB" * 20, True, True)] * 3, 0, True),
+    ([("AB" * 20, True, True)] * 2, 0, False),  # an object nobody signed
+    ([("AB" * 20, True, True), ("CD" * 20, True, True), ("AB" * 20, True, True)], 0, False),  # another key
+    ([("AB" * 20, False, True)] * 3, 0, False),  # data changed
+    ([("AB" * 20, True, True)] * 3, 255, False),  # apptainer itself said no
+    ([], 0, False),
+])
+def test_a_sif_is_signed_only_when_every_data_object_is_signed_by_the_key(signers, code, ok):
+    objects = [{"ID": "1", "Data Type": "Def.FILE"}, {"ID": "2", "Data Type": "FS"},
+               {"ID": "3", "Data Type": "SBOM"}, {"ID": "4", "Data Type": "Signature"}]
+    report = json.dumps({"Signatures": 1, "SignerKeys": [
+        {"Signer": {"Fingerprint": f.lower(), "DataCheck": data, "KeyCheck": key}} for f, data, key in signers]})
+    assert signing.judge_sif_signature(objects, "INFO: Verifying\n" + report, code, "AB" * 20)[0] is ok
+
+
 def test_inputs_other_than_the_images_are_never_attested(tmp_path):
     m = load_matrix(ROOT / "matrix.toml")
     facts = provenance.BuildFacts("x", "sha256:" + "a" * 64, "1" * 64, "20.10")
@@ -287,3 +371,26 @@ def test_a_publish_record_with_a_broken_signature_entry_is_refused(tmp_path):
     report.path.write_text(json.dumps(data))
     with pytest.raises(ReportError, match=re.escape("signed: key: \"the centre's key\" is not a sha256")):
         record.load(tmp_path)
+
+
+@pytest.mark.parametrize("name, email", [("", "hpc@example.org"), ("Centre\nUser-ID: forged", "hpc@example.org"),
+                                         ("Centre", "not-an-address"), ("Centre", "a@b.org\n")])
+def test_keys_want_a_plain_name_and_address(name, email, capsys):
+    from hpcimages.cli import exit_code
+    from hpcimages.publish import commands
+
+    assert exit_code(commands.keys, matrix=str(ROOT / "matrix.toml"), name=name, email=email) == 2
+    assert "give --name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reference, words", [("tests/", "is a directory"), ("missing.sif", "no such .sif file"),
+                                              ("./nowhere/x.sif", "no such .sif file")])
+def test_verify_names_a_file_that_is_not_one(reference, words, capsys, monkeypatch, tmp_path):
+    from hpcimages.cli import exit_code
+    from hpcimages.publish import commands
+
+    key = tmp_path / "apptainer.pub.asc"
+    key.write_text("x")
+    monkeypatch.chdir(ROOT)
+    assert exit_code(commands.verify, matrix=str(ROOT / "matrix.toml"), reference=reference, key=str(key)) == 2
+    assert words in capsys.readouterr().err

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import shutil
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def entry(target: str, ref: str) -> record.Published:
 def verify(capsys, outputs, reference: str, key: Path) -> tuple[int, str]:
     code, out = run(capsys, publish.verify, reference=reference, key=str(key))
     outputs.append(out)
+    sys.__stdout__.write(out)  # beside capsys, into pytest's own capture: `pytest -rP` shows what verify said
     return code, out
 
 
@@ -150,7 +152,7 @@ def test_a_published_image_is_signed_attested_and_verified_by_a_site(published, 
     code, out = verify(capsys, outputs, f"{published}/h5py-mpi:py3.11-mpich4.3.2", centre_keys.folder / "cosign.pub")
     assert code == 0, out
     checks = [line for line in out.splitlines() if line.startswith(("ok  ", "FAIL"))]
-    assert len(checks) == 8 and all(line.startswith("ok  ") for line in checks), out
+    assert len(checks) == 9 and all(line.startswith("ok  ") for line in checks), out
     assert "h5py-mpi:py3.11-mpich4.3.2 of the matrix at" in out
     assert "reports Python 3.11" in out and "mpi4py 4.1.2" in out and "MPI 4.3.2, as the SBOM says" in out
 
@@ -200,6 +202,18 @@ def test_the_sif_is_signed_before_the_push_and_verified_after_the_pull_back(publ
         handle.write(bytes([byte[0] ^ 0xFF]))
     code, out = verify(capsys, outputs, str(changed), centre_keys.folder / "apptainer.pub.asc")
     assert code == 1 and lines_of(out, "signature")[0].startswith("FAIL signature: not every object"), out
+    assert lines_of(out, "contents")[0].startswith("FAIL contents: not checked"), out  # a changed file is not run
+    # an object added after the signature (a second, forged SBOM): the signed ones still verify, the file does not
+    added = tmp_path / "added.sif"
+    shutil.copyfile(signed, added)
+    forged = tmp_path / "forged.spdx.json"
+    forged.write_text(json.dumps({"spdxVersion": "SPDX-2.3", "packages": []}))
+    tools = signing.Tools(connect, ROOT, progress=lambda _: None)
+    code, out = tools.run(["apptainer", "sif", "add", "--datatype", "9", "--sbomformat", "spdx-json", "--groupid",
+                           "1", str(added), str(forged)], writable=[tmp_path])
+    assert code == 0, out
+    code, out = verify(capsys, outputs, str(added), centre_keys.folder / "apptainer.pub.asc")
+    assert code == 1 and lines_of(out, "signature")[0].startswith("FAIL signature: not every object"), out
 
 
 # -- tampering -------------------------------------------------------------------------------------------------------
@@ -216,6 +230,22 @@ def test_a_tag_re_pushed_with_an_unsigned_image_is_refused(published, centre_key
     assert lines_of(out, "signature")[0].startswith("FAIL signature: no signature of"), out
     assert all(line.startswith("FAIL") for line in lines_of(out, "attestation")), out
     assert "NOT verified" in out
+
+
+def test_a_centre_signed_image_of_another_cell_under_a_tag_is_refused(published, centre_keys, client, capsys,
+                                                                      outputs):
+    """Someone points the 4.2.3 cell's alias at the centre's own, signed 4.3.2 image: every signature holds, the
+    name does not."""
+    published_root = entry(published, ROOT_CELL)
+    alias = f"{published}/mpi4py:py3.11-mpich4.2"
+    repository, tag = alias.rsplit(":", 1)
+    client.api.tag(published_root.image_id, repository, tag)
+    for line in client.api.push(repository, tag, stream=True, decode=True):
+        assert "error" not in line, line
+    code, out = verify(capsys, outputs, alias, centre_keys.folder / "cosign.pub")
+    assert code == 1 and lines_of(out, "signature")[0].startswith("ok   signature"), out
+    assert lines_of(out, "reference")[0].startswith("FAIL reference: the tag py3.11-mpich4.2 is not one the centre "
+                                                    "published this image under"), out
 
 
 def test_a_signature_made_with_another_key_is_refused(published, centre_keys, other_key, client, capsys, outputs):
@@ -269,25 +299,25 @@ def test_a_replaced_sbom_attestation_is_refused(published, centre_keys, other_ke
     assert lines_of(out, "signature")[0].startswith("ok   signature"), out  # the image itself is still the centre's
     assert lines_of(out, "attestation spdxjson")[0].startswith("FAIL attestation spdxjson: no spdxjson attestation "
                                                                 "signed by cosign.pub"), out
-    assert lines_of(out, "SPDX SBOM")[0] == "FAIL SPDX SBOM: none", out
+    assert lines_of(out, "contents")[0].startswith("FAIL contents: not checked"), out
 
 
 def test_a_provenance_whose_materials_do_not_match_the_image_is_refused(published, centre_keys, capsys, outputs,
                                                                         tmp_path):
     """Signed by the centre's own key (a publishing mistake, or an insider): the signature holds, the provenance
     does not."""
-    victim = entry(published, VICTIM)
-    reference = f"{victim.repository}@{victim.digest}"
+    image = entry(published, H5PY_CELL)  # its SBOMs untouched: what is judged here is the provenance alone
+    reference = f"{image.repository}@{image.digest}"
     target = publish.target_of(load_matrix(MATRIX).profile("ci"), published)
     # a material changed: the Dockerfile's hash is not the one the revision holds
-    statement = json.loads(attest.documents(ROOT, target, VICTIM).provenance.read_text())
+    statement = json.loads(attest.documents(ROOT, target, H5PY_CELL).provenance.read_text())
     dockerfile = next(d for d in statement["buildDefinition"]["resolvedDependencies"]
                       if d["name"].endswith("/Dockerfile"))
     dockerfile["digest"]["sha256"] = "0" * 64
     changed = tmp_path / "changed.provenance.json"
     changed.write_text(json.dumps(statement))
     # another cell's statement on this image
-    elsewhere = attest.documents(ROOT, target, H5PY_CELL).provenance
+    elsewhere = attest.documents(ROOT, target, VICTIM).provenance
     for predicate in (changed, elsewhere):
         code, out = cosign_as(centre_keys.folder, centre_keys.password, "attest", "--key",
                               str(centre_keys.folder / "cosign.key"), *OFFLINE, "--type", "slsaprovenance1",
@@ -300,8 +330,9 @@ def test_a_provenance_whose_materials_do_not_match_the_image_is_refused(publishe
     assert sum(line.startswith("ok   provenance") for line in provenance_lines) == 1, out
     assert any(f"material {dockerfile['name']}: sha256 000000000000 in the provenance" in line
                for line in provenance_lines), out
-    assert any(f"names the cell {H5PY_CELL}, the image's labels {VICTIM}" in line
+    assert any(f"names the cell '{VICTIM}', the image's labels {H5PY_CELL}" in line
                and "input hash" in line for line in provenance_lines), out
+    assert lines_of(out, "contents")[0].startswith("FAIL contents: not checked"), out  # nothing doubtful is run
 
 
 # -- refusals before anything is pushed, and secrets ------------------------------------------------------------------
@@ -324,11 +355,24 @@ def test_signing_without_its_key_or_password_pushes_nothing(published, centre_ke
     cases = [({signing.PASSWORD_VAR: ""}, "COSIGN_PASSWORD is not set"),
              ({signing.PASSWORD_VAR: "not-the-password"}, "COSIGN_PASSWORD does not open"),
              ({signing.KEYS_VAR: str(tmp_path / "no-keys")}, "the keys are missing")]
+    # an Apptainer key under another password beside the right cosign key: refused before a push, with --sif
+    mixed = tmp_path / "mixed"
+    shutil.copytree(centre_keys.folder, mixed)
+    with monkeypatch.context() as mp:
+        mp.setenv(signing.PASSWORD_VAR, "another-password")
+        other = signing.create_keys(signing.Tools(connect, ROOT, progress=lambda _: None), tmp_path / "other",
+                                    "someone else", "else@example.org", progress=lambda _: None)
+    for name in ("apptainer", "apptainer.pub.asc"):
+        shutil.rmtree(mixed / name) if (mixed / name).is_dir() else (mixed / name).unlink()
+        shutil.move(other.folder / name, mixed / name)
+    cases.append(({signing.KEYS_VAR: str(mixed), "SIF": "yes"}, "does not open the Apptainer key"))
     for env, words in cases:
         with monkeypatch.context() as mp:
             for name, value in env.items():
-                mp.setenv(name, value)
-            code, out = run(capsys, publish.publish, profile="ci", only=[VICTIM], registry=target)
+                if name != "SIF":
+                    mp.setenv(name, value)
+            code, out = run(capsys, publish.publish, profile="ci", only=[VICTIM], registry=target,
+                            sif="SIF" in env)
         outputs.append(out)
         assert code == 2 and "nothing was pushed" in out and words in out, out
         assert "invoke keys" in out or "COSIGN_PASSWORD" in out

@@ -83,10 +83,16 @@ def normalised_remote(remote: str) -> str:
     if scp and "://" not in remote:
         host, path = scp.group("host"), scp.group("path")
     else:
-        parsed = urllib.parse.urlsplit(remote)
-        if parsed.scheme not in ("https", "http", "ssh", "git") or not parsed.hostname:
+        try:
+            parsed = urllib.parse.urlsplit(remote)
+            port = parsed.port
+        except ValueError:  # a malformed remote names no public source
             return ""
-        host, path = parsed.hostname, parsed.path
+        if parsed.scheme not in ("https", "ssh", "git") or not parsed.hostname:
+            return ""  # http is no public https source; a path or file:// is the build machine's
+        # an https port belongs to the web address; an SSH or git port does not
+        host = f"{parsed.hostname}:{port}" if parsed.scheme == "https" and port else parsed.hostname
+        path = parsed.path
     path = path.strip("/").removesuffix(".git")
     candidate = f"https://{host.lower()}/{path}"
     return candidate if path and public_url_problem(candidate) is None else ""
@@ -96,3 +102,15 @@ def public_source(root: Path, configured: str = "") -> str:
     """The project's public source URL for labels and provenance: the configured one, else the checkout's
     ``remote.origin.url`` normalised, else "" (absent rather than a path of the build machine)."""
     return configured or normalised_remote(git(root, "config", "--get", "remote.origin.url"))
+
+
+def without_credentials(url: str) -> str:
+    """A URL as a published document may name it: any ``user:password@`` before the host removed (an index or a
+    mirror configured with a token must not put the token into a signed SBOM)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return ""
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from .remote import Target
 
 Progress = Callable[[str], None]
 PROVENANCE_SUFFIX = ".provenance.slsa.json"
+#: cosign's attestation types, in the order of Documents.all()
+KINDS = ("spdxjson", "cyclonedx", "slsaprovenance1")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def documents(root: Path, target: Target, ref: str) -> Documents:
 
 
 def write_documents(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell: Cell, target: Target,
-                    entry: Published) -> tuple[Documents, sbom.Sboms]:
+                    entry: Published, folder: Path) -> tuple[Documents, sbom.Sboms]:
     """The SBOMs (from an inventory run inside the image, plus what no package manager knows) and the provenance
     of the published digest."""
     image = client.images.get(entry.image_id)
@@ -63,8 +67,9 @@ def write_documents(client: docker.DockerClient, matrix: Matrix, profile: Profil
                           base_digests=list(base.attrs.get("RepoDigests") or []) if base else [],
                           base_labels=dict(base.labels or {}) if base else {}, cache=cache)
     subject = sbom.Subject(entry.repository, entry.digest, tuple(entry.tags), entry.ref, entry.image_id)
-    docs = documents(matrix.root, target, entry.ref)
-    written = sbom.write(docs.spdx.parent, docs.spdx.name.removesuffix(sbom.SPDX_SUFFIX), subject, parts)
+    final = documents(matrix.root, target, entry.ref)
+    docs = Documents(*(folder / p.name for p in final.all()))
+    written = sbom.write(folder, final.spdx.name.removesuffix(sbom.SPDX_SUFFIX), subject, parts)
     facts = provenance.build_facts(client, matrix, profile, cell)
     predicate = provenance.statement_predicate(matrix, profile, cell, dict(image.labels or {}), image.id, facts,
                                                public_source(matrix.root, matrix.source), cache)
@@ -82,13 +87,18 @@ def attest_image(client: docker.DockerClient, matrix: Matrix, profile: Profile, 
     previous = entry.signed
     if previous is not None and previous.key == key and docs.exist() \
             and docs.hashes() == (previous.spdx_sha256, previous.cyclonedx_sha256, previous.provenance_sha256) \
-            and signer.is_signed(reference):
+            and signer.is_attested(reference, KINDS):
         return "signed (up to date)"
-    docs, written = write_documents(client, matrix, profile, cell, target, entry)
-    progress(f"    SBOM: {written.components} components ({', '.join(f'{k} {v}' for k, v in written.stack.items())}); "
-             "SPDX 2.3 and CycloneDX 1.6 valid; provenance: SLSA v1")
-    signer.sign_image(reference, [("spdxjson", docs.spdx), ("cyclonedx", docs.cyclonedx),
-                                  ("slsaprovenance1", docs.provenance)])
+    # written aside, signed, and only then put beside the page: what lies there is always what was attested
+    with tempfile.TemporaryDirectory(prefix="hpcimages-attest-") as tmp:
+        fresh, written = write_documents(client, matrix, profile, cell, target, entry, Path(tmp))
+        progress(f"    SBOM: {written.components} components "
+                 f"({', '.join(f'{k} {v}' for k, v in written.stack.items())}); SPDX 2.3 and CycloneDX 1.6 valid; "
+                 "provenance: SLSA v1")
+        signer.sign_image(reference, list(zip(KINDS, fresh.all(), strict=True)))
+        docs.spdx.parent.mkdir(parents=True, exist_ok=True)
+        for made, final in zip(fresh.all(), docs.all(), strict=True):
+            shutil.move(made, final)
     spdx, cdx, prov = docs.hashes()
     entry.signed = SignRecord(key=key, spdx_sha256=spdx, cyclonedx_sha256=cdx, provenance_sha256=prov,
                               signed_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -159,8 +159,8 @@ def _supply_chain(entry: record.Published, pages: Path, stem: str) -> dict[str, 
                                                            ("provenance", ".provenance.slsa.json"))
              if (pages / f"{stem}{suffix}").is_file()}
     reference = f"{entry.repository}@{entry.digest}"
-    insecure = " --allow-insecure-registry" if entry.repository.startswith(("127.", "localhost")) else ""
-    verify = [f"invoke verify {reference} --key cosign.pub",
+    insecure = " --allow-insecure-registry" if Target.parse(entry.repository.rsplit("/", 1)[0]).loopback else ""
+    verify = [f"invoke verify {reference} --key cosign.pub    # in a checkout of the centre's repository",
               f"cosign verify --key cosign.pub --insecure-ignore-tlog=true{insecure} {reference}",
               f"cosign verify-attestation --key cosign.pub --type spdxjson --insecure-ignore-tlog=true{insecure} "
               f"{reference}"]

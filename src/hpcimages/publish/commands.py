@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..engine import connect
 from ..files import expand_paths
 from ..paths import build_dir, build_dir_problem, relative, repository_root
 from ..sif import apptainer
+from ..validate import shown
 from . import catalogue as catalogue_mod
 from . import publisher, record, signing
 from . import registry as registry_mod
@@ -20,6 +22,9 @@ from . import verify as verify_mod
 from .record import PUBLISH_REPORT
 from .remote import Target
 from .sifpush import SifPusher
+
+KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .,'()&_-]{0,79}")
+KEY_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}")
 
 
 def registry(matrix: str, port: int | str = registry_mod.DEFAULT_PORT, stop: bool = False) -> int:
@@ -54,7 +59,7 @@ def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str |
         signer = signing.Signer(signing.Tools(lambda: client, m.root, say),
                                 signing.Keys(signing.keys_dir(m.root, keys)), target.loopback)
         try:
-            fingerprint = signer.preflight()
+            fingerprint = signer.preflight(sif=sif)
         except signing.SigningError as exc:
             raise UsageError(f"profile {prof.name} signs what it publishes ([profiles.{prof.name}.publish] sign = "
                              f"true), and nothing was pushed: {exc}") from None
@@ -113,9 +118,10 @@ def catalogue(matrix: str, registry: str | None = None, profile: str = "ci", res
 def keys(matrix: str, folder: str | None = None, name: str = "", email: str = "", force: bool = False) -> int:
     """The centre's key pairs (cosign, Apptainer), outside the repository, encrypted with $COSIGN_PASSWORD."""
     root = repository_root(matrix)
-    if not name or not email or "@" not in email:
-        raise UsageError("give --name (the centre, e.g. 'Example HPC Centre') and --email (its contact address): "
-                         "the Apptainer key carries both")
+    if not KEY_NAME_RE.fullmatch(name or "") or not KEY_EMAIL_RE.fullmatch(email or ""):
+        raise UsageError(f"give --name (the centre, e.g. 'Example HPC Centre': letters, digits, spaces and .,'()&-, "
+                         f"at most 80) and --email (its contact address), got {shown(name)} and {shown(email)}: the "
+                         "Apptainer key carries both")
     try:
         made = signing.create_keys(signing.Tools(connect, root, say), signing.keys_dir(root, folder), name, email,
                                    force, say)
@@ -132,7 +138,11 @@ def keys(matrix: str, folder: str | None = None, name: str = "", email: str = ""
 def verify(matrix: str, reference: str, key: str | None = None, runtime: str = "auto") -> int:
     """`invoke verify REF|SIF`: one line per check; 0 only when every check holds."""
     root = repository_root(matrix)
-    is_sif = reference.endswith(".sif") or Path(reference).is_file()
+    path = Path(reference).expanduser()
+    # a file that exists, or a name that reads as one (./x.sif, /data/x.sif, x.sif); anything else is an image
+    is_sif = path.exists() or (reference.endswith(".sif") and ("/" not in reference or reference[:1] in "./~"))
+    if is_sif and path.is_dir():
+        raise UsageError(f"{reference} is a directory: name a .sif file, or an image HOST[:PORT]/PATH/NAME:TAG")
     try:
         default = signing.Keys(signing.keys_dir(root))
     except signing.SigningError:
@@ -145,7 +155,7 @@ def verify(matrix: str, reference: str, key: str | None = None, runtime: str = "
     tools = signing.Tools(connect, root, say)
     try:
         if is_sif:
-            sif = Path(reference)
+            sif = path
             if not sif.is_file():
                 raise UsageError(f"{reference}: no such .sif file")
             rt = apptainer.choose_runtime(runtime, connect, root, progress=say)

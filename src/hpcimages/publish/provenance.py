@@ -15,6 +15,7 @@ at that revision, every file material hashes to what that revision holds, and th
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import tarfile
 import tempfile
@@ -30,7 +31,7 @@ from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
 from .. import __version__
 from ..define import load_matrix
 from ..define.matrix import Cell, Matrix, Profile
-from ..define.render import dockerfile_path
+from ..define.render import GENERATED, dockerfile_path
 from ..engine import find_image
 from ..errors import HpcImagesError
 from ..images import wheelhouse
@@ -46,6 +47,8 @@ from ..images.build import (
     hashed_args,
     mpi_source,
 )
+from ..paths import without_credentials
+from ..validate import NAME_RE
 
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 #: what the build is: a matrix cell rendered to a Dockerfile and built by the engine's builder (docs/publish.md)
@@ -53,6 +56,8 @@ BUILD_TYPE = "urn:hpcimages:build-type:matrix-cell:v1"
 BUILDER_ID = "urn:hpcimages:builder:docker-engine"
 REVISION_LABEL = "org.opencontainers.image.revision"
 REPOSITORY_FILE = "a file of the repository at the revision"
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+CELL_REF_RE = re.compile(r"[a-z0-9][a-z0-9-]*:[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ProvenanceError(HpcImagesError):
@@ -120,7 +125,8 @@ def statement_predicate(matrix: Matrix, profile: Profile, cell: Cell, labels: di
             git_source.annotations.update({"note": "built from a tree with uncommitted changes; the file materials "
                                                    "below are what the build read"})
     dockerfile = dockerfile_path(matrix, cell)
-    for rel in [str(dockerfile.relative_to(matrix.root)), *copied_files(dockerfile.read_text(encoding="utf-8"))]:
+    rels = [str(dockerfile.relative_to(matrix.root)), *copied_files(dockerfile.read_text(encoding="utf-8"))]
+    for rel in dict.fromkeys(rels):  # a file copied twice is one material
         material = definition.resolved_dependencies.add()
         material.name = rel
         if source and clean_revision:
@@ -140,7 +146,7 @@ def statement_predicate(matrix: Matrix, profile: Profile, cell: Cell, labels: di
     for source_entry in cell_sources(profile, cell).values():
         tarball = definition.resolved_dependencies.add()
         tarball.name = source_entry.filename
-        tarball.uri = resolve_debian_url(source_entry.url, mirror)
+        tarball.uri = without_credentials(resolve_debian_url(source_entry.url, mirror))
         tarball.digest["sha256"] = source_entry.sha256
     if cell.sdist and cell.lock:
         from ..define.lock import locked_pins
@@ -150,7 +156,7 @@ def statement_predicate(matrix: Matrix, profile: Profile, cell: Cell, labels: di
         if sdist.is_file():
             material = definition.resolved_dependencies.add()
             material.name = sdist.name
-            material.uri = f"{wheelhouse.index_url()}/{cell.sdist}/"
+            material.uri = f"{without_credentials(wheelhouse.index_url())}/{cell.sdist}/"
             material.digest["sha256"] = wheelhouse.sha256_file(sdist)
     run = predicate.run_details
     run.builder.id = BUILDER_ID
@@ -193,7 +199,8 @@ def _tree_at(root: Path, revision: str, folder: Path) -> str | None:
 
 def check(predicate: dict[str, Any], labels: dict[str, str], root: Path) -> tuple[str, list[str]]:
     """(the cell it names, the reasons it does not hold): the cell is one of the matrix at the statement's
-    revision, every file material hashes to what that revision holds, and the image's labels agree with it."""
+    revision (a full commit sha), the cell's rendered Dockerfile and every file it copies are among the materials,
+    every file material hashes to what that revision holds, and the image's labels agree with it."""
     try:
         message = parse(predicate)
     except json_format.ParseError as exc:
@@ -201,26 +208,31 @@ def check(predicate: dict[str, Any], labels: dict[str, str], root: Path) -> tupl
     definition = message.build_definition
     params = json_format.MessageToDict(definition.external_parameters)
     internal = json_format.MessageToDict(definition.internal_parameters)
+    source = params.get("source")
     cell_ref, profile_name = str(params.get("cell", "")), str(params.get("profile", ""))
-    revision = str((params.get("source") or {}).get("revision", ""))
+    revision = str(source.get("revision", "")) if isinstance(source, dict) else ""
     reasons = []
     if definition.build_type != BUILD_TYPE:
         reasons.append(f"the provenance's build type is {definition.build_type!r}, not {BUILD_TYPE}")
     label_revision = labels.get(REVISION_LABEL, "").removesuffix("-dirty")
     if revision != label_revision:
-        reasons.append(f"the provenance names revision {revision[:12] or 'none'}, the image's label "
-                       f"{label_revision[:12] or 'none'}")
+        reasons.append(f"the provenance names revision {revision[:12]!r}, the image's label {label_revision[:12]!r}")
     if internal.get("inputHash") != labels.get(INPUT_LABEL):
-        reasons.append(f"the provenance's input hash {str(internal.get('inputHash'))[:12]} is not the image's label "
+        reasons.append(f"the provenance's input hash {str(internal.get('inputHash'))[:12]!r} is not the image's label "
                        f"{labels.get(INPUT_LABEL, 'missing')[:12]}")
     family = labels.get("io.hpcimages.family", "")
     tag = labels.get("org.opencontainers.image.version", "")
     if f"{family}:{tag}" != cell_ref:
-        reasons.append(f"the provenance names the cell {cell_ref or 'none'}, the image's labels {family}:{tag}")
-    if not revision:
-        return cell_ref, [*reasons, "the provenance names no git revision"]
+        reasons.append(f"the provenance names the cell {cell_ref[:80]!r}, the image's labels {family}:{tag}")
+    if not COMMIT_RE.fullmatch(revision):
+        return cell_ref, [*reasons, f"the provenance names no git commit (a 40-hex sha), but {revision[:60]!r}"]
+    if not CELL_REF_RE.fullmatch(cell_ref) or not NAME_RE.fullmatch(profile_name):
+        return cell_ref, [*reasons, f"the provenance names no cell of a profile ({cell_ref[:80]!r}, "
+                                    f"{profile_name[:40]!r})"]
+    files = {m.name: m for m in definition.resolved_dependencies
+             if json_format.MessageToDict(m.annotations).get("role") == REPOSITORY_FILE}
     with tempfile.TemporaryDirectory(prefix="hpcimages-verify-") as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp).resolve()
         problem = _tree_at(root, revision, folder)
         if problem:
             return cell_ref, [*reasons, problem]
@@ -228,19 +240,26 @@ def check(predicate: dict[str, Any], labels: dict[str, str], root: Path) -> tupl
             matrix = load_matrix(folder / "matrix.toml")
             cells = {c.ref for c in matrix.cells(matrix.profile(profile_name))}
         except HpcImagesError as exc:
-            return cell_ref, [*reasons, f"the matrix at {revision[:12]} has no profile {profile_name!r} ({exc})"]
+            return cell_ref, [*reasons, f"the matrix at {revision[:12]} has no profile {profile_name!r} "
+                                        f"({str(exc)[:200]})"]
         if cell_ref not in cells:
             reasons.append(f"{cell_ref} is no cell of profile {profile_name!r} in the matrix at {revision[:12]}")
-        for material in definition.resolved_dependencies:
-            role = json_format.MessageToDict(material.annotations).get("role")
-            if role != REPOSITORY_FILE:
-                continue  # an image, a tarball, an sdist, the commit: not a file of the repository
-            path = (folder / material.name).resolve()
-            if not path.is_relative_to(folder.resolve()) or "sha256" not in material.digest:
-                reasons.append(f"material {material.name!r} is no file of the repository with a sha256")
+            return cell_ref, reasons
+        family_name, cell_tag = cell_ref.split(":", 1)
+        dockerfile = f"{GENERATED}/{family_name}/{cell_tag}/Dockerfile"
+        wanted = [dockerfile]
+        if (folder / dockerfile).is_file():
+            wanted += copied_files((folder / dockerfile).read_text(encoding="utf-8"))
+        missing = [w for w in dict.fromkeys(wanted) if w not in files]
+        if missing:
+            reasons.append(f"the provenance leaves out the cell's own inputs at {revision[:12]}: {', '.join(missing)}")
+        for name, material in files.items():
+            path = (folder / name).resolve()
+            if not path.is_relative_to(folder) or "sha256" not in material.digest:
+                reasons.append(f"material {name[:80]!r} is no file of the repository with a sha256")
             elif not path.is_file():
-                reasons.append(f"material {material.name} is not in the tree at {revision[:12]}")
+                reasons.append(f"material {name[:80]!r} is not in the tree at {revision[:12]}")
             elif sha256_bytes(path.read_bytes()) != material.digest["sha256"]:
-                reasons.append(f"material {material.name}: sha256 {material.digest['sha256'][:12]} in the provenance, "
+                reasons.append(f"material {name}: sha256 {material.digest['sha256'][:12]} in the provenance, "
                                f"{sha256_bytes(path.read_bytes())[:12]} at {revision[:12]}")
     return cell_ref, reasons

@@ -35,7 +35,7 @@ from ..engine import find_image
 from ..errors import HpcImagesError, output_tail
 from ..images import reports
 from ..paths import build_dir, git_revision
-from . import attest, provenance, record, remote, sbom, signing
+from . import attest, record, remote, signing
 from . import push as push_mod
 from .record import Published
 from .remote import Target
@@ -183,7 +183,7 @@ class Publisher:
                 try:
                     result.signed = attest.attest_image(self.client, self.matrix, self.profile, cell, self.target,
                                                         entry, self.signer, self.progress)
-                except (signing.SigningError, sbom.SbomError, provenance.ProvenanceError) as exc:
+                except HpcImagesError as exc:  # signing, the SBOM, the provenance, the inventory in the image
                     # pushed and proven, but not signed: recorded without a signature, and the run fails
                     self.report.put(str(self.target), entry)
                     self.report.save()

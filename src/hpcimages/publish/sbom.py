@@ -58,6 +58,7 @@ from ..errors import HpcImagesError
 from ..images import wheelhouse
 from ..images.aptsources import resolve_debian_url
 from ..images.build import cell_sources
+from ..paths import without_credentials
 
 TOOL = f"hpcimages-{__version__}"
 SPDX_SUFFIX = ".spdx.json"
@@ -132,7 +133,7 @@ def installed_files(matrix: Matrix, cells: list[Cell], cache: Path) -> dict[str,
     return found
 
 
-def compiled_sdists(matrix: Matrix, cells: list[Cell], cache: Path) -> dict[str, Part]:
+def compiled_sdists(matrix: Matrix, cells: list[Cell], cache: Path, index: str = "") -> dict[str, Part]:
     """normal(name) -> the sdist a cell of the chain compiled (the file in the wheelhouse the build used)."""
     found = {}
     for cell in cells:
@@ -150,7 +151,7 @@ def compiled_sdists(matrix: Matrix, cells: list[Cell], cache: Path) -> dict[str,
         why = "against a parallel HDF5" if cell.family.hdf5 else "for the MPI-5 standard ABI"
         found[normal(package)] = Part(
             package, version, "pypi", PackageURL("pypi", None, package, version).to_string(), sha,
-            f"{wheelhouse.index_url()}/{package}/", path.name,
+            f"{index or without_credentials(wheelhouse.index_url())}/{package}/", path.name,
             f"compiled from its sdist in the build of {cell.ref} ({why})")
     return found
 
@@ -171,7 +172,7 @@ def tarballs(profile: Profile, cells: list[Cell], mirror: str | None) -> list[Pa
         for prefix, source in cell_sources(profile, cell).items():
             name = SOURCE_NAMES[prefix]
             version = cell.family.hdf5 if prefix == "HDF5" else cell.mpi.version
-            url = resolve_debian_url(source.url, mirror)
+            url = without_credentials(resolve_debian_url(source.url, mirror))
             purl = PackageURL("generic", None, name, version,
                               {"download_url": url, "checksum": f"sha256:{source.sha256}"}).to_string()
             found.append(Part(name, str(version), "source", purl, source.sha256, url, source.filename,
@@ -212,7 +213,8 @@ def contents(matrix: Matrix, profile: Profile, cell: Cell, inventory: dict[str, 
         parts.append(Part(name, version, "debian", PackageURL("deb", "debian", name, version,
                                                               {k: v for k, v in qualifiers.items() if v}).to_string()))
     files = installed_files(matrix, cells, cache)
-    sdists = compiled_sdists(matrix, cells, cache)
+    index = without_credentials(wheelhouse.index_url())
+    sdists = compiled_sdists(matrix, cells, cache, index)
     pins = {normal(n): v for c in cells for lock in (c.lock, c.mpi_lock) if lock
             for n, v in locked_pins(matrix.root / lock).items()}
     for name, version in sorted(inventory["pip"].items()):
@@ -225,7 +227,7 @@ def contents(matrix: Matrix, profile: Profile, cell: Cell, inventory: dict[str, 
             "pinned by the image's locks; the wheelhouse holds no record of the file pip installed"
             if pins.get(normal(name)) == version else "not pinned by the image's locks: it came with the base image")
         parts.append(Part(name, version, "pypi", PackageURL("pypi", None, name, version).to_string(), sha,
-                          f"{wheelhouse.index_url()}/{name}/" if file_name else "", file_name, origin))
+                          f"{index}/{name}/" if file_name else "", file_name, origin))
     return parts
 
 

@@ -18,7 +18,7 @@ from ..engine import Mount
 from ..files import write_json
 from ..sif import apptainer
 from ..sif.convert import is_fresh, sif_dir, sif_name
-from . import attest, remote, signing, verify
+from . import attest, remote, signing
 from .record import Published, SifRecord
 from .remote import Target
 
@@ -51,15 +51,15 @@ class SifPusher:
             raise signing.SigningError("the image was not signed, so its .sif has no SBOM to carry")
         signed = sif.parent / "signed" / sif.name
         stamp = signed.with_suffix(".json")
-        wanted = {"source_sha256": sha256_file(sif), "documents": list(docs.hashes())}
+        fingerprint = signing.fingerprint(self.signer.tools, self.signer.keys)
+        wanted = {"source_sha256": sha256_file(sif), "documents": list(docs.hashes()), "fingerprint": fingerprint}
         known = state.cached_object(stamp) or {}
         if signed.is_file() and {k: known.get(k) for k in wanted} == wanted \
                 and known.get("signed_sha256") == sha256_file(signed):
-            return signed, str(known.get("fingerprint", ""))
+            return signed, fingerprint
         self.signer.sign_sif(sif, signed, [(docs.spdx, "spdx-json"), (docs.cyclonedx, "cyclonedx-json"),
                                            (docs.provenance, "json")])
-        fingerprint = signing.fingerprint(self.signer.tools, self.signer.keys)
-        write_json(stamp, {**wanted, "signed_sha256": sha256_file(signed), "fingerprint": fingerprint})
+        write_json(stamp, {**wanted, "signed_sha256": sha256_file(signed)})
         return signed, fingerprint
 
     def __call__(self, cell: Cell, image: Image, entry: Published) -> str:
@@ -75,7 +75,7 @@ class SifPusher:
         ref = f"{self.target.sif_repository(cell.family.name)}:{cell.tag}"
         sha = sha256_file(sif)
         if entry.sif is not None and entry.sif.sha256 == sha and entry.sif.ref == ref \
-                and remote.inspect(self.target, ref) is not None:
+                and entry.sif.signed_by == fingerprint and remote.inspect(self.target, ref) is not None:
             return "up to date" + (" (signed)" if fingerprint else "")
         with tempfile.TemporaryDirectory(prefix="hpcimages-sifpush-") as tmp:
             work = Path(tmp)
@@ -96,7 +96,7 @@ class SifPusher:
     def _verify_pulled(self, pulled: Path, fingerprint: str) -> str:
         """The copy pulled back verifies with the centre's Apptainer public key alone (a fresh keyring)."""
         assert self.signer is not None
-        outcome = verify.sif_signature(self.signer.tools, pulled, self.signer.keys.apptainer_pub)
+        outcome = signing.sif_signature(self.signer.tools, pulled, self.signer.keys.apptainer_pub)
         if not outcome[0] or outcome[1].lower() != fingerprint.lower():
             return f"FAILED: the .sif pulled back does not verify with {self.signer.keys.apptainer_pub.name}: " \
                    f"{outcome[2]}"

@@ -19,10 +19,12 @@ both), run as the calling user so the private keys keep their mode 0600.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +179,8 @@ def _failed(what: str, code: int, out: str) -> SigningError:
 
 def create_keys(tools: Tools, folder: Path, name: str, email: str, force: bool = False,
                 progress: Progress = print) -> Keys:
+    """Both key pairs, made in a new folder beside ``folder`` and moved into it only when both exist: a failure
+    (no engine, a refused password) leaves the keys that were there as they were."""
     keys = Keys(folder)
     secret = password()
     existing = [p for p in (keys.cosign_key, keys.cosign_pub, keys.ring, keys.apptainer_pub) if p.exists()]
@@ -186,28 +190,122 @@ def create_keys(tools: Tools, folder: Path, name: str, email: str, force: bool =
                            "new public keys)")
     if len(secret) < 8:
         raise SigningError(f"{PASSWORD_VAR} is shorter than 8 characters: use a real password")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    folder.chmod(0o700)
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    progress(f"keys: cosign key pair in {folder}")
-    code, out = tools.run(["sh", "-c", 'cd "$0" && cosign generate-key-pair', str(folder)], writable=[folder],
-                          env={PASSWORD_VAR: secret}, tool="cosign")
-    if code != 0 or not keys.cosign_key.is_file() or not keys.cosign_pub.is_file():
-        raise _failed("cosign generate-key-pair", code, out)
-    progress(f"keys: Apptainer PGP key pair for {name} <{email}>")
-    # apptainer asks for the passphrase twice on one reader and cannot take it from a pipe: --password, expanded
-    # by the shell inside the command from the environment
-    code, out = tools.run(["sh", "-c", 'apptainer key newpair --keysdir "$0" --name "$1" --email "$2" '
-                                       '--comment "hpcimages image signing" --push=false --password="$' + PASSWORD_VAR
-                           + '" >/dev/null && printf "0\\n" | apptainer key export --keysdir "$0" --armor "$3"',
-                           str(keys.ring), name, email, str(keys.apptainer_pub)], writable=[folder],
-                          env={PASSWORD_VAR: secret}, tool="apptainer")
-    if code != 0 or keys.missing():
-        raise _failed("apptainer key newpair", code, out)
-    for path in (keys.cosign_key, keys.ring / "pgp-secret"):
-        path.chmod(0o600)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+    except OSError as exc:
+        raise SigningError(f"cannot make the keys folder {folder}: {exc.strerror}") from None
+    try:
+        made = Keys(work)
+        progress(f"keys: cosign key pair for {folder}")
+        code, out = tools.run(["sh", "-c", 'cd "$0" && cosign generate-key-pair', str(work)], writable=[work],
+                              env={PASSWORD_VAR: secret}, tool="cosign")
+        if code != 0 or not made.cosign_key.is_file() or not made.cosign_pub.is_file():
+            raise _failed("cosign generate-key-pair", code, out)
+        progress(f"keys: Apptainer PGP key pair for {name} <{email}>")
+        # apptainer reads the passphrase twice from the terminal and cannot take both from a pipe: `script` gives it
+        # a terminal, which delivers one line per read; the password stays in the environment and on a pipe, never
+        # on a command line, and what the terminal echoes is thrown away
+        code, out = tools.run(["sh", "-c", 'printf "%s\n%s\n" "$' + PASSWORD_VAR + '" "$' + PASSWORD_VAR + '" | '
+                               'script -qec \'apptainer key newpair --keysdir "$KEY_RING" --name "$KEY_NAME" '
+                               '--email "$KEY_EMAIL" --comment "hpcimages image signing" --push=false\' /dev/null '
+                               '>/dev/null 2>&1 && printf "0\n" | apptainer key export --keysdir "$KEY_RING" --armor '
+                               '"$KEY_PUB" >/dev/null'], writable=[work], tool="apptainer",
+                              env={PASSWORD_VAR: secret, "KEY_RING": str(made.ring), "KEY_NAME": name,
+                                   "KEY_EMAIL": email, "KEY_PUB": str(made.apptainer_pub)})
+        if code != 0 or made.missing():
+            raise _failed("apptainer key newpair", code, out)
+        check_apptainer_key(tools, made)  # the password really opens it, and the exported key is its own
+        for path in (made.cosign_key, made.ring / "pgp-secret"):
+            path.chmod(0o600)
+        if not folder.exists():
+            folder.mkdir(mode=0o700)
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in (made.cosign_key, made.cosign_pub, made.ring, made.apptainer_pub):
+            path.replace(folder / path.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return keys
+
+
+def check_apptainer_key(tools: Tools, keys: Keys) -> str:
+    """Sign a scratch SIF with the Apptainer key and the password, then verify it with the exported public key
+    alone: both hold, or SigningError. Returns the fingerprint."""
+    with tempfile.TemporaryDirectory(prefix="hpcimages-keycheck-") as tmp:
+        work = Path(tmp)
+        (work / "check.json").write_text("{}\n", encoding="utf-8")
+        sif = work / "check.sif"
+        code, out = tools.run(["sh", "-c", 'apptainer sif new "$0" && apptainer sif add --datatype 6 --groupid 1 '
+                               '"$0" "$1"', str(sif), str(work / "check.json")], writable=[work], tool="apptainer")
+        if code != 0:
+            raise _failed("apptainer sif new", code, out)
+        code, out = tools.run(["apptainer", "sign", str(sif)], paths=[keys.folder], writable=[work],
+                              env={"APPTAINER_KEYSDIR": str(keys.ring)}, stdin_secret=True, tool="apptainer")
+        if code != 0:
+            raise SigningError(f"{PASSWORD_VAR} does not open the Apptainer key in {keys.ring} (apptainer sign: "
+                               f"{output_tail(out.replace(password(), '***'), lines=1, limit=200)})")
+        ok, found, detail = sif_signature(tools, sif, keys.apptainer_pub)
+        if not ok:
+            raise SigningError(f"{keys.apptainer_pub} is not the public key of {keys.ring}: {detail}")
+        return found
+
+
+SIF_INFO_RE = re.compile(r"^\s*(Data Type|ID|Group ID|Name|Format|Entity):\s*(.*?)\s*$", re.M)
+
+
+def sif_objects(tools: Tools, sif: Path) -> list[dict[str, str]]:
+    """Every object descriptor of a SIF (``apptainer sif list`` / ``sif info``): ID, Data Type, Name, Format."""
+    code, out = tools.run(["apptainer", "sif", "list", str(sif)], paths=[sif.parent])
+    if code != 0:
+        raise SigningError(f"{sif} is no SIF file: {output_tail(out, lines=1, limit=200)}")
+    objects = []
+    for ident in re.findall(r"^(\d+)\s+\|", out, re.M):
+        code, info = tools.run(["apptainer", "sif", "info", ident, str(sif)], paths=[sif.parent])
+        objects.append(dict(SIF_INFO_RE.findall(info)) if code == 0 else {"ID": ident})
+    return objects
+
+
+def judge_sif_signature(objects: list[dict[str, str]], verify_output: str, verify_code: int,
+                        expected: str) -> tuple[bool, str]:
+    """Whether ``apptainer verify --json --all`` vouched for every data object of the SIF with the key whose
+    fingerprint is ``expected``: as many good signers as data objects, each checked, none by another key."""
+    start = verify_output.find("{")
+    try:
+        report = json.loads(verify_output[start:]) if start >= 0 else {}
+    except ValueError:
+        report = {}
+    keys = report.get("SignerKeys") if isinstance(report, dict) else None
+    signers = [k.get("Signer") for k in keys or [] if isinstance(k, dict) and isinstance(k.get("Signer"), dict)]
+    good = [s for s in signers if str(s.get("Fingerprint", "")).lower() == expected.lower() and expected
+            and s.get("DataCheck") is True and s.get("KeyCheck") is True]
+    data = [o for o in objects if o.get("Data Type") != "Signature"]
+    if verify_code == 0 and data and len(good) == len(signers) == len(data):
+        return True, f"all {len(data)} objects signed by {expected.upper()[:16]}"
+    seen = output_tail(verify_output, lines=1, limit=200) if verify_code != 0 else \
+        f"{len(good)} of {len(data)} objects verified by that key"
+    return False, seen
+
+
+def sif_signature(tools: Tools, sif: Path, key: Path) -> tuple[bool, str, str]:
+    """(every object of the SIF signed by the key, the key's fingerprint, a line saying what was seen), with a
+    keyring that holds the given public key alone."""
+    objects = sif_objects(tools, sif)
+    with tempfile.TemporaryDirectory(prefix="hpcimages-keyring-") as tmp:
+        ring = Path(tmp) / "ring"
+        ring.mkdir(mode=0o700)
+        code, out = tools.run(["apptainer", "key", "import", "--keysdir", str(ring), str(key)],
+                              paths=[key.parent], writable=[ring])
+        if code != 0:
+            raise SigningError(f"{key} is no Apptainer public key: {output_tail(out, lines=1, limit=200)}")
+        listed = tools.run(["apptainer", "key", "list", "--keysdir", str(ring)], paths=[ring])[1]
+        found = FINGERPRINT_RE.search(listed)
+        code, out = tools.run(["apptainer", "verify", "--local", "--all", "--json", str(sif)], paths=[sif.parent],
+                              writable=[ring], env={"APPTAINER_KEYSDIR": str(ring)})
+    expected = found.group(1).upper() if found else ""
+    ok, detail = judge_sif_signature(objects, out, code, expected)
+    return ok, expected, detail if ok else f"not every object of {sif.name} is signed by the key in {key.name}: " \
+                                           f"{detail}"
 
 
 def fingerprint(tools: Tools, keys: Keys) -> str:
@@ -230,9 +328,10 @@ class Signer:
     def __init__(self, tools: Tools, keys: Keys, insecure_registry: bool) -> None:
         self.tools, self.keys, self.insecure = tools, keys, insecure_registry
 
-    def preflight(self) -> str:
-        """Before anything is pushed: the keys exist, the password is set and opens the cosign key. Returns the
-        Apptainer key's fingerprint."""
+    def preflight(self, sif: bool = False) -> str:
+        """Before anything is pushed: the keys exist, the password is set and opens the cosign key (and, for
+        ``.sif`` files, the Apptainer key, whose exported public key must be its own). Returns the Apptainer key's
+        fingerprint."""
         missing = self.keys.missing()
         if missing:
             raise SigningError(f"signing is configured but the keys are missing ({', '.join(missing)}): run "
@@ -246,7 +345,7 @@ class Signer:
                                f"{output_tail(out.replace(secret, '***'), lines=1, limit=200)})")
         if public != self.keys.cosign_pub.read_text(encoding="utf-8").strip():
             raise SigningError(f"{self.keys.cosign_key} and {self.keys.cosign_pub} are not one key pair")
-        return fingerprint(self.tools, self.keys)
+        return check_apptainer_key(self.tools, self.keys) if sif else fingerprint(self.tools, self.keys)
 
     def sign_image(self, reference: str, attestations: list[tuple[str, Path]]) -> None:
         """Sign ``repository@digest`` and attest each (cosign predicate type, predicate file)."""
@@ -263,11 +362,17 @@ class Signer:
             if code != 0:
                 raise _failed(f"cosign attest --type {kind} {reference}", code, out)
 
-    def is_signed(self, reference: str) -> bool:
-        """The digest already carries a signature by this key (a re-run signs nothing again)."""
-        code, _ = self.tools.run(["cosign", "verify", "--key", str(self.keys.cosign_pub), *VERIFY_FLAGS,
-                                  *cosign_ref_flags(self.insecure), reference], paths=[self.keys.folder], network=True)
-        return code == 0
+    def is_attested(self, reference: str, kinds: Iterable[str]) -> bool:
+        """The digest still carries a signature and an attestation of each kind by this key (a re-run signs
+        nothing again; one whose attestations were stripped from the registry is signed again)."""
+        checks = [["verify"], *(["verify-attestation", "--type", kind] for kind in kinds)]
+        for check in checks:
+            code, _ = self.tools.run(["cosign", *check, "--key", str(self.keys.cosign_pub), *VERIFY_FLAGS,
+                                      *cosign_ref_flags(self.insecure), reference], paths=[self.keys.folder],
+                                     network=True)
+            if code != 0:
+                return False
+        return True
 
     def sign_sif(self, source: Path, signed: Path, objects: list[tuple[Path, str]]) -> None:
         """A copy of ``source`` with ``objects`` (file, ``spdx-json`` / ``cyclonedx-json`` for an SBOM, ``json`` for

@@ -48,6 +48,9 @@ ATTESTATIONS = {"spdxjson": "https://spdx.dev/Document", "cyclonedx": "https://c
 DIGEST_REF_RE = re.compile(r"^(?P<repo>[^@\s]+)@(?P<digest>sha256:[0-9a-f]{64})$")
 TAG_REF_RE = re.compile(r"^(?P<repo>[^@\s]+?)(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$")
 VERSION_RE = re.compile(r"(\d+\.\d+(?:\.\d+)?)")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+#: what a document from a registry or a file may be, when it is not what it claims: a FAIL line, not a traceback
+MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
 class VerifyError(HpcImagesError):
@@ -68,7 +71,8 @@ class Outcome:
         return bool(self.checks) and all(ok for _, ok, _ in self.checks)
 
     def lines(self) -> list[str]:
-        return [f"{'ok  ' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in self.checks]
+        # details quote what a registry or a file said: no control character may fake a line of its own
+        return [f"{'ok  ' if ok else 'FAIL'} {name}: {CONTROL_RE.sub(' ', detail)}" for name, ok, detail in self.checks]
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -124,7 +128,11 @@ def check_provenance(outcome: Outcome, predicate: dict[str, Any] | None, labels:
     if predicate is None:
         outcome.add("provenance", False, "none")
         return
-    cell, reasons = provenance.check(predicate, labels, root)
+    try:
+        cell, reasons = provenance.check(predicate, labels, root)
+    except MALFORMED as exc:
+        outcome.add("provenance", False, f"malformed: {type(exc).__name__}: {str(exc)[:200]}")
+        return
     revision = labels.get(provenance.REVISION_LABEL, "")
     outcome.add("provenance", not reasons, "; ".join(reasons) or
                 f"{cell} of the matrix at {revision[:12]}; its materials are that revision's files; the image's "
@@ -150,7 +158,11 @@ def check_contents(outcome: Outcome, spdx: dict[str, Any] | None, inventory: dic
     if spdx is None or inventory is None:
         outcome.add("contents", False, f"not compared ({'no SBOM' if spdx is None else 'the image did not run'})")
         return
-    versions = sbom.versions_in_spdx(spdx)
+    try:
+        versions = sbom.versions_in_spdx(spdx)
+    except MALFORMED as exc:
+        outcome.add("contents", False, f"the SBOM is malformed: {type(exc).__name__}: {str(exc)[:200]}")
+        return
     pairs = [("Python", versions.get("cpython", ""), str(inventory.get("python", ""))),
              ("mpi4py", versions.get("mpi4py", ""), str(inventory.get("mpi4py", ""))),
              ("MPI", sbom_mpi_version(versions), mpi_version(inventory))]
@@ -230,6 +242,10 @@ def verify_image(root: Path, reference: str, key: Path, client_factory: Callable
         else:
             detail = f"{len(about)} signed by {key.name}, about {digest[:19]}"
         outcome.add(f"attestation {kind}", bool(about), detail)
+    if not outcome.ok:  # nothing the centre did not sign is pulled, parsed further or run
+        outcome.add("contents", False, "not checked: the image and its documents are not all signed by the centre's "
+                                       "key, so it is neither pulled nor run")
+        return outcome
     client = client_factory()
     try:
         client.api.pull(by_digest)
@@ -237,16 +253,20 @@ def verify_image(root: Path, reference: str, key: Path, client_factory: Callable
     except docker.errors.APIError as exc:
         outcome.add("pull", False, f"{by_digest} cannot be pulled: {exc.explanation or exc}")
         return outcome
+    labels = {str(k): str(v) for k, v in (image.labels or {}).items()}
+    check_reference(outcome, repository, pointer, labels, found["cyclonedx"])
     # every attestation the key signed about this digest must hold: a second, contradicting one is no less signed
-    spdx_all, cdx_all = found.get("spdxjson") or [None], found.get("cyclonedx") or [None]
-    for spdx in spdx_all:
+    for spdx in found["spdxjson"]:
         check_spdx(outcome, spdx)
-    for cdx in cdx_all:
+    for cdx in found["cyclonedx"]:
         check_cyclonedx(outcome, cdx)
-    for predicate in found.get("slsaprovenance1") or [None]:
-        check_provenance(outcome, predicate, dict(image.labels or {}), root)
+    for predicate in found["slsaprovenance1"]:
+        check_provenance(outcome, predicate, labels, root)
+    if not outcome.ok:
+        outcome.add("contents", False, "not checked: the documents above do not hold, so the image is not run")
+        return outcome
     inventory, problem = image_inventory(client, by_digest)
-    for spdx in spdx_all:
+    for spdx in found["spdxjson"]:
         if problem:
             outcome.add("contents", False, f"the image did not report its versions ({problem})")
         else:
@@ -254,26 +274,39 @@ def verify_image(root: Path, reference: str, key: Path, client_factory: Callable
     return outcome
 
 
+def signed_tags(cdx: dict[str, Any]) -> set[str]:
+    """The tags the centre published the image under, as its signed CycloneDX SBOM names them."""
+    component = (cdx.get("metadata") or {}).get("component") or {}
+    return {str(p.get("value")) for p in component.get("properties") or []
+            if isinstance(p, dict) and p.get("name") == "hpcimages:tag"}
+
+
+def check_reference(outcome: Outcome, repository: str, pointer: str, labels: dict[str, str],
+                    cdx_all: list[dict[str, Any]]) -> None:
+    """The name asked for is one the centre gave this image: its family's repository, and (for a tag) a tag the
+    signed SBOM lists. A centre-signed image of another cell, or an old one, under the tag fails here."""
+    family = labels.get("io.hpcimages.family", "")
+    problems = []
+    if repository.rsplit("/", 1)[-1] != family:
+        problems.append(f"the repository {repository.rsplit('/', 1)[-1]} is not the image's family {family or '?'}")
+    if not pointer.startswith("sha256:"):
+        try:
+            tags = set().union(*(signed_tags(c) for c in cdx_all)) if cdx_all else set()
+        except MALFORMED:
+            tags = set()
+        if pointer not in tags:
+            problems.append(f"the tag {pointer} is not one the centre published this image under (its signed SBOM "
+                            f"names {', '.join(sorted(tags)) or 'none'})")
+    name = repository.rsplit("/", 1)[-1] + ("@" if pointer.startswith("sha256:") else ":") + pointer
+    outcome.add("reference", not problems, "; ".join(problems) or f"{name} is a name the centre gave this image")
+
+
 # -------------------------------------------------------------------------------------------------------------------
 # a .sif file
 
 
-SIF_INFO_RE = re.compile(r"^\s*(Data Type|ID|Group ID|Name|Format|Entity):\s*(.*?)\s*$", re.M)
-
-
-def sif_objects(tools: signing.Tools, sif: Path) -> list[dict[str, str]]:
-    code, out = tools.run(["apptainer", "sif", "list", str(sif)], paths=[sif.parent])
-    if code != 0:
-        raise VerifyError(f"{sif} is no SIF file: {output_tail(out, lines=1, limit=200)}")
-    ids = re.findall(r"^(\d+)\s+\|", out, re.M)
-    objects = []
-    for ident in ids:
-        code, info = tools.run(["apptainer", "sif", "info", ident, str(sif)], paths=[sif.parent])
-        objects.append({k: v for k, v in SIF_INFO_RE.findall(info)} if code == 0 else {"ID": ident})
-    return objects
-
-
 def sif_json(tools: signing.Tools, sif: Path, ident: str) -> dict[str, Any] | None:
+    """One object of a SIF read as a JSON object (None when it is none)."""
     code, out = tools.run(["apptainer", "sif", "dump", ident, str(sif)], paths=[sif.parent])
     try:
         value = json.loads(out) if code == 0 else None
@@ -282,59 +315,47 @@ def sif_json(tools: signing.Tools, sif: Path, ident: str) -> dict[str, Any] | No
     return value if isinstance(value, dict) else None
 
 
-def sif_signature(tools: signing.Tools, sif: Path, key: Path) -> tuple[bool, str, str]:
-    """(every object of the SIF signed by the key, the key's fingerprint, a line saying what was seen), with a
-    keyring that holds the given public key alone."""
-    objects = sif_objects(tools, sif)
-    with tempfile.TemporaryDirectory(prefix="hpcimages-keyring-") as tmp:
-        ring = Path(tmp) / "ring"
-        ring.mkdir(mode=0o700)
-        code, out = tools.run(["apptainer", "key", "import", "--keysdir", str(ring), str(key)],
-                              paths=[key.parent], writable=[ring])
-        if code != 0:
-            raise VerifyError(f"{key} is no Apptainer public key: {output_tail(out, lines=1, limit=200)}")
-        listed = tools.run(["apptainer", "key", "list", "--keysdir", str(ring)], paths=[ring])[1]
-        fingerprint = signing.FINGERPRINT_RE.search(listed)
-        code, out = tools.run(["apptainer", "verify", "--local", "--all", "--json", str(sif)], paths=[sif.parent],
-                              writable=[ring], env={"APPTAINER_KEYSDIR": str(ring)})
-    expected = fingerprint.group(1).lower() if fingerprint else ""
-    start = out.find("{")
-    try:
-        report = json.loads(out[start:]) if start >= 0 else {}
-    except ValueError:
-        report = {}
-    signers = [s.get("Signer", {}) for s in report.get("SignerKeys") or [] if isinstance(s, dict)]
-    good = [s for s in signers if str(s.get("Fingerprint", "")).lower() == expected and s.get("DataCheck")
-            and s.get("KeyCheck")]
-    data = [o for o in objects if o.get("Data Type") != "Signature"]
-    ok = code == 0 and bool(expected) and len(good) == len(signers) == len(data)
-    if ok:
-        return True, expected.upper(), f"all {len(data)} objects signed by {expected.upper()[:16]}"
-    seen = output_tail(out, lines=1, limit=200) if code != 0 else f"{len(good)} of {len(data)} objects verified"
-    return False, expected.upper(), f"not every object of {sif.name} is signed by the key in {key.name}: {seen}"
-
-
 def verify_sif(root: Path, sif: Path, key: Path, runtime: apptainer.Runtime, tools: signing.Tools,
                progress: Progress = print) -> Outcome:
     outcome = Outcome(str(sif))
     progress(f"verify: {sif.name}: its signature with {key}")
-    ok, _, detail = sif_signature(tools, sif, key)
+    try:
+        ok, _, detail = signing.sif_signature(tools, sif, key)
+        objects = signing.sif_objects(tools, sif)
+    except signing.SigningError as exc:
+        raise VerifyError(str(exc)) from None
     outcome.add("signature", ok, detail + (" (apptainer verify)" if ok else ""))
-    objects = sif_objects(tools, sif)
-    spdx = next((sif_json(tools, sif, o["ID"]) for o in objects if o.get("Format") == "spdx-json"), None)
-    cdx = next((sif_json(tools, sif, o["ID"]) for o in objects if o.get("Format") == "cyclonedx-json"), None)
-    record = next((o for o in objects if o.get("Name", "").endswith(PROVENANCE_SUFFIX)), None)
-    predicate = sif_json(tools, sif, record["ID"]) if record else None
-    check_documents(outcome, spdx, cdx)
-    check_provenance(outcome, predicate, sif_labels(tools, sif), root)
-    code, out = apptainer.exec_in_sif(runtime, sif.resolve(), ["python3", "{bench}/inventory.py"], INVENTORY_DIR)
+    if not ok:  # an unsigned or changed file is neither read further nor run
+        outcome.add("contents", False, "not checked: the file is not signed by the centre's key, so it is not run")
+        return outcome
+    spdx = [sif_json(tools, sif, o["ID"]) for o in objects if o.get("Format") == "spdx-json"]
+    cdx = [sif_json(tools, sif, o["ID"]) for o in objects if o.get("Format") == "cyclonedx-json"]
+    predicates = [sif_json(tools, sif, o["ID"]) for o in objects
+                  if o.get("Data Type") == "JSON.Generic" and o.get("Name", "").endswith(PROVENANCE_SUFFIX)]
+    for document in spdx or [None]:
+        check_spdx(outcome, document)
+    for document in cdx or [None]:
+        check_cyclonedx(outcome, document)
+    labels = sif_labels(tools, sif)
+    for predicate in predicates or [None]:
+        check_provenance(outcome, predicate, labels, root)
+    if not outcome.ok:
+        outcome.add("contents", False, "not checked: the documents above do not hold, so the file is not run")
+        return outcome
+    code, out = apptainer.exec_in_sif(runtime, sif.resolve(), ["python3", "{bench}/inventory.py"], INVENTORY_DIR,
+                                      options=CONTAINED)
     inventory = engine.last_json_line(out) if code == 0 else None
-    if inventory is None:
-        outcome.add("contents", False, f"the .sif did not report its versions (exit {code}): "
-                                       f"{output_tail(out, lines=2, limit=200)}")
-    else:
-        check_contents(outcome, spdx, inventory, "the .sif")
+    for document in spdx:
+        if inventory is None:
+            outcome.add("contents", False, f"the .sif did not report its versions (exit {code}): "
+                                           f"{output_tail(out, lines=2, limit=200)}")
+        else:
+            check_contents(outcome, document, inventory, "the .sif")
     return outcome
+
+
+#: how a signed .sif runs to report its versions: no home, no host files but the inventory script
+CONTAINED = ("--contain", "--no-home")
 
 
 def sif_labels(tools: signing.Tools, sif: Path) -> dict[str, str]:

@@ -132,9 +132,10 @@ def choose_runtime(kind: str, client_factory: Callable[[], docker.DockerClient],
 
 
 def exec_in_sif(runtime: Runtime, sif: Path, command: list[str], bench: Path, ranks: int = 0,
-                env: dict[str, str] | None = None) -> tuple[int, str]:
+                env: dict[str, str] | None = None, options: Iterable[str] = ()) -> tuple[int, str]:
     """`apptainer exec -e x.sif ...`, or with ranks, `mpiexec -n R apptainer exec x.sif ...` (launcher outside).
-    ``{bench}`` in the command names the bench/ directory as the container sees it."""
+    ``{bench}`` in the command names the bench/ directory as the container sees it; ``options`` go to
+    `apptainer exec` (e.g. --contain --no-home)."""
     sif_dir, sif_mounts = runtime.see(sif.parent, "/sif")
     bench_path, bench_mounts = runtime.see(bench, mpirun.BENCH_MOUNT)
     mounts = [*sif_mounts, *bench_mounts]
@@ -143,7 +144,7 @@ def exec_in_sif(runtime: Runtime, sif: Path, command: list[str], bench: Path, ra
     if ranks:
         inner = ["apptainer", "exec", "-B", bench_path, sif_path, *command]
         return runtime.run(["mpiexec", "-n", str(ranks), *inner], mounts, env={**MPI_ENV, **(env or {})})
-    return runtime.run(["apptainer", "exec", "-e", "-B", bench_path, sif_path, *command], mounts, env=env)
+    return runtime.run(["apptainer", "exec", "-e", *options, "-B", bench_path, sif_path, *command], mounts, env=env)
 
 
 def tail(output: str, lines: int = 4, limit: int = 500) -> str:
