@@ -109,6 +109,15 @@ def run(client: docker.DockerClient, image: str, command: list[str], *, timeout:
         tuple[int, str]:
     """Run ``command`` in a new container to its end: (exit status, stdout+stderr). The container is removed
     whatever happens (Ctrl-C included); one that outlives ``timeout`` is killed and reports 124."""
+    code, output, _ = run_split(client, image, command, timeout=timeout, together=True, **options)
+    return code, output
+
+
+def run_split(client: docker.DockerClient, image: str, command: list[str], *, timeout: int, together: bool = False,
+              **options: object) -> tuple[int, str, str]:
+    """``run``, with stdout and stderr apart: (exit status, stdout, stderr). A long line on stdout stays whole
+    (read together, the engine's frames of the two streams can interleave inside it). ``together``: both streams
+    as one text, in the order they came, as the first string."""
     container = create(client, image, command, **options)  # type: ignore[arg-type]
     try:
         container.start()
@@ -117,12 +126,17 @@ def run(client: docker.DockerClient, image: str, command: list[str], *, timeout:
         except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
             container.kill()
             code = EXIT_TIMEOUT
-        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        if together:
+            out, err = container.logs(stdout=True, stderr=True).decode(errors="replace"), ""
+        else:
+            out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            err = container.logs(stdout=False, stderr=True).decode(errors="replace")
     finally:
         container.remove(force=True)
     if code == EXIT_TIMEOUT:
-        output += f"\n(timed out after {timeout}s)"
-    return code, output
+        (err, out) = (err + f"\n(timed out after {timeout}s)", out) if not together else \
+            (err, out + f"\n(timed out after {timeout}s)")
+    return code, out, err
 
 
 def _short(exc: Exception) -> str:

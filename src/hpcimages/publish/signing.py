@@ -131,10 +131,10 @@ class Tools:
 
     def run(self, argv: list[str], *, paths: Iterable[Path] = (), writable: Iterable[Path] = (),
             env: dict[str, str] | None = None, network: bool = False, stdin_secret: bool = False,
-            tool: str = "", timeout: int = TIMEOUT_S) -> tuple[int, str]:
-        """Run a cosign/apptainer command (``tool`` names it when ``argv`` is a shell around it).
-        ``stdin_secret``: the password is piped to the command's prompt (from the environment, through a shell: it
-        is never an argument)."""
+            tool: str = "", timeout: int = TIMEOUT_S, stdout_only: bool = False) -> tuple[int, str]:
+        """Run a cosign/apptainer command (``tool`` names it when ``argv`` is a shell around it): its stdout, then
+        its stderr (``stdout_only``: stdout alone, e.g. an object's bytes). ``stdin_secret``: the password is piped
+        to the command's prompt (from the environment, through a shell: it is never an argument)."""
         env = dict(env or {})
         binary = shutil.which(tool or argv[0])
         if stdin_secret:
@@ -146,7 +146,7 @@ class Tools:
                                       timeout=timeout, check=False)
             except subprocess.TimeoutExpired:
                 return 124, f"{argv[0]} timed out after {timeout}s"
-            return proc.returncode, proc.stdout + proc.stderr
+            return proc.returncode, proc.stdout if stdout_only else proc.stdout + proc.stderr
         client, image = self._container()
         ro = {Path(p).resolve() for p in paths}
         rw = {Path(p).resolve() for p in writable}
@@ -156,9 +156,12 @@ class Tools:
         if network and config is not None:  # the engine's login store, for a registry that needs one
             mounts.append(Mount(config, "/run/hpcimages/docker-config"))
             env["DOCKER_CONFIG"] = "/run/hpcimages/docker-config"
-        return engine.run(client, image, argv, timeout=timeout, entrypoint=["/usr/bin/env"],
-                          user=f"{os.getuid()}:{os.getgid()}",
-                          env={"HOME": "/tmp", **env}, mounts=mounts, network="host" if network else "none")
+        # stdout whole, then stderr: cosign prints each DSSE envelope as one long JSON line on stdout, which the
+        # engine's interleaved frames of both streams could cut
+        code, out, err = engine.run_split(client, image, argv, timeout=timeout, entrypoint=["/usr/bin/env"],
+                                          user=f"{os.getuid()}:{os.getgid()}", env={"HOME": "/tmp", **env},
+                                          mounts=mounts, network="host" if network else "none")
+        return code, out if stdout_only else out + ("\n" if out and not out.endswith("\n") else "") + err
 
 
 def docker_config() -> Path | None:
@@ -271,8 +274,8 @@ def judge_sif_signature(objects: list[dict[str, str]], verify_output: str, verif
     """Whether ``apptainer verify --json --all`` vouched for every data object of the SIF with the key whose
     fingerprint is ``expected``: as many good signers as data objects, each checked, none by another key."""
     start = verify_output.find("{")
-    try:
-        report = json.loads(verify_output[start:]) if start >= 0 else {}
+    try:  # the JSON report, whatever Apptainer wrote before or after it
+        report = json.JSONDecoder().raw_decode(verify_output[start:])[0] if start >= 0 else {}
     except ValueError:
         report = {}
     keys = report.get("SignerKeys") if isinstance(report, dict) else None
@@ -339,7 +342,8 @@ class Signer:
         secret = password()
         code, out = self.tools.run(["cosign", "public-key", "--key", str(self.keys.cosign_key)],
                                    paths=[self.keys.folder], env={PASSWORD_VAR: secret})
-        public = out[out.find("-----BEGIN"):].strip() if "-----BEGIN" in out else ""
+        found = re.search(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", out, re.S)
+        public = found.group(0) if found else ""
         if code != 0 or not public:
             raise SigningError(f"{PASSWORD_VAR} does not open {self.keys.cosign_key} (cosign: "
                                f"{output_tail(out.replace(secret, '***'), lines=1, limit=200)})")

@@ -237,6 +237,8 @@ def verify_image(root: Path, reference: str, key: Path, client_factory: Callable
         found[kind] = [s["predicate"] for s in about if isinstance(s.get("predicate"), dict)]
         if code != 0:
             detail = f"no {kind} attestation signed by {key.name}: {output_tail(out, lines=1, limit=200)}"
+        elif not statements:
+            detail = f"cosign verified a {kind} attestation but printed no in-toto statement of it that reads back"
         elif not about:
             detail = f"the {kind} attestation is about another image, not {digest[:19]}"
         else:
@@ -307,9 +309,9 @@ def check_reference(outcome: Outcome, repository: str, pointer: str, labels: dic
 
 def sif_json(tools: signing.Tools, sif: Path, ident: str) -> dict[str, Any] | None:
     """One object of a SIF read as a JSON object (None when it is none)."""
-    code, out = tools.run(["apptainer", "sif", "dump", ident, str(sif)], paths=[sif.parent])
+    code, out = tools.run(["apptainer", "sif", "dump", ident, str(sif)], paths=[sif.parent], stdout_only=True)
     try:
-        value = json.loads(out) if code == 0 else None
+        value = json.loads(out) if code == 0 else None  # the object's bytes alone, from stdout
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
@@ -362,7 +364,7 @@ def sif_labels(tools: signing.Tools, sif: Path) -> dict[str, str]:
     code, out = tools.run(["apptainer", "inspect", "--json", "--labels", str(sif)], paths=[sif.parent])
     start = out.find("{")
     try:
-        data = json.loads(out[start:]) if code == 0 and start >= 0 else {}
+        data = json.JSONDecoder().raw_decode(out[start:])[0] if code == 0 and start >= 0 else {}
     except ValueError:
         return {}
     labels = data.get("data", {}).get("attributes", {}).get("labels", {}) if isinstance(data, dict) else {}
