@@ -188,7 +188,7 @@ def test_the_sif_is_signed_before_the_push_and_verified_after_the_pull_back(publ
     published_root = entry(published, ROOT_CELL)
     assert published_root.sif is not None and len(published_root.sif.signed_by) == 40
     signed = cv.sif_dir(ROOT) / "signed" / cv.sif_name(f"hpcimages/{ROOT_CELL}")
-    assert signing.sha256_file(signed) == published_root.sif.sha256  # what was pushed is the signed copy
+    assert wheelhouse.sha256_file(signed) == published_root.sif.sha256  # what was pushed is the signed copy
     code, out = verify(capsys, outputs, str(signed), centre_keys.folder / "apptainer.pub.asc")
     assert code == 0, out
     assert lines_of(out, "signature")[0].startswith("ok   signature: all 7 objects signed by")

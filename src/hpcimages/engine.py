@@ -133,9 +133,9 @@ def run_split(client: docker.DockerClient, image: str, command: list[str], *, ti
             err = container.logs(stdout=False, stderr=True).decode(errors="replace")
     finally:
         container.remove(force=True)
-    if code == EXIT_TIMEOUT:
-        (err, out) = (err + f"\n(timed out after {timeout}s)", out) if not together else \
-            (err, out + f"\n(timed out after {timeout}s)")
+    if code == EXIT_TIMEOUT:  # said where the messages are: stderr, or the one text
+        note = f"\n(timed out after {timeout}s)"
+        out, err = (out + note, err) if together else (out, err + note)
     return code, out, err
 
 

@@ -25,7 +25,6 @@ from .record import Published, SignRecord
 from .remote import Target
 
 Progress = Callable[[str], None]
-PROVENANCE_SUFFIX = ".provenance.slsa.json"
 #: cosign's attestation types, in the order of Documents.all()
 KINDS = ("spdxjson", "cyclonedx", "slsaprovenance1")
 
@@ -43,7 +42,7 @@ class Documents:
         return all(p.is_file() for p in self.all())
 
     def hashes(self) -> tuple[str, str, str]:
-        spdx, cdx, prov = (signing.sha256_file(p) for p in self.all())
+        spdx, cdx, prov = (wheelhouse.sha256_file(p) for p in self.all())
         return spdx, cdx, prov
 
 
@@ -52,7 +51,7 @@ def documents(root: Path, target: Target, ref: str) -> Documents:
     family, tag = ref.split(":", 1)
     folder = catalogue.catalogue_dir(root, target) / family
     return Documents(folder / f"{tag}{sbom.SPDX_SUFFIX}", folder / f"{tag}{sbom.CYCLONEDX_SUFFIX}",
-                     folder / f"{tag}{PROVENANCE_SUFFIX}")
+                     folder / f"{tag}{provenance.PROVENANCE_SUFFIX}")
 
 
 def write_documents(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell: Cell, target: Target,

@@ -32,9 +32,8 @@ from ..images import reports
 from ..measure import report as bench_report
 from ..measure import results as results_mod
 from ..paths import build_dir
-from . import record
+from . import provenance, record, sbom
 from .remote import Target
-from .sbom import summary as sbom_summary
 
 INVENTORY_DIR = Path(__file__).parent / "incontainer"
 INVENTORY_MOUNT = "/opt/hpcimages-inventory"
@@ -154,9 +153,10 @@ def _supply_chain(entry: record.Published, pages: Path, stem: str) -> dict[str, 
     """The signed documents beside the page (attest.py writes them) and the commands that check them."""
     if entry.signed is None:
         return {}
-    spdx = pages / f"{stem}.spdx.json"
-    files = {kind: f"{stem}{suffix}" for kind, suffix in (("spdx", ".spdx.json"), ("cyclonedx", ".cdx.json"),
-                                                           ("provenance", ".provenance.slsa.json"))
+    spdx = pages / f"{stem}{sbom.SPDX_SUFFIX}"
+    files = {kind: f"{stem}{suffix}" for kind, suffix in (("spdx", sbom.SPDX_SUFFIX),
+                                                           ("cyclonedx", sbom.CYCLONEDX_SUFFIX),
+                                                           ("provenance", provenance.PROVENANCE_SUFFIX))
              if (pages / f"{stem}{suffix}").is_file()}
     reference = f"{entry.repository}@{entry.digest}"
     insecure = " --allow-insecure-registry" if Target.parse(entry.repository.rsplit("/", 1)[0]).loopback else ""
@@ -169,7 +169,7 @@ def _supply_chain(entry: record.Published, pages: Path, stem: str) -> dict[str, 
         verify += [f"apptainer pull {name} oras://{entry.sif.ref}",
                    f"invoke verify {name} --key apptainer.pub.asc",
                    f"apptainer key import apptainer.pub.asc && apptainer verify {name}"]
-    summary = sbom_summary(spdx) if spdx.is_file() else {}
+    summary = sbom.summary(spdx) if spdx.is_file() else {}
     return {"key": entry.signed.key, "signed_at": entry.signed.signed_at, "files": files, "summary": summary,
             "verify": verify, "sif_signed_by": entry.sif.signed_by if entry.sif is not None else ""}
 

@@ -51,6 +51,8 @@ from ..paths import without_credentials
 from ..validate import NAME_RE
 
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+#: the predicate's file beside the catalogue page (and its name inside a signed .sif)
+PROVENANCE_SUFFIX = ".provenance.slsa.json"
 #: what the build is: a matrix cell rendered to a Dockerfile and built by the engine's builder (docs/publish.md)
 BUILD_TYPE = "urn:hpcimages:build-type:matrix-cell:v1"
 BUILDER_ID = "urn:hpcimages:builder:docker-engine"

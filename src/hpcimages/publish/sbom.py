@@ -63,6 +63,9 @@ from ..paths import without_credentials
 TOOL = f"hpcimages-{__version__}"
 SPDX_SUFFIX = ".spdx.json"
 CYCLONEDX_SUFFIX = ".cdx.json"
+#: how the SBOM's summaries name the MPI stack's components (Debian's libmpich12 is MPICH from apt)
+STACK_LABELS = {"mpich": "MPICH", "libmpich12": "MPICH", "mpi4py": "mpi4py", "hdf5": "HDF5", "h5py": "h5py",
+                "cpython": "Python"}
 #: what the two tarball prefixes of a build compile (images/build.py cell_sources)
 SOURCE_NAMES = {"MPI": "mpich", "HDF5": "hdf5"}
 
@@ -235,8 +238,7 @@ def mpi_stack(parts: list[Part]) -> dict[str, str]:
     """The MPI stack as the SBOM names it: MPICH (wheel, tarball or Debian), mpi4py, HDF5 and h5py, Python."""
     stack = {}
     for part in parts:
-        label = {"mpich": "MPICH", "mpi4py": "mpi4py", "hdf5": "HDF5", "h5py": "h5py", "cpython": "Python",
-                 "libmpich12": "MPICH"}.get(part.name)
+        label = STACK_LABELS.get(part.name)
         if label and label not in stack:
             how = {"pypi": "PyPI", "debian": "Debian", "source": "tarball", "interpreter": ""}.get(part.kind, "")
             if part.origin.startswith("compiled from its sdist"):
@@ -399,7 +401,7 @@ def summary(path: Path) -> dict[str, Any]:
         kind = purl.split(":", 1)[-1].split("/", 1)[0] if purl else "other"
         counts[kind] = counts.get(kind, 0) + 1
         name = package.get("name")
-        label = {"mpich": "MPICH", "mpi4py": "mpi4py", "hdf5": "HDF5", "h5py": "h5py", "cpython": "Python"}.get(name)
+        label = STACK_LABELS.get(str(name))
         if label and label not in stack:
             stack[label] = str(package.get("versionInfo", ""))
     return {"components": sum(counts.values()), "by_type": dict(sorted(counts.items())), "stack": stack}

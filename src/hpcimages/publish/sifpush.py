@@ -5,7 +5,6 @@ for byte. A registry that cannot take ORAS artifacts says so in the table; nothi
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from .. import state
 from ..define.matrix import Cell, Profile
 from ..engine import Mount
 from ..files import write_json
+from ..images.wheelhouse import sha256_file
 from ..sif import apptainer
 from ..sif.convert import is_fresh, sif_dir, sif_name
 from . import attest, remote, signing
@@ -23,14 +23,6 @@ from .record import Published, SifRecord
 from .remote import Target
 
 PUSH_TIMEOUT_S = 900
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class SifPusher:

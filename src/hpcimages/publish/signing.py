@@ -18,7 +18,6 @@ both), run as the calling user so the private keys keep their mode 0600.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ import docker
 from .. import engine
 from ..engine import Mount
 from ..errors import HpcImagesError, output_tail
+from ..images import wheelhouse
 from ..sif import tools as tools_image
 
 KEYS_VAR = "HPCIMAGES_KEYS"
@@ -71,10 +71,6 @@ def password() -> str:
     return value
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Keys:
     folder: Path
@@ -102,7 +98,7 @@ class Keys:
     @property
     def key_id(self) -> str:
         """The sha256 of the cosign public key: what the publish record names the key by."""
-        return "sha256:" + sha256_file(self.cosign_pub)
+        return "sha256:" + wheelhouse.sha256_file(self.cosign_pub)
 
 
 # -------------------------------------------------------------------------------------------------------------------

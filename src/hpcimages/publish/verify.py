@@ -36,7 +36,6 @@ from ..engine import Mount
 from ..errors import HpcImagesError, output_tail
 from ..sif import apptainer
 from . import provenance, sbom, signing
-from .attest import PROVENANCE_SUFFIX
 from .catalogue import INVENTORY_DIR, INVENTORY_MOUNT
 from .remote import RegistryError, Target
 from .remote import inspect as inspect_manifest
@@ -96,13 +95,8 @@ def envelopes(output: str) -> list[dict[str, Any]]:
     return found
 
 
-def check_documents(outcome: Outcome, spdx: dict[str, Any] | None, cdx: dict[str, Any] | None) -> None:
-    """Both SBOMs are valid documents of their formats, by the formats' own validators."""
-    check_spdx(outcome, spdx)
-    check_cyclonedx(outcome, cdx)
-
-
 def check_spdx(outcome: Outcome, spdx: dict[str, Any] | None) -> None:
+    """The SBOM is a valid SPDX document, by spdx-tools' own validator (check_cyclonedx: the same for CycloneDX)."""
     if spdx is None:
         outcome.add("SPDX SBOM", False, "none")
     else:
@@ -333,7 +327,7 @@ def verify_sif(root: Path, sif: Path, key: Path, runtime: apptainer.Runtime, too
     spdx = [sif_json(tools, sif, o["ID"]) for o in objects if o.get("Format") == "spdx-json"]
     cdx = [sif_json(tools, sif, o["ID"]) for o in objects if o.get("Format") == "cyclonedx-json"]
     predicates = [sif_json(tools, sif, o["ID"]) for o in objects
-                  if o.get("Data Type") == "JSON.Generic" and o.get("Name", "").endswith(PROVENANCE_SUFFIX)]
+                  if o.get("Data Type") == "JSON.Generic" and o.get("Name", "").endswith(provenance.PROVENANCE_SUFFIX)]
     for document in spdx or [None]:
         check_spdx(outcome, document)
     for document in cdx or [None]:
