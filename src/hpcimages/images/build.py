@@ -106,6 +106,9 @@ def _clip(text: str, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+STEP_CONTAINER_RE = re.compile(r"---> Running in ([0-9a-f]{12,64})\b")
+
+
 class BuildError(HpcImagesError):
     """The build cannot start (stale generated files, unknown cells, ...)."""
 
@@ -118,6 +121,7 @@ class _BuildAPI(docker.APIClient):
     """An API client for one cell's build whose stream another thread can cut (the first Ctrl-C)."""
 
     response = None
+    step: str | None = None  # the engine's container of the step running now ("---> Running in <id>")
 
     def _stream_helper(self, response, decode=False):  # type: ignore[no-untyped-def]
         self.response = response
@@ -474,6 +478,8 @@ class Builder:
             with self._lock:
                 self._streams.pop(cell.ref, None)
             api.close()
+            if self._cancelled.is_set():
+                self._await_step_stopped(cell, api.step)
         if self._cancelled.is_set():
             raise _Interrupted
         if error or image_id is None:
@@ -502,6 +508,8 @@ class Builder:
                     if text.startswith("Step "):
                         self.say(f"  [{cell.ref}] {_clip(text.strip(), 140)}")
                     recent.extend(line.strip() for line in text.splitlines() if _telling(line))
+                    step = STEP_CONTAINER_RE.search(text)
+                    api.step = step.group(1) if step else api.step
                 if "error" in chunk:
                     error = chunk["error"].strip()
                     log.write(f"ERROR: {error}\n")
@@ -512,6 +520,21 @@ class Builder:
                     image_id = aux["ID"]
             log.flush()
         return image_id, error
+
+    def _await_step_stopped(self, cell: Cell, container: str | None, timeout: float = 60) -> None:
+        """The engine stops a cut build's step container on its own, but a moment after the client is gone: wait
+        for it, so that a Ctrl-C'd build has left nothing running when the tool exits."""
+        deadline = time.monotonic() + timeout
+        while container and time.monotonic() < deadline:
+            try:
+                self.client.containers.get(container)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                return  # the engine cannot tell: nothing more to wait for here
+            time.sleep(0.2)
+        if container:
+            self.say(f"  [{cell.ref}] the engine has not yet stopped the step container {container[:12]}")
 
     # -- the whole plan ---------------------------------------------------------------------------
 
