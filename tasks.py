@@ -296,5 +296,16 @@ def abi(c, profile="ci", only=None, host=None, no_suite=False, suite_include=Non
             "results": "benchmark stores to summarise (default: results/*.jsonl; a glob or a comma-separated list)",
             "matrix": MATRIX_HELP})
 def catalogue(c, profile="ci", registry=None, results=None, matrix=MATRIX):
-    """Write build/catalogue/ again (index and one page per published image) from the reports and the images."""
+    """Write build/catalogue/ again (index and one page per published image) from the reports and the images, and
+    the catalogue's web site (build/pages/) from it."""
     _run(publish_stage.catalogue, matrix=matrix, profile=profile, registry=registry, results=results)
+
+
+@task(help={"profile": "profile whose [publish] registry is meant (default: ci)",
+            "registry": "HOST[:PORT]/NAMESPACE (default: the profile's)", "matrix": MATRIX_HELP})
+def pages(c, profile="ci", registry=None, matrix=MATRIX):
+    """Write the catalogue's static web site, build/pages/<host_port>/<namespace>/, from build/catalogue/ and docs/:
+    the image matrix with a filter, one page per image (pull and verify commands, checks, host MPIs, benchmarks,
+    packages) and the docs; no server needed, nothing loaded from the network. invoke publish and invoke catalogue
+    write it too; a run with nothing changed rewrites no file."""
+    _run(publish_stage.site_pages, matrix=matrix, profile=profile, registry=registry)

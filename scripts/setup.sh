@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one set-up command (see README): everything `invoke build` and `nox -s tests` need on this machine.
 #   1. Debian packages, when missing: a Docker engine (docker.io), debootstrap, and for `invoke publish` the
-#      distribution registry (docker-registry) and skopeo
+#      distribution registry (docker-registry) and skopeo, and for the catalogue site's browser test Chromium and
+#      its WebDriver (chromium, chromium-driver)
 #   2. a running Docker engine, started when none answers
 #   3. .venv with the project's pinned Python dependencies
 #   4. the offline base images (invoke bases), bootstrapped from the configured Debian mirror
@@ -25,6 +26,8 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} (apt)"
     as_root apt-get update -qq

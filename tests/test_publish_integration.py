@@ -27,7 +27,7 @@ from hpcimages.images import reports
 from hpcimages.images.build import build
 from hpcimages.measure import commands as measure
 from hpcimages.paths import BUILD_DIR_VAR, build_dir
-from hpcimages.publish import catalogue, publisher, record
+from hpcimages.publish import catalogue, pages, publisher, record
 from hpcimages.publish import commands as publish
 from hpcimages.publish.registry import RegistryServer
 from hpcimages.publish.remote import Target
@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MATRIX = str(ROOT / "matrix.toml")
 CELL = "mpi4py:py3.11-mpich4.2.3"  # no child in the ci profile: it may leave the engine and come back
 OTHER = "hpcimages/mpi4py:py3.13-mpich4.3.2"
+SECOND = "mpi4py:py3.11-mpich4.3.2"  # built and checked by the `checked` fixture too
+#: the browser test's screenshots, kept after the run (the tests' build folder is not): look at them as a user would
+SCREENSHOTS = ROOT / "build" / "test-screenshots"
 HELLO = ["mpiexec", "-n", "2", "python3", "-m", "mpi4py.bench", "helloworld"]
 
 
@@ -97,7 +100,7 @@ def checked(client):
     """CELL (and the 4.3.2 cell) built and checked in this session's build folder: publishable."""
     m = load_matrix(MATRIX)
     prof = m.profile("ci")
-    cells = [c for c in m.cells(prof) if c.ref in (CELL, "mpi4py:py3.11-mpich4.3.2")]
+    cells = [c for c in m.cells(prof) if c.ref in (CELL, SECOND)]
     assert build(client, m, prof, only=[c.ref for c in cells], progress=lambda _: None).ok
     results = check_mod.check_cells(client, m, prof, cells, progress=lambda _: None, with_host_mpi=False)
     assert all(r.passed for r in results), check_mod.table(results)
@@ -180,16 +183,19 @@ def test_sif_is_pushed_beside_the_image_and_apptainer_pulls_both(client, checked
 
 def test_the_catalogue_describes_a_published_image_from_files(client, checked, server, capsys, tmp_path):
     target = f"{server.address}/hpc"
-    assert run_publish(capsys, target)[0] == 0
+    code, out = run_publish(capsys, target, CELL, SECOND)
+    assert code == 0, out
+    site = pages.pages_dir(ROOT, Target.parse(target))
+    assert "site: " in out and (site / "index.html").is_file(), "publish writes the site too"
     store = tmp_path / "results" / "ci.jsonl"
     assert exit_code(measure.bench, matrix=MATRIX, profile="ci", only=[CELL], benchmarks="osu_bw,osu_latency",
-                     sizes=["osu_bw=1048576:1048576", "osu_latency=8:8"], repeats=1, swap=False,
+                     sizes=["osu_bw=1048576:1048576", "osu_latency=8:8"], repeats=2, swap=False,
                      c_reference=False, results=str(store), plots=False) == 0
     capsys.readouterr()
     index = catalogue.write(client, load_matrix(MATRIX), Target.parse(target), progress=lambda _: None,
                             results=[store])
     data = json.loads(index.with_suffix(".json").read_text())
-    assert [i["ref"] for i in data["images"]] == [CELL] and data["registry"] == target
+    assert sorted(i["ref"] for i in data["images"]) == sorted([CELL, SECOND]) and data["registry"] == target
     page = json.loads((index.parent / "mpi4py" / "py3.11-mpich4.2.3.json").read_text())
     entry = entry_of(target)
     assert page["digest"] == entry.digest and page["tags"] == entry.tags
@@ -200,8 +206,84 @@ def test_the_catalogue_describes_a_published_image_from_files(client, checked, s
     summary = page["bench"]["summary"]
     assert summary["container"]["osu_bw 1 MiB (MB/s)"] > 0 and summary["bare-metal"]["osu_latency 8 B (us)"] > 0
     assert all((index.parent / "mpi4py" / p).is_file() for p in page["bench"]["plots"])
+    intervals = [t for t in page["bench"]["tables"] if "bootstrap interval" in t["title"]]
+    assert intervals and any("[" in str(v) for t in intervals for row in t["rows"] for v in row[1:]), \
+        "the page carries the ratios with their intervals (2 repeats)"
     text = (index.parent / "mpi4py" / "py3.11-mpich4.2.3.md").read_text()
     assert entry.digest in text and "osu_bw 1 MiB container/bare-metal" in index.read_text()
+    check_the_site_in_a_browser(target, page)
+
+
+def check_the_site_in_a_browser(target: str, page: dict) -> None:
+    """The catalogue's web site as a user meets it: Debian's Chromium loads the index and every page it links to
+    from the files; no console error anywhere, every link and image resolves (anchors too), nothing from the
+    network, the filter narrows the matrix and keeps its choice in the address; screenshots kept."""
+    import browser
+
+    if reason := browser.missing():
+        pytest.fail(reason)
+    written = pages.write(ROOT, Target.parse(target), progress=lambda _: None)
+    assert not written.lost_links, written.lost_links
+    again = pages.write(ROOT, Target.parse(target), progress=lambda _: None)
+    assert again.rewritten == 0 and again.removed == 0 and again.files == written.files, "nothing changed"
+    site, shots = written.folder, SCREENSHOTS
+    image_page = site / "images" / "mpi4py" / "py3.11-mpich4.2.3.html"
+    with browser.chromium() as driver:
+        seen: set[Path] = set()
+        todo = [site / "index.html"]
+        while todo:  # every page the site links to, each loaded for real
+            path = todo.pop()
+            if path in seen:
+                continue
+            seen.add(path)
+            driver.get(path.as_uri())
+            assert browser.console_errors(driver) == [], path
+            links = driver.execute_script(
+                "return [...document.querySelectorAll('a[href]')].map(a => a.href)"
+                ".concat([...document.querySelectorAll('img[src], script[src], link[href]')]"
+                ".map(e => e.src || e.href))")
+            for url in links:
+                linked, fragment = browser.file_of(url)
+                assert linked.is_file(), f"{path.name}: {url} leads nowhere"
+                assert site in linked.parents, f"{path.name}: {url} leaves the site"
+                if fragment:
+                    assert f'id="{fragment}"' in linked.read_text(), f"{path.name}: {url}: no such anchor"
+                if linked.suffix == ".html":
+                    todo.append(linked)
+        assert image_page in seen and len(seen) == written.pages, sorted(p.name for p in seen)
+
+        driver.get((site / "index.html").as_uri())
+        browser.screenshot(driver, shots / "index.png")
+        visible = "return [...document.querySelectorAll('#list tr.img')].filter(r => !r.hidden).map(r => r.dataset.mpi)"
+        assert sorted(driver.execute_script(visible)) == ["mpich 4.2.3", "mpich 4.3.2"]
+        from selenium.webdriver.support.ui import Select
+
+        Select(driver.find_element("css selector", "select[data-facet=mpi]")).select_by_value("mpich 4.2.3")
+        assert driver.execute_script(visible) == ["mpich 4.2.3"], "the filter narrows the list"
+        badges = "return [...document.querySelectorAll('#grid a.img')].filter(a => !a.hidden).map(a => a.title)"
+        assert driver.execute_script(badges) == [CELL], "and the matrix"
+        assert driver.find_element("id", "shown").text == "1 of 2 images"
+        assert driver.execute_script("return location.hash") == "#mpi=mpich+4.2.3"
+        browser.screenshot(driver, shots / "index-filtered.png")
+        driver.refresh()
+        assert driver.execute_script(visible) == ["mpich 4.2.3"], "a filtered address opens filtered"
+        Select(driver.find_element("css selector", "select[data-facet=family]")).select_by_value("mpi4py")
+        Select(driver.find_element("css selector", "select[data-facet=mpi]")).select_by_value("mpich 4.3.2")
+        assert driver.find_element("id", "shown").text == "1 of 2 images"
+        assert browser.console_errors(driver) == []
+
+        driver.get(image_page.as_uri())
+        text = driver.find_element("tag name", "main").text
+        assert f"docker pull {page['pull']}" in text and "cosign verify" in text and "SBOM, SPDX 2.3" in text
+        rows = driver.find_elements("css selector", "table.checks tbody tr")
+        assert len(rows) == len(page["checks"]) and "mpi-run" in text
+        assert "bootstrap interval" in text, "the benchmark tables with their intervals"
+        plots = driver.execute_script("return [...document.querySelectorAll('figure img')]"
+                                      ".map(i => i.complete && i.naturalWidth)")
+        assert plots and all(plots), "every plot loads"
+        packages = driver.find_elements("css selector", "details")
+        assert packages and not any(d.get_attribute("open") for d in packages), "package lists start collapsed"
+        browser.screenshot(driver, shots / "image.png")
 
 
 def test_an_unreachable_or_malformed_registry_stops_before_anything(client, checked, capsys):

@@ -16,11 +16,16 @@ from pathlib import Path
 
 def write_text(path: Path, text: str, *, sync: bool = False) -> Path:
     """Replace ``path`` with ``text`` in one rename; ``sync`` also flushes it to disk first (job records)."""
+    return write_bytes(path, text.encode("utf-8"), sync=sync)
+
+
+def write_bytes(path: Path, data: bytes, *, sync: bool = False) -> Path:
+    """Replace ``path`` with ``data`` in one rename (the one writer under write_text and write_if_changed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
             if sync:
                 out.flush()
                 os.fsync(out.fileno())
@@ -30,6 +35,19 @@ def write_text(path: Path, text: str, *, sync: bool = False) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """``path`` made to hold ``data``, written (in one rename) only when it holds something else: a generated tree
+    rewritten with nothing changed keeps every file's time, so a sync or a web server sees no change. True when
+    written."""
+    try:
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass  # unreadable: written again
+    write_bytes(path, data)
+    return True
 
 
 def write_json(path: Path, data: object, *, sync: bool = False) -> Path:

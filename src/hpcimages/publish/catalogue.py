@@ -115,8 +115,12 @@ def _bench(files: list[Path], entry: record.Published, pages: Path, stem: str) -
         if bench == "osu_latency" and size == 8:
             summary.setdefault(variant, {})["osu_latency 8 B (us)"] = round(value, 2)
     plots = bench_report.plot(group, pages / f"{stem}-plots")
+    report = bench_report.build_report(group)  # the tables with their intervals, as `invoke tabulate` writes them
     return {"rows": len(group), "sessions": sorted(sessions), "summary": summary,
-            "plots": [str(p.relative_to(pages)) for p in plots]}
+            "plots": [str(p.relative_to(pages)) for p in plots],
+            "tables": [{"title": t.title, "headers": list(t.headers), "rows": [list(r) for r in t.rows]}
+                       for t in report.tables],
+            "targets": [t.line() for t in report.targets], "anomalies": report.anomalies}
 
 
 def page_data(client: docker.DockerClient, matrix: Matrix, target: Target, entry: record.Published,

@@ -16,7 +16,7 @@ from ..paths import build_dir, build_dir_problem, relative, repository_root
 from ..sif import apptainer
 from ..validate import shown
 from . import catalogue as catalogue_mod
-from . import publisher, record, signing
+from . import pages, publisher, record, signing
 from . import registry as registry_mod
 from . import verify as verify_mod
 from .record import PUBLISH_REPORT
@@ -79,6 +79,7 @@ def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str |
             f"to {target}")
         return 0
     written = catalogue_mod.write(client, m, target, progress=say)
+    pages.write(m.root, target, progress=say)
     images = sum(r.status in ("published", "up to date") for r in results)
     sif_failed = sum(r.sif.startswith("FAILED") for r in results)
     say(f"\n{images}/{len(results)} images published or up to date at {target}"
@@ -112,6 +113,17 @@ def catalogue(matrix: str, registry: str | None = None, profile: str = "ci", res
     record.load(build_dir(m.root))  # a broken report is refused before the engine is asked anything
     written = catalogue_mod.write(connect(), m, target, progress=say, results=files)
     say(f"catalogue: {relative(written, m.root)}")
+    site = pages.write(m.root, target, progress=say)
+    say(f"site: {relative(site.folder / 'index.html', m.root)}")
+    return 0
+
+
+def site_pages(matrix: str, registry: str | None = None, profile: str = "ci") -> int:
+    """The catalogue's static web site again, from what `invoke catalogue` wrote and the docs (no engine asked)."""
+    m = load_matrix(matrix)
+    target = target_of(m.profile(profile), registry)
+    site = pages.write(m.root, target, progress=say)
+    say(f"site: {relative(site.folder / 'index.html', m.root)} (open it in a browser, or serve the folder)")
     return 0
 
 
