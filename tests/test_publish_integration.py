@@ -238,11 +238,10 @@ def check_the_site_in_a_browser(target: str, page: dict) -> None:
             seen.add(path)
             driver.get(path.as_uri())
             assert browser.console_errors(driver) == [], path
-            links = driver.execute_script(
-                "return [...document.querySelectorAll('a[href]')].map(a => a.href)"
-                ".concat([...document.querySelectorAll('img[src], script[src], link[href]')]"
-                ".map(e => e.src || e.href))")
-            for url in links:
+            anchors = driver.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
+            assets = driver.execute_script("return [...document.querySelectorAll('img[src], script[src], "
+                                           "link[href]')].map(e => e.src || e.href)")  # loaded: never the network
+            for url in [*(a for a in anchors if not browser.outside(a)), *assets]:
                 linked, fragment = browser.file_of(url)
                 assert linked.is_file(), f"{path.name}: {url} leads nowhere"
                 assert site in linked.parents, f"{path.name}: {url} leaves the site"

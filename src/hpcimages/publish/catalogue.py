@@ -162,20 +162,28 @@ def _supply_chain(entry: record.Published, pages: Path, stem: str) -> dict[str, 
                                                            ("cyclonedx", sbom.CYCLONEDX_SUFFIX),
                                                            ("provenance", provenance.PROVENANCE_SUFFIX))
              if (pages / f"{stem}{suffix}").is_file()}
-    reference = f"{entry.repository}@{entry.digest}"
-    insecure = " --allow-insecure-registry" if Target.parse(entry.repository.rsplit("/", 1)[0]).loopback else ""
+    signed_sif = entry.sif.ref if entry.sif is not None and entry.sif.signed_by else None
+    verify = verify_commands(entry.repository, entry.digest, signed_sif)
+    summary = sbom.summary(spdx) if spdx.is_file() else {}
+    return {"key": entry.signed.key, "signed_at": entry.signed.signed_at, "files": files, "summary": summary,
+            "verify": verify, "sif_signed_by": entry.sif.signed_by if entry.sif is not None else ""}
+
+
+def verify_commands(repository: str, digest: str, signed_sif: str | None = None) -> list[str]:
+    """What a site runs to check a signed image (and its signed ``.sif``): the one source of these commands, for
+    the catalogue's pages and its web site, made from checked fields only."""
+    reference = f"{repository}@{digest}"
+    insecure = " --allow-insecure-registry" if Target.parse(repository.rsplit("/", 1)[0]).loopback else ""
     verify = [f"invoke verify {reference} --key cosign.pub    # in a checkout of the centre's repository",
               f"cosign verify --key cosign.pub --insecure-ignore-tlog=true{insecure} {reference}",
               f"cosign verify-attestation --key cosign.pub --type spdxjson --insecure-ignore-tlog=true{insecure} "
               f"{reference}"]
-    if entry.sif is not None and entry.sif.signed_by:
-        name = entry.sif.ref.rsplit("/", 1)[-1].replace(":", "_") + ".sif"
-        verify += [f"apptainer pull {name} oras://{entry.sif.ref}",
+    if signed_sif:
+        name = signed_sif.rsplit("/", 1)[-1].replace(":", "_") + ".sif"
+        verify += [f"apptainer pull {name} oras://{signed_sif}",
                    f"invoke verify {name} --key apptainer.pub.asc",
                    f"apptainer key import apptainer.pub.asc && apptainer verify {name}"]
-    summary = sbom.summary(spdx) if spdx.is_file() else {}
-    return {"key": entry.signed.key, "signed_at": entry.signed.signed_at, "files": files, "summary": summary,
-            "verify": verify, "sif_signed_by": entry.sif.signed_by if entry.sif is not None else ""}
+    return verify
 
 
 def _abi_row(pair: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from ..cli import UsageError, say, whole_number
 from ..define import load_matrix
 from ..define.matrix import Profile, select_cells
 from ..engine import connect
+from ..errors import HpcImagesError
 from ..files import expand_paths
 from ..paths import build_dir, build_dir_problem, relative, repository_root
 from ..sif import apptainer
@@ -79,7 +80,7 @@ def publish(matrix: str, profile: str, only: Iterable[str] = (), registry: str |
             f"to {target}")
         return 0
     written = catalogue_mod.write(client, m, target, progress=say)
-    pages.write(m.root, target, progress=say)
+    _site_after(m.root, target)
     images = sum(r.status in ("published", "up to date") for r in results)
     sif_failed = sum(r.sif.startswith("FAILED") for r in results)
     say(f"\n{images}/{len(results)} images published or up to date at {target}"
@@ -113,9 +114,19 @@ def catalogue(matrix: str, registry: str | None = None, profile: str = "ci", res
     record.load(build_dir(m.root))  # a broken report is refused before the engine is asked anything
     written = catalogue_mod.write(connect(), m, target, progress=say, results=files)
     say(f"catalogue: {relative(written, m.root)}")
-    site = pages.write(m.root, target, progress=say)
-    say(f"site: {relative(site.folder / 'index.html', m.root)}")
+    _site_after(m.root, target)
     return 0
+
+
+def _site_after(root: Path, target: Target) -> None:
+    """The web site after the catalogue: what stops it (a docs page that is not UTF-8, an edited catalogue page) is
+    a warning here, never a failed publish of images that were pushed and proven."""
+    try:
+        site = pages.write(root, target, progress=say)
+    except HpcImagesError as exc:
+        say(f"warning: the catalogue's web site was not written: {exc}")
+    else:
+        say(f"site: {relative(site.folder / 'index.html', root)}")
 
 
 def site_pages(matrix: str, registry: str | None = None, profile: str = "ci") -> int:

@@ -24,6 +24,23 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}")
 SIF_REF_RE = re.compile(r"[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+:[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
+def sif_ref_problem(value: str) -> str | None:
+    return None if SIF_REF_RE.fullmatch(value) else f"{shown(value)} is not a repository:tag"
+
+
+def fingerprint_problem(value: str) -> str | None:
+    """An Apptainer key's fingerprint, or empty (not signed)."""
+    return None if re.fullmatch(r"([0-9A-F]{40})?", value) else f"{shown(value)} is not a fingerprint"
+
+
+def digest_problem(value: str) -> str | None:
+    return None if DIGEST_RE.fullmatch(value) else f"{shown(value)} is not a sha256:<64 hex> digest"
+
+
+def repository_problem(value: str) -> str | None:
+    return None if REPOSITORY_RE.fullmatch(value) else f"{shown(value)} is not a repository"
+
+
 def _sha256_problem(value: str) -> str | None:
     return None if SHA256_RE.fullmatch(value) else f"{shown(value)} is not a sha256 (64 hex)"
 
@@ -36,9 +53,7 @@ class SifRecord:
     signed_by: str = ""  # the Apptainer key's fingerprint, when the pushed .sif is the signed copy
 
     field_checks: ClassVar[dict[str, state.Check]] = {
-        "ref": lambda v: None if SIF_REF_RE.fullmatch(v) else f"{shown(v)} is not a repository:tag",
-        "sha256": _sha256_problem,
-        "signed_by": lambda v: None if re.fullmatch(r"([0-9A-F]{40})?", v) else f"{shown(v)} is not a fingerprint"}
+        "ref": sif_ref_problem, "sha256": _sha256_problem, "signed_by": fingerprint_problem}
 
 
 @dataclass
@@ -59,7 +74,7 @@ class SignRecord:
 REPOSITORY_RE = re.compile(r"[a-z0-9][a-z0-9.-]*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+")
 
 
-def _tags_problem(tags: list[str]) -> str | None:
+def tags_problem(tags: list[str]) -> str | None:
     if not tags:
         return "must name at least one tag"
     bad = next((t for t in tags if problem(t, TAG_RE, 128)), None)
@@ -85,12 +100,12 @@ class Published:
     signed: SignRecord | None = None
 
     field_checks: ClassVar[dict[str, state.Check]] = {
-        "ref": state.cell_ref, "tags": _tags_problem, "size_bytes": state.non_negative,
+        "ref": state.cell_ref, "tags": tags_problem, "size_bytes": state.non_negative,
         "compressed_bytes": state.non_negative, "seconds": state.non_negative,
-        "digest": lambda v: None if DIGEST_RE.fullmatch(v) else f"{shown(v)} is not a sha256:<64 hex> digest",
+        "digest": digest_problem,
         # the image id names the inventory's cache file and the image the catalogue runs; the repository is pulled
         "image_id": lambda v: None if DIGEST_RE.fullmatch(v) else f"{shown(v)} is not an image id (sha256:<64 hex>)",
-        "repository": lambda v: None if REPOSITORY_RE.fullmatch(v) else f"{shown(v)} is not a repository"}
+        "repository": repository_problem}
 
 
 @dataclass

@@ -15,7 +15,7 @@ function matches(element, wanted) {
   return Object.entries(wanted).every(([facet, value]) => element.dataset[facet] === value);
 }
 
-function apply(form) {
+function apply(form, remember) {
   const wanted = chosen(form);
   for (const element of document.querySelectorAll(".img")) {
     element.hidden = !matches(element, wanted);
@@ -26,9 +26,9 @@ function apply(form) {
   const rows = document.querySelectorAll("#list tr.img");
   const shown = [...rows].filter((row) => !row.hidden).length;
   document.getElementById("shown").textContent = `${shown} of ${rows.length} images`;
-  document.getElementById("none").hidden = shown > 0;
-  const hash = new URLSearchParams(wanted).toString();
-  if (window.location.hash.slice(1) !== hash) {
+  document.getElementById("none").hidden = shown > 0 || rows.length === 0;
+  if (remember) {  // only a choice made here: an address with a plain anchor (#which-image) keeps it
+    const hash = new URLSearchParams(wanted).toString();
     history.replaceState(null, "", hash ? `#${hash}` : window.location.pathname);
   }
 }
@@ -45,7 +45,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("filter");
   if (!form) return;
   restore(form);
-  form.addEventListener("change", () => apply(form));
-  form.addEventListener("reset", () => setTimeout(() => apply(form), 0));
-  apply(form);
+  form.addEventListener("change", () => apply(form, true));
+  form.addEventListener("reset", () => setTimeout(() => apply(form, true), 0));
+  apply(form, false);
 });
