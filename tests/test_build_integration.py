@@ -43,13 +43,15 @@ def run_in(client, image: str, command: str) -> str:
     return out
 
 
-def test_every_ci_cell_builds_and_reports_its_mpich(ci_build, client):
+def test_every_ci_cell_builds_and_reports_its_mpi(ci_build, client):
     m, report = ci_build
     assert report.ok, report.table()
     assert [r.ref for r in report.results] == [c.ref for c in m.cells("ci")]
+    assert any(c.mpi.abi == "openmpi" for c in m.cells("ci")), "ci builds an Open MPI image too"
     for cell in m.cells("ci"):
         text = run_in(client, cell.image("hpcimages"), MPI_VERSION)
-        found = re.search(r"MPICH Version:\s*(\S+)", text)
+        banner = r"Open MPI v(\S+)," if cell.mpi.abi == "openmpi" else r"MPICH Version:\s*(\S+)"
+        found = re.search(banner, text)
         assert found, text
         assert found.group(1) == cell.mpi.version, f"{cell.ref}: {text}"
 

@@ -181,3 +181,42 @@ def test_a_family_without_checks_of_its_own_still_gets_one_that_can_fail(tmp_pat
     assert family_checks(M, "mpi4py").commands == ()  # its own entry says what it proves
     assert [c.what for c in family_checks(M, "cuda-python").commands] == [
         "CUDA toolkit wheels", "kernels compiled for the CUDA target", "CUDA kernel under the simulator"]
+
+
+OPEN_MPI = next(c for c in M.cells("ci") if c.mpi.abi == "openmpi")
+OMPI_EXT = "/usr/local/lib/python3.11/dist-packages/mpi4py/MPI.openmpi.cpython-311-x86_64-linux-gnu.so"
+
+
+def open_mpi_facts(**overrides):
+    """What the probe reports in an Open MPI image: ompi_info's version, no mpichversion, the openmpi extension."""
+    good = facts(mpichversion=None, ompi_version=OPEN_MPI.mpi.version, mpi4py_abi="openmpi",
+                 mpi_library_version=f"Open MPI v{OPEN_MPI.mpi.version}, package: Open MPI ...",
+                 mpi_libraries=["/usr/local/lib/libmpi.so.40.40.11", "/usr/local/lib/libopen-pal.so.80.0.5"],
+                 extensions={"mpi4py.MPI": {"path": OMPI_EXT, "needed": ["libmpi.so.40", "libc.so.6"], "rpath": [],
+                                            "runpath": [], "ldd": {"libmpi.so.40": "/usr/local/lib/libmpi.so.40"}}})
+    good.update(overrides)
+    return good
+
+
+def test_an_open_mpi_image_is_judged_by_ompi_info_mpi4pys_choice_and_libmpi_so_40():
+    labels = {**LABELS, "io.hpcimages.mpi.name": "openmpi", "io.hpcimages.mpi.version": OPEN_MPI.mpi.version,
+              "io.hpcimages.mpi.abi": "openmpi", "org.opencontainers.image.version": OPEN_MPI.tag}
+    out = check_contents(OPEN_MPI, open_mpi_facts())
+    assert out.status == "pass" and f"Open MPI {OPEN_MPI.mpi.version}" in out.reason, out.reason
+    assert check_labels(OPEN_MPI, labels, open_mpi_facts()).status == "pass"
+    fc = family_checks(M, "mpi4py")
+    linking = check_linking(fc, open_mpi_facts(), OPEN_MPI.mpi.soname)
+    assert linking.status == "pass" and "libmpi.so.40" in linking.reason
+    assert check_linking(fc, facts(), OPEN_MPI.mpi.soname).status == "fail", "libmpi.so.12 is not Open MPI's"
+    assert "but the image has Open MPI 4.1.8" in check_labels(OPEN_MPI, labels,
+                                                              open_mpi_facts(ompi_version="4.1.8")).reason
+
+
+def test_an_open_mpi_image_fails_on_another_version_on_mpi4pys_mpich_extension_and_on_an_mpich_library():
+    assert "ompi_info says 4.1.8" in check_contents(OPEN_MPI, open_mpi_facts(ompi_version="4.1.8")).reason
+    assert "ompi_info says None" in check_contents(OPEN_MPI, open_mpi_facts(ompi_version=None)).reason
+    chose = check_contents(OPEN_MPI, open_mpi_facts(mpi4py_abi="mpich")).reason
+    assert "mpi4py chose its mpich extension, not openmpi" in chose
+    mixed = open_mpi_facts(mpi_libraries=["/usr/local/lib/libmpi.so.40", "/usr/local/lib/libmpich.so.12.6.2"])
+    assert "another MPI's library in the image: /usr/local/lib/libmpich.so.12.6.2" in \
+        check_contents(OPEN_MPI, mixed).reason

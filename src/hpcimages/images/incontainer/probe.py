@@ -88,6 +88,9 @@ def extension_facts(module: str) -> dict[str, object]:
     if spec is None or spec.origin is None:
         return {"error": f"module {module} not found"}
     origin = spec.origin
+    loaded = getattr(sys.modules.get(module), "__file__", "") or ""
+    if not origin.endswith(".so") and loaded.endswith(".so"):
+        origin = loaded  # the extension mpi4py chose for this image's MPI (MPI.openmpi.*.so in an Open MPI image)
     if not origin.endswith(".so"):  # mpi4py 4 loads MPI.<abi>.*.so from a small Python shim
         candidates = sorted(Path(origin).parent.glob(f"{module.rsplit('.', 1)[-1]}.mpich.*.so")) or \
             sorted(Path(origin).parent.glob(f"{module.rsplit('.', 1)[-1]}*.so"))
@@ -165,6 +168,26 @@ def loaded_mpi_libraries() -> list:
     return loaded_files()
 
 
+def ompi_version() -> str | None:
+    """Open MPI's version by its own tool (None where there is no Open MPI)."""
+    try:
+        proc = subprocess.run(["ompi_info", "--version"], capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"Open MPI v(\S+)", proc.stdout)
+    return match.group(1) if match else None
+
+
+def mpi4py_abi() -> str | None:
+    """The ABI whose extension mpi4py chose for the library it found (mpiloaded.mpi_abi): mpich, openmpi, mpiabi."""
+    try:
+        from mpi4py import MPI
+        from mpiloaded import mpi_abi
+    except Exception:  # mpi4py that does not load is reported by mpi_library_version
+        return None
+    return mpi_abi(MPI)
+
+
 def mpichversion() -> str | None:
     try:
         proc = subprocess.run(["mpichversion"], capture_output=True, text=True, check=False)
@@ -180,9 +203,13 @@ def _system_trust_or_package_data(folder: str) -> bool:
         "/dist-packages/" in folder + "/" or "/site-packages/" in folder + "/"
 
 
-def leftovers() -> list[str]:
-    """Files that must not be in a published image: wheels, pip caches, credentials, private keys."""
-    found = []
+#: an MPI library's file name: what an image of one MPI must hold of no other (libmpich in an Open MPI image)
+MPI_LIBRARY_RE = re.compile(r"^lib(mpi|mpich|mpi_abi|mpi_abi_mpich|pmpi|mpicxx|mpifort|open-pal|open-rte)\.so")
+
+
+def scan() -> tuple[list[str], list[str]]:
+    """One walk of the file system: (leftovers, the MPI library files found)."""
+    found, libraries = [], []
     for root, dirs, files in os.walk("/", topdown=True):
         if root in ("/proc", "/sys", "/dev") or root.startswith((*ALLOWED_WHEEL_DIRS, "/opt/hpcimages")):
             dirs[:] = []
@@ -192,6 +219,8 @@ def leftovers() -> list[str]:
             found.append(root)
         for name in files:
             path = os.path.join(root, name)
+            if MPI_LIBRARY_RE.match(name):
+                libraries.append(path)
             key_material = name.endswith((".pem", ".key")) and not _system_trust_or_package_data(root)
             if name.endswith(".whl") or name in SECRET_NAMES or key_material:
                 found.append(path)
@@ -201,7 +230,7 @@ def leftovers() -> list[str]:
     for conf in (Path("/etc/pip.conf"), Path("/root/.config/pip/pip.conf"), Path("/root/.pip/pip.conf")):
         if conf.is_file():
             found.append(str(conf))
-    return found
+    return found, sorted(libraries)
 
 
 def main() -> None:
@@ -211,18 +240,22 @@ def main() -> None:
     parser.add_argument("--scan", action="store_true", help="scan the file system for leftovers")
     args = parser.parse_args()
     pins = locked_pins()
+    found, libraries = scan() if args.scan else ([], [])
     facts = {
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "mpichversion": mpichversion(),
+        "ompi_version": ompi_version(),
         "mpi_library_version": mpi_library_version(),
         "mpi_abi_version": mpi_abi_version(),
+        "mpi4py_abi": mpi4py_abi(),
         "mpi_library_files": loaded_mpi_libraries(),
         "ld_library_path": os.environ.get("LD_LIBRARY_PATH", ""),
         "pins": pins,
         "installed": installed(sorted(pins)),
         "imports": {m: try_import(m) for m in args.imports},
         "extensions": {m: extension_facts(m) for m in args.extensions},
-        "leftovers": leftovers() if args.scan else [],
+        "leftovers": found,
+        "mpi_libraries": libraries,
     }
     print(json.dumps(facts))
 

@@ -5,6 +5,7 @@ distributions and dpkg's installed packages. Only the standard library; it impor
 import importlib.metadata as md
 import json
 import platform
+import re
 import subprocess
 
 
@@ -59,12 +60,15 @@ def main():
         if name:
             pip[name.lower()] = dist.version
     debian = debian_packages()
+    library = mpi_library()
+    version = re.search(r"(\d+\.\d+(?:\.\d+)?)", library)  # "MPICH Version: 4.3.2", "Open MPI v5.0.11, ..."
     print(json.dumps({
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "os": os_release(),
         "mpichversion": first_line(["mpichversion", "--version"]).replace("MPICH Version:", "").strip(),
-        "mpi_library": mpi_library(),
+        "mpi_library": library,
+        "mpi_version": version.group(1) if version and not library.startswith("ERROR") else "",
         "mpi4py": module_version("import mpi4py; print(mpi4py.__version__)"),
         "hdf5": module_version("import h5py; print(h5py.version.hdf5_version)"),
         "pip": dict(sorted(pip.items())),
