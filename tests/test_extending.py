@@ -74,7 +74,7 @@ def test_a_family_an_mpi_and_a_site_added_by_the_page(ci_built, tmp_path):
     head, ci = text.split("[profiles.ci]", 1)
     matrix.write_text(head + "[profiles.ci]" + ci.replace(
         'extends = "offline"\n', 'extends = "offline"\nmpi = ["mpich4.3.2", "mpich4.2.3", "mpiabi-mpich5.0.2", '
-        '"mpich4.1.3"]\n', 1))
+        '"openmpi5.0.11", "mpich4.1.3"]\n', 1))
 
     # lock (the new family's requirements, against its parent's pins), render; the plan builds the new cells only
     locked = invoke("lock", "--matrix", str(matrix), "--only", "dask-mpi")

@@ -123,3 +123,14 @@ def test_a_stage_that_runs_apt_lets_it_download_as_root_and_undoes_that():
     assert post.index("APT::Sandbox::User") < post.index("apt-get update")
     assert post.rstrip().endswith("rm -f /etc/apt/apt.conf.d/00hpcimages-build")
     assert "APT::Sandbox" not in image  # the image stage runs no apt: nothing to set, nothing left behind
+
+
+def test_an_env_reaches_the_later_build_commands_as_in_the_dockerfile():
+    """Open MPI 4's images need OPAL_PREFIX while they build (ompi_info, the mpi4py import): spython writes the ENV
+    as a plain assignment in %post, which the commands it starts would not see."""
+    m = load_matrix(ROOT / "matrix.toml")
+    cell = next(c for c in m.cells("offline") if c.mpi.name == "openmpi" and c.mpi.version.startswith("4."))
+    text = recipe_path(m, cell).read_text()
+    post = text.split("%post", 1)[1]
+    assert "export OPAL_PREFIX=/usr/local" in post and post.index("export OPAL_PREFIX") < post.index("ompi_info")
+    assert "OPAL_PREFIX=/usr/local" in text.split("%environment", 1)[1].split("%post", 1)[0]

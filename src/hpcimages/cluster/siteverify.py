@@ -279,8 +279,9 @@ def _judged(discovery: Discovery, matrix: Matrix, row, record: slurm.JobRecord, 
             rounds: int) -> ImageResult:
     output = record.output
     text = output.read_text(encoding="utf-8", errors="replace") if output and output.exists() else ""
-    _, mpi = slurm.cell_of(matrix, record.image)
-    result = judge(discovery, "mpi" if (mpi or "").startswith("mpiabi-") else "mpich", text, rounds)
+    ref, _ = slurm.cell_of(matrix, record.image)
+    cell = matrix.cell(ref) if ref else None
+    result = judge(discovery, cell.mpi.abi if cell is not None else "mpich", text, rounds)
     result.cell, result.image, result.job = row.cell, row.image, record.job_id or ""
     if state != "COMPLETED":
         tail = " / ".join(text.strip().splitlines()[-3:])

@@ -12,6 +12,8 @@ templates is repaired here, each fix named after the defect:
 * ``LABEL k="v"`` is written as ``k="v"`` (Singularity wants ``k v``);
 * ``CMD ["python3"]`` becomes ``exec /bin/bash python3``: the runscript is ``exec python3 "$@"``;
 * the Dockerfile's comment header lands in ``%post``: it is dropped, and the recipe gets its own header;
+* ``ENV`` goes to ``%environment`` (read when the image runs) and into ``%post`` as a plain assignment, which the
+  commands after it do not see, as they do in a Dockerfile: it is exported there;
 * ``apt-get`` in an unprivileged build fails ("Failed to setgroups"): a stage that runs it lets apt download as
   root while the recipe builds (``APT::Sandbox::User``), and removes that setting again at its end.
 
@@ -176,10 +178,16 @@ def _stage_recipe(prelude: str, stage: Stage, multi: bool, image_stage: bool, fr
     if uses_pip:
         arguments.append("WHEELHOUSE=none")
     post = [ln for ln in sections.get("post", []) if not ln.startswith("#")]  # the Dockerfile's comment header
+    # an ENV applies to every later RUN of a Dockerfile; %environment is read only when the image runs, and spython
+    # writes the ENV into %post as a plain assignment, which the commands it starts do not see: exported instead
+    env_names = {m.group(1) for ln in sections.get("environment", [])
+                 if (m := re.match(r"^\s*export\s+([A-Za-z_][A-Za-z0-9_]*)=", ln))}
     fixed_post = []
     for line in post:
         assignment = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
-        if assignment and assignment.group(1) in args:
+        if assignment and assignment.group(1) in env_names and assignment.group(1) not in args:
+            fixed_post.append(f"export {line}")
+        elif assignment and assignment.group(1) in args:
             name = assignment.group(1)
             if name in FROM_ARGS or name in from_args:  # each stage's own From: line carries its image
                 continue

@@ -398,6 +398,16 @@ def _open_mpi_problems(cell: Cell, facts: dict) -> list[str]:
         problems.append(f"ompi_info says {facts.get('ompi_version')}, the matrix promised {cell.mpi.version}")
     if facts.get("mpi4py_abi") != "openmpi":
         problems.append(f"mpi4py chose its {facts.get('mpi4py_abi')} extension, not openmpi, with MPI4PY_MPIABI unset")
+    if facts.get("mpi4py_mpiabi_env"):
+        problems.append(f"the image sets MPI4PY_MPIABI={facts['mpi4py_mpiabi_env']}: mpi4py must find Open MPI unasked")
+    banner = str(facts.get("mpi_library_version") or "")
+    if not banner.startswith(f"Open MPI v{cell.mpi.version},"):
+        problems.append(f"mpi4py loaded {banner.splitlines()[0] if banner else 'no MPI'}, not Open MPI "
+                        f"v{cell.mpi.version}")
+    loaded = facts.get("mpi_library_files") or []
+    foreign = [p for p in loaded if not p.startswith("/usr/local/lib/")]
+    if not loaded or foreign:
+        problems.append(f"mpi4py's MPI library is not the wheel's in /usr/local/lib: {', '.join(foreign) or 'none'}")
     others = [p for p in facts.get("mpi_libraries") or [] if re.search(r"/lib(mpich|mpi_abi|mpi\.so\.12)", p)]
     if others:
         problems.append(f"another MPI's library in the image: {', '.join(others[:3])}")

