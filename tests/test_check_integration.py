@@ -67,11 +67,28 @@ def test_invoke_check_passes_every_ci_cell(matrix):
     assert "FAIL" not in proc.stdout
     report = (build_dir(ROOT) / "check-report.json").read_text()
     assert '"bind-swap"' in report and f"Intel MPI loaded from {hostmpi.MOUNT}/" in report
+    # the ci profile's Open MPI 5 image is swapped across the series to Open MPI 4, proven by banner and path
+    assert f"Open MPI 4.1.8 loaded from {hostmpi.MOUNT}/lib/libmpi.so.40 and used by 2 ranks; own Open MPI" in report
+
+
+def test_an_open_mpi_swap_that_loads_the_image_s_own_library_fails(client, matrix, tmp_path):
+    """A site module pointing at a folder without the library: mpi4py quietly loads the image's own Open MPI, and
+    the check must say so rather than pass on the banner alone."""
+    cell = next(c for c in matrix.cells("ci") if c.mpi.abi == "openmpi")
+    host = matrix.swap_host_for(cell.mpi)
+    (tmp_path / "lib").mkdir()
+    wrong = hostmpi.binding(host, tmp_path)
+    checker = Checker(client, matrix, "ci", None, progress=lambda _: None, swaps={host.name: wrong})
+    image = client.images.get(cell.image(matrix.profile("ci").registry))
+    outcome = checker.check_bind_swap(cell, image.id, {})
+    assert outcome.status == "fail", outcome.reason
+    assert f"did not load the injected {host.name}" in outcome.reason
+    assert "loaded /usr/local/lib/libmpi.so.40" in outcome.reason
 
 
 def test_bind_swap_really_loads_intel_mpi(checker):
     command = MPI_LIBRARY_VERSION
-    code, out = checker.run(GOOD, command, env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib"}, host_mpi=True)
+    code, out = checker.run(GOOD, command, env={"LD_LIBRARY_PATH": f"{hostmpi.MOUNT}/lib"}, host_mpi=checker.host_mpi)
     assert code == 0 and out.startswith("Intel(R) MPI Library"), out
     code, out = checker.run(GOOD, command)
     assert code == 0 and out.startswith("MPICH Version:"), out

@@ -152,7 +152,7 @@ class Recorder(Checker):
         super().__init__(None, M, "ci", None, progress=lambda _: None)
         self.answers, self.asked = answers, []
 
-    def run(self, image, argv, env=None, host_mpi=False, ranks=0, own=None):
+    def run(self, image, argv, env=None, host_mpi=None, ranks=0, own=None):
         self.asked.append(list(argv))
         return self.answers.pop(0)
 

@@ -53,7 +53,7 @@ def test_mpio_refuses_an_empty_dataset_with_a_clear_message(checker):
 def test_hdf5_follows_the_injected_mpi_under_the_bind_model(checker):
     env = checker.host_mpi.env
     code, out = checker.run(IMAGE, [f"{hostmpi.MOUNT}/bin/mpiexec", "-n", "2", "python3",
-                                    f"{BENCH_MOUNT}/h5py_mpio.py"], env=env, host_mpi=True)
+                                    f"{BENCH_MOUNT}/h5py_mpio.py"], env=env, host_mpi=checker.host_mpi)
     assert code == 0 and "reopened and verified every element" in out, out
     assert "# Intel(R) MPI Library" in out
     # one MPI library in the process, the injected one: HDF5's libmpi.so.12 resolved to it, not to the image's

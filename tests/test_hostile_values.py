@@ -243,9 +243,12 @@ SITE = {
     "host_mpi": {"lib_dirs": ["/opt/cray/lib"], "lib_path": ["/usr/lib64"], "bind": ["/etc/libfabric"],
                  "vars": {"I_MPI_PMI_LIBRARY": "/usr/lib64/libpmi2.so"}},
     "launcher": {"command": "srun", "mpi": "pmi2", "options": ["--cpu-bind=cores"]},
+    "open_mpi": {"launcher": "/opt/openmpi/bin/mpirun", "mpi": "none", "options": ["--report-bindings"],
+                 "lib_dirs": ["/opt/openmpi/lib"], "vars": {"OPAL_PREFIX": "/opt/openmpi"}},
     "gpu": {"gres": "gpu:1", "flag": "--nv"},
 }
 IMAGE = "hpcimages/mpi4py:py3.13-mpich4.3.2"
+OPEN_MPI_IMAGE = "hpcimages/mpi4py:py3.11-openmpi5.0.11"
 
 
 def site_leaves() -> Iterator[tuple[tuple, str]]:
@@ -294,8 +297,9 @@ def script_shape(text: str, tmp_path: Path) -> tuple[list[str], int]:
 
 def render_site(data: dict, tmp_path: Path) -> list[tuple[list[str], int]]:
     site = parse_site("hostile", tmp_path / "hostile.toml", data)
-    return [script_shape(slurm.render(ROOT, slurm.JobSpec(site, bench, IMAGE, model), tmp_path), tmp_path)
-            for bench, model in (("osu_bw", "bind"), ("cuda", "hybrid"))]
+    specs = [slurm.JobSpec(site, bench, IMAGE, model) for bench, model in (("osu_bw", "bind"), ("cuda", "hybrid"))]
+    specs.append(slurm.JobSpec(site, "osu_bw", OPEN_MPI_IMAGE, "bind", abi="openmpi"))  # the [open_mpi] table's job
+    return [script_shape(slurm.render(ROOT, spec, tmp_path), tmp_path) for spec in specs]
 
 
 SITE_CASES = [(path, value) for path, original in site_leaves() for value in hostile(original)]

@@ -1,8 +1,10 @@
 """Open MPI images (issue 31, first slice) where no engine is needed: the image's own launcher settings, and the
-stages that do not handle Open MPI yet saying so before they start anything."""
+stages that do not handle Open MPI yet saying so before they start anything, the swap partner of each Open MPI image and
+how a bound Open MPI is told where it lies."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,9 @@ import pytest
 from hpcimages.cli import UsageError, exit_code, without_open_mpi
 from hpcimages.cluster import commands as cluster
 from hpcimages.define import load_matrix
+from hpcimages.images.check import Checker
 from hpcimages.measure import commands as measure
-from hpcimages.mpirun import IMAGE_MPI, image_mpi, launch_settings
+from hpcimages.mpirun import HOST_MPI_MOUNT, IMAGE_MPI, Binding, image_mpi, launch_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 M = load_matrix(ROOT / "matrix.toml")
@@ -32,8 +35,8 @@ def test_stages_without_open_mpi_name_the_cells_they_leave_out(capsys):
     mpich = next(c for c in M.cells("ci") if c.mpi.abi == "mpich")
     assert without_open_mpi([mpich, OPEN_MPI], "benchmarked") == [mpich]
     assert f"note: left out, Open MPI images are not benchmarked yet: {OPEN_MPI.ref}" in capsys.readouterr().out
-    with pytest.raises(UsageError, match="Open MPI images are not in the ABI table yet"):
-        without_open_mpi([OPEN_MPI], "in the ABI table")
+    with pytest.raises(UsageError, match="Open MPI images are not benchmarked yet"):
+        without_open_mpi([OPEN_MPI], "benchmarked")
 
 
 def test_bench_and_submit_of_an_open_mpi_image_stop_before_anything(capsys, tmp_path):
@@ -42,7 +45,37 @@ def test_bench_and_submit_of_an_open_mpi_image_stop_before_anything(capsys, tmp_
     assert "Open MPI images are not benchmarked yet" in capsys.readouterr().err
     assert not (tmp_path / "r.jsonl").exists()
     image = OPEN_MPI.image(M.profile("ci").registry)
-    assert exit_code(cluster.submit, matrix=str(ROOT / "matrix.toml"), site="local", bench="hello", image=image,
+    assert exit_code(cluster.submit, matrix=str(ROOT / "matrix.toml"), site="cray-ex", bench="hello", image=image,
                      dry_run=True) == 2
     err = capsys.readouterr().err
-    assert "is an Open MPI image: its Slurm jobs" in err and "Traceback" not in err
+    assert "is an Open MPI image and site cray-ex says nothing of Open MPI: add an [open_mpi] table" in err
+    assert "Traceback" not in err
+
+
+def test_an_open_mpi_image_is_swapped_to_an_open_mpi_of_the_other_series():
+    """Open MPI promises its ABI within a release series: the check crosses it, both ways; an MPICH-ABI image keeps
+    the swap = true stand-in."""
+    five = next(c for c in M.cells("offline") if c.mpi.name == "openmpi" and c.mpi.version.startswith("5."))
+    four = next(c for c in M.cells("offline") if c.mpi.name == "openmpi" and c.mpi.version.startswith("4."))
+    assert M.swap_host_for(five.mpi).name == "openmpi-4.1.8"
+    assert M.swap_host_for(four.mpi).name == "openmpi-5.0.11"
+    mpich = next(c for c in M.cells("ci") if c.mpi.abi == "mpich")
+    assert M.swap_host_for(mpich.mpi) is M.swap_host and M.swap_host.abi == "mpich"
+    # with only a stand-in of the image's own version there is nothing to swap to (it would prove nothing)
+    alone = dataclasses.replace(M, host_mpis={n: h for n, h in M.host_mpis.items() if n != "openmpi-4.1.8"})
+    assert alone.swap_host_for(five.mpi) is None
+    assert alone.swap_host_for(four.mpi).name == "openmpi-5.0.11"
+    outcome = Checker(None, alone, "offline", None).check_bind_swap(five, "sha256:x", {})
+    assert outcome.status == "skip" and "another Open MPI stand-in" in outcome.reason
+
+
+def test_a_bound_open_mpi_is_told_where_it_lies_inside_and_to_its_launcher_outside(tmp_path):
+    open_mpi = Binding(tmp_path, settings={"OMPI_ALLOW_RUN_AS_ROOT": "1"}, name="openmpi-4.1.8",
+                       soname="libmpi.so.40")
+    assert open_mpi.env == {"LD_LIBRARY_PATH": f"{HOST_MPI_MOUNT}/lib", "OPAL_PREFIX": HOST_MPI_MOUNT,
+                            "OMPI_ALLOW_RUN_AS_ROOT": "1"}
+    outside = open_mpi.apptainer_env("/site/openmpi")
+    assert outside["APPTAINERENV_OPAL_PREFIX"] == HOST_MPI_MOUNT and outside["OPAL_PREFIX"] == "/site/openmpi"
+    mpich = Binding(tmp_path, name="impi-rt-2021.17.2")
+    assert "OPAL_PREFIX" not in mpich.env and "OPAL_PREFIX" not in mpich.apptainer_env("/site/impi")
+    assert "OPAL_PREFIX" not in image_mpi("openmpi", "4.1.8").env  # the image's own: its own ENV says where

@@ -31,6 +31,7 @@ CELL = "mpi4py:py3.13-mpich4.3.2"
 IMAGE = f"hpcimages/{CELL}"
 BOOKWORM_IMAGE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
 STANDARD_ABI_IMAGE = "hpcimages/mpi4py:py3.13-mpiabi-mpich5.0.2"  # invoke site verify binds Debian's libmpi_abi.so.1
+OPEN_MPI_IMAGE = "hpcimages/mpi4py:py3.11-openmpi5.0.11"  # started by the site's mpirun ([open_mpi])
 SIZES = "1:1048576"
 
 
@@ -38,8 +39,8 @@ SIZES = "1:1048576"
 def cluster(ci_built):
     client = ci_built.client
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
-    for converted in cv.convert(client, runtime, [IMAGE, BOOKWORM_IMAGE, STANDARD_ABI_IMAGE], cv.sif_dir(ROOT),
-                                progress=lambda _: None):
+    for converted in cv.convert(client, runtime, [IMAGE, BOOKWORM_IMAGE, STANDARD_ABI_IMAGE, OPEN_MPI_IMAGE],
+                                cv.sif_dir(ROOT), progress=lambda _: None):
         assert converted.status in ("converted", "up to date"), converted.reason
     testcluster.start(client, ROOT, progress=lambda _: None)
     # this module's scripts, outputs and records: in the tests' build folder (the cluster mounts it)
@@ -155,6 +156,48 @@ def test_point_to_point_across_two_nodes_records_its_layout_in_both_models(clust
     header = next(ln for ln in table.stdout.splitlines() if ln.strip().startswith("size (B)") and "inter-node" in ln)
     assert re.search(r"\blocal\s+local inter-node\s+local no-sharens\s+local\+hostmpi inter-node", header), header
     assert "TCP fallback" not in table.stdout  # both MPIs cross this network by TCP: no fallback to flag
+
+
+def test_an_open_mpi_image_runs_under_the_sites_mpirun_intra_and_inter_node_in_both_models(cluster, tmp_path):
+    """This Slurm has no PMIx: the site's Open MPI mpirun (the local profile's [open_mpi]) starts one apptainer exec
+    per rank inside the allocation, its daemons on the second node through srun."""
+    inter = ["--nodes", "2", "--ntasks-per-node", "1"]
+    for bench_name, model, layout in (("hello", "hybrid", []), ("osu_bw", "hybrid", inter),
+                                      ("osu_latency", "bind", inter)):
+        proc = invoke("submit", "--site", "local", "--bench", bench_name, "--image", OPEN_MPI_IMAGE, "--model", model,
+                      "--sizes", "1:65536", *layout)
+        assert proc.returncode == 0 and "submitted" in proc.stdout, proc.stdout + proc.stderr
+    store = tmp_path / "slurm-local.jsonl"
+    proc = invoke("collect", "--store", str(store), "--timeout", "900")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([store])
+    by = {(r.benchmark, r.variant): r for r in records if r.size in (0, 8)}
+    assert set(by) == {("hello", "local"), ("osu_bw", "local inter-node"),
+                       ("osu_latency", "local+hostmpi inter-node")}, sorted(by)
+    hello = by[("hello", "local")]
+    assert hello.value == 2 and hello.mpi_library.startswith("Open MPI v5.0.11,"), hello
+    own, bound = by[("osu_bw", "local inter-node")], by[("osu_latency", "local+hostmpi inter-node")]
+    assert own.mpi_library_file == "/usr/local/lib/libmpi.so.40" and own.mpi_abi == "openmpi"
+    assert bound.mpi_library_file == f"{testcluster.OPEN_MPI_MOUNT}/lib/libmpi.so.40", bound.mpi_library_file
+    for r in (own, bound):
+        assert r.layout == "inter-node" and re.fullmatch(r"rank 0 node1 cpus [\d,-]+; rank 1 node2 cpus [\d,-]+",
+                                                         r.placement), r.placement
+        assert r.value > 0 and r.cell == "mpi4py:py3.11-openmpi5.0.11"
+    assert all(r.abi == "openmpi" for r in slurm.load_records(ROOT) if r.image == OPEN_MPI_IMAGE)
+
+
+def test_an_open_mpi_bind_model_pointed_at_an_mpich_library_fails_before_any_rank(cluster, tmp_path):
+    """[open_mpi] lib_dirs at the MPICH-ABI host MPI (Intel MPI's folder): no libmpi.so.40 there, so the loader
+    takes the image's own, which then meets Intel's libfabric first on the path. The pre-flight says so before
+    any rank starts, as a user would meet it."""
+    site = local_site_with(open_mpi={"lib_dirs": ["/opt/host-mpi/lib"]})
+    record = slurm.submit(ROOT, load_matrix(ROOT / "matrix.toml"), slurm.JobSpec(site, "hello", OPEN_MPI_IMAGE, "bind"))
+    done = collect_all(store_for=lambda _: tmp_path / "r.jsonl")
+    [failed] = [c.record for c in done if c.record.key == record.key]
+    assert failed.state == "failed" and "bind model pre-flight failed" in failed.message, failed.message
+    output = Path(failed.output).read_text()
+    assert "host libraries do not load in this image: /opt/host-mpi/lib/libfabric.so.1" in output, output
+    assert "required by /usr/local/lib/libmpi.so.40" in output and "Hello World" not in output
 
 
 def test_h5py_write_runs_under_slurm_through_apptainer_in_both_models(cluster, tmp_path):

@@ -31,6 +31,8 @@ BENCH_MOUNT = "/opt/hpcimages-bench"
 PROBE_MOUNT = "/opt/hpcimages-probe"
 #: the host MPI (a stand-in here, the site's library on a cluster): its lib/ and, when it has one, bin/mpiexec
 HOST_MPI_MOUNT = "/opt/host-mpi"
+#: Open MPI's library (define/standins.SONAMES), the one ABI whose bound library must be told where it lies
+OPEN_MPI_SONAME = "libmpi.so.40"
 #: a host folder the parallel-I/O benchmark writes into (one file system for every variant)
 SCRATCH_MOUNT = "/opt/hpcimages-scratch"
 
@@ -91,7 +93,11 @@ class Binding:
         MPI: its launch settings alone)."""
         if self.folder is None:
             return dict(self.settings)
-        return {"LD_LIBRARY_PATH": f"{HOST_MPI_MOUNT}/lib", **self.settings}
+        # an Open MPI installed elsewhere than its configured prefix finds its launcher helpers (orted), components
+        # and help files only through OPAL_PREFIX: a site's module sets it for a relocated install, and it must beat
+        # the OPAL_PREFIX an Open MPI 4 image sets for its own copy
+        relocated = {"OPAL_PREFIX": HOST_MPI_MOUNT} if self.soname == OPEN_MPI_SONAME else {}
+        return {"LD_LIBRARY_PATH": f"{HOST_MPI_MOUNT}/lib", **relocated, **self.settings}
 
     @property
     def launcher(self) -> str:
@@ -101,10 +107,12 @@ class Binding:
     def mounts(self) -> list[Mount]:
         return [Mount(self.folder, HOST_MPI_MOUNT)] if self.folder is not None else []
 
-    def apptainer_env(self) -> dict[str, str]:
+    def apptainer_env(self, outside: str = "") -> dict[str, str]:
         """The same environment for `apptainer exec` (APPTAINERENV_*), plus the host MPI's own variables for the
-        launcher that runs outside the container."""
-        return {**{f"APPTAINERENV_{k}": v for k, v in self.env.items()}, **self.settings}
+        launcher that runs outside the container; ``outside``: where the host MPI's folder lies for that launcher
+        (a relocated Open MPI's launcher finds its helpers through OPAL_PREFIX there too)."""
+        relocated = {"OPAL_PREFIX": outside} if outside and self.bound and self.soname == OPEN_MPI_SONAME else {}
+        return {**{f"APPTAINERENV_{k}": v for k, v in self.env.items()}, **self.settings, **relocated}
 
 
 IMAGE_MPI = Binding()
@@ -125,6 +133,8 @@ def launch_settings(abi: str, version: str) -> dict[str, str]:
 def image_mpi(abi: str, version: str) -> Binding:
     """The image's own MPI (nothing bound), with what its launcher needs in a container."""
     settings = launch_settings(abi, version)
+    if abi == "openmpi":
+        return Binding(settings=settings, soname=OPEN_MPI_SONAME)
     return Binding(settings=settings) if settings else IMAGE_MPI
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from ..cli import say, whole_number, without_open_mpi
+from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
@@ -22,7 +22,7 @@ def abi(matrix: str, profile: str, only: Iterable[str] = (), host: Iterable[str]
     repeats = whole_number("--repeats", repeats, 0, 50)
     m = load_matrix(matrix)
     prof = m.profile(profile)
-    cells = without_open_mpi(select_cells(m, prof, only, with_parents=False), "in the ABI table")
+    cells = select_cells(m, prof, only, with_parents=False)
     hosts = table_mod.choose_hosts(m, host)
     include = table_mod.suite_patterns(suite_include)
     client = connect()

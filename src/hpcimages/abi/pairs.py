@@ -37,6 +37,8 @@ from ..mpirun import (
     BENCH_MOUNT,
     CROSS_MEMORY_ATTACH,
     HOST_MPI_MOUNT,
+    IMAGE_MPI,
+    OPEN_MPI_SONAME,
     Binding,
     loaded_from_host,
     mpiexec_argv,
@@ -135,6 +137,7 @@ class PairRunner:
         self.c_runner: PairRunner | None = None  # the same steps in the image's C-probe child (cprobe.py)
         self.c_problem = "not tried: no C probe"
         self.soname = "libmpi.so.12"  # what the image's mpi4py links: libmpi_abi.so.1 for the MPI-5 standard ABI
+        self.own = IMAGE_MPI  # the image's own MPI with its launch settings (mpirun.image_mpi)
 
     def run(self, inj: Binding, argv: list[str], timeout: int = STEP_TIMEOUT_S, out: Path | None = None,
             env: dict[str, str] | None = None, ranks: int = 0) -> tuple[int, str]:
@@ -297,17 +300,25 @@ class PairRunner:
         mounts = [*sif_mounts, *bench_mounts]
         env = {"APPTAINERENV_UCX_POSIX_USE_PROC_LINK": "n"}
         binds = ["-B", bench_dir]
+        hello = ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py", "--library"]
         launcher = "mpiexec"
+        if inj.folder is None and self.own.soname == OPEN_MPI_SONAME:
+            # the launcher outside is MPICH's, whose PMI an Open MPI rank cannot speak: the image's own mpirun
+            # starts its ranks inside the container (invoke convert's hello does the same)
+            env.update({f"APPTAINERENV_{k}": v for k, v in self.own.settings.items()})
+            code, out = runtime.run(["apptainer", "exec", *binds, f"{sif_dir}/{sif.name}", "mpirun", "-n", "2",
+                                     *hello], mounts, env=env, timeout=STEP_TIMEOUT_S)
+            return _hello_verdict(code, out, inj)
         if inj.folder is not None:
             host_dir, host_mounts = runtime.see(inj.folder, HOST_MOUNT)
             mounts += host_mounts
             binds += ["-B", f"{host_dir}:{HOST_MOUNT}:ro"]
-            env.update(inj.apptainer_env())  # and the launcher outside reads the host MPI's own variables
+            # and the launcher outside reads the host MPI's own variables, and where it lies outside
+            env.update(inj.apptainer_env(host_dir))
             if inj.own_launcher:
                 launcher = f"{host_dir}/bin/mpiexec"
-        code, out = runtime.run([launcher, "-n", "2", "apptainer", "exec", *binds, f"{sif_dir}/{sif.name}", "python3",
-                                 f"{BENCH_MOUNT}/hello_mpi4py.py", "--library"], mounts, env=env,
-                                timeout=STEP_TIMEOUT_S)
+        code, out = runtime.run([launcher, "-n", "2", "apptainer", "exec", *binds, f"{sif_dir}/{sif.name}", *hello],
+                                mounts, env=env, timeout=STEP_TIMEOUT_S)
         return _hello_verdict(code, out, inj)
 
 

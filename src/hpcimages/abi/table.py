@@ -1,10 +1,10 @@
 """``invoke abi``: the ABI compatibility table, every built image × every host-MPI stand-in.
 
-For each image the first row is the image's own MPICH (the baseline of every ratio and of the test suite: a test
-that fails there fails for the container, not for the stand-in). Then one row per stand-in (``pairs.py``) and a
-verdict:
+For each image the first row is the image's own MPI, MPICH or Open MPI (the baseline of every ratio and of the test
+suite: a test that fails there fails for the container, not for the stand-in). Then one row per stand-in
+(``pairs.py``) and a verdict:
 
-works               loads by path, 2 ranks run, the suite fails nothing that passes with the image's own MPICH
+works               loads by path, 2 ranks run, the suite fails nothing that passes with the image's own MPI
 works with caveat   it runs, but something a site must read: tests that fail or crash only with this library,
                     MPI-4 functions it lacks, mpi4py switched to another ABI's extension, or half the bandwidth
 fails               it does not load (with the loader's reason), loads the wrong file, or 2 ranks do not run
@@ -29,7 +29,7 @@ from ..engine import find_image
 from ..errors import HpcImagesError
 from ..files import write_json, write_text
 from ..images import hostmpi
-from ..mpirun import IMAGE_MPI, Binding
+from ..mpirun import Binding, image_mpi
 from ..paths import build_dir
 from ..sif.apptainer import Runtime
 from ..sif.convert import is_fresh, sif_dir, sif_name
@@ -108,8 +108,10 @@ def run_table(client: docker.DockerClient, matrix: Matrix, profile: Profile, cel
         runner = PairRunner(client, image.id, bench, None, suite_timeout, repeats, progress, suite_include,
                             test_timeout)
         runner.c_runner, runner.c_problem, runner.soname = c_runner, c_problem, cell.mpi.soname
+        runner.own = own_inj = image_mpi(cell.mpi.abi, cell.mpi.version)
+        if c_runner is not None:
+            c_runner.own = own_inj
         rows = [_own_row(runner, matrix, cell, image_ref, suite)]
-        own_inj = IMAGE_MPI
         rows[0].apptainer = runner.apptainer(runtime, sif_ok, own_inj)
         rows[0].c_probe = cprobe.run_c_probe(c_runner, own_inj) if c_runner else c_problem
         judge(rows[0], None)
@@ -151,16 +153,21 @@ def _own_row(runner: PairRunner, matrix: Matrix, cell: Cell, image_ref: str, sui
     """The image's own MPICH, measured first; its probe names the mpi4py version whose suite the runner then uses
     for every row of this image."""
     row = Pair(cell.ref, image_ref, runner.image_id, OWN, cell.mpi.version, cell.mpi.abi)
-    own = IMAGE_MPI
+    own = runner.own
     runner.probe(own, row)
     if suite and row.mpi4py_version:
         try:
             runner.tests = mpi4py_tests.test_dir(matrix.root, row.mpi4py_version)
         except mpi4py_tests.SuiteSourceError as exc:
             runner.progress(f"warning: {exc}; the test-suite columns stay empty")
-    runner.progress(f"{cell.ref}: the image's own MPICH {cell.mpi.version} (the baseline) ...")
+    runner.progress(f"{cell.ref}: the image's own {own_name(cell.mpi.abi)} {cell.mpi.version} (the baseline) ...")
     measure_pair(runner, row, own, own, suite, None, None, probe=False)
     return row
+
+
+def own_name(abi: str) -> str:
+    """How the table names an image's own MPI: its ABI's implementation."""
+    return "Open MPI" if abi == "openmpi" else "MPICH"
 
 
 def measure_pair(runner: PairRunner, pair: Pair, inj: Binding, own: Binding, suite: bool,
@@ -208,6 +215,7 @@ def judge(pair: Pair, own: Pair | None) -> None:
         pair.verdict, pair.verdict_reason = "fails", pair.hello
         return
     caveats = []
+    mine = f"the image's own {own_name(own.abi if own is not None else pair.abi)}"
     expected = own.mpiabi if own is not None and own.mpiabi else "mpich" if own is not None else pair.mpiabi
     if pair.mpiabi and pair.mpiabi != expected:
         caveats.append(f"mpi4py switched to its {pair.mpiabi} extension: the Python layer binds, compiled code "
@@ -227,8 +235,7 @@ def judge(pair: Pair, own: Pair | None) -> None:
         fresh = new_failures(score, baselines.get(score.ranks))
         if fresh:
             shown_names = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
-            where = "that pass with the image's MPICH" if own else \
-                "with the image's own MPICH (the baseline: not held against a stand-in)"
+            where = f"that pass with {mine}" if own else f"with {mine} (the baseline: not held against a stand-in)"
             caveats.append(f"{len(fresh)} test(s) fail at {score.ranks} rank(s) {where}: {shown_names}")
         elif score.status not in ("ran", "not run"):
             caveats.append(f"the suite {score.status} at {score.ranks} rank(s): {score.note}")
@@ -237,9 +244,9 @@ def judge(pair: Pair, own: Pair | None) -> None:
     if pair.bw_interval is not None:
         if pair.bw_interval[1] < SLOW_BANDWIDTH:  # slow in every plausible reading of the repeats
             caveats.append(f"1 MiB bandwidth is {pair.bw_ratio:.2f} [{pair.bw_interval[0]:.2f}, "
-                           f"{pair.bw_interval[1]:.2f}] of the image's own MPICH")
+                           f"{pair.bw_interval[1]:.2f}] of {mine}")
     elif pair.bw_ratio is not None and pair.bw_ratio < SLOW_BANDWIDTH:
-        caveats.append(f"1 MiB bandwidth is {pair.bw_ratio:.2f} of the image's own MPICH (one repeat: no interval)")
+        caveats.append(f"1 MiB bandwidth is {pair.bw_ratio:.2f} of {mine} (one repeat: no interval)")
     if own is not None and pair.apptainer and not pair.apptainer.startswith(("pass", "not tried")):
         caveats.append(f"through Apptainer: {pair.apptainer}")
     pair.verdict = "works with caveat" if caveats else "works"
@@ -277,7 +284,7 @@ def _loads(pair: Pair) -> str:
 
 
 def rows(pairs: list[Pair]) -> list[list[str]]:
-    return [[p.cell, p.host if p.host != OWN else f"own MPICH {p.host_version}",
+    return [[p.cell, p.host if p.host != OWN else f"own {own_name(p.abi)} {p.host_version}",
              p.host_version if p.host != OWN else "",
              _loads(p), p.mpiabi or "-", (p.library_version or "-")[:40],
              "-" if not p.hello else ("pass" if p.hello == "pass" else "FAIL"),
@@ -315,9 +322,9 @@ def markdown(pairs: list[Pair], profile: str) -> str:
     return (f"# ABI compatibility (profile {profile})\n\n"
             "Each host MPI is injected the way a site does it: its folder bind-mounted at /opt/host-mpi, its lib/ "
             "first on LD_LIBRARY_PATH, ranks under its own mpiexec. *loads* is proven by the file mpi4py mapped. "
-            "Ratios are the stand-in's median over the image's own MPICH's, interleaved in one run (bandwidth: "
+            "Ratios are the stand-in's median over the image's own MPI's, interleaved in one run (bandwidth: "
             "higher is faster; latency: higher is slower). Suite: mpi4py's own tests from the sdist of the image's "
-            "mpi4py (pass/fail/skip); a failure that also happens with the image's own MPICH is not held against a "
+            "mpi4py (pass/fail/skip); a failure that also happens with the image's own MPI is not held against a "
             "stand-in.\n\n" + tables.markdown(rows(pairs), HEADERS) + "\n" + ("\n## Why\n\n" + notes if notes else "")
             + ("\n## Failing tests\n\n" + failed if failed else ""))
 

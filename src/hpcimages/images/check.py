@@ -10,9 +10,10 @@ linking    the MPI extensions (mpi4py's) need the cell's MPI library (``libmpi.s
            standard ABI, ``libmpi.so.40`` for Open MPI) dynamically, resolved by the loader, with no RPATH/RUNPATH
            that would beat ``LD_LIBRARY_PATH``; other extensions that link MPI likewise
 mpi-run    a 2-rank ``mpiexec`` of bench/hello_mpi4py.py prints both ranks
-bind-swap  with a different MPICH-ABI library (the matrix's ``swap = true`` stand-in, Intel MPI from ``impi-rt``)
-           bound the way a site binds it (mpirun.Binding), mpi4py reports it and 2 ranks run under its launcher;
-           unset, the image's own MPICH is used again (an Open MPI image: skipped, the stand-in is of another ABI)
+bind-swap  with a different MPICH-ABI library (the matrix's ``swap = true`` stand-in, Intel MPI from ``impi-rt``;
+           for an Open MPI image the Open MPI stand-in of the other series, Matrix.swap_host_for) bound the way a
+           site binds it (mpirun.Binding), mpi4py reports it by banner and path and 2 ranks run under its launcher;
+           unset, the image's own MPI is used again
 hygiene    no wheels, pip caches, credentials, private keys or extra CA bundles in the file system, no
            secrets in the image's environment or ``docker history``
 family     what only this family can prove (for CUDA: real kernels compiled to PTX with NVVM for every compute
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import docker
 
 from .. import engine, tables
 from ..define.matrix import Cell, Matrix, Profile
+from ..define.standins import HostMpi
 from ..engine import Mount, find_image
 from ..errors import output_tail
 from ..mpirun import (
@@ -227,35 +229,36 @@ def family_checks(matrix: Matrix, family: str) -> FamilyChecks:
 
 class Checker:
     def __init__(self, client: docker.DockerClient, matrix: Matrix, profile: str | Profile,
-                 host_mpi: Binding | None, progress: Progress = print) -> None:
+                 host_mpi: Binding | None, progress: Progress = print,
+                 swaps: Mapping[str, Binding] | None = None) -> None:
+        """``host_mpi``: the MPICH-ABI swap stand-in, bound (None: no swap); ``swaps``: the other stand-ins a cell may
+        be swapped to (Matrix.swap_host_for), bound, by name."""
         self.client = client
         self.matrix = matrix
         self.profile = matrix.profile(profile)
         self.host_mpi = host_mpi
+        self.swaps = {**({host_mpi.name: host_mpi} if host_mpi is not None else {}), **(swaps or {})}
         self.progress = progress
 
     def run(self, image: str, argv: Iterable[str], env: dict[str, str] | None = None,
-            host_mpi: bool = False, ranks: int = 0, own: Binding = IMAGE_MPI) -> tuple[int, str]:
+            host_mpi: Binding | None = None, ranks: int = 0, own: Binding = IMAGE_MPI) -> tuple[int, str]:
         """Run an argument list in the image, as root, with no network, the probe and bench/ mounted; ``host_mpi``:
-        with the swap stand-in bound the way a site binds it (its environment under ``env``); ``ranks``: that many
-        ranks of it under the launcher of what is bound (the image's mpiexec, or the stand-in's); ``own``: the
-        image's MPI with its launch settings (mpirun.image_mpi)."""
+        a stand-in bound the way a site binds it (its environment under ``env``); ``ranks``: that many ranks under
+        the launcher of what is bound (the image's mpiexec, or the stand-in's); ``own``: the image's MPI with its
+        launch settings (mpirun.image_mpi)."""
         mounts = [Mount(PROBE_DIR, PROBE_MOUNT), bench_mount(self.matrix.root)]
-        binding = self.host_mpi if host_mpi and self.host_mpi is not None else own
+        binding = host_mpi if host_mpi is not None else own
         if ranks:
             return run_ranks(self.client, image, list(argv), ranks=ranks, timeout=RUN_TIMEOUT_S, binding=binding,
                              mounts=mounts, env=env)
         return run_in_image(self.client, image, argv, timeout=RUN_TIMEOUT_S, binding=binding, mounts=mounts, env=env)
 
-    @property
-    def banner(self) -> str:
-        """How the swap stand-in's library version text begins (its vendor's name)."""
-        host = self.matrix.swap_host
-        return host.banner if host is not None else ""
-
-    @property
-    def vendor(self) -> str:
-        return self.banner.split(" Library")[0].replace("(R)", "") or (self.host_mpi.name if self.host_mpi else "")
+    def swap_for(self, cell: Cell) -> tuple[HostMpi, Binding] | None:
+        """The stand-in this cell's image is swapped to, with its binding (None when the matrix has none, or it was
+        not prepared)."""
+        host = self.matrix.swap_host_for(cell.mpi)
+        binding = self.swaps.get(host.name) if host is not None else None
+        return (host, binding) if host is not None and binding is not None else None
 
     def check_cell(self, cell: Cell, image_ref: str | None = None) -> CellCheck:
         """Check the cell's image (or ``image_ref``, an image that claims to be this cell)."""
@@ -295,44 +298,46 @@ class Checker:
         return _two_ranks(code, out, "the image's mpiexec")
 
     def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
-        if self.host_mpi is None:
-            return Outcome("skip", "no stand-in host MPI for the swap (a [[host_mpi]] entry with swap = true)")
-        swap = self.matrix.swap_host
-        if cell.mpi.abi == "openmpi" and swap is not None and swap.abi != "openmpi":
-            return Outcome("skip", f"the swap stand-in {swap.name} implements the {swap.abi} ABI, not Open MPI's: "
-                                   "an Open MPI swap is not checked yet")
-        host = self.host_mpi
+        swap = self.swap_for(cell)
+        if swap is None:
+            wanted = "another Open MPI stand-in (a [[host_mpi]] with abi = \"openmpi\")" if cell.mpi.abi == "openmpi" \
+                else "a [[host_mpi]] entry with swap = true"
+            return Outcome("skip", f"no stand-in host MPI for the swap ({wanted})")
+        host, binding = swap
         # the probe again, now with the host MPI first: its version, and the file it loaded (a soname proves nothing)
-        code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=PROBE_ENV, host_mpi=True)
+        code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=PROBE_ENV, host_mpi=binding)
         swapped = engine.last_json_line(out) or {}
         loaded = swapped.get("mpi_library_files") or []
         injected = loaded_from_host(loaded)
-        if code != 0 or not str(swapped.get("mpi_library_version")).startswith(self.banner) or not injected:
+        if code != 0 or not str(swapped.get("mpi_library_version")).startswith(host.proof) or not injected:
             return Outcome("fail", f"with LD_LIBRARY_PATH={HOST_MPI_MOUNT}/lib mpi4py did not load the injected "
                                    f"{host.name} (exit {code}; loaded {', '.join(loaded) or 'nothing'}): {_tail(out)}")
-        code, out = self.run(image_id, ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py"], host_mpi=True, ranks=2)
+        code, out = self.run(image_id, ["python3", f"{BENCH_MOUNT}/hello_mpi4py.py"], host_mpi=binding, ranks=2)
         ranks = _two_ranks(code, out, f"{host.name}'s mpiexec")
         if ranks.status != "pass":
             return ranks
         own = facts.get("mpi_library_version") or ""
         own_files = facts.get("mpi_library_files") or []
-        if "MPICH Version:" not in own or cell.mpi.version not in own or loaded_from_host(own_files):
-            return Outcome("fail", f"with LD_LIBRARY_PATH unset the image's own MPICH {cell.mpi.version} is not "
-                                   f"used: {own.splitlines()[0] if own else 'nothing'} ({', '.join(own_files)})")
-        return Outcome("pass", f"{self.vendor} loaded from {injected[0]} and used by 2 ranks; own MPICH "
-                               f"({', '.join(own_files) or 'its library'}) when unset")
+        if not own_library_ran(cell, own) or loaded_from_host(own_files):
+            return Outcome("fail", f"with LD_LIBRARY_PATH unset the image's own {own_mpi_name(cell)} is not used: "
+                                   f"{own.splitlines()[0] if own else 'nothing'} ({', '.join(own_files)})")
+        return Outcome("pass", f"{host.vendor} loaded from {injected[0]} and used by 2 ranks; own "
+                               f"{own_mpi_name(cell)} ({', '.join(own_files) or 'its library'}) when unset")
 
     def check_family(self, fc: FamilyChecks, image_id: str, cell: Cell, own: Binding = IMAGE_MPI) -> Outcome:
         if not fc.commands:
             return Outcome("skip", "nothing family-specific")
         done = []
+        swap = self.swap_for(cell)
         for command in fc.commands:
-            if command.host_mpi and self.host_mpi is None:
+            if command.host_mpi and swap is None:
                 done.append(f"{command.what}: skipped, no stand-in host MPI")
                 continue
             argv = family_argv(command, cell)
-            code, out = self.run(image_id, argv, env=dict(command.env), host_mpi=command.host_mpi, own=own)
-            wanted = [text.replace("{banner}", self.banner) for text in command.expected]
+            bound = swap[1] if command.host_mpi and swap is not None else None
+            code, out = self.run(image_id, argv, env=dict(command.env), host_mpi=bound, own=own)
+            banner = swap[0].proof if swap is not None else ""
+            wanted = [text.replace("{banner}", banner) for text in command.expected]
             missing = [text for text in wanted if text not in out]
             if code != 0 or missing:
                 lacking = f" (no {missing[0]!r} in the output)" if missing else ""
@@ -382,6 +387,19 @@ def check_contents(cell: Cell, facts: dict) -> Outcome:
                        f"extension unasked; no MPICH library in the image), {len(pins)} pinned packages")
     return Outcome("pass", f"Python {facts['python']}, MPICH {facts['mpichversion']}{abi_note}, {len(pins)} pinned "
                    "packages")
+
+
+def own_mpi_name(cell: Cell) -> str:
+    """The image's own MPI as a check names it: ``MPICH 4.3.2``, ``Open MPI 5.0.11``."""
+    return f"{'Open MPI' if cell.mpi.abi == 'openmpi' else 'MPICH'} {cell.mpi.version}"
+
+
+def own_library_ran(cell: Cell, library_version: str) -> bool:
+    """Whether an MPI_Get_library_version text is the image's own MPI's (Open MPI's banner begins with its version;
+    MPICH's names it on its first line)."""
+    if cell.mpi.abi == "openmpi":
+        return library_version.startswith(f"Open MPI v{cell.mpi.version},")
+    return "MPICH Version:" in library_version and cell.mpi.version in library_version
 
 
 def mpi_version(cell: Cell, facts: dict) -> object:
@@ -546,11 +564,15 @@ def table(results: list[CellCheck]) -> str:
 def check_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cells: list[Cell],
                 progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
     """Check each cell's image and record the verdicts (reports.py)."""
-    host = None
+    host, swaps = None, {}
     if with_host_mpi and matrix.swap_host is not None:
         progress(f"preparing the stand-in host MPI of the bind swap ({matrix.swap_host.name}) ...")
         host = hostmpi.swap_binding(client, matrix, progress)
-    checker = Checker(client, matrix, prof, host, progress)
+    others = {h.name: h for c in cells if (h := matrix.swap_host_for(c.mpi)) is not None and h != matrix.swap_host}
+    for other in others.values() if with_host_mpi else ():
+        progress(f"preparing the stand-in {other.name} of the Open MPI images' bind swap ...")
+        swaps[other.name] = hostmpi.binding(other, hostmpi.prepare(client, matrix, other, progress))
+    checker = Checker(client, matrix, prof, host, progress, swaps)
     results = []
     for i, cell in enumerate(cells, 1):
         progress(f"[{i}/{len(cells)}] checking {cell.ref} ...")
