@@ -174,7 +174,9 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
     "bench": "hello, osu_bw, osu_latency, osu_allreduce, h5py_write (an image with a parallel HDF5), cuda or convert",
     "image": "image tag, e.g. hpcimages/mpi4py:py3.11-mpich4.3.2 (its .sif must be converted, or be in the "
              "site's sif_dir)",
-    "model": "hybrid (the image's MPICH; default) or bind (the site's host MPI injected)",
+    "model": "hybrid (the image's own MPI; default) or bind (the site's host MPI injected)",
+    "abi": "the MPI ABI of an image that is no cell of the matrix: mpich (default), mpi (the MPI-5 standard ABI) "
+           "or openmpi (started by the site's [open_mpi] launcher); a cell's comes from the matrix",
     "sizes": "message sizes for the OSU benchmarks (bytes per rank for h5py_write), e.g. 1:4194304",
     "source": "convert only: what to build the .sif from (default docker://IMAGE)",
     "nodes": "nodes of the job (default: the site profile's); osu_bw/osu_latency need nodes x tasks = 2: "
@@ -186,10 +188,10 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
     "matrix": MATRIX_HELP,
 })
 def submit(c, site, bench, image, model="hybrid", sizes="", source="", nodes=None, ntasks_per_node=None,
-           no_sharens=False, dry_run=False, matrix=MATRIX):
+           no_sharens=False, abi="", dry_run=False, matrix=MATRIX):
     """Render a batch script for a site profile and submit it with `sbatch --parsable`, keeping a job record."""
     _run(cluster.submit, matrix=matrix, site=site, bench=bench, image=image, model=model, sizes=sizes, source=source,
-         nodes=nodes, ntasks_per_node=ntasks_per_node, no_sharens=no_sharens, dry_run=dry_run)
+         nodes=nodes, ntasks_per_node=ntasks_per_node, no_sharens=no_sharens, abi=abi, dry_run=dry_run)
 
 
 @task(help={"all": "also list scripts only rendered (--dry-run)", "matrix": MATRIX_HELP})

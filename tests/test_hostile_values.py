@@ -244,7 +244,8 @@ SITE = {
                  "vars": {"I_MPI_PMI_LIBRARY": "/usr/lib64/libpmi2.so"}},
     "launcher": {"command": "srun", "mpi": "pmi2", "options": ["--cpu-bind=cores"]},
     "open_mpi": {"launcher": "/opt/openmpi/bin/mpirun", "mpi": "none", "options": ["--report-bindings"],
-                 "lib_dirs": ["/opt/openmpi/lib"], "vars": {"OPAL_PREFIX": "/opt/openmpi"}},
+                 "lib_dirs": ["/opt/openmpi/lib"], "bind": ["/opt/openmpi/etc"],
+                 "vars": {"OPAL_PREFIX": "/opt/openmpi"}},
     "gpu": {"gres": "gpu:1", "flag": "--nv"},
 }
 IMAGE = "hpcimages/mpi4py:py3.13-mpich4.3.2"

@@ -66,7 +66,7 @@ def test_an_open_mpi_image_is_swapped_to_an_open_mpi_of_the_other_series():
     assert alone.swap_host_for(five.mpi) is None
     assert alone.swap_host_for(four.mpi).name == "openmpi-5.0.11"
     outcome = Checker(None, alone, "offline", None).check_bind_swap(five, "sha256:x", {})
-    assert outcome.status == "skip" and "another Open MPI stand-in" in outcome.reason
+    assert outcome.status == "skip" and "no Open MPI stand-in of another version" in outcome.reason
 
 
 def test_a_bound_open_mpi_is_told_where_it_lies_inside_and_to_its_launcher_outside(tmp_path):
@@ -79,3 +79,17 @@ def test_a_bound_open_mpi_is_told_where_it_lies_inside_and_to_its_launcher_outsi
     mpich = Binding(tmp_path, name="impi-rt-2021.17.2")
     assert "OPAL_PREFIX" not in mpich.env and "OPAL_PREFIX" not in mpich.apptainer_env("/site/impi")
     assert "OPAL_PREFIX" not in image_mpi("openmpi", "4.1.8").env  # the image's own: its own ENV says where
+
+
+def test_the_swap_partner_is_the_newest_of_the_other_series_whatever_the_declaration_order(tmp_path):
+    older = dataclasses.replace(M.host_mpis["openmpi-4.1.8"], version="4.1.6")
+    hosts = {"openmpi-4.1.6": older, **M.host_mpis}  # declared first, older
+    more = dataclasses.replace(M, host_mpis=hosts)
+    five = next(c for c in M.cells("offline") if c.mpi.name == "openmpi" and c.mpi.version.startswith("5."))
+    assert more.swap_host_for(five.mpi).name == "openmpi-4.1.8"
+    # the MPICH-ABI swap binding reaches its cells whatever name the binding carries
+    checker = Checker(None, M, "ci", Binding(tmp_path, name="renamed"))
+    mpich = next(c for c in M.cells("ci") if c.mpi.abi == "mpich")
+    assert checker.swap_for(mpich) is not None and checker.swap_for(mpich)[0] is M.swap_host
+    outcome = Checker(None, M, "offline", None).check_bind_swap(five, "sha256:x", {})
+    assert outcome.status == "skip" and "openmpi-4.1.8 was not prepared" in outcome.reason

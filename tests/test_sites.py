@@ -61,6 +61,15 @@ def test_the_shipped_profiles_load():
     ('[slurm]\nruns_dir = "runs"\n', "slurm.runs_dir = 'runs': must be an absolute directory"),
     ('[slurm]\nruns_dir = "/scratch/../etc"\n', "no ':' or '..'"),
     ('[slurm]\nruns_dir = "/scratch/x;id"\n', "slurm.runs_dir = '/scratch/x;id': ';' not allowed"),
+    ('[open_mpi]\nlauncher = "mpirun"\n', "open_mpi.launcher = 'mpirun': the absolute path of the host's Open MPI"),
+    ('[open_mpi]\nlauncher = "srun"\n', "open_mpi.mpi = 'none': srun can start Open MPI ranks only as their PMIx"),
+    ('[open_mpi]\nlauncher = "srun"\nmpi = "pmi2"\n', "only as their PMIx server"),
+    ('[open_mpi]\nlauncher = "/opt/ompi/bin/mpirun"\nmpi = "pmix"\n', "mpirun starts its ranks itself"),
+    ('[open_mpi]\nmpi = "pmix"\n', "[open_mpi] without a launcher"),
+    ('[open_mpi]\nlib_dirs = ["/opt/ompi/lib"]\n', "[open_mpi] without a launcher"),
+    ('[open_mpi]\nlauncher = "/opt/ompi/bin/mpirun;id"\n', "open_mpi.launcher = '/opt/ompi/bin/mpirun;id': ';' not"),
+    ('[open_mpi]\nlauncher = "/o/bin/mpirun"\nlib_dirs = ["lib"]\n', "open_mpi.lib_dirs[0] = 'lib': must be"),
+    ('[open_mpi]\nlauncher = "/o/bin/mpirun"\nbind = ["/a,/b"]\n', "open_mpi.bind[0]"),
 ])
 def test_bad_values_are_refused_with_the_key_named(text, expected):
     with pytest.raises(SiteError) as info:
@@ -402,3 +411,46 @@ def test_the_site_template_sends_scripts_outputs_and_records_to_its_runs_dir(tmp
     assert Path(record.run_dir).parent == runs and record.path.is_file()
     assert f"#SBATCH --output={runs}/" in script and f"BENCH={template.container.bench_dir}" in script
     assert [r.key for r in slurm.load_records(root)] == [record.key]
+
+
+OPEN_MPI_IMAGE = "hpcimages/mpi4py:py3.11-openmpi5.0.11"
+OPEN_MPI_SITE = ('[open_mpi]\nlauncher = "/opt/ompi/bin/mpirun"\nlib_dirs = ["/opt/ompi/lib"]\n'
+                 'bind = ["/opt/ompi/etc"]\nvars = { OPAL_PREFIX = "/opt/ompi", OMPI_MCA_btl = "self,vader,tcp" }\n')
+
+
+def test_an_open_mpi_job_starts_under_the_sites_mpirun_and_keeps_its_settings_from_the_image(tmp_path):
+    site = site_from(OPEN_MPI_SITE)
+    hybrid = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", OPEN_MPI_IMAGE, nodes=2, ntasks_per_node=1,
+                                              abi="openmpi"), tmp_path)
+    assert "/opt/ompi/bin/mpirun -n 2 " in hybrid and "srun --mpi" not in hybrid
+    # OPAL_PREFIX is the launcher's: exported for it, kept from the image's Open MPI; OMPI_ settings reach the ranks
+    assert "export OPAL_PREFIX=/opt/ompi" in hybrid and "env -u OPAL_PREFIX \"$RUNTIME\" exec" in hybrid
+    assert "APPTAINERENV_OPAL_PREFIX" not in hybrid and "OMPI_MCA_btl=-u" not in hybrid
+    assert "(PMI_*, PMIX_*, PALS_*, OMPI_*, PRTE_*)" in hybrid and 'grep -vE "^OMPI_(COMMAND|ARGV)$"' in hybrid
+    bind = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", OPEN_MPI_IMAGE, "bind", nodes=2, ntasks_per_node=1,
+                                            abi="openmpi"), tmp_path)
+    assert "export APPTAINER_BINDPATH=" in bind and "/opt/ompi/lib,/opt/ompi/etc" in bind
+    assert "export APPTAINERENV_LD_LIBRARY_PATH=/opt/ompi/lib" in bind and "APPTAINERENV_OPAL_PREFIX=/opt/ompi" in bind
+    assert "env -u" not in bind and "libmpi.so.40" in bind
+    mpich = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE), tmp_path)
+    assert "mpirun" not in mpich and "OPAL_PREFIX" not in mpich and "(PMI_*, PMIX_*, PALS_*)" in mpich
+
+
+def test_open_mpi_jobs_are_refused_with_what_to_add_and_convert_needs_no_launcher(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCIMAGES_SLURM_RUNS", str(tmp_path))
+    m = load_matrix(ROOT / "matrix.toml")
+    bare = site_from('[container]\nsif_dir = "/cluster/sif"\n')
+    with pytest.raises(slurm.SlurmError, match=r"says nothing of Open MPI: add an \[open_mpi\] table"):
+        slurm.submit(ROOT, m, slurm.JobSpec(bare, "hello", OPEN_MPI_IMAGE), dry_run=True)
+    converted = slurm.submit(ROOT, m, slurm.JobSpec(bare, "convert", OPEN_MPI_IMAGE), dry_run=True)
+    assert converted.abi == "openmpi" and converted.state == "rendered"
+    no_dirs = site_from('[open_mpi]\nlauncher = "/opt/ompi/bin/mpirun"\n[container]\nsif_dir = "/cluster/sif"\n')
+    with pytest.raises(slurm.SlurmError, match=r"no \[open_mpi\] lib_dirs: the bind model of an Open MPI image"):
+        slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "hello", OPEN_MPI_IMAGE, "bind"), dry_run=True)
+    with pytest.raises(slurm.SlurmError, match=r"--abi 'OpenMPI': one of mpich, mpi, openmpi"):
+        slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "hello", "site/own:1.0", abi="OpenMPI"), dry_run=True)
+    with pytest.raises(slurm.SlurmError, match=r"--abi mpich: .* is the cell mpi4py:py3.11-openmpi5.0.11, whose MPI "
+                                               r"ABI is openmpi"):
+        slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "hello", OPEN_MPI_IMAGE, abi="mpich"), dry_run=True)
+    own = slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "hello", "site/own-openmpi:1.0", abi="openmpi"), dry_run=True)
+    assert own.abi == "openmpi" and own.cell is None and "/opt/ompi/bin/mpirun -n " in Path(own.script).read_text()

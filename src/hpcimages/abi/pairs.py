@@ -11,7 +11,7 @@ load       mpi4py imports with the stand-in and the file it mapped lies under ``
            else the loader's reason (a missing symbol, ``GLIBC_x.y not found``) or the file it loaded instead
 hello      2 ranks under the stand-in's launcher, through Docker, and through Apptainer when the image's ``.sif``
            is there (``apptainer exec`` with the folder bound in and ``APPTAINERENV_LD_LIBRARY_PATH``)
-bench      ``osu_bw`` at 1 MiB and ``osu_latency`` at 8 B, interleaved with the image's own MPICH, medians
+bench      ``osu_bw`` at 1 MiB and ``osu_latency`` at 8 B, interleaved with the image's own MPI, medians
 suite      mpi4py's test suite from the sdist matching the image, 1 and 2 ranks, with a time limit per test
            (``test_timeout``) and per run (``suite_timeout``); a test that crashes or hangs the run is named, left
            out, and the run repeated (at most ``CRASH_RERUNS`` times)
@@ -51,7 +51,7 @@ ABI_MOUNT = "/opt/hpcimages-abi"
 TESTS_MOUNT = "/opt/mpi4py-test"
 OUT_MOUNT = "/out"
 INCONTAINER = Path(__file__).parent / "incontainer"
-OWN = "own"  # the row of the image's own MPICH: every other row is compared with it
+OWN = "own"  # the row of the image's own MPI: every other row is compared with it
 STEP_TIMEOUT_S = 180
 CRASH_RERUNS = 8
 BW_SIZE, LAT_SIZE = 1048576, 8
@@ -73,7 +73,7 @@ class SuiteScore:
 
 @dataclass
 class Pair:
-    """One image × one stand-in (or the image's own MPICH: ``host == "own"``)."""
+    """One image × one stand-in (or the image's own MPI: ``host == "own"``)."""
 
     cell: str
     image: str

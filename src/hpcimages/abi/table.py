@@ -150,8 +150,8 @@ def _c_runner(client: docker.DockerClient, cell: Cell, image_ref: str, bench: Pa
 
 
 def _own_row(runner: PairRunner, matrix: Matrix, cell: Cell, image_ref: str, suite: bool) -> Pair:
-    """The image's own MPICH, measured first; its probe names the mpi4py version whose suite the runner then uses
-    for every row of this image."""
+    """The image's own MPI (MPICH or Open MPI), measured first; its probe names the mpi4py version whose suite the
+    runner then uses for every row of this image."""
     row = Pair(cell.ref, image_ref, runner.image_id, OWN, cell.mpi.version, cell.mpi.abi)
     own = runner.own
     runner.probe(own, row)
@@ -201,7 +201,7 @@ def measure_pair(runner: PairRunner, pair: Pair, inj: Binding, own: Binding, sui
 
 
 def new_failures(score: SuiteScore, baseline: SuiteScore | None) -> list[str]:
-    """Tests that fail (or crash) with this library and not with the image's own MPICH."""
+    """Tests that fail (or crash) with this library and not with the image's own MPI."""
     known = set(baseline.failed) | {c.split(" (")[0] for c in baseline.crashed} if baseline else set()
     return [t for t in score.failed if t not in known] + [c for c in score.crashed if c.split(" (")[0] not in known]
 
@@ -216,7 +216,9 @@ def judge(pair: Pair, own: Pair | None) -> None:
         return
     caveats = []
     mine = f"the image's own {own_name(own.abi if own is not None else pair.abi)}"
-    expected = own.mpiabi if own is not None and own.mpiabi else "mpich" if own is not None else pair.mpiabi
+    # the extension the image's own MPI makes mpi4py choose (its probe's answer; else what its ABI implies)
+    fallback = "openmpi" if own is not None and own.abi == "openmpi" else "mpich"
+    expected = own.mpiabi if own is not None and own.mpiabi else fallback if own is not None else pair.mpiabi
     if pair.mpiabi and pair.mpiabi != expected:
         caveats.append(f"mpi4py switched to its {pair.mpiabi} extension: the Python layer binds, compiled code "
                        "does not")

@@ -27,7 +27,7 @@ def _sites(root: Path, records: list[slurm_mod.JobRecord] | None = None) -> dict
 def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid", sizes: str = "",
            source: str = "", dry_run: bool = False, nodes: int | str | None = None,
            ntasks_per_node: int | str | None = None,
-           no_sharens: bool = False) -> int:
+           no_sharens: bool = False, abi: str = "") -> int:
     m = load_matrix(matrix)
     profile = sites_mod.load_site(m.root / "slurm" / "sites", site)
     for warning in profile.warnings:
@@ -37,7 +37,8 @@ def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid"
     layout = {"nodes": 0 if nodes is None else whole_number("--nodes", nodes, 1, limit),
               "ntasks_per_node": 0 if ntasks_per_node is None else whole_number("--ntasks-per-node",
                                                                               ntasks_per_node, 1, limit)}
-    spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source, **layout, own_namespaces=no_sharens)
+    spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source, **layout, own_namespaces=no_sharens,
+                             abi=abi)
     record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
     if record.cell is None:  # allowed where the site has the .sif; the results will name no cell
         print(f"warning: {slurm_mod.not_a_cell(m, image)}", file=sys.stderr)

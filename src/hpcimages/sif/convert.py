@@ -125,7 +125,8 @@ def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], ou
 def hello_test(runtime: Runtime, result: Conversion, bench: Path, mpi: Mpi | None = None) -> tuple[bool, bool]:
     """1 rank with `exec -e`, and 2 ranks launched outside the container; a failure fails the conversion. An Open
     MPI image's ranks start under its own mpirun inside the container: the launcher outside is MPICH's, whose ranks
-    an Open MPI library would take for two singletons (the Slurm templates do the same, issue 31)."""
+    an Open MPI library would take for two singletons (under Slurm the site's own mpirun starts them instead:
+    slurm.launch_line)."""
     sif = Path(result.sif)
     one = exec_in_sif(runtime, sif, HELLO, bench)
     if mpi is not None and mpi.abi == "openmpi":

@@ -1,6 +1,6 @@
 /* C code compiled in the image by its own mpicc, run with a host MPI injected (invoke abi).
  *
- * It stands for everything a site's users compile against the image's MPICH (their own C/Fortran codes, an
+ * It stands for everything a site's users compile against the image's MPI (their own C/Fortran codes, an
  * MPI-built HDF5): 2 ranks exchange one message, rank 0 prints the library's version line, and then every
  * rank calls MPI_Isendrecv, an MPI-4.0 function. Bound lazily, a library without it stops the program at that
  * call with "undefined symbol", which is what such codes meet on an older host MPI. Open MPI 5 has it (its mpi.h
