@@ -224,6 +224,18 @@ def test_verdict_flags_half_the_bandwidth_but_not_noise():
     assert table.rows([surely])[0][9] == "0.30 [0.20, 0.40]"
 
 
+def test_crashes_the_image_s_own_mpi_has_too_are_no_caveat():
+    """Measured with Open MPI 4.1.8 in an Open MPI 5 image: two spawn tests hang at 2 ranks, which fail under the
+    image's own Open MPI too."""
+    own = measured(host="own", suite=[SuiteScore(2, "ran", 100, ["test_spawn.T.testArgs"], 3)])
+    same = measured(suite=[SuiteScore(2, "crashed", 100, [], 3, crashed=["test_spawn.T.testArgs (hung)"])])
+    table.judge(same, own)
+    assert same.verdict == "works", same.verdict_reason
+    whole = measured(suite=[SuiteScore(2, "timed out", 0, [], 0)])
+    table.judge(whole, own)
+    assert whole.verdict_reason == "the suite timed out at 2 rank(s)"
+
+
 def test_new_failures_compare_crashes_by_test_name():
     own = SuiteScore(2, "crashed", 10, [], 0, crashed=["t.A.b (hung)"])
     assert table.new_failures(SuiteScore(2, "crashed", 10, [], 0, crashed=["t.A.b (exit 139)"]), own) == []

@@ -239,8 +239,10 @@ def judge(pair: Pair, own: Pair | None) -> None:
             shown_names = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
             where = f"that pass with {mine}" if own else f"with {mine} (the baseline: not held against a stand-in)"
             caveats.append(f"{len(fresh)} test(s) fail at {score.ranks} rank(s) {where}: {shown_names}")
-        elif score.status not in ("ran", "not run"):
-            caveats.append(f"the suite {score.status} at {score.ranks} rank(s): {score.note}")
+        elif score.status not in ("ran", "not run") and (score.note or not score.crashed):
+            # tests that crashed here as they do under the image's own MPI are no caveat of this library
+            caveats.append(f"the suite {score.status} at {score.ranks} rank(s)"
+                           + (f": {score.note}" if score.note else ""))
     if pair.bench_note:
         caveats.append(f"benchmark runs without a result: {pair.bench_note}")
     if pair.bw_interval is not None:
