@@ -107,12 +107,16 @@ class Binding:
     def mounts(self) -> list[Mount]:
         return [Mount(self.folder, HOST_MPI_MOUNT)] if self.folder is not None else []
 
+    def container_env(self) -> dict[str, str]:
+        """The same environment for `apptainer exec`: each variable as APPTAINERENV_*."""
+        return {f"APPTAINERENV_{k}": v for k, v in self.env.items()}
+
     def apptainer_env(self, outside: str = "") -> dict[str, str]:
-        """The same environment for `apptainer exec` (APPTAINERENV_*), plus the host MPI's own variables for the
-        launcher that runs outside the container; ``outside``: where the host MPI's folder lies for that launcher
-        (a relocated Open MPI's launcher finds its helpers through OPAL_PREFIX there too)."""
+        """container_env, plus the host MPI's own variables for the launcher that runs outside the container;
+        ``outside``: where the host MPI's folder lies for that launcher (a relocated Open MPI's launcher finds its
+        helpers through OPAL_PREFIX there too)."""
         relocated = {"OPAL_PREFIX": outside} if outside and self.bound and self.soname == OPEN_MPI_SONAME else {}
-        return {**{f"APPTAINERENV_{k}": v for k, v in self.env.items()}, **self.settings, **relocated}
+        return {**self.container_env(), **self.settings, **relocated}
 
 
 IMAGE_MPI = Binding()

@@ -305,7 +305,7 @@ class PairRunner:
         if inj.folder is None and self.own.soname == OPEN_MPI_SONAME:
             # the launcher outside is MPICH's, whose PMI an Open MPI rank cannot speak: the image's own mpirun
             # starts its ranks inside the container (invoke convert's hello does the same)
-            env.update({f"APPTAINERENV_{k}": v for k, v in self.own.settings.items()})
+            env.update(self.own.container_env())
             code, out = runtime.run(["apptainer", "exec", *binds, f"{sif_dir}/{sif.name}", "mpirun", "-n", "2",
                                      *hello], mounts, env=env, timeout=STEP_TIMEOUT_S)
             return _hello_verdict(code, out, inj)

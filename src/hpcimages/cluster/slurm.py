@@ -27,9 +27,8 @@ import jinja2
 
 from .. import state as statefile
 from .. import tables
-from ..define.matrix import IMAGE_RE, Cell, Matrix
+from ..define.matrix import IMAGE_RE, MPI_ABIS, SONAMES, Cell, Matrix
 from ..define.sites import SITE_NAME_RE, Site, SiteError, load_site, site_names
-from ..define.standins import SONAMES
 from ..errors import HpcImagesError
 from ..files import write_json
 from ..measure.bench import BENCHMARKS
@@ -65,8 +64,6 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 COMMAND_TIMEOUT_S = 120
 POINT_TO_POINT = ("osu_bw", "osu_latency")  # exactly two ranks
 MAX_LAYOUT = 10000
-#: the MPI ABIs of the matrix (define/matrix.SONAMES): mpich, mpi (the MPI-5 standard ABI), openmpi
-ABIS = ("mpich", "mpi", "openmpi")
 #: the benchmarks an Open MPI image has no job for, and why
 OPEN_MPI_REFUSED = {"h5py_write": "no h5py-mpi image is built over Open MPI (matrix.toml excludes it)",
                     "cuda": "no cuda-python image is built over Open MPI (matrix.toml excludes it)"}
@@ -134,8 +131,8 @@ class JobSpec:
         if problem(self.image, IMAGE_RE):
             raise SlurmError(f"image {shown(self.image)}: not an image reference like "
                              "hpcimages/mpi4py:py3.11-mpich4.3.2")
-        if self.abi and self.abi not in ABIS:
-            raise SlurmError(f"--abi {shown(self.abi)}: one of {', '.join(ABIS)}")
+        if self.abi and self.abi not in MPI_ABIS:
+            raise SlurmError(f"--abi {shown(self.abi)}: one of {', '.join(MPI_ABIS)}")
         if self.open_mpi and self.bench != "convert":  # convert starts no ranks
             self._validate_open_mpi()
         elif self.model == "bind" and not self.site.has_bind_model and not self.open_mpi:
@@ -176,7 +173,7 @@ class JobSpec:
     @property
     def host_dirs(self) -> tuple[str, ...]:
         """Where the bound host MPI lies inside the container: the Open MPI's for an Open MPI image."""
-        return self.site.open_mpi.lib_dirs if self.open_mpi else self.site.host_dirs
+        return self.site.host_dirs_for(self.mpi_abi)
 
     @property
     def variant(self) -> str:
@@ -264,6 +261,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
         binds.append(str(run_dir))
     nodes, ntasks_per_node = spec.layout
     default_sizes = BENCHMARKS[spec.bench].default_sizes if spec.bench in BENCHMARKS else ""
+    launcher_env = OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE
     context = {
         "title": f"hpcimages {spec.bench} job: {spec.image} on {site.name} ({spec.model} model)",
         "site": site, "bench": spec.bench, "image": spec.image, "model": spec.model,
@@ -279,8 +277,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
         "preflight_libs": preflight_libraries(site, spec.open_mpi), "lib_dirs": ":".join(spec.host_dirs),
         "open_mpi": spec.open_mpi, "host_vars": host_vars(site, spec.open_mpi),
         "soname": SONAMES["openmpi" if spec.open_mpi else "mpich"],
-        "launcher_env_re": OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE,
-        "launcher_env_names": launcher_env_names(OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE),
+        "launcher_env_re": launcher_env, "launcher_env_names": launcher_env_names(launcher_env),
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}", "run_dir": str(run_dir),
@@ -326,7 +323,7 @@ class JobRecord:
     field_checks: ClassVar[dict[str, statefile.Check]] = {
         "nodes": statefile.at_most(MAX_LAYOUT), "ntasks_per_node": statefile.at_most(MAX_LAYOUT),
         "state": statefile.one_of("rendered", "submitting", "submitted", "rejected", "failed", "collected"),
-        "abi": statefile.one_of("mpich", "mpi", "openmpi"),
+        "abi": statefile.one_of(*MPI_ABIS),
         "job_id": lambda v: None if JOB_ID_RE.fullmatch(v) else f"{shown(v)} is not a Slurm job id",
         "cell": statefile.cell_ref, "site": lambda v: problem(v, SITE_NAME_RE)}
 
@@ -667,8 +664,7 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         return Collected(record)
     expected = (record.nodes or site.slurm.nodes) * (record.ntasks_per_node or site.slurm.ntasks_per_node)
     try:
-        host_dirs = site.open_mpi.lib_dirs if record.abi == "openmpi" else site.host_dirs
-        rows, summary = parse_output(record, text, expected, host_dirs)
+        rows, summary = parse_output(record, text, expected, site.host_dirs_for(record.abi))
     except ResultsError as exc:
         record.state, record.message = "failed", f"completed, but its output is not usable: {exc}: {_tail(text)}"
         record.save()

