@@ -131,7 +131,8 @@ def tools(c, force=False, matrix=MATRIX):
              "images with a parallel HDF5, the others in the rest)",
     "sizes": "message sizes of one benchmark, BENCH=MIN:MAX, e.g. osu_bw=1048576:4194304 (repeatable)",
     "repeats": "interleaved repeats; tables keep the median, ratio intervals need several (default 5)",
-    "no-swap": "skip the bind-model (Intel MPI) variant",
+    "no-swap": "skip the bind-model swap variant (container+impi: Intel MPI bound into an MPICH-ABI image; "
+               "container+openmpi: the other Open MPI series bound into an Open MPI image)",
     "no-c": "skip the C reference variants",
     "no-bare-metal": "skip the bare-metal variants",
     "no-default-sandbox": "skip the 'container (default sandbox)' variant (the image under Docker's defaults, beside "

@@ -43,7 +43,8 @@ def test_invoke_convert_converts_every_ci_cell_and_runs_hello(client):
         assert sif.is_file() and sif.read_bytes()[:10].startswith(b"#!/usr/bin"), sif
     assert proc.stdout.count(" pass ") + proc.stdout.count(" pass\n") >= 2 * len(m.cells("ci"))
     assert "FAIL" not in proc.stdout
-    # an image with a parallel HDF5 also writes with driver='mpio' from 2 ranks launched outside the container
+    # an image with a parallel HDF5 also writes with driver='mpio' from 2 ranks (launched outside the container; an Open
+    # MPI image's by its own mpirun inside)
     mpio = [line.split()[-1] for line in proc.stdout.splitlines()
             if line.split() and "/h5py-mpi:" in line.split()[0] and line.split()[-1] in ("pass", "FAIL", "skip", "-")]
     assert mpio == ["pass"] * len([c for c in m.cells("ci") if c.family.hdf5]), proc.stdout[-3000:]

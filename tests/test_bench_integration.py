@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "hpcimages/mpi4py:py3.11-mpich4.3.2"
 CUDA_IMAGE = "hpcimages/cuda-python:py3.11-mpich4.3.2-cuda12.8"
+OPEN_MPI_CELL = "mpi4py:py3.11-openmpi5.0.11"
 
 # Rank 1 sees one flipped byte in what it received: -c must notice and fail the run.
 CORRUPTING_WRAPPER = """
@@ -175,6 +176,37 @@ def test_a_standard_abi_image_is_measured_against_the_mpich_abi_of_the_same_imag
     assert "MPI-5 standard ABI / MPICH ABI" in proc.stdout and "no bare-metal twin" in proc.stdout
     assert re.search(r"1048576\s+\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] (equivalent|slower|faster|undecided)",
                      proc.stdout), proc.stdout[-2000:]
+
+
+def test_an_open_mpi_image_is_measured_against_the_same_wheel_on_bare_metal_and_the_other_series(client, tmp_path):
+    """The ci Open MPI image: its own Open MPI 5, the bind swap to Open MPI 4.1.8 (another release series, bound the way
+    `invoke check` proves it), the same wheel in a host venv, and the C references; each label proven by the library
+    file its run loaded."""
+    results = tmp_path / "ci.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--profile", "ci", "--only", OPEN_MPI_CELL,
+                           "--results", str(results), "--no-plots", "--repeats", "2", "--bench", "osu_bw,osu_latency",
+                           "--sizes", "osu_bw=1048576:1048576", "--sizes", "osu_latency=8:8"],
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([results])
+    by_variant = {r.variant: r for r in records if r.benchmark == "osu_bw"}
+    assert set(by_variant) == {"container", "container (default sandbox)", "container+openmpi",
+                               "container (persistent)", "container (C)", "bare-metal", "bare-metal (persistent)",
+                               "bare-metal (C)"}
+    own, swap, bare = by_variant["container"], by_variant["container+openmpi"], by_variant["bare-metal"]
+    assert own.mpi_library.startswith("Open MPI v5.0.11,") and own.mpi_library_file == "/usr/local/lib/libmpi.so.40"
+    assert swap.mpi_library.startswith("Open MPI v4.1.8,") and swap.mpi_library_file == "/opt/host-mpi/lib/libmpi.so.40"
+    assert bare.mpi_library.startswith("Open MPI v5.0.11,") and bare.mpi_library_file.endswith(
+        "venv-py3.11-openmpi5.0.11/lib/libmpi.so.40"), bare.mpi_library_file
+    assert own.mpi_abi == swap.mpi_abi == bare.mpi_abi == "openmpi"  # mpi4py chose its Open MPI extension
+    assert by_variant["container (C)"].mpi_library.startswith("Open MPI v5.0.11,")
+    # Open MPI's shared memory wants cross-memory attach too: the probe tells the two sandboxes apart
+    assert own.sandbox.endswith("cross-memory attach works")
+    assert "cross-memory attach blocked" in by_variant["container (default sandbox)"].sandbox
+    assert re.search(r"1048576\s+.*\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] (equivalent|slower|faster|undecided)",
+                     proc.stdout), proc.stdout[-2000:]
+    assert "bw container+openmpi / bare metal" in proc.stdout
+    assert "latency container+openmpi / bare metal" in proc.stdout
 
 
 def test_an_interrupted_bench_keeps_every_finished_run(client, tmp_path):

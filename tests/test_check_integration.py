@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -69,6 +70,13 @@ def test_invoke_check_passes_every_ci_cell(matrix):
     assert '"bind-swap"' in report and f"Intel MPI loaded from {hostmpi.MOUNT}/" in report
     # the ci profile's Open MPI 5 image is swapped across the series to Open MPI 4, proven by banner and path
     assert f"Open MPI 4.1.8 loaded from {hostmpi.MOUNT}/lib/libmpi.so.40 and used by 2 ranks; own Open MPI" in report
+    # HDF5 compiled by Open MPI's mpicc links the image's Open MPI, and its family check (passed above) wrote with
+    # driver='mpio' under Open MPI 4.1.8 bound in (that command requires the banner and library file it printed)
+    [h5py_open_mpi] = [c for c in matrix.cells("ci") if c.family.hdf5 and c.mpi.abi == "openmpi"]
+    checks = json.loads(report)["cells"][h5py_open_mpi.ref]["checks"]
+    assert checks["linking"]["reason"].count("/usr/local/lib/libhdf5.so -> /usr/local/lib/libmpi.so.40") == 1
+    assert "the same under the bind model" in checks["family"]["reason"]
+    assert "skipped" not in checks["family"]["reason"]
 
 
 def test_an_open_mpi_swap_that_loads_the_image_s_own_library_fails(client, matrix, tmp_path):

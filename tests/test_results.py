@@ -148,6 +148,25 @@ def test_a_row_whose_library_contradicts_its_abi_label_is_named(library_file, so
     assert (reason is None) if wrong is None else (wrong in reason), reason
 
 
+VENV = "/work/build/bench/venv-py3.11-openmpi5.0.11"
+
+
+@pytest.mark.parametrize("library_file,soname,wrong", [
+    (f"{VENV}/lib/libmpi.so.40", "libmpi.so.40", None),
+    (f"{VENV}/lib/libmpi.so.12.5.2", "libmpi.so.12", None),
+    # a host with its own Open MPI: mpi4py finds it as readily as the venv's wheel
+    ("/usr/lib/x86_64-linux-gnu/libmpi.so.40", "libmpi.so.40", "labelled as bare metal with the venv's libmpi.so.40"),
+    (f"{VENV}/lib/libmpi.so.12", "libmpi.so.40", "but the benchmark loaded"),
+    (f"{VENV}-old/lib/libmpi.so.40", "libmpi.so.40", "but the benchmark loaded"),  # another venv beside it
+    (None, "libmpi.so.40", "an unnamed library"),
+])
+def test_a_bare_metal_row_must_have_loaded_the_venvs_own_library(library_file, soname, wrong):
+    from hpcimages.measure.results import venv_contradiction
+
+    reason = venv_contradiction(library_file, VENV, soname)
+    assert (reason is None) if wrong is None else (wrong in reason), reason
+
+
 INTER_NODE = """# OSU MPI-Python Bandwidth Test
 # MPICH Version:      4.3.2
 # Library file: /usr/local/lib/libmpi.so.12

@@ -454,3 +454,10 @@ def test_open_mpi_jobs_are_refused_with_what_to_add_and_convert_needs_no_launche
         slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "hello", OPEN_MPI_IMAGE, abi="mpich"), dry_run=True)
     own = slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "hello", "site/own-openmpi:1.0", abi="openmpi"), dry_run=True)
     assert own.abi == "openmpi" and own.cell is None and "/opt/ompi/bin/mpirun -n " in Path(own.script).read_text()
+    # an h5py-mpi image over Open MPI has its job; no cuda-python image is built over Open MPI
+    h5py = slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "h5py_write", "hpcimages/h5py-mpi:py3.13-openmpi5.0.11"),
+                        dry_run=True)
+    script = Path(h5py.script).read_text()
+    assert h5py.abi == "openmpi" and "/opt/ompi/bin/mpirun -n " in script and "h5py_write.py" in script
+    with pytest.raises(slurm.SlurmError, match=r"--bench cuda: no cuda-python image is built over Open MPI"):
+        slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "cuda", OPEN_MPI_IMAGE), dry_run=True)

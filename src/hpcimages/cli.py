@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from .errors import HpcImagesError
 from .validate import shown
@@ -47,16 +46,3 @@ def whole_number(option: str, value: object, minimum: int, maximum: int) -> int:
     if not minimum <= number <= maximum:
         raise UsageError(f"{option} {number}: must be from {minimum} to {maximum}")
     return number
-
-
-def without_open_mpi(cells: list[Any], what: str) -> list[Any]:
-    """The cells a stage can handle today: Open MPI images are not {what} yet (issue 31). They are named and left
-    out; asking for them alone is an error that says so, never a run that fails on the way."""
-    dropped = [c.ref for c in cells if c.mpi.abi == "openmpi"]
-    kept = [c for c in cells if c.mpi.abi != "openmpi"]
-    if dropped and not kept:
-        raise UsageError(f"{', '.join(dropped)}: Open MPI images are not {what} yet (their launcher and stand-ins "
-                         "are another ABI's)")
-    if dropped:
-        say(f"note: left out, Open MPI images are not {what} yet: {', '.join(dropped)}")
-    return kept

@@ -65,8 +65,7 @@ COMMAND_TIMEOUT_S = 120
 POINT_TO_POINT = ("osu_bw", "osu_latency")  # exactly two ranks
 MAX_LAYOUT = 10000
 #: the benchmarks an Open MPI image has no job for, and why
-OPEN_MPI_REFUSED = {"h5py_write": "no h5py-mpi image is built over Open MPI (matrix.toml excludes it)",
-                    "cuda": "no cuda-python image is built over Open MPI (matrix.toml excludes it)"}
+OPEN_MPI_REFUSED = {"cuda": "no cuda-python image is built over Open MPI (matrix.toml excludes it)"}
 #: what a launcher hands a rank to wire it up (its peers, its PMI/PMIx server): passed into a clean environment.
 #: Open MPI's mpirun adds its own OMPI_ and PRTE_ settings (OPAL_PREFIX stays the launcher's: the image's Open MPI
 #: must not be pointed at the host's folder)

@@ -95,6 +95,11 @@ class Mpi:
         """The library mpi4py links and the bind model swaps."""
         return SONAMES[self.abi]
 
+    @property
+    def title(self) -> str:
+        """How people name the implementation: ``MPICH`` (either ABI), ``Open MPI``."""
+        return "Open MPI" if self.name == "openmpi" else "MPICH"
+
 
 @dataclass(frozen=True)
 class Family:
@@ -174,6 +179,12 @@ class Cell:
     def ref(self) -> str:
         """``family:tag`` — how cells are named in profiles, ``--only`` and reports."""
         return f"{self.family.name}:{self.tag}"
+
+    @property
+    def description(self) -> str:
+        """The family's description for this cell's image label: ``{mpi}`` in it names the cell's MPI (an Open MPI
+        image must not be described as MPICH's)."""
+        return self.family.description.replace("{mpi}", self.mpi.title)
 
     @property
     def axis_values(self) -> dict[str, str]:

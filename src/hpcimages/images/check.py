@@ -142,7 +142,7 @@ H5PY_VERIFIED = "reopened and verified every element"
 def hdf5_checks(version: str) -> FamilyChecks:
     """What a family with a parallel HDF5 proves: h5py is the MPI build on that HDF5, HDF5 itself needs the image's
     MPI library (and nothing pins it), and 2 ranks write and verify a dataset with driver='mpio' — under the image's
-    MPICH and again under the bind model, where HDF5 must follow the injected library."""
+    MPI and again under the bind model, where HDF5 must follow the injected library."""
     config = FamilyCommand("h5py built with MPI on HDF5 " + version, ("python3", "-c", (
         "import h5py; print('h5py mpi', h5py.get_config().mpi, 'hdf5', h5py.version.hdf5_version)")),
         (f"h5py mpi True hdf5 {version}",))
@@ -570,15 +570,8 @@ def table(results: list[CellCheck]) -> str:
 def check_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cells: list[Cell],
                 progress: Progress = print, with_host_mpi: bool = True) -> list[CellCheck]:
     """Check each cell's image and record the verdicts (reports.py)."""
-    host, swaps = None, {}
-    if with_host_mpi and matrix.swap_host is not None:
-        progress(f"preparing the stand-in host MPI of the bind swap ({matrix.swap_host.name}) ...")
-        host = hostmpi.swap_binding(client, matrix, progress)
-    others = {h.name: h for c in cells if (h := matrix.swap_host_for(c.mpi)) is not None and h != matrix.swap_host}
-    for other in others.values() if with_host_mpi else ():
-        progress(f"preparing the stand-in {other.name} of the Open MPI images' bind swap ...")
-        swaps[other.name] = hostmpi.binding(other, hostmpi.prepare(client, matrix, other, progress))
-    checker = Checker(client, matrix, prof, host, progress, swaps)
+    swaps = hostmpi.swap_bindings(client, matrix, cells, progress) if with_host_mpi else {}
+    checker = Checker(client, matrix, prof, None, progress, swaps)
     results = []
     for i, cell in enumerate(cells, 1):
         progress(f"[{i}/{len(cells)}] checking {cell.ref} ...")

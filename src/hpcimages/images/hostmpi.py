@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import docker
 
 from .. import engine, mpirun, state
-from ..define.matrix import Matrix
+from ..define.matrix import Cell, Matrix
 from ..define.standins import HostMpi
 from ..engine import Mount, find_image
 from ..errors import HpcImagesError, output_tail
@@ -166,6 +166,18 @@ def swap_binding(client: docker.DockerClient, matrix: Matrix, progress: Progress
     if host is None:
         return None
     return binding(host, prepare(client, matrix, host, progress))
+
+
+def swap_bindings(client: docker.DockerClient, matrix: Matrix, cells: Iterable[Cell],
+                  progress: Progress = print) -> dict[str, mpirun.Binding]:
+    """The stand-ins these cells' images are swapped to (Matrix.swap_host_for: Intel MPI for the MPICH ABI, another
+    Open MPI series for Open MPI), each installed once and ready to bind; keyed by stand-in name."""
+    hosts = {h.name: h for c in cells if (h := matrix.swap_host_for(c.mpi)) is not None}
+    out = {}
+    for host in hosts.values():
+        progress(f"preparing the stand-in host MPI of the bind swap ({host.name}) ...")
+        out[host.name] = binding(host, prepare(client, matrix, host, progress))
+    return out
 
 
 def unpack_wheel_data(wheel_path: Path, target: Path, must_have: str) -> None:

@@ -2,13 +2,16 @@
 
 Variants of one cell (an image):
 
-``container``       the image's own MPICH, ``mpiexec -n 2 python3 bench/<script>.py`` inside it
-``container+impi``  the bind-model swap: the stand-in host MPI (Intel MPI) mounted and on LD_LIBRARY_PATH
-``container (C)``   the C reference, compiled with the image's ``mpicc`` at bench time, same image and MPI
-``bare-metal``      the host, in a venv with the same MPICH wheel and the same locked mpi4py / numpy
-``bare-metal (C)``  the C reference compiled with that venv's ``mpicc``
+``container``          the image's own MPI, ``mpiexec -n 2 python3 bench/<script>.py`` inside it
+``container+impi``     the bind-model swap of an MPICH-ABI image: the stand-in host MPI (Intel MPI) mounted and on
+                       LD_LIBRARY_PATH, its own mpiexec starting the ranks
+``container+openmpi``  the same for an Open MPI image: the newest Open MPI stand-in of the other release series
+``container (C)``      the C reference, compiled with the image's ``mpicc`` at bench time, same image and MPI
+``bare-metal``         the host, in a venv with the same MPI wheel (MPICH or Open MPI) and the same locked mpi4py /
+                       numpy
+``bare-metal (C)``     the C reference compiled with that venv's ``mpicc``
 
-In an image of a family with a parallel HDF5 only ``h5py_write`` runs (``container`` and ``container+impi``: does
+In an image of a family with a parallel HDF5 only ``h5py_write`` runs (``container`` and the swap: does
 HDF5's I/O follow the swapped MPI at the same speed?); the MPI benchmarks run in the other images, whose MPI stack
 such an image inherits.
 
@@ -52,6 +55,8 @@ from ..mpirun import (
     SCRATCH_MOUNT,
     Binding,
     bench_mount,
+    image_mpi,
+    launch_settings,
     mpiexec_argv,
     run_in_image,
 )
@@ -60,12 +65,14 @@ from ..validate import shown
 from .results import (
     DEFAULT_SANDBOX_VARIANT,
     PRIMARY,
+    SWAP_VARIANTS,
     ResultRow,
     ResultsError,
     append_run,
     library_contradiction,
     parse_osu,
     series_of,
+    venv_contradiction,
 )
 
 C_DIR = "/opt/hpcimages-bench-c"
@@ -146,8 +153,8 @@ class Variant:
     cell: Cell | None = None  # None: bare metal
     image: str | None = None
     image_id: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    binding: Binding = IMAGE_MPI  # the host MPI bound in (the bind-model swap), or none
+    env: dict[str, str] = field(default_factory=dict)  # for the run (bare metal: added to the host's environment)
+    binding: Binding = IMAGE_MPI  # the host MPI bound in (the bind-model swap), or the image's own with its settings
     venv: Path | None = None
     scripts: Path | None = None  # bench/ on the host, for bare-metal runs
     soname: str = ""  # the MPI library file a Python run must have loaded (its label's proof), "" for any
@@ -240,8 +247,10 @@ def c_image(client: docker.DockerClient, matrix: Matrix, cell: Cell, image: str,
     ``MPICH_ABI_SUFFIX``, with mpicc (libmpi.so.12 of the same MPICH): the ABI translation layer is the one
     difference between them."""
     tag = f"hpcimages-bench/{cell.family.name}:{cell.tag}"
+    # (an Open MPI image: libmpi.so.40, and no MPICH library may answer instead)
+    other = "libmpi.so.12" if cell.mpi.abi == "openmpi" else "libmpi_abi.so.1"
     builds = [("mpicc_abi", "", "libmpi_abi.so.1", "libmpi.so.12"), ("mpicc", MPICH_ABI_SUFFIX, "libmpi.so.12",
-              "libmpi_abi.so.1")] if cell.mpi.abi == "mpi" else [("mpicc", "", "libmpi.so.12", "libmpi_abi.so.1")]
+              "libmpi_abi.so.1")] if cell.mpi.abi == "mpi" else [("mpicc", "", cell.mpi.soname, other)]
     # each binary's label is its library: the build fails unless the loader resolves that one and not the other
     compile_all = " && ".join(f"{cc} -O2 -o {name}{suffix} {name}.c && ldd {name}{suffix} | grep -q '{soname} => /' "
                               f"&& ! ldd {name}{suffix} | grep -q '{other}'" for cc, suffix, soname, other in builds
@@ -270,13 +279,27 @@ def host_twin(matrix: Matrix, cell: Cell) -> Cell | None:
                  and c.python == python), None)
 
 
-def swapped(cell: Cell, image: str, image_id: str, host: Binding, hdf5: bool = False) -> Variant:
+#: a stand-in prepared for the bind-model swap: the variant's name (SWAP_VARIANTS) and how it is bound
+Swap = tuple[str, Binding]
+
+
+def swapped(cell: Cell, image: str, image_id: str, swap: Swap, hdf5: bool = False) -> Variant:
     """The bind-model swap in the cell's image: the stand-in host MPI bound the way a site binds it."""
-    return Variant("container+impi", "python", cell.mpi.key, cell, image, image_id, binding=host, hdf5=hdf5)
+    name, host = swap
+    return Variant(name, "python", cell.mpi.key, cell, image, image_id, binding=host, hdf5=hdf5, soname=host.soname)
+
+
+def swap_of(matrix: Matrix, cell: Cell, swaps: dict[str, Binding]) -> Swap | None:
+    """The prepared stand-in this cell's image is swapped to (hostmpi.swap_bindings), with its variant's name."""
+    host = matrix.swap_host_for(cell.mpi)
+    found = swaps.get(host.name) if host is not None else None
+    return (SWAP_VARIANTS[host.abi], found) if host is not None and found is not None else None
+
 
 
 def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | None:
-    """A venv on the host with the cell's MPICH wheel and the same locked packages (wheel method only)."""
+    """A venv on the host with the cell's MPI wheel (MPICH or Open MPI) and the same locked packages (wheel method
+    only)."""
     if cell.mpi.method != "wheel":
         return None
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -287,11 +310,12 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     venv = build_dir(matrix.root) / "bench" / f"venv-py{python}-{cell.mpi.key}"
     stamp = venv / ".hpcimages-ready"
     if stamp.exists():
-        compile_c_references(matrix, venv)
+        compile_c_references(matrix, venv, cell.mpi.soname)
         return venv
     cache = wheelhouse.cache_root()
     locks = [matrix.root / p for p in (twin.mpi_lock, twin.lock) if p]
-    progress(f"  bare metal: creating {relative(venv, matrix.root)} (MPICH {cell.mpi.version} wheel, locked mpi4py)")
+    progress(f"  bare metal: creating {relative(venv, matrix.root)} ({cell.mpi.title} {cell.mpi.version} wheel, "
+             "locked mpi4py)")
     for lock in locks:
         wheelhouse.download_wheels(lock, python, cache)
     shutil.rmtree(venv, ignore_errors=True)
@@ -303,14 +327,15 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BenchError(f"cannot create the bare-metal venv {venv}: {proc.stderr.strip()[-800:]}")
-    compile_c_references(matrix, venv)
+    compile_c_references(matrix, venv, cell.mpi.soname)
     stamp.touch()
     return venv
 
 
-def compile_c_references(matrix: Matrix, venv: Path) -> None:
+def compile_c_references(matrix: Matrix, venv: Path, soname: str) -> None:
     """The C references, compiled by the venv's mpicc where the host has a compiler, again whenever a source changed
-    (the binary is older than its program or the shared header)."""
+    (the binary is older than its program or the shared header); each must resolve the venv's own ``soname``, as the
+    image's do (c_image), or its runs would be labelled with a library they did not use."""
     if not (shutil.which("cc") or shutil.which("gcc")):
         return
     header = bench_dir(matrix) / C_SOURCES[-1]
@@ -322,20 +347,26 @@ def compile_c_references(matrix: Matrix, venv: Path) -> None:
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BenchError(f"cannot compile {source.name} on the host: {proc.stderr.strip()[-600:]}")
+        linked = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False).stdout
+        if f"{soname} => {venv.resolve()}/lib/" not in linked:
+            binary.unlink()
+            raise BenchError(f"{binary.name} does not resolve the venv's {soname}: {linked.strip()[-400:]}")
 
 
-def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Binding | None,
+def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Swap | None,
                   bare_metal: bool, progress: Progress) -> list[Variant]:
-    """An image with a parallel HDF5: its own MPICH, the bind-model swap, and the bare-metal twin with HDF5 and h5py
+    """An image with a parallel HDF5: its own MPI, the bind-model swap, and the bare-metal twin with HDF5 and h5py
     built the same way into the host venv (where the host can compile them)."""
-    out = [Variant("container", "python", cell.mpi.key, cell, image, image_id, soname=cell.mpi.soname, hdf5=True)]
+    out = [Variant("container", "python", cell.mpi.key, cell, image, image_id, soname=cell.mpi.soname, hdf5=True,
+                   binding=image_mpi(cell.mpi.abi, cell.mpi.version))]
     if host is not None:
         out.append(swapped(cell, image, image_id, host, hdf5=True))
     parent = matrix.cell(str(cell.parent_ref()))
     if bare_metal and parent is not None:
-        venv = bare_metal_venv(matrix, parent, progress)  # the parent's MPICH wheel and locked mpi4py, numpy
+        venv = bare_metal_venv(matrix, parent, progress)  # the parent's MPI wheel and locked mpi4py, numpy
         if venv is not None and bare_metal_hdf5(matrix, profile, cell, venv, progress):
-            out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=bench_dir(matrix), hdf5=True))
+            out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=bench_dir(matrix), hdf5=True,
+                               env=launch_settings(cell.mpi.abi, cell.mpi.version), soname=cell.mpi.soname))
     return out
 
 
@@ -350,7 +381,7 @@ def _host_can_compile() -> str | None:
 
 def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, progress: Progress) -> bool:
     """HDF5 and h5py in the bare-metal venv, built as the family's image builds them: the profile's tarball
-    (sha256-checked), the same configure options, the venv's MPICH wrapper, h5py from the sdist of the lock's pin
+    (sha256-checked), the same configure options, the venv's MPI wrapper, h5py from the sdist of the lock's pin
     with its hashed build dependencies. False, said why, when the host cannot compile."""
     twin = host_twin(matrix, cell)
     if twin is None:
@@ -418,7 +449,7 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
              c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True,
              progress: Progress = print) -> list[Variant]:
     registry = profile.registry
-    host = hostmpi.swap_binding(client, matrix, progress) if swap else None
+    swaps = hostmpi.swap_bindings(client, matrix, cells, progress) if swap else {}
     out: list[Variant] = []
     twins: dict[str, Path | None] = {}
     hdf5_twins: set[str] = set()
@@ -429,16 +460,18 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             raise BenchError(f"{image} is not built: run `invoke build --profile {profile.name}`")
         if cell.family.hdf5:  # its MPI is its parent's: here the question is I/O, in the image, swapped, bare
             twin = bare_metal and cell.mpi.key not in hdf5_twins  # one bare-metal run per MPI, not per cell
-            out += hdf5_variants(matrix, profile, cell, image, found.id, host, twin, progress)
+            out += hdf5_variants(matrix, profile, cell, image, found.id, swap_of(matrix, cell, swaps), twin, progress)
             hdf5_twins.add(cell.mpi.key)
             continue
+        # the image's own MPI with what its launcher needs in a container (Open MPI: ranks as root)
+        own = image_mpi(cell.mpi.abi, cell.mpi.version)
         informed = sandbox_label(SANDBOX.label, probe_cma(client, bench_dir(matrix), image, SANDBOX))
-        out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, soname=cell.mpi.soname,
-                           sandbox_label=informed))
+        out.append(Variant("container", "python", cell.mpi.key, cell, image, found.id, binding=own,
+                           soname=cell.mpi.soname, sandbox_label=informed))
         if default_sandbox:
             plain = sandbox_label(DEFAULT_SANDBOX.label, probe_cma(client, bench_dir(matrix), image, DEFAULT_SANDBOX))
             progress(f"  {cell.ref}: {informed}; under the engine's defaults: {plain.split('; ', 1)[1]}")
-            out.append(Variant(DEFAULT_SANDBOX_VARIANT, "python", cell.mpi.key, cell, image, found.id,
+            out.append(Variant(DEFAULT_SANDBOX_VARIANT, "python", cell.mpi.key, cell, image, found.id, binding=own,
                                soname=cell.mpi.soname, sandbox=DEFAULT_SANDBOX, sandbox_label=plain, optional=True))
         child = c_image(client, matrix, cell, image, progress) if c_reference or cell.mpi.abi == "mpi" else ""
         child_id = getattr(find_image(client, child), "id", None) if child else None
@@ -446,12 +479,13 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             # the same image, MPICH and mpi4py sdist, compiled for the MPICH ABI and first on the path: the one change
             out.append(Variant("container (MPICH ABI)", "python", cell.mpi.key, cell, child, child_id,
                                env={"PYTHONPATH": MPICH_ABI_MPI4PY}, soname="libmpi.so.12"))
+        host = swap_of(matrix, cell, swaps)
         if host is not None:
             out.append(swapped(cell, image, found.id, host))
         if c_reference:
-            out.append(Variant("container (persistent)", "python", cell.mpi.key, cell, image, found.id,
+            out.append(Variant("container (persistent)", "python", cell.mpi.key, cell, image, found.id, binding=own,
                                soname=cell.mpi.soname, sandbox_label=informed, args=PERSISTENT))
-            out.append(Variant("container (C)", "c", cell.mpi.key, cell, child, child_id))
+            out.append(Variant("container (C)", "c", cell.mpi.key, cell, child, child_id, binding=own))
             if cell.mpi.abi == "mpi":
                 out.append(Variant("container (C, MPICH ABI)", "c", cell.mpi.key, cell, child, child_id,
                                    c_suffix=MPICH_ABI_SUFFIX))
@@ -463,11 +497,14 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             venv = twins[cell.mpi.key]
             if venv is not None:
                 scripts = bench_dir(matrix)
-                out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=scripts))
+                # what the wheel's launcher needs on the host too (Open MPI: ranks as root where the bench runs so)
+                env = launch_settings(cell.mpi.abi, cell.mpi.version)
+                out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=scripts, env=env,
+                                   soname=cell.mpi.soname))
                 if (venv / "bin" / "osu_bw_c").exists() and c_reference:
                     out.append(Variant("bare-metal (persistent)", "python", cell.mpi.key, venv=venv, scripts=scripts,
-                                       args=PERSISTENT))
-                    out.append(Variant("bare-metal (C)", "c", cell.mpi.key, venv=venv, scripts=scripts))
+                                       env=env, soname=cell.mpi.soname, args=PERSISTENT))
+                    out.append(Variant("bare-metal (C)", "c", cell.mpi.key, venv=venv, scripts=scripts, env=env))
     return out
 
 
@@ -478,7 +515,7 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
 def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, command: list[str],
                 scratch: Path) -> tuple[int, str]:
     if variant.cell is None:
-        env = {**os.environ, "PATH": f"{variant.venv}/bin:{os.environ.get('PATH', '')}"}
+        env = {**os.environ, "PATH": f"{variant.venv}/bin:{os.environ.get('PATH', '')}", **variant.env}
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env, check=False)
         except subprocess.TimeoutExpired:
@@ -493,11 +530,14 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
                repeat: int, run_id: str, session: str) -> list[ResultRow]:
     parsed = parse_osu(output)
+    contradiction = None
     if variant.cell is not None and variant.language == "python":  # the C references print no library file
         contradiction = library_contradiction(parsed.library_file, [HOST_MPI_MOUNT], variant.binding.bound,
                                               variant.soname)
-        if contradiction:
-            raise ResultsError(f"{variant.name}: {contradiction}; not stored")
+    elif variant.language == "python" and variant.venv is not None and variant.soname:  # bare metal
+        contradiction = venv_contradiction(parsed.library_file, str(variant.venv.resolve()), variant.soname)
+    if contradiction:
+        raise ResultsError(f"{variant.name}: {contradiction}; not stored")
     if variant.args == PERSISTENT and "requests: persistent" not in (parsed.settings or ""):
         raise ResultsError(f"{variant.name}: the script does not say it used persistent requests "
                            f"({parsed.settings or 'no settings line'}); not stored")

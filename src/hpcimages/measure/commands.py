@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..cli import say, whole_number, without_open_mpi
+from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
@@ -80,7 +80,6 @@ def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks
     # default: the root family (plain mpi4py) for the MPI benchmarks, and the families with a parallel HDF5 for h5py's
     cells = select_cells(m, prof, only, with_parents=False) if only else \
         [c for c in m.cells(prof) if c.family.parent is None or c.family.hdf5]
-    cells = without_open_mpi(cells, "benchmarked")
     chosen = [b for b in (benchmarks or ",".join(bench_mod.BENCHMARKS)).split(",") if b]
     ranges = parse_sizes(sizes)
     store = Path(results) if results else m.root / "results" / f"{prof.name}.jsonl"

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from .. import stats, tables
 from ..files import write_text
-from .results import CMA_BLOCKED, CMA_WORKS, DEFAULT_SANDBOX_VARIANT, H5PY_SERIES, ResultRow, medians
+from .results import CMA_BLOCKED, CMA_WORKS, DEFAULT_SANDBOX_VARIANT, H5PY_SERIES, SWAP_VARIANTS, ResultRow, medians
 
 #: what to do where the probe found cross-memory attach blocked (both anomaly lines that name that cause say it)
 CMA_ADVICE = ("run containers with --cap-add SYS_PTRACE (or a seccomp profile that allows "
               "process_vm_readv/process_vm_writev)")
-VARIANT_ORDER = ("container", DEFAULT_SANDBOX_VARIANT, "container (MPICH ABI)", "container+impi",
+VARIANT_ORDER = ("container", DEFAULT_SANDBOX_VARIANT, "container (MPICH ABI)", *SWAP_VARIANTS.values(),
                  "container (persistent)", "container (C)", "container (C, MPICH ABI)", "bare-metal",
                  "bare-metal (persistent)", "bare-metal (C)")
 LARGE = 1024 * 1024
@@ -108,7 +108,8 @@ RATIOS = (
     ("osu_bw", "container", "bare-metal", "bw container / bare metal"),
     ("osu_bw", DEFAULT_SANDBOX_VARIANT, "bare-metal", "bw default sandbox / bare metal"),
     ("osu_bw", DEFAULT_SANDBOX_VARIANT, "container", "bw default sandbox / container"),
-    ("osu_bw", "container+impi", "bare-metal", "bw container+impi / bare metal"),
+    # the bind-model swap: the stand-in host MPI against the same wheel on bare metal
+    *(("osu_bw", v, "bare-metal", f"bw {v} / bare metal") for v in SWAP_VARIANTS.values()),
     ("osu_bw", "container", "container (C)", "bw Python / C (container)"),
     ("osu_bw", "bare-metal", "bare-metal (C)", "bw Python / C (bare metal)"),
     ("osu_bw", "container (persistent)", "container (C)", "bw Python persistent / C (container)"),
@@ -116,8 +117,9 @@ RATIOS = (
     ("osu_latency", "container", "bare-metal", "latency container / bare metal"),
     ("osu_latency", DEFAULT_SANDBOX_VARIANT, "container", "latency default sandbox / container"),
     ("osu_latency", "container", "container (C)", "latency Python / C (container)"),
-    *((b, "container+impi", "container", f"{b[5:].replace('_', ' ')} container+impi / container")
-      for b in H5PY_BENCHMARKS),
+    *(("osu_latency", v, "bare-metal", f"latency {v} / bare metal") for v in SWAP_VARIANTS.values()),
+    *((b, v, "container", f"{b[5:].replace('_', ' ')} {v} / container") for b in H5PY_BENCHMARKS
+      for v in SWAP_VARIANTS.values()),
     *((b, "container", "bare-metal", f"{b[5:].replace('_', ' ')} container / bare metal") for b in H5PY_BENCHMARKS),
 )
 

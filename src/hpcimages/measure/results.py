@@ -53,6 +53,9 @@ REQUIRED_KEYS = ("benchmark", "variant", "size", "value")
 #: The variant of an image run under the engine's default sandbox (bench writes it, the report compares it), and the
 #: cross-memory-attach probe's answers as they appear in a row's ``sandbox`` label
 DEFAULT_SANDBOX_VARIANT = "container (default sandbox)"
+#: The bind-model swap's variant, by the ABI of the stand-in bound in: Intel MPI for an MPICH-ABI image, another
+#: release series of Open MPI for an Open MPI image (define/matrix.Matrix.swap_host_for)
+SWAP_VARIANTS = {"mpich": "container+impi", "openmpi": "container+openmpi"}
 CMA_BLOCKED = "cross-memory attach blocked"
 CMA_WORKS = "cross-memory attach works"
 
@@ -176,6 +179,19 @@ def library_contradiction(library_file: str | None, host_dirs: Iterable[str], bi
     names = [f.rsplit("/", 1)[-1] for f in files]  # a source build maps the real file: libmpi.so.12.2.2
     if soname and not any(n == soname or n.startswith(soname + ".") for n in names):
         return f"labelled as a {soname} run, but the benchmark loaded {library_file or 'an unnamed library'}"
+    return None
+
+
+def venv_contradiction(library_file: str | None, venv: str, soname: str) -> str | None:
+    """Why a bare-metal run's loaded MPI library contradicts its label, or None: it must be the venv's own wheel
+    library (``soname`` under ``venv``), not another libmpi the host happens to have, which mpi4py would find as
+    readily."""
+    root = venv.rstrip("/") + "/"
+    files = (library_file or "").split()
+    names = [f.rsplit("/", 1)[-1] for f in files if f.startswith(root)]
+    if not any(n == soname or n.startswith(soname + ".") for n in names):
+        return (f"labelled as bare metal with the venv's {soname}, but the benchmark loaded "
+                f"{library_file or 'an unnamed library'}")
     return None
 
 

@@ -39,7 +39,7 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
         one, two = convert_mod.hello_test(rt, result, m.root / "bench", cell.mpi)
         mpio = "-"
         if cell.family.hdf5:
-            ok, reason = convert_mod.mpio_test(rt, Path(result.sif), m.root / "bench")
+            ok, reason = convert_mod.mpio_test(rt, Path(result.sif), m.root / "bench", cell.mpi)
             mpio = "pass" if ok else "FAIL"
             if not ok:
                 result.status, result.reason = "failed", reason

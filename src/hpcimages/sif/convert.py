@@ -129,11 +129,7 @@ def hello_test(runtime: Runtime, result: Conversion, bench: Path, mpi: Mpi | Non
     slurm.launch_line)."""
     sif = Path(result.sif)
     one = exec_in_sif(runtime, sif, HELLO, bench)
-    if mpi is not None and mpi.abi == "openmpi":
-        settings = mpirun.image_mpi(mpi.abi, mpi.version).container_env()
-        two = exec_in_sif(runtime, sif, ["mpirun", "-n", "2", *HELLO], bench, env=settings)
-    else:
-        two = exec_in_sif(runtime, sif, HELLO, bench, ranks=2)
+    two = two_ranks_in_sif(runtime, sif, HELLO, bench, mpi)
     ok1 = one[0] == 0 and "process 0 of 1" in one[1]
     ok2 = two[0] == 0 and "process 0 of 2" in two[1] and "process 1 of 2" in two[1]
     if not (ok1 and ok2):
@@ -142,10 +138,19 @@ def hello_test(runtime: Runtime, result: Conversion, bench: Path, mpi: Mpi | Non
     return ok1, ok2
 
 
-def mpio_test(runtime: Runtime, sif: Path, bench: Path) -> tuple[bool, str]:
-    """2 ranks launched outside the container write a dataset collectively with h5py's driver='mpio', reopen it and
-    verify every element (an image of a family with a parallel HDF5)."""
-    code, out = exec_in_sif(runtime, sif, [*MPIO, "--rows", "64", "--cols", "16"], bench, ranks=2)
+def two_ranks_in_sif(runtime: Runtime, sif: Path, argv: list[str], bench: Path, mpi: Mpi | None) -> tuple[int, str]:
+    """2 ranks of ``argv`` in the .sif: started by the launcher outside, or for an Open MPI image by its own
+    mpirun inside (see hello_test)."""
+    if mpi is not None and mpi.abi == "openmpi":
+        settings = mpirun.image_mpi(mpi.abi, mpi.version).container_env()
+        return exec_in_sif(runtime, sif, ["mpirun", "-n", "2", *argv], bench, env=settings)
+    return exec_in_sif(runtime, sif, argv, bench, ranks=2)
+
+
+def mpio_test(runtime: Runtime, sif: Path, bench: Path, mpi: Mpi | None) -> tuple[bool, str]:
+    """2 ranks write a dataset collectively with h5py's driver='mpio', reopen it and verify every element (an image of
+    a family with a parallel HDF5)."""
+    code, out = two_ranks_in_sif(runtime, sif, [*MPIO, "--rows", "64", "--cols", "16"], bench, mpi)
     ok = code == 0 and "2 rank(s) wrote" in out and H5PY_VERIFIED in out
     return ok, "" if ok else f"mpio test failed (exit {code}): {tail(out)}"
 
@@ -199,7 +204,7 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     if cell.mpi.abi == "mpi":  # mpi4py must have been compiled for the standard ABI, not taken from PyPI
         ok = ok and "ABI (1, 0)" in output
     if ok and cell.family.hdf5:  # h5py must write in parallel through the HDF5 the recipe compiled
-        ok, output = mpio_test(runtime, sif, matrix.root / "bench")
+        ok, output = mpio_test(runtime, sif, matrix.root / "bench", cell.mpi)
     progress(f"  built in {time.monotonic() - start:.0f}s, {tables.size(sif.stat().st_size)}; smoke test: "
              f"{'pass' if ok else 'FAIL ' + tail(output)}")
     return ok
