@@ -284,9 +284,10 @@ Swap = tuple[str, Binding]
 
 
 def swapped(cell: Cell, image: str, image_id: str, swap: Swap, hdf5: bool = False) -> Variant:
-    """The bind-model swap in the cell's image: the stand-in host MPI bound the way a site binds it."""
+    """The bind-model swap in the cell's image: the stand-in host MPI bound the way a site binds it. Its proof is the
+    folder the loaded library lies in, not the file's name (Intel MPI's libmpi.so.12 is a link to libmpi.so)."""
     name, host = swap
-    return Variant(name, "python", cell.mpi.key, cell, image, image_id, binding=host, hdf5=hdf5, soname=host.soname)
+    return Variant(name, "python", cell.mpi.key, cell, image, image_id, binding=host, hdf5=hdf5)
 
 
 def swap_of(matrix: Matrix, cell: Cell, swaps: dict[str, Binding]) -> Swap | None:
