@@ -457,15 +457,18 @@ def bw(library: str, sizes: list[int], rounds: int) -> dict:
     return result
 
 
-#: a launcher may cut a long line of one rank and interleave another's (srun does past 4 KiB): each answer is sent
-#: as numbered short lines, ``@probe ID I N TEXT``, that the reader puts back together
-CHUNK = 1000
+#: a launcher forwards a rank's output in messages of at most this many bytes (Slurm's SLURM_IO_MAX_MSG_LEN): a
+#: longer line is cut there and another rank's message may land inside it, so every line ``emit`` prints fits in one
+LINE_MAX = 1024
 
 
 def emit(result: dict) -> None:
-    text = json.dumps(result, sort_keys=True)
-    parts = [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)] or [""]
+    """Print an answer as numbered lines, ``@probe ID I N TEXT``, each at most ``LINE_MAX`` bytes with its newline,
+    that the reader puts back together however the ranks' lines interleave."""
+    text = json.dumps(result, sort_keys=True)  # ASCII: a character is a byte
     ident = f"{os.uname().nodename}.{os.getpid()}"
+    chunk = LINE_MAX - len(f"@probe {ident} 999999 999999 \n")  # the reader's indices have at most 6 digits
+    parts = [text[i:i + chunk] for i in range(0, len(text), chunk)] or [""]
     for i, part in enumerate(parts):
         print(f"@probe {ident} {i} {len(parts)} {part}", flush=True)
 

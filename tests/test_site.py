@@ -3,10 +3,13 @@ verdicts a job's output leads to, and the verified mark (the real runs are in te
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -47,6 +50,42 @@ def test_answers_are_put_back_together_when_two_ranks_interleave():
     text = "\n".join(["@probe n.1 0 2 {\"rank\": 0, \"x\": \"ab", "@probe n.2 0 2 {\"rank\": 1, \"x\": \"cd",
                       "noise from a rank", "@probe n.2 1 2 ef\"}", "@probe n.1 1 2 gh\"}", "@probe n.3 0 2 {\"cut"])
     assert dc.answers(text) == [{"rank": 0, "x": "abgh"}, {"rank": 1, "x": "cdef"}]
+
+
+def forwarded_like_srun(stream: bytes, limit: int = 1024) -> list[bytes]:
+    """A rank's output as slurmstepd forwards it: messages of at most ``limit`` bytes, each ending at its last
+    newline when it has one (the rest waits for the next), a longer line cut at the limit."""
+    messages = []
+    while stream:
+        window = stream[:limit]
+        end = window.rfind(b"\n") + 1 or len(window)
+        messages.append(stream[:end])
+        stream = stream[end:]
+    return messages
+
+
+def emitted_by_probe(answer: dict, nodename: str, pid: int, monkeypatch, capsys) -> bytes:
+    spec = importlib.util.spec_from_file_location("hostmpi_probe", PROBE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module.os, "uname", lambda: SimpleNamespace(nodename=nodename))
+    monkeypatch.setattr(module.os, "getpid", lambda: pid)
+    module.emit(answer)
+    return capsys.readouterr().out.encode()
+
+
+def test_two_ranks_long_answers_survive_srun_cutting_and_interleaving_its_messages(monkeypatch, capsys):
+    """The verify job's maps answers are several KiB per rank: lines past Slurm's 1024-byte message would be cut
+    and the other rank's message put inside them (a CI run lost both ranks' maps so)."""
+    node = "compute-node-with-a-long-name-" + "x" * 33  # 63 characters, near the 64 a host name may have
+    answers = [{"rank": r, "maps": {f"/usr/lib/x86_64-linux-gnu/libplugin{i}.so.{r}": f"0:{r} {i}" for i in range(90)}}
+               for r in (0, 1)]
+    streams = [emitted_by_probe(a, node, 4194303 + r, monkeypatch, capsys) for r, a in enumerate(answers)]
+    assert all(len(line) + 1 <= 1024 for s in streams for line in s.splitlines())
+    messages = [forwarded_like_srun(s) for s in streams]
+    assert len(messages[0]) > 3
+    merged = b"".join(m for pair in itertools.zip_longest(*messages, fillvalue=b"") for m in pair)
+    assert dc.answers(merged.decode()) == answers
 
 
 def inspected(root: str = "/host/lib/libmpich.so.12.6.2") -> dict:
