@@ -130,27 +130,38 @@ def tools(c, force=False, matrix=MATRIX):
     "bench": f"comma-separated benchmarks (default: all of {','.join(measure.BENCHMARK_NAMES)}; h5py_write runs in "
              "images with a parallel HDF5, the others in the rest)",
     "sizes": "message sizes of one benchmark, BENCH=MIN:MAX, e.g. osu_bw=1048576:4194304 (repeatable)",
-    "repeats": "interleaved repeats; tables keep the median, ratio intervals need several (default 5)",
+    "repeats": "interleaved repeats; tables keep the median; a target's distribution-free 95 % interval needs 6 "
+               "(default 6)",
     "no-swap": "skip the bind-model swap variant (container+impi: Intel MPI bound into an MPICH-ABI image; "
                "container+openmpi: the other Open MPI series bound into an Open MPI image)",
     "no-c": "skip the C reference variants",
     "no-bare-metal": "skip the bare-metal variants",
     "no-default-sandbox": "skip the 'container (default sandbox)' variant (the image under Docker's defaults, beside "
                           "the informed --cap-add SYS_PTRACE run)",
+    "no-ceiling": "skip the copy ceiling beside osu_bw (one memcpy between the ranks' two CPUs, and one by "
+                  "process_vm_readv, each repeat)",
+    "until-decided": "instead of --repeats: repeat until every target and anomaly question is decided, looking after "
+                     f"{', '.join(map(str, measure.SEQUENTIAL.looks))} repeats, each look's interval at "
+                     f"{100 * measure.SEQUENTIAL.level:.0f} % so that stopping on a verdict keeps 95 % for all "
+                     "together",
+    "budget": "minutes --until-decided may spend; it stops at the last look it is estimated to reach in time "
+              f"(default {measure.DEFAULT_BUDGET_MIN})",
     "results": "results file (default: results/<profile>.jsonl)",
     "strict": "exit 3 when a variant looks misconfigured (far below bare metal)",
     "no-plots": "do not draw the PNG plots",
     "matrix": MATRIX_HELP,
 })
-def bench(c, profile="ci", only=None, bench="", sizes=None, repeats="5", no_swap=False, no_c=False,
-          no_bare_metal=False, no_default_sandbox=False, results=None, strict=False, no_plots=False, matrix=MATRIX):
+def bench(c, profile="ci", only=None, bench="", sizes=None, repeats="6", no_swap=False, no_c=False,
+          no_bare_metal=False, no_default_sandbox=False, no_ceiling=False, until_decided=False, budget=None,
+          results=None, strict=False, no_plots=False, matrix=MATRIX):
     """Benchmarks (OSU method) in built images, with the bind-model swap, C references and bare metal; tables, plots.
 
     Every repeat runs every variant before the next repeat starts; results are appended to a JSON-lines store.
     `nox -s bench -- OPTIONS` runs this task."""
     _run(measure.bench, matrix=matrix, profile=profile, only=only or [], benchmarks=bench, sizes=sizes or [],
          repeats=repeats, swap=not no_swap, c_reference=not no_c, bare_metal=not no_bare_metal,
-         default_sandbox=not no_default_sandbox, results=results, strict=strict, plots=not no_plots)
+         default_sandbox=not no_default_sandbox, ceiling=not no_ceiling, until_decided=until_decided, budget=budget,
+         results=results, strict=strict, plots=not no_plots)
 
 
 @task(help={

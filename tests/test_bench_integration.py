@@ -128,7 +128,12 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
         assert ("osu_bw", variant) in variants
     assert ("osu_allreduce", "container (C)") not in variants  # no C reference for it
     assert ("osu_allreduce", "container (default sandbox)") not in variants  # point-to-point only
-    assert ("osu_latency", "bare-metal (persistent)") not in variants  # a mode of osu_bw.py
+    assert ("osu_allreduce", "bare-metal (persistent)") not in variants  # a mode of osu_bw.py and osu_latency.py
+    assert ("osu_latency", "bare-metal (persistent)") in variants
+    # the same Intel MPI as the swap, on bare metal; the copy ceiling beside osu_bw only
+    assert {("osu_bw", "bare-metal+impi"), ("osu_latency", "bare-metal+impi")} <= variants
+    assert {("osu_bw", "ceiling (memcpy)"), ("osu_bw", "ceiling (process_vm_readv)")} <= variants
+    assert not {v for b, v in variants if b != "osu_bw" and v.startswith("ceiling")}
     # the same image under the engine's defaults and under the informed sandbox; each run says what its probe saw
     sandboxes = {r.variant: r.sandbox for r in records if r.variant.startswith("container") and r.language == "python"}
     assert sandboxes["container"] == "cap-add SYS_PTRACE; cross-memory attach works"
@@ -146,6 +151,12 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
     assert own.mpi_library.startswith("MPICH Version:") and own.image_id.startswith("sha256:")
     # which library ran is proven by the file each run loaded, not by its label
     assert impi.mpi_library_file.startswith("/opt/host-mpi/"), impi.mpi_library_file
+    bare_impi = next(r for r in records if r.variant == "bare-metal+impi")
+    assert bare_impi.mpi_library.startswith("Intel(R) MPI Library") and bare_impi.image is None
+    assert "/host-mpi/impi-rt-" in bare_impi.mpi_library_file, bare_impi.mpi_library_file  # the stand-in's folder
+    ceiling = {r.size: r.value for r in records if r.variant == "ceiling (memcpy)"}
+    assert sorted(ceiling) == [4096, 8192, 16384, 32768, 65536] and all(v > 0 for v in ceiling.values())
+    assert "as a fraction of the copy ceiling" in proc.stdout and "decisions (a fixed number of repeats" in proc.stdout
     assert own.mpi_library_file.startswith("/usr/local/lib/libmpi"), own.mpi_library_file
     assert impi.mpi_abi == own.mpi_abi == "mpich"  # the extension mpi4py selected, printed by the script
     assert {"host", "date", "command", "session", "site"} <= {k for k, v in own.to_json().items() if v}
@@ -157,7 +168,7 @@ def test_a_standard_abi_image_is_measured_against_the_mpich_abi_of_the_same_imag
     results = tmp_path / "ci.jsonl"
     proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--profile", "ci", "--only",
                            "mpi4py:py3.13-mpiabi-mpich5.0.2", "--results", str(results), "--no-plots", "--no-swap",
-                           "--no-default-sandbox",
+                           "--no-default-sandbox", "--no-ceiling",
                            "--repeats", "2", "--bench", "osu_bw", "--sizes", "osu_bw=1048576:1048576"],
                           cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -192,7 +203,10 @@ def test_an_open_mpi_image_is_measured_against_the_same_wheel_on_bare_metal_and_
     by_variant = {r.variant: r for r in records if r.benchmark == "osu_bw"}
     assert set(by_variant) == {"container", "container (default sandbox)", "container+openmpi",
                                "container (persistent)", "container (C)", "bare-metal", "bare-metal (persistent)",
-                               "bare-metal (C)"}
+                               "bare-metal (C)", "bare-metal+openmpi", "ceiling (memcpy)", "ceiling (process_vm_readv)"}
+    # the swap's Open MPI 4.1.8 on bare metal too, from the stand-in's folder on the host
+    host = by_variant["bare-metal+openmpi"]
+    assert host.mpi_library.startswith("Open MPI v4.1.8,") and "/host-mpi/openmpi-4.1.8/" in host.mpi_library_file
     own, swap, bare = by_variant["container"], by_variant["container+openmpi"], by_variant["bare-metal"]
     assert own.mpi_library.startswith("Open MPI v5.0.11,") and own.mpi_library_file == "/usr/local/lib/libmpi.so.40"
     assert swap.mpi_library.startswith("Open MPI v4.1.8,") and swap.mpi_library_file == "/opt/host-mpi/lib/libmpi.so.40"
@@ -207,6 +221,40 @@ def test_an_open_mpi_image_is_measured_against_the_same_wheel_on_bare_metal_and_
                      proc.stdout), proc.stdout[-2000:]
     assert "bw container+openmpi / bare metal" in proc.stdout
     assert "latency container+openmpi / bare metal" in proc.stdout
+    assert "bind model / the same host MPI on bare metal (container+openmpi / bare-metal+openmpi)" in proc.stdout
+
+
+def test_until_decided_stops_at_a_look_and_the_report_judges_at_that_look(client, tmp_path):
+    """The smallest real --until-decided: the latency target's questions (persistent Python - C at 1 and 2 B) and
+    nothing else; it stops at a planned look, every stored row carries the plan, and the report's decisions say at
+    which look each question was decided (or that it was not)."""
+    from hpcimages import stats
+
+    results = tmp_path / "ci.jsonl"
+    proc = subprocess.run(bench_cmd(results, "--until-decided", "--budget", "2", "--no-swap", "--no-default-sandbox",
+                                    "--no-bare-metal", "--no-ceiling", "--bench", "osu_latency",
+                                    "--sizes", "osu_latency=1:2"),
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records, _ = load([results])
+    plan = stats.Sequential()
+    assert {r.looks for r in records} == {plan.text()}
+    assert {r.variant for r in records} == {"container", "container (persistent)", "container (C)"}
+    repeats = {r.variant: max(x.repeat for x in records if x.variant == r.variant) for r in records}
+    # "container" is read by no question: it stops after the first look; the target's two variants at a look
+    assert repeats["container"] == plan.looks[0]
+    assert repeats["container (persistent)"] == repeats["container (C)"] in plan.looks
+    look = re.findall(r"look at (\d+) repeats[^\n]*", proc.stdout)
+    assert look and int(look[-1]) == repeats["container (C)"], proc.stdout[-2000:]
+    decisions = re.findall(r"container \(persistent\) - container \(C\)\s+(\d)\s+\S+ \[\S+, \S+\]\s+(\d+) of "
+                           r"(\d+)\s+(met|NOT met|undecided)", proc.stdout)
+    assert [d[0] for d in decisions] == ["1", "2"], proc.stdout[-3000:]
+    for _, used, stored, _ in decisions:
+        assert int(used) in plan.looks and int(used) <= int(stored) == repeats["container (C)"]
+    outcomes = {d[3] for d in decisions}
+    # it stopped because all were decided, or with one undecided at the last look it reached
+    assert ("undecided" not in outcomes) == ("every question is decided" in proc.stdout), proc.stdout[-2000:]
+    assert "osu_latency.py --persistent within +0.4 µs of the C reference" in proc.stdout
 
 
 def test_an_interrupted_bench_keeps_every_finished_run(client, tmp_path):

@@ -93,11 +93,24 @@ class Binding:
         MPI: its launch settings alone)."""
         if self.folder is None:
             return dict(self.settings)
+        return self._env_at(HOST_MPI_MOUNT)
+
+    def _env_at(self, prefix: str) -> dict[str, str]:
         # an Open MPI installed elsewhere than its configured prefix finds its launcher helpers (orted), components
         # and help files only through OPAL_PREFIX: a site's module sets it for a relocated install, and it must beat
         # the OPAL_PREFIX an Open MPI 4 image sets for its own copy
-        relocated = {"OPAL_PREFIX": HOST_MPI_MOUNT} if self.soname == OPEN_MPI_SONAME else {}
-        return {"LD_LIBRARY_PATH": f"{HOST_MPI_MOUNT}/lib", **relocated, **self.settings}
+        relocated = {"OPAL_PREFIX": prefix} if self.soname == OPEN_MPI_SONAME else {}
+        return {"LD_LIBRARY_PATH": f"{prefix}/lib", **relocated, **self.settings}
+
+    def host_env(self) -> dict[str, str]:
+        """The same host MPI run on bare metal, from its folder on the host (not bound into anything)."""
+        assert self.folder is not None
+        return self._env_at(str(self.folder.resolve()))
+
+    def host_launcher(self, fallback: str) -> str:
+        """Its own mpiexec on the host, or ``fallback`` (a hydra) for a library without one."""
+        assert self.folder is not None
+        return str(self.folder.resolve() / "bin" / "mpiexec") if self.own_launcher else fallback
 
     @property
     def launcher(self) -> str:

@@ -10,14 +10,19 @@ Variants of one cell (an image):
 ``bare-metal``         the host, in a venv with the same MPI wheel (MPICH or Open MPI) and the same locked mpi4py /
                        numpy
 ``bare-metal (C)``     the C reference compiled with that venv's ``mpicc``
+``bare-metal+impi``    the swap's stand-in host MPI on bare metal (``bare-metal+openmpi`` for an Open MPI image):
+                       what the bind model must equal
+``ceiling (memcpy)``   bench/copy_ceiling.c on the host, beside osu_bw: one copy between the ranks' two CPUs (and
+                       ``ceiling (process_vm_readv)``, the same copy by cross-memory attach)
 
 In an image of a family with a parallel HDF5 only ``h5py_write`` runs (``container`` and the swap: does
 HDF5's I/O follow the swapped MPI at the same speed?); the MPI benchmarks run in the other images, whose MPI stack
 such an image inherits.
 
 Every repeat runs every benchmark in every variant before the next repeat starts, so drift on a noisy
-machine hits all variants alike; tables use the median over repeats. Each finished run is appended to
-the results file at once (see results.py): an interrupted bench loses at most the run in flight.
+machine hits all variants alike, and each repeat starts one job further on; tables use the median over repeats.
+``until_decided`` repeats until the targets' questions are decided (decide.py, stats.Sequential). Each finished
+run is appended to the results file at once (see results.py): an interrupted bench loses at most the run in flight.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,7 +43,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .. import engine
+from .. import engine, stats
 from ..define.lock import locked_pins, requirement_block
 from ..define.matrix import Cell, Matrix, Profile
 from ..define.templates import HDF5_CONFIGURE_OPTIONS
@@ -62,6 +68,8 @@ from ..mpirun import (
 )
 from ..paths import build_dir, relative
 from ..validate import shown
+from . import decide, report
+from .decide import BARE_SWAP_OF
 from .results import (
     DEFAULT_SANDBOX_VARIANT,
     PRIMARY,
@@ -89,7 +97,8 @@ DEFAULT_SANDBOX = ENGINE_DEFAULT
 #: reported and ends that variant, not the bench
 DEFAULT_SANDBOX_TIMEOUT_S = 240
 CMA_PROBE = "cma_probe.py"
-#: osu_bw.py with persistent requests: the interpreter out of the timed loop (against the C reference's speed)
+#: osu_bw.py and osu_latency.py with persistent requests: the interpreter out of the timed loop (against the C
+#: reference's speed)
 PERSISTENT = ("--persistent",)
 #: the C references' sources: each program, and what both include
 C_SOURCES = ("osu_bw.c", "osu_latency.c", "osu_common.h")
@@ -130,14 +139,17 @@ BENCHMARKS = {
 def runs(bench: Benchmark, variant: Variant) -> bool:
     """Which benchmark runs in which variant: the parallel-I/O one where h5py has a parallel HDF5 (an image of such a
     family, its bare-metal twin), the MPI ones in the other variants (an HDF5 image inherits its parent's MPI
-    stack), C references only for benchmarks that have one, and the default sandbox for point-to-point ones (where
-    cross-memory attach matters)."""
+    stack), C references only for benchmarks that have one, the default sandbox and the host MPI on bare metal for
+    point-to-point ones (where cross-memory attach matters, and what the bind model's target reads), the copy
+    ceiling beside osu_bw."""
     if bench.hdf5 != variant.hdf5:
         return False
-    if variant.name == DEFAULT_SANDBOX_VARIANT:
+    if variant.ceiling:
+        return bench.name == "osu_bw"
+    if variant.name == DEFAULT_SANDBOX_VARIANT or variant.host_dirs:
         return bench.name in ("osu_bw", "osu_latency")
     if variant.args == PERSISTENT:
-        return bench.name == "osu_bw"
+        return bench.name in ("osu_bw", "osu_latency")
     return variant.language == "python" or bench.c_source is not None
 
 
@@ -164,6 +176,10 @@ class Variant:
     sandbox_label: str = SANDBOX.label  # with the cross-memory-attach probe's answer once probed
     optional: bool = False  # a failed run is reported and drops the variant instead of ending the bench
     args: tuple[str, ...] = ()  # passed to the script after the sizes, e.g. ("--persistent",)
+    launcher: str | None = None  # bare metal: the mpiexec of a host MPI other than the venv's own
+    host_dirs: tuple[str, ...] = ()  # bare metal with a host MPI: the library loaded must lie under one of these
+    ceiling: str = ""  # the copy ceiling (bench/copy_ceiling.c): "memcpy" or "cma"; no MPI, no ranks
+    binary: Path | None = None  # the copy ceiling's program on the host
 
     @property
     def timeout(self) -> int:
@@ -171,6 +187,10 @@ class Variant:
 
     def command(self, bench: Benchmark, args: list[str], scratch: Path) -> list[str]:
         args = [*args, *self.args]
+        if self.ceiling:  # the sender on the first rank's CPU, the receiver on the second's, as the ranks are pinned
+            assert self.binary is not None
+            cpus = pin_cpus()
+            return [str(self.binary), "-k", self.ceiling, *(["-c", f"{cpus[0]},{cpus[1]}"] if cpus else []), *args]
         if bench.hdf5:  # the shared file: one host folder for every variant (see scratch_dir)
             args = [*args, "--dir", SCRATCH_MOUNT if self.cell is not None else str(scratch)]
         if self.cell is not None:
@@ -179,7 +199,7 @@ class Variant:
                 ["python3", f"{BENCH_MOUNT}/{bench.script}"]
         else:
             assert self.venv is not None and self.scripts is not None
-            mpiexec = str(self.venv / "bin" / "mpiexec")
+            mpiexec = self.launcher or str(self.venv / "bin" / "mpiexec")
             program = [str(self.venv / "bin" / f"{bench.name}_c")] if self.language == "c" else \
                 [str(self.venv / "bin" / "python"), str(self.scripts / bench.script)]
         return mpiexec_argv(mpiexec, [*program, *args], 2, pin_cpus())
@@ -354,6 +374,41 @@ def compile_c_references(matrix: Matrix, venv: Path, soname: str) -> None:
             raise BenchError(f"{binary.name} does not resolve the venv's {soname}: {linked.strip()[-400:]}")
 
 
+CEILING_VARIANTS = {"memcpy": "ceiling (memcpy)", "cma": "ceiling (process_vm_readv)"}
+
+
+def ceiling_variants(matrix: Matrix, progress: Progress) -> list[Variant]:
+    """The copy ceiling on this host (bench/copy_ceiling.c, compiled again when its source changed): one plain copy
+    between the ranks' two CPUs, and the same copy by cross-memory attach. None where the host has no compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        progress("  no copy ceiling: no C compiler on the host")
+        return []
+    source, binary = bench_dir(matrix) / "copy_ceiling.c", build_dir(matrix.root) / "bench" / "copy_ceiling"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise BenchError(f"cannot compile {source.name} on the host: {proc.stderr.strip()[-600:]}")
+    # process_vm_readv may be refused where the bench itself runs confined: reported, and that variant dropped
+    return [Variant(name, "c", "", binary=binary, ceiling=mode, optional=mode == "cma")
+            for mode, name in CEILING_VARIANTS.items()]
+
+
+def bare_swap(cell: Cell, swap: Swap, venv: Path, scripts: Path) -> Variant:
+    """The bind swap's stand-in host MPI on bare metal: the bare-metal venv's mpi4py with the stand-in's library
+    first on LD_LIBRARY_PATH (and named to mpi4py) and its own launcher, the library proven by its folder, as the
+    swap's is. What the bind model must equal ("the same host MPI on bare metal")."""
+    name, host = swap
+    assert host.folder is not None
+    # mpi4py looks in the venv's own lib/ before LD_LIBRARY_PATH (where the venv's MPI wheel lies): it is told
+    folder = host.folder.resolve()
+    env = {**host.host_env(), "MPI4PY_LIBMPI": str(folder / "lib" / host.soname)}
+    return Variant(BARE_SWAP_OF[name], "python", cell.mpi.key, venv=venv, scripts=scripts, env=env,
+                   launcher=host.host_launcher(str(venv / "bin" / "mpiexec")), host_dirs=(str(folder),))
+
+
 def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Swap | None,
                   bare_metal: bool, progress: Progress) -> list[Variant]:
     """An image with a parallel HDF5: its own MPI, the bind-model swap, and the bare-metal twin with HDF5 and h5py
@@ -447,7 +502,7 @@ def sandbox_label(base: str, probe: str) -> str:
 
 
 def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cells: list[Cell], *, swap: bool = True,
-             c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True,
+             c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True, ceiling: bool = True,
              progress: Progress = print) -> list[Variant]:
     registry = profile.registry
     swaps = hostmpi.swap_bindings(client, matrix, cells, progress) if swap else {}
@@ -464,6 +519,8 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             out += hdf5_variants(matrix, profile, cell, image, found.id, swap_of(matrix, cell, swaps), twin, progress)
             hdf5_twins.add(cell.mpi.key)
             continue
+        if ceiling and not any(v.ceiling for v in out):
+            out += ceiling_variants(matrix, progress)
         # the image's own MPI with what its launcher needs in a container (Open MPI: ranks as root)
         own = image_mpi(cell.mpi.abi, cell.mpi.version)
         informed = sandbox_label(SANDBOX.label, probe_cma(client, bench_dir(matrix), image, SANDBOX))
@@ -502,6 +559,8 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
                 env = launch_settings(cell.mpi.abi, cell.mpi.version)
                 out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=scripts, env=env,
                                    soname=cell.mpi.soname))
+                if host is not None:
+                    out.append(bare_swap(cell, host, venv, scripts))
                 if (venv / "bin" / "osu_bw_c").exists() and c_reference:
                     out.append(Variant("bare-metal (persistent)", "python", cell.mpi.key, venv=venv, scripts=scripts,
                                        env=env, soname=cell.mpi.soname, args=PERSISTENT))
@@ -516,7 +575,8 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
 def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, command: list[str],
                 scratch: Path) -> tuple[int, str]:
     if variant.cell is None:
-        env = {**os.environ, "PATH": f"{variant.venv}/bin:{os.environ.get('PATH', '')}", **variant.env}
+        path = f"{variant.venv}/bin:{os.environ.get('PATH', '')}" if variant.venv else os.environ.get("PATH", "")
+        env = {**os.environ, "PATH": path, **variant.env}
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env, check=False)
         except subprocess.TimeoutExpired:
@@ -529,12 +589,14 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
 
 
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
-               repeat: int, run_id: str, session: str) -> list[ResultRow]:
+               repeat: int, run_id: str, session: str, looks: str | None = None) -> list[ResultRow]:
     parsed = parse_osu(output)
     contradiction = None
     if variant.cell is not None and variant.language == "python":  # the C references print no library file
         contradiction = library_contradiction(parsed.library_file, [HOST_MPI_MOUNT], variant.binding.bound,
                                               variant.soname)
+    elif variant.host_dirs:  # a host MPI on bare metal: its own library, from its folder
+        contradiction = library_contradiction(parsed.library_file, variant.host_dirs, True)
     elif variant.language == "python" and variant.venv is not None and variant.soname:  # bare metal
         contradiction = venv_contradiction(parsed.library_file, str(variant.venv.resolve()), variant.soname)
     if contradiction:
@@ -546,22 +608,69 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
     return [ResultRow(
         benchmark=name, variant=variant.name, size=int(row["size"]), value=row[metric], metric=metric,
         unit=unit, session=session, run_id=run_id, repeat=repeat, date=date, host=socket.gethostname(),
-        site="local", profile=profile, language=variant.language, mpi=variant.mpi,
+        site="local", profile=profile, language=variant.language, mpi=variant.mpi or None,
         cell=variant.cell.ref if variant.cell else None, image=variant.image, image_id=variant.image_id,
         mpi_library=parsed.library, mpi_library_file=parsed.library_file, mpi_abi=parsed.mpi_abi,
         command=" ".join(command), sandbox=variant.sandbox_label if variant.cell is not None else None,
         layout=parsed.layout, placement=parsed.placement, transport=parsed.transport,
-        settings=parsed.settings,
+        settings=parsed.settings, looks=looks,
         extra={k: v for k, v in row.items() if k not in ("size", metric)},
     ) for name in series_of(bench.name) for metric, unit in [PRIMARY[name]] for row in parsed.rows]
+
+
+#: one benchmark in one variant: a run of each per repeat
+Job = tuple[Benchmark, Variant]
+
+
+def rotated(jobs: list[Job], repeat: int) -> list[Job]:
+    """A repeat's order: every job back to back, the start moved on by one each repeat, so no variant always runs
+    first (after an idle machine) or last."""
+    if not jobs:
+        return []
+    k = (repeat - 1) % len(jobs)
+    return jobs[k:] + jobs[:k]
+
+
+def questions(rows: list[ResultRow], plan: stats.Sequential) -> list[tuple[str, decide.Answer]]:
+    """(group, answer) of every question the rows can answer, at the looks they reached, grouped as the report
+    groups them."""
+    return [(group, a) for group, group_rows in report.groups(rows).items() for a in decide.answers(group_rows, plan)]
+
+
+def open_questions(rows: list[ResultRow], plan: stats.Sequential) -> list[tuple[str, decide.Answer]]:
+    """The questions not yet decided."""
+    return [(g, a) for g, a in questions(rows, plan) if a.outcome == decide.UNDECIDED]
+
+
+def still_needed(jobs: list[Job], undecided: list[tuple[str, decide.Answer]], rows: list[ResultRow]) -> list[Job]:
+    """The jobs an undecided question reads (its two variants, in its group), and the copy ceiling."""
+    mpis: dict[str, set[str | None]] = {}
+    for r in rows:
+        if r.cell:
+            mpis.setdefault(r.cell, set()).add(r.mpi)
+    wanted = set()
+    for group, a in undecided:
+        wanted |= {(group, a.rule.bench, a.rule.a), (group, a.rule.bench, a.rule.b)}
+
+    def needed(bench: Benchmark, variant: Variant) -> bool:
+        if variant.ceiling:
+            return True
+        groups = [variant.cell.ref] if variant.cell else [g for g, m in mpis.items() if variant.mpi in m]
+        return any((g, bench.name, variant.name) in wanted for g in groups)
+    return [(b, v) for b, v in jobs if needed(b, v)]
 
 
 def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cells: list[Cell],
         benchmarks: Iterable[str],
         store: Path, *, repeats: int = 3, sizes: dict[str, str] | None = None, swap: bool = True,
-        c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True, progress: Progress = print,
+        c_reference: bool = True, bare_metal: bool = True, default_sandbox: bool = True, ceiling: bool = True,
+        until_decided: stats.Sequential | None = None, budget_s: float | None = None, progress: Progress = print,
         session: str = "") -> int:
-    """Run everything; returns the number of runs stored. Raises KeyboardInterrupt through, after cleanup."""
+    """Run everything; returns the number of runs stored. Raises KeyboardInterrupt through, after cleanup.
+
+    ``until_decided``: instead of ``repeats``, look at the target and anomaly questions (decide.py) at each of the
+    plan's looks and stop at the first look where all are decided, at the last look, or at the last look that
+    ``budget_s`` is estimated to reach. After a look, only the variants an undecided question reads run on."""
     chosen = []
     for name in benchmarks:
         if name not in BENCHMARKS:
@@ -569,35 +678,85 @@ def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cel
         chosen.append(BENCHMARKS[name])
     prof = matrix.profile(profile)
     plan = variants(client, matrix, prof, cells, swap=swap, c_reference=c_reference, bare_metal=bare_metal,
-                    default_sandbox=default_sandbox, progress=progress)
+                    default_sandbox=default_sandbox, ceiling=ceiling, progress=progress)
     jobs = [(b, v) for b in chosen for v in plan if runs(b, v)]
     if not jobs:
         raise BenchError(f"nothing to run: {', '.join(b.name for b in chosen)} in {', '.join(c.ref for c in cells)} "
                          "(h5py_write runs in images of a family with hdf5, the MPI benchmarks in the others)")
-    total, stored = repeats * len(jobs), 0
+    last = until_decided.looks[-1] if until_decided else repeats
+    looks = until_decided.text() if until_decided else None
     scratch = scratch_dir(matrix)
-    progress(f"{len(plan)} variants x {len(chosen)} benchmarks x {repeats} repeats = {total} runs -> {store}")
-    dropped: set[int] = set()
-    for repeat in range(1, repeats + 1):
-        for bench, variant in jobs:
-            if id(variant) in dropped:
+    if until_decided:
+        progress(f"{len(plan)} variants x {len(chosen)} benchmarks, repeated until decided ({until_decided.describe()}"
+                 f"{f'; budget {budget_s / 60:.0f} min' if budget_s else ''}) -> {store}")
+    else:
+        progress(f"{len(plan)} variants x {len(chosen)} benchmarks x {repeats} repeats = {repeats * len(jobs)} runs -> "
+                 f"{store}")
+    started, seconds = time.monotonic(), {}
+    rows: list[ResultRow] = []
+    active, stored, repeat = list(jobs), 0, 0
+    while repeat < last:
+        repeat += 1
+        for bench, variant in rotated(active, repeat):
+            if (bench, variant) not in active:  # dropped during this repeat
                 continue
             args = ["-m", (sizes or {}).get(bench.name, bench.default_sizes)]
             command = variant.command(bench, args, scratch)
             label = f"{variant.cell.ref if variant.cell else 'host'} {variant.name} {bench.name}"
-            progress(f"[{stored + 1}/{total}] repeat {repeat}: {label}")
+            count = f"{stored + 1}" if until_decided else f"{stored + 1}/{repeats * len(jobs)}"
+            progress(f"[{count}] repeat {repeat}: {label}")
+            begun = time.monotonic()
             code, output = run_variant(client, matrix, variant, command, scratch)
+            seconds[(bench.name, id(variant))] = time.monotonic() - begun
             if code != 0 and variant.optional:
-                dropped.add(id(variant))
-                progress(f"  {label} failed (exit {code}; {variant.sandbox_label}): {output.strip()[-300:]}; "
-                         f"{variant.name} is left out of the rest of this bench")
+                active = [(b, v) for b, v in active if v is not variant]
+                progress(f"  {label} failed (exit {code}; {variant.sandbox_label if variant.cell else 'host'}): "
+                         f"{output.strip()[-300:]}; {variant.name} is left out of the rest of this bench")
                 continue
             if code != 0:
                 raise BenchError(f"{label} failed (exit {code}): {output.strip()[-600:]}")
             try:
-                rows = records_of(output, variant, bench, command, prof.name, repeat, uuid.uuid4().hex, session)
+                found = records_of(output, variant, bench, command, prof.name, repeat, uuid.uuid4().hex, session,
+                                   looks)
             except ResultsError as exc:
                 raise BenchError(f"{label}: {exc}: {output.strip()[-400:]}") from None
-            append_run(store, rows)
+            append_run(store, found)
+            rows += found
             stored += 1
+        if until_decided and repeat in until_decided.looks:
+            active = _after_look(until_decided, repeat, jobs, active, rows, seconds, started, budget_s, progress)
+            if not active:
+                break
     return stored
+
+
+def _after_look(plan: stats.Sequential, repeat: int, jobs: list[Job], active: list[Job], rows: list[ResultRow],
+                seconds: dict, started: float, budget_s: float | None, progress: Progress) -> list[Job]:
+    """What runs after a look: the jobs of the undecided questions, or nothing (all decided, the plan's last look,
+    or a budget the next look would overrun)."""
+    asked = questions(rows, plan)
+    undecided = [(g, a) for g, a in asked if a.outcome == decide.UNDECIDED]
+    if not asked:
+        progress(f"look at {repeat} repeats: no target or anomaly reads what ran here; stopping")
+        return []
+    if not undecided:
+        progress(f"look at {repeat} repeats: every question is decided")
+        return []
+    shown = ", ".join(f"{g} {a.rule.shown} at {a.size} B" for g, a in undecided[:4]) + \
+        (f" and {len(undecided) - 4} more" if len(undecided) > 4 else "")
+    upcoming = plan.next_look(repeat)
+    if upcoming is None:
+        progress(f"look at {repeat} repeats, the plan's last: {len(undecided)} questions stay undecided ({shown})")
+        return []
+    kept = [j for j in still_needed(jobs, undecided, rows) if j in active]
+    estimate = (upcoming - repeat) * sum(seconds.get((b.name, id(v)), 0.0) for b, v in kept)
+    spent = time.monotonic() - started
+    if budget_s is not None and spent + estimate > budget_s:
+        progress(f"look at {repeat} repeats: {len(undecided)} questions undecided ({shown}); the next look at "
+                 f"{upcoming} repeats needs about {estimate / 60:.1f} min more, past the budget "
+                 f"({spent / 60:.1f} of {budget_s / 60:.0f} min spent): stopping here")
+        return []
+    progress(f"look at {repeat} repeats: {len(undecided)} questions undecided ({shown}); {len(kept)} of "
+             f"{len(jobs)} runs per repeat go on to the next look at {upcoming} repeats (about {estimate / 60:.1f} "
+             "min)")
+    return kept

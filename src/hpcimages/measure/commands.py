@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from .. import stats
 from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
@@ -20,6 +21,9 @@ from . import results as results_mod
 
 #: the benchmarks `invoke bench` knows, in the order it runs them (its --help names them from here)
 BENCHMARK_NAMES = tuple(bench_mod.BENCHMARKS)
+#: how long `invoke bench --until-decided` may repeat by default (minutes), and its looks
+DEFAULT_BUDGET_MIN = 30
+SEQUENTIAL = stats.Sequential()
 
 
 def tables_from_results(results: str, session: str | None = None, out: str | None = None, plots: bool = True,
@@ -69,11 +73,15 @@ def parse_sizes(items: Iterable[str]) -> dict[str, str]:
 
 
 def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks: str = "",
-          sizes: Iterable[str] = (), repeats: int | str = 5, swap: bool = True, c_reference: bool = True,
+          sizes: Iterable[str] = (), repeats: int | str = 6, swap: bool = True, c_reference: bool = True,
           bare_metal: bool = True, results: str | None = None, strict: bool = False, plots: bool = True,
-          default_sandbox: bool = True) -> int:
+          default_sandbox: bool = True, ceiling: bool = True, until_decided: bool = False,
+          budget: int | str | None = None) -> int:
     """Run the benchmarks, store the results, print tables, draw plots."""
     repeats = whole_number("--repeats", repeats, 1, 1000)
+    if budget is not None and not until_decided:
+        raise bench_mod.BenchError("--budget limits --until-decided: add --until-decided, or leave --budget out")
+    budget_s = 60 * whole_number("--budget", budget if budget is not None else DEFAULT_BUDGET_MIN, 1, 24 * 60)
     m = load_matrix(matrix)
     prof = m.profile(profile)
     only = list(only)
@@ -90,7 +98,8 @@ def bench(matrix: str, profile: str = "ci", only: Iterable[str] = (), benchmarks
     try:
         stored = bench_mod.run(connect(), m, prof, cells, chosen, store, repeats=repeats, sizes=ranges, swap=swap,
                                c_reference=c_reference, bare_metal=bare_metal, default_sandbox=default_sandbox,
-                               progress=say, session=session)
+                               ceiling=ceiling, until_decided=SEQUENTIAL if until_decided else None,
+                               budget_s=budget_s if until_decided else None, progress=say, session=session)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the runs finished before it are in {store} (session {session})", file=sys.stderr)
         raise

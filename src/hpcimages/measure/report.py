@@ -15,14 +15,17 @@ from pathlib import Path
 
 from .. import stats, tables
 from ..files import write_text
+from . import decide
 from .results import CMA_BLOCKED, CMA_WORKS, DEFAULT_SANDBOX_VARIANT, H5PY_SERIES, SWAP_VARIANTS, ResultRow, medians
 
 #: what to do where the probe found cross-memory attach blocked (both anomaly lines that name that cause say it)
 CMA_ADVICE = ("run containers with --cap-add SYS_PTRACE (or a seccomp profile that allows "
               "process_vm_readv/process_vm_writev)")
+#: the copy ceiling's variants (bench/copy_ceiling.c): host-wide, shown in every group that ran osu_bw
+CEILING, CEILING_CMA = "ceiling (memcpy)", "ceiling (process_vm_readv)"
 VARIANT_ORDER = ("container", DEFAULT_SANDBOX_VARIANT, "container (MPICH ABI)", *SWAP_VARIANTS.values(),
                  "container (persistent)", "container (C)", "container (C, MPICH ABI)", "bare-metal",
-                 "bare-metal (persistent)", "bare-metal (C)")
+                 *decide.BARE_SWAP_VARIANTS.values(), "bare-metal (persistent)", "bare-metal (C)", CEILING, CEILING_CMA)
 LARGE = 1024 * 1024
 ANOMALY_RATIO = 0.5
 TITLES = {"osu_bw": "Bandwidth (MB/s)", "osu_latency": "Point-to-point latency (µs)",
@@ -51,15 +54,23 @@ class Table:
 
 @dataclass
 class Target:
+    """A target judged by its intervals (decide.py): met, NOT met, undecided or not measured, with the sizes that
+    say so."""
+
     group: str
     statement: str
-    measured: float | None
-    met: bool | None  # None: not measured
+    outcome: str
+    answers: list[decide.Answer]
 
     def line(self) -> str:
-        if self.met is None:
-            return f"[not measured] {self.group}: {self.statement}"
-        return f"[{'met' if self.met else 'NOT met'}] {self.group}: {self.statement}: {self.measured:.3f}"
+        head = f"[{self.outcome}] {self.group}: {self.statement}"
+        if self.outcome == decide.NOT_MEASURED:
+            return head
+        shown = [a for a in self.answers if a.outcome == self.outcome] if self.outcome != decide.MET else []
+        repeats = sorted({a.repeats for a in self.answers})
+        span = f"{repeats[0]}" if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
+        where = "; ".join(f"{a.size} B {a.figure}" for a in shown[:3]) + ("; ..." if len(shown) > 3 else "")
+        return f"{head}: {where + ', ' if where else ''}{len(self.answers)} sizes, {span} repeats"
 
 
 def groups(records: list[ResultRow]) -> dict[str, list[ResultRow]]:
@@ -69,7 +80,8 @@ def groups(records: list[ResultRow]) -> dict[str, list[ResultRow]]:
     for cell in cells:
         mpis = {r.mpi for r in records if r.cell == cell}
         benches = {r.benchmark for r in records if r.cell == cell}  # bare metal of what the cell ran, not more
-        out[cell] = [r for r in records if r.cell == cell or (not r.cell and r.mpi in mpis and r.benchmark in benches)]
+        out[cell] = [r for r in records if r.cell == cell or (not r.cell and r.benchmark in benches and (
+            r.mpi in mpis or r.variant in (CEILING, CEILING_CMA)))]
     orphans = [r for r in records if not r.cell and not any(r in g for g in out.values())]
     for r in orphans:
         out.setdefault(f"bare metal {r.mpi}", []).append(r)
@@ -108,8 +120,10 @@ RATIOS = (
     ("osu_bw", "container", "bare-metal", "bw container / bare metal"),
     ("osu_bw", DEFAULT_SANDBOX_VARIANT, "bare-metal", "bw default sandbox / bare metal"),
     ("osu_bw", DEFAULT_SANDBOX_VARIANT, "container", "bw default sandbox / container"),
-    # the bind-model swap: the stand-in host MPI against the same wheel on bare metal
+    # the bind-model swap: the stand-in host MPI against the same wheel on bare metal, and against itself there
     *(("osu_bw", v, "bare-metal", f"bw {v} / bare metal") for v in SWAP_VARIANTS.values()),
+    *(("osu_bw", v, decide.BARE_SWAP_VARIANTS[abi], f"bw {v} / {decide.BARE_SWAP_VARIANTS[abi]}")
+      for abi, v in SWAP_VARIANTS.items()),
     ("osu_bw", "container", "container (C)", "bw Python / C (container)"),
     ("osu_bw", "bare-metal", "bare-metal (C)", "bw Python / C (bare metal)"),
     ("osu_bw", "container (persistent)", "container (C)", "bw Python persistent / C (container)"),
@@ -117,7 +131,10 @@ RATIOS = (
     ("osu_latency", "container", "bare-metal", "latency container / bare metal"),
     ("osu_latency", DEFAULT_SANDBOX_VARIANT, "container", "latency default sandbox / container"),
     ("osu_latency", "container", "container (C)", "latency Python / C (container)"),
+    ("osu_latency", "container (persistent)", "container (C)", "latency Python persistent / C (container)"),
     *(("osu_latency", v, "bare-metal", f"latency {v} / bare metal") for v in SWAP_VARIANTS.values()),
+    *(("osu_latency", v, decide.BARE_SWAP_VARIANTS[abi], f"latency {v} / {decide.BARE_SWAP_VARIANTS[abi]}")
+      for abi, v in SWAP_VARIANTS.items()),
     *((b, v, "container", f"{b[5:].replace('_', ' ')} {v} / container") for b in H5PY_BENCHMARKS
       for v in SWAP_VARIANTS.values()),
     *((b, "container", "bare-metal", f"{b[5:].replace('_', ' ')} container / bare metal") for b in H5PY_BENCHMARKS),
@@ -169,6 +186,27 @@ def overhead_table(group: str, med: dict) -> Table | None:
                  ["size (B)", *(title for _, _, title in columns)], rows)
 
 
+def ceiling_table(group: str, rows: list[ResultRow]) -> Table | None:
+    """osu_bw of every variant as a fraction of the copy ceiling measured in the same repeat (the median of the
+    repeats' paired fractions): how close to one plain copy between the two CPUs each variant gets."""
+    variants = [v for v in _variants({(group, r.benchmark, r.variant, r.size): 0 for r in rows}, "osu_bw")
+                if v != CEILING]
+    sizes = sorted({r.size for r in rows if r.benchmark == "osu_bw" and r.variant == CEILING})
+    if not sizes or not variants:
+        return None
+    body = []
+    for size in sizes:
+        cells: list[object] = [size]
+        for v in variants:
+            fractions = paired_ratios(rows, "osu_bw", v, CEILING, size)
+            cells.append(f"{statistics.median(fractions):.3f}" if fractions else None)
+        ceiling = statistics.median(r.value for r in rows if r.benchmark == "osu_bw" and r.variant == CEILING
+                                    and r.size == size)
+        body.append([*cells, f"{ceiling:.0f}"])
+    return Table(f"{group}: osu_bw as a fraction of the copy ceiling (one memcpy between the ranks' two CPUs, measured "
+                 "in each repeat; median of the paired fractions)", ["size (B)", *variants, "ceiling (MB/s)"], body)
+
+
 #: The cost of the MPI-5 standard ABI: a standard-ABI image against the MPICH ABI of the same image and MPICH.
 ABI_COST = (
     ("osu_bw", "container", "container (MPICH ABI)", "bw Python"),
@@ -183,13 +221,15 @@ def paired_ratios(rows: Iterable[ResultRow], bench: str, a: str, b: str, size: i
 
 
 def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str, str, str, str]],
-                   title: str) -> Table | None:
+                   title: str, plan: stats.Sequential | None = None) -> Table | None:
     """Ratios a / b per size with their spread: the median of the repeats' paired ratios, a 95 % bootstrap
-    interval and a verdict; a column only where both variants ran in the same repeats."""
+    interval and a verdict; a column only where both variants ran in the same repeats. A session repeated until
+    decided gets its looks' level over all its repeats (its decisions table has each question's own look)."""
+    level = plan.level if plan else 1 - stats.ALPHA
     columns: dict[str, dict[int, str]] = {}
     for bench, a, b, name in ratios:
         sizes = sorted({r.size for r in rows if r.benchmark == bench})
-        cells = {size: _interval_cell(paired, bench in BANDWIDTHS) for size in sizes
+        cells = {size: _interval_cell(paired, bench in BANDWIDTHS, level) for size in sizes
                  if (paired := paired_ratios(rows, bench, a, b, size))}
         if cells:
             columns[name] = cells
@@ -197,12 +237,12 @@ def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str
         return None
     sizes = sorted({size for cells in columns.values() for size in cells})
     body = [[size, *(cells.get(size) for cells in columns.values())] for size in sizes]
-    return Table(f"{group}: {title} (median of the repeats' paired ratios, [95 % bootstrap interval], "
+    return Table(f"{group}: {title} (median of the repeats' paired ratios, [{100 * level:.1f} % bootstrap interval], "
                  f"equivalent = inside 1 ± {stats.EQUIVALENT:.2f})", ["size (B)", *columns], body)
 
 
-def _interval_cell(paired: list[float], higher_is_better: bool) -> str:
-    found = stats.interval(paired)
+def _interval_cell(paired: list[float], higher_is_better: bool, level: float = 1 - stats.ALPHA) -> str:
+    found = stats.interval(paired, level)
     if found is None:  # one repeat has no spread: a verdict would claim what was not measured
         return f"{paired[0]:.3f} (1 repeat: no interval)"
     return found.cell(higher_is_better)
@@ -218,7 +258,8 @@ def anomalies(group: str, med: dict, sandboxes: dict[str, str] | None = None) ->
     named; otherwise the usual suspects."""
     found, flagged = [], set()
     for (g, bench, variant, size), value in sorted(med.items()):
-        if g != group or bench != "osu_bw" or size < LARGE or variant.startswith("bare-metal"):
+        if g != group or bench != "osu_bw" or size < LARGE or variant.startswith("bare-metal") \
+                or variant in (CEILING, CEILING_CMA):
             continue
         reference = "bare-metal (C)" if variant.endswith("(C)") else "bare-metal"
         base = med.get((group, bench, reference, size))
@@ -233,21 +274,17 @@ def anomalies(group: str, med: dict, sandboxes: dict[str, str] | None = None) ->
     return found, flagged
 
 
-def sandbox_gaps(group: str, rows: list[ResultRow]) -> list[str]:
+def sandbox_gaps(group: str, rows: list[ResultRow], plan: stats.Sequential | None = None) -> list[str]:
     """Sizes where the default-sandbox container is slower than the informed one (their paired interval lies below
     1 - EQUIVALENT), with the cause the cross-memory-attach probe names (each run's sandbox label carries its
     answer), or the statement that the probe does not explain it."""
-    sizes = sorted({r.size for r in rows if r.benchmark == "osu_bw" and r.variant == DEFAULT_SANDBOX_VARIANT})
-    slower = []
-    for size in sizes:
-        found = stats.interval(paired_ratios(rows, "osu_bw", DEFAULT_SANDBOX_VARIANT, "container", size))
-        if found is not None and found.verdict(True) == "slower":
-            slower.append((size, found.median, found.low, found.high))
+    every_size = dataclasses.replace(SANDBOX_RULE, min_size=0)
+    slower = [a for a in decide.answers(rows, plan, [every_size]) if a.outcome == "slower" and a.interval]
     if not slower:
         return []
     labels = {r.variant: r.sandbox or "" for r in rows if r.variant in (DEFAULT_SANDBOX_VARIANT, "container")}
     plain, informed = labels.get(DEFAULT_SANDBOX_VARIANT, ""), labels.get("container", "")
-    where = ", ".join(f"{size} B {mid:.3f} [{low:.3f}, {high:.3f}]" for size, mid, low, high in slower[:4])
+    where = ", ".join(f"{a.size} B {a.figure}" for a in slower[:4])
     if CMA_BLOCKED in plain and CMA_WORKS in informed:
         probe = plain.split(CMA_BLOCKED, 1)[1].strip(" ()")
         cause = (f"cause: cross-memory attach is blocked under the engine's default sandbox ({probe}) and works in "
@@ -287,26 +324,32 @@ def tcp_fallbacks(group: str, rows: list[ResultRow], med: dict) -> tuple[list[st
     return found, flagged
 
 
-def targets(group: str, med: dict) -> list[Target]:
-    def worst(bench: str, a: str, b: str, min_size: int, fn=min) -> float | None:
-        values = [r for s in _sizes(med, bench) if s >= min_size
-                  if (r := _ratio(med, group, bench, a, b, s)) is not None]
-        return fn(values) if values else None
+SANDBOX_RULE = next(r for r in decide.RULES if r.a == DEFAULT_SANDBOX_VARIANT)
 
-    py_c = worst("osu_bw", "container", "container (C)", 64 * 1024)
-    persistent = worst("osu_bw", "container (persistent)", "container (C)", 64 * 1024)
-    cont_bm = worst("osu_bw", "container", "bare-metal", LARGE)
-    lat = _ratio(med, group, "osu_latency", "container", "bare-metal", 8)
-    return [
-        Target(group, "osu_bw.py >= 0.95 x C reference at every size >= 64 KiB (min ratio)", py_c,
-               None if py_c is None else py_c >= 0.95),
-        Target(group, "osu_bw.py --persistent >= 0.95 x C reference at every size >= 64 KiB (min ratio)", persistent,
-               None if persistent is None else persistent >= 0.95),
-        Target(group, "container >= 0.95 x bare metal bandwidth at >= 1 MiB (min ratio)", cont_bm,
-               None if cont_bm is None else cont_bm >= 0.95),
-        Target(group, "container latency at 8 B within +10 % of bare metal (ratio)", lat,
-               None if lat is None else lat <= 1.10),
-    ]
+
+def targets(group: str, rows: list[ResultRow], plan: stats.Sequential | None) -> list[Target]:
+    """Each target rule judged by its intervals at every size it covers (decide.py)."""
+    out = []
+    ran = {r.variant for r in rows}
+    for rule in (r for r in decide.RULES if r.target):
+        if rule.a in SWAP_VARIANTS.values() and rule.a not in ran:  # the other ABI's swap, or --no-swap
+            continue
+        found = decide.answers(rows, plan, [rule])
+        out.append(Target(group, rule.statement, decide.target_outcome(found), found))
+    return out
+
+
+def decisions_table(group: str, rows: list[ResultRow], plan: stats.Sequential | None) -> Table | None:
+    """Every question a target or an anomaly reads: its interval, the repeats it took and what it decided."""
+    found = decide.answers(rows, plan)
+    if not found:
+        return None
+    how = plan.describe() if plan else \
+        f"a fixed number of repeats, distribution-free {100 * (1 - stats.ALPHA):.0f} % intervals"
+    body = [[a.rule.shown, a.size, a.figure, f"{a.repeats} of {a.available}" if plan else a.repeats, a.outcome,
+             a.rule.statement if a.rule.target else "anomaly: " + a.rule.statement] for a in found]
+    return Table(f"{group}: decisions ({how})", ["question", "size (B)", "median [interval]", "repeats", "outcome",
+                                                 "read by"], body)
 
 
 @dataclass
@@ -329,7 +372,8 @@ def build_report(records: list[ResultRow]) -> Report:
         med = _group_medians(group, rows)
         found, flagged = anomalies(group, med, {r.variant: r.sandbox for r in rows if r.sandbox})
         fallbacks, fell_back = tcp_fallbacks(group, rows, med)
-        found, flagged = found + fallbacks + sandbox_gaps(group, rows), flagged | fell_back
+        plan = decide.plan_of(rows)
+        found, flagged = found + fallbacks + sandbox_gaps(group, rows, plan), flagged | fell_back
         for bench in TABLE_BENCHMARKS:
             table = value_table(group, med, bench, flagged)
             if table:
@@ -340,14 +384,20 @@ def build_report(records: list[ResultRow]) -> Report:
         overhead = overhead_table(group, med)
         if overhead:
             tables.append(overhead)
-        spread = interval_table(group, rows, RATIOS, "ratios with their spread")
+        fraction = ceiling_table(group, rows)
+        if fraction:
+            tables.append(fraction)
+        spread = interval_table(group, rows, RATIOS, "ratios with their spread", plan)
         if spread:
             tables.append(spread)
         cost = abi_cost_table(group, rows)
         if cost:
             tables.append(cost)
+        decisions = decisions_table(group, rows, plan)
+        if decisions:
+            tables.append(decisions)
         if any(r.benchmark.startswith("osu_") for r in rows):  # the targets are the MPI benchmarks'
-            all_targets += targets(group, med)
+            all_targets += targets(group, rows, plan)
         all_anomalies += found
     return Report(tables, all_targets, all_anomalies)
 
@@ -423,8 +473,9 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
                     continue
                 sizes = [p[0] for p in points]
                 drawn += sizes
-                line, = ax.plot(sizes, [p[1] for p in points], marker="o", markersize=3, label=plain(v),
-                                linestyle="--" if "bare-metal" in v else "-")
+                style = {"linestyle": ":", "color": "black" if v == CEILING else "grey", "marker": None} \
+                    if v in (CEILING, CEILING_CMA) else {"linestyle": "--" if "bare-metal" in v else "-", "marker": "o"}
+                line, = ax.plot(sizes, [p[1] for p in points], markersize=3, label=plain(v), **style)
                 ax.fill_between(sizes, [p[2] for p in points], [p[3] for p in points], color=line.get_color(),
                                 alpha=0.15, linewidth=0)
             ax.set_xscale("log", base=2)
@@ -448,4 +499,78 @@ def plot(records: list[ResultRow], outdir: Path) -> list[Path]:
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
+        questions = plot_questions(group, rows, outdir)
+        if questions:
+            written.append(questions)
     return written
+
+
+#: one panel per question a reader asks of an image's osu_bw: its title and the rules that answer it (the first
+#: whose variants ran is drawn)
+PANELS = (
+    ("container vs bare metal", ("container",)),
+    ("Python (persistent requests) vs C", ("container (persistent)",)),
+    ("engine's default vs informed sandbox", (DEFAULT_SANDBOX_VARIANT,)),
+    ("bind model vs the same host MPI on bare metal", tuple(SWAP_VARIANTS.values())),
+)
+
+
+def panel_rule(rows: list[ResultRow], firsts: tuple[str, ...]) -> decide.Rule | None:
+    ran = {r.variant for r in rows if r.benchmark == "osu_bw"}
+    return next((rule for rule in decide.RULES if rule.bench == "osu_bw" and rule.a in firsts and rule.a in ran
+                 and rule.b in ran), None)
+
+
+def panel_verdict(rule: decide.Rule, found: list[decide.Answer]) -> str:
+    """A target's outcome over its range, or (the anomaly's question) the verdicts by size where decided."""
+    in_range = [a for a in found if a.size >= rule.min_size]
+    if rule.target:
+        return f"{decide.target_outcome(in_range)} (>= {size_label(rule.min_size)})"
+    decided = [f"{a.outcome} at {size_label(a.size)}" for a in in_range if a.outcome != decide.UNDECIDED]
+    return "; ".join(decided[:3]) or f"undecided at >= {size_label(rule.min_size)}"
+
+
+def plot_questions(group: str, rows: list[ResultRow], outdir: Path) -> Path | None:
+    """One figure, one panel per question (PANELS): the osu_bw ratio's median by size with its interval as a band
+    (the look that decided it, for a session repeated until decided), 1 ± 0.05 shaded, the target's range marked,
+    and the verdict in the panel's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    plan = decide.plan_of(rows)
+    panels = [(title, rule) for title, firsts in PANELS if (rule := panel_rule(rows, firsts)) is not None]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), squeeze=False)
+    for ax, (title, rule) in zip(axes[:, 0], panels, strict=True):
+        found = [a for a in decide.answers(rows, plan, [dataclasses.replace(rule, min_size=1)]) if a.interval]
+        if not found:
+            ax.set_title(f"{title}: too few repeats for an interval", fontsize=9)
+            continue
+        sizes = [a.size for a in found]
+        ax.axhspan(1 - stats.EQUIVALENT, 1 + stats.EQUIVALENT, color="green", alpha=0.08, linewidth=0)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.fill_between(sizes, [a.interval.low for a in found], [a.interval.high for a in found], alpha=0.25,
+                        linewidth=0)
+        ax.plot(sizes, [a.interval.median for a in found], marker="o", markersize=3)
+        ax.axvline(rule.min_size, color="black", linestyle=":", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(size_ticks(sizes)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: size_label(x)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+        ax.tick_params(labelsize=8)
+        ax.set_ylabel(plain(rule.shown).replace(" / ", " /\n"), fontsize=7)
+        ax.set_title(f"{title}: {panel_verdict(rule, found)}", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+    level = f"the {100 * plan.level:.1f} % interval at the look that decided it" if plan else \
+        f"the {100 * (1 - stats.ALPHA):.0f} % interval"
+    fig.suptitle(f"osu_bw, {plain(group)}: ratio by message size\n(band: {level}; shaded: 1 ± "
+                 f"{stats.EQUIVALENT:g}; dotted: where the target's range starts)", fontsize=9)
+    fig.tight_layout()
+    path = outdir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', group)}-questions.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

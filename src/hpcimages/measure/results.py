@@ -107,6 +107,7 @@ class ResultRow:
     placement: str | None = None  # "rank 0 node1 cpus 0; rank 1 node2 cpus 1": node and pinning of every rank
     transport: str | None = None  # "tcp to 10.0.0.3" or "no tcp between ranks", as the ranks saw it after the run
     settings: str | None = None  # the script's settings line: "buffer: numpy, window: 64, requests: persistent"
+    looks: str | None = None  # repeats until decided: the session's plan (stats.Sequential.text), None for fixed
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -1,0 +1,153 @@
+"""What the benchmarks must show, as questions an interval decides: the targets, and the anomaly worth repeating for.
+
+A rule compares two variants of one benchmark at each message size in its range: a ratio ``a / b`` (or, for
+small-message latency, a difference ``a - b`` in µs, which a ratio hides). At one size it is decided when its
+interval (the repeats' paired values, stats.median_interval: distribution-free, 95 % from six repeats) lies
+entirely on one side of the rule's bound:
+
+``equivalent``          inside 1 ± stats.EQUIVALENT: met; entirely outside: not met
+``at-least``            low >= bound: met; high < bound: not met
+``difference-at-most``  high <= bound: met; low > bound: not met
+``decided``             (an anomaly's question) any verdict but ``undecided``
+
+A target is met when every size is met, not met when one size is decided against it, and undecided otherwise:
+a median alone never meets a target. ``invoke bench --until-decided`` repeats until every rule that ran is decided
+at every size (bench.py), and the report judges the stored rows the same way, at the look the bench stopped at
+(stats.Sequential).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .. import stats
+from .results import DEFAULT_SANDBOX_VARIANT, SWAP_VARIANTS, ResultRow, ResultsError
+
+KiB, MiB = 1024, 1024 * 1024
+EQUIVALENT, AT_LEAST, DIFFERENCE_AT_MOST, DECIDED = "equivalent", "at-least", "difference-at-most", "decided"
+MET, NOT_MET, UNDECIDED, NOT_MEASURED = "met", "NOT met", "undecided", "not measured"
+#: the same stand-in host MPI as the bind swap, run on bare metal from the bare-metal venv (bench.py): by the stand-in's
+#: ABI, and by the swap variant it is the bare-metal twin of
+BARE_SWAP_VARIANTS = {abi: f"bare-metal+{name.split('+', 1)[1]}" for abi, name in SWAP_VARIANTS.items()}
+BARE_SWAP_OF = {SWAP_VARIANTS[abi]: bare for abi, bare in BARE_SWAP_VARIANTS.items()}
+
+
+@dataclass(frozen=True)
+class Rule:
+    statement: str
+    bench: str
+    a: str
+    b: str
+    kind: str
+    bound: float = 1.0
+    min_size: int = 0
+    max_size: int | None = None
+    target: bool = True  # False: an anomaly's question, repeated for but not a target
+
+    def sizes(self, rows: Iterable[ResultRow]) -> list[int]:
+        """The sizes in range at which both variants ran."""
+        seen: dict[str, set[int]] = {self.a: set(), self.b: set()}
+        for r in rows:
+            if r.benchmark == self.bench and r.variant in seen and r.size >= self.min_size \
+                    and (self.max_size is None or r.size <= self.max_size):
+                seen[r.variant].add(r.size)
+        return sorted(seen[self.a] & seen[self.b])
+
+    @property
+    def shown(self) -> str:
+        return f"{self.a} - {self.b}" if self.kind == DIFFERENCE_AT_MOST else f"{self.a} / {self.b}"
+
+    def outcome(self, found: stats.Interval | None) -> str:
+        if found is None:
+            return UNDECIDED
+        if self.kind == EQUIVALENT:
+            verdict = found.verdict(higher_is_better=True)
+            return MET if verdict == "equivalent" else UNDECIDED if verdict == "undecided" else NOT_MET
+        if self.kind == AT_LEAST:
+            return MET if found.low >= self.bound else NOT_MET if found.high < self.bound else UNDECIDED
+        if self.kind == DIFFERENCE_AT_MOST:
+            return MET if found.high <= self.bound else NOT_MET if found.low > self.bound else UNDECIDED
+        verdict = found.verdict(higher_is_better=self.bench != "osu_latency")
+        return UNDECIDED if verdict == "undecided" else verdict
+
+
+RULES = (
+    Rule("osu_bw container / bare metal equivalent (within ±5 %) at every size >= 256 KiB", "osu_bw", "container",
+         "bare-metal", EQUIVALENT, min_size=256 * KiB),
+    Rule("osu_bw.py --persistent >= 0.95 x the C reference at every size >= 64 KiB", "osu_bw",
+         "container (persistent)", "container (C)", AT_LEAST, 0.95, min_size=64 * KiB),
+    *(Rule(f"bind model / the same host MPI on bare metal ({swap} / {BARE_SWAP_VARIANTS[abi]}) equivalent "
+           "(within ±5 %) at every size >= 256 KiB", "osu_bw", swap, BARE_SWAP_VARIANTS[abi], EQUIVALENT,
+           min_size=256 * KiB) for abi, swap in SWAP_VARIANTS.items()),
+    Rule("osu_latency.py --persistent within +0.4 µs of the C reference at 1-64 B (Python - C)", "osu_latency",
+         "container (persistent)", "container (C)", DIFFERENCE_AT_MOST, 0.4, min_size=1, max_size=64),
+    # the default-sandbox anomaly (report.sandbox_gaps) reads this interval
+    Rule("default sandbox / informed container bandwidth at >= 1 MiB", "osu_bw", DEFAULT_SANDBOX_VARIANT,
+         "container", DECIDED, min_size=MiB, target=False),
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    rule: Rule
+    size: int
+    interval: stats.Interval | None
+    repeats: int  # the paired repeats the interval used
+    available: int  # the paired repeats stored
+    outcome: str
+
+    @property
+    def figure(self) -> str:
+        if self.interval is None:
+            if not self.available:
+                return "not measured"
+            return (f"{self.available} repeat{'s' if self.available > 1 else ''}: too few for an interval "
+                    f"({stats.repeats_for(1 - stats.ALPHA)} at least)")
+        iv = self.interval
+        return f"{iv.median:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def plan_of(rows: Iterable[ResultRow]) -> stats.Sequential | None:
+    """The sequential plan the rows were measured under: one session's stored looks, or None (a fixed number of
+    repeats, or sessions pooled by `invoke tabulate`, judged at the plain 95 %)."""
+    found = {(r.session, r.looks) for r in rows}
+    if len(found) != 1:
+        return None
+    (_, looks), = found
+    if looks is None:
+        return None
+    try:
+        return stats.Sequential.parse(looks)
+    except stats.PlanError as exc:
+        raise ResultsError(f"stored results: {exc}") from None
+
+
+def paired(rows: Iterable[ResultRow], rule: Rule, size: int) -> list[float]:
+    values = {(r.variant, (r.session or "", r.repeat)): r.value for r in rows
+              if r.benchmark == rule.bench and r.size == size and r.variant in (rule.a, rule.b)}
+    if rule.kind == DIFFERENCE_AT_MOST:
+        return stats.paired_differences(values, rule.a, rule.b)
+    return stats.paired_ratios(values, rule.a, rule.b)
+
+
+def answer(rows: list[ResultRow], rule: Rule, size: int, plan: stats.Sequential | None) -> Answer:
+    values = paired(rows, rule, size)
+    if plan is None:
+        found = stats.median_interval(values)
+        return Answer(rule, size, found, len(values), len(values), rule.outcome(found))
+    found, used, _ = plan.look(values, lambda iv: rule.outcome(iv) != UNDECIDED)
+    return Answer(rule, size, found, used, len(values), rule.outcome(found))
+
+
+def answers(rows: list[ResultRow], plan: stats.Sequential | None, rules: Iterable[Rule] = RULES) -> list[Answer]:
+    return [answer(rows, rule, size, plan) for rule in rules for size in rule.sizes(rows)]
+
+
+def target_outcome(found: list[Answer]) -> str:
+    outcomes = {a.outcome for a in found}
+    if not found:
+        return NOT_MEASURED
+    if NOT_MET in outcomes:
+        return NOT_MET
+    return MET if outcomes == {MET} else UNDECIDED

@@ -1,0 +1,153 @@
+"""Benchmarks that decide: the sequential plan, the rules' outcomes, the looks the report reproduces, and what the
+bench runs after a look (stats.Sequential, measure/decide.py, measure/bench.py's loop helpers)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcimages import stats
+from hpcimages.measure import bench, decide
+from hpcimages.measure.report import build_report
+from hpcimages.measure.results import ResultRow, ResultsError, append_run
+
+ROOT = Path(__file__).resolve().parent.parent
+CELL = "mpi4py:py3.11-mpich4.3.2"
+PLAN = stats.Sequential((8, 12, 18))
+
+
+def rows(pairs: list[tuple[float, float]], a: str = "container", b: str = "bare-metal", size: int = 1 << 20,
+         bench_name: str = "osu_bw", looks: str | None = None, session: str = "s1") -> list[ResultRow]:
+    """One row of each variant per repeat, paired in order."""
+    out = []
+    for repeat, (x, y) in enumerate(pairs, 1):
+        for variant, value in ((a, x), (b, y)):
+            out.append(ResultRow(benchmark=bench_name, variant=variant, size=size, value=value, repeat=repeat,
+                                 mpi="mpich4.3.2", cell=None if variant.startswith("bare-metal") else CELL,
+                                 session=session, looks=looks))
+    return out
+
+
+def test_a_plan_is_stored_as_text_and_read_back():
+    plan = stats.Sequential()
+    assert stats.Sequential.parse(plan.text()) == plan
+    assert plan.level == pytest.approx(1 - 0.05 / len(plan.looks))
+    assert plan.next_look(0) == plan.looks[0] and plan.next_look(plan.looks[-1]) is None
+
+
+@pytest.mark.parametrize("text", ["", "5,8", "5,3@0.05", "1,2@0.05", "5,8@1.5", "5,8@0.05;rm -rf /",
+                                  "x@0.05", "5,,8@0.05", ",".join(["5"] * 30) + "@0.05", "9" * 5000 + "@0.05"])
+def test_a_stored_plan_that_is_not_one_is_refused_with_what_a_plan_looks_like(text):
+    with pytest.raises(stats.PlanError, match="is not a plan of looks"):
+        stats.Sequential.parse(text)
+
+
+def test_each_look_is_wider_than_a_plain_95_percent_interval():
+    values = [0.91, 0.97, 1.02, 0.99, 1.04, 0.95, 1.01, 0.98]
+    plain, look = stats.interval(values), stats.interval(values, PLAN.level)
+    assert look.low <= plain.low and look.high >= plain.high and (look.low, look.high) != (plain.low, plain.high)
+
+
+@pytest.mark.parametrize("rule_kind, bound, low, high, outcome", [
+    (decide.EQUIVALENT, 1.0, 0.96, 1.04, decide.MET),
+    (decide.EQUIVALENT, 1.0, 0.80, 0.94, decide.NOT_MET),
+    (decide.EQUIVALENT, 1.0, 1.06, 1.20, decide.NOT_MET),
+    (decide.EQUIVALENT, 1.0, 0.90, 1.01, decide.UNDECIDED),
+    (decide.AT_LEAST, 0.95, 0.95, 1.30, decide.MET),
+    (decide.AT_LEAST, 0.95, 0.70, 0.949, decide.NOT_MET),
+    (decide.AT_LEAST, 0.95, 0.90, 1.10, decide.UNDECIDED),
+    (decide.DIFFERENCE_AT_MOST, 0.4, 0.01, 0.40, decide.MET),
+    (decide.DIFFERENCE_AT_MOST, 0.4, 0.41, 0.80, decide.NOT_MET),
+    (decide.DIFFERENCE_AT_MOST, 0.4, 0.30, 0.50, decide.UNDECIDED),
+])
+def test_a_rule_is_decided_only_by_where_its_whole_interval_lies(rule_kind, bound, low, high, outcome):
+    rule = decide.Rule("r", "osu_bw", "a", "b", rule_kind, bound)
+    assert rule.outcome(stats.Interval((low + high) / 2, low, high)) == outcome
+    assert rule.outcome(None) == decide.UNDECIDED
+
+
+def test_the_report_judges_a_sequential_session_at_the_look_that_decided_it():
+    # one repeat at 1.08: at eight repeats the interval is the smallest to the largest value, and holds it; at
+    # twelve, the second smallest to the second largest (98.3 % at twelve), which leaves it out: decided there
+    pairs = [(1.08, 1.0)] + [(1.0, 1.0)] * 17
+    stored = rows(pairs, looks=PLAN.text())
+    rule = decide.RULES[0]
+    found = decide.answer(stored, rule, 1 << 20, decide.plan_of(stored))
+    assert decide.plan_of(stored) == PLAN and (found.repeats, found.available, found.outcome) == (12, 18, decide.MET)
+    ratios = [x / y for x, y in pairs]
+    assert [PLAN.look(ratios[:n], lambda iv: rule.outcome(iv) != decide.UNDECIDED)[1:] for n in (8, 12)] == \
+        [(8, False), (12, True)]
+    # the same repeats without a plan: one 95 % interval over all eighteen
+    fixed = decide.answer(rows(pairs), rule, 1 << 20, None)
+    assert fixed.repeats == 18 and fixed.outcome == decide.MET
+    table = next(t for t in build_report(stored).tables if "decisions" in t.title)
+    assert "looks after 8, 12, 18 repeats; each distribution-free interval at 98.3 %" in table.title
+    assert table.rows[0][:5] == ["container / bare-metal", 1 << 20, found.figure, "12 of 18", decide.MET]
+
+
+def test_the_distribution_free_interval_holds_the_median_as_often_as_it_says():
+    assert stats.median_interval([1.0] * 5) is None  # 1 - 2 / 2**5 < 95 %
+    assert stats.repeats_for(0.95) == 6 and stats.repeats_for(0.99) == 8
+    found = stats.median_interval([5.0, 1.0, 4.0, 2.0, 3.0, 6.0, 8.0, 7.0, 9.0, 10.0, 11.0, 12.0])
+    assert (found.low, found.median, found.high) == (3.0, 6.5, 10.0)  # 1 - 2 * 79 / 4096 = 96.1 %
+
+
+def test_sessions_pooled_by_tabulate_are_judged_without_a_plan():
+    pooled = rows([(1.0, 1.0)] * 3, looks=PLAN.text(), session="a") + rows([(1.0, 1.0)] * 3, session="b")
+    assert decide.plan_of(pooled) is None
+
+
+def test_a_stored_plan_that_is_not_one_stops_the_report_with_a_clear_error(tmp_path):
+    store = tmp_path / "r.jsonl"
+    append_run(store, rows([(1.0, 1.0)] * 3, looks="3,2@0.05"))
+    with pytest.raises(ResultsError, match=r"stored results: '3,2@0\.05' is not a plan of looks"):
+        build_report(rows([(1.0, 1.0)] * 3, looks="3,2@0.05"))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "tabulate", str(store), "--no-plots"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "is not a plan of looks" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def variant(name: str, cell: str | None = CELL, mpi: str = "mpich4.3.2", **kw) -> bench.Variant:
+    from hpcimages.define import load_matrix
+
+    found = load_matrix(ROOT / "matrix.toml").cell(cell) if cell else None
+    return bench.Variant(name, "python", mpi, found, **kw)
+
+
+def test_every_repeat_starts_one_job_further_on():
+    jobs = [("b", n) for n in range(4)]
+    assert [bench.rotated(jobs, k)[0][1] for k in range(1, 6)] == [0, 1, 2, 3, 0]
+    assert all(sorted(bench.rotated(jobs, k)) == jobs for k in range(1, 6))
+
+
+def test_after_a_look_only_the_variants_of_undecided_questions_run_on():
+    osu_bw = bench.BENCHMARKS["osu_bw"]
+    jobs = [(osu_bw, variant(n)) for n in ("container", "container (persistent)", "container (C)")]
+    jobs += [(osu_bw, variant("bare-metal", None)), (osu_bw, variant("ceiling (memcpy)", None, "", ceiling="memcpy"))]
+    stored = rows([(1.0, 1.0)] * 8, looks=PLAN.text())  # container / bare metal: equivalent at the first look
+    stored += rows([(0.9, 1.0), (1.1, 1.0)] * 4, "container (persistent)", "container (C)", looks=PLAN.text())
+    undecided = bench.open_questions(stored, PLAN)
+    assert [(g, a.rule.shown) for g, a in undecided] == [(CELL, "container (persistent) / container (C)")]
+    kept = [v.name for _, v in bench.still_needed(jobs, undecided, stored)]
+    assert kept == ["container (persistent)", "container (C)", "ceiling (memcpy)"]
+
+
+def test_a_budget_the_next_look_would_overrun_stops_at_this_look():
+    osu_bw = bench.BENCHMARKS["osu_bw"]
+    jobs = [(osu_bw, variant(n)) for n in ("container (persistent)", "container (C)")]
+    stored = rows([(0.9, 1.0), (1.1, 1.0)] * 4, "container (persistent)", "container (C)", looks=PLAN.text())
+    seconds = {("osu_bw", id(v)): 30.0 for _, v in jobs}  # a minute per repeat: the next look is four more
+    said: list[str] = []
+    import time
+
+    left = bench._after_look(PLAN, 8, jobs, jobs, stored, seconds, time.monotonic() - 60, 270, said.append)
+    assert left == [] and "needs about 4.0 min more, past the budget (1.0 of 4 min spent): stopping here" in said[0]
+    said.clear()
+    assert bench._after_look(PLAN, 8, jobs, jobs, stored, seconds, time.monotonic(), 600, said.append) == jobs
+    assert "go on to the next look at 12 repeats" in said[0]
+    said.clear()
+    assert bench._after_look(PLAN, 18, jobs, jobs, stored, seconds, time.monotonic(), None, said.append) == []
+    assert "the plan's last" in said[0] and "stay undecided" in said[0]
