@@ -142,10 +142,10 @@ def tools(c, force=False, matrix=MATRIX):
                   "process_vm_readv, each repeat)",
     "until-decided": "instead of --repeats: repeat until every target and anomaly question is decided, looking after "
                      f"{', '.join(map(str, measure.SEQUENTIAL.looks))} repeats, each look's interval at "
-                     f"{100 * measure.SEQUENTIAL.level:.0f} % so that stopping on a verdict keeps 95 % for all "
-                     "together",
-    "budget": "minutes --until-decided may spend; it stops at the last look it is estimated to reach in time "
-              f"(default {measure.DEFAULT_BUDGET_MIN})",
+                     f"{100 * measure.SEQUENTIAL.level:.0f} % so that stopping on a verdict keeps each question's "
+                     "interval at 95 %",
+    "budget": "minutes --until-decided may spend: the first look always runs, a later one only when the last "
+              f"repeat's run times say it fits (default {measure.DEFAULT_BUDGET_MIN})",
     "results": "results file (default: results/<profile>.jsonl)",
     "strict": "exit 3 when a variant looks misconfigured (far below bare metal)",
     "no-plots": "do not draw the PNG plots",

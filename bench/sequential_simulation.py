@@ -3,12 +3,15 @@
 
     .venv/bin/python bench/sequential_simulation.py [--runs 2000]
 
-Paired ratios are drawn from a known distribution (true median known), looked at after 5, 8, 12, 18 and 27
-repeats, and a run stops at the first look whose interval decides (inside 1 ± 0.05, or entirely outside it).
+Paired ratios are drawn from a known distribution (true median known), looked at after the plan's looks (8, 12,
+18, 27 and 40 repeats), and a run stops at the first look whose interval decides (inside 1 ± 0.05, or entirely
+outside it).
 Two rules are compared:
 
 - naive: a 95 % interval at every look (stopping the first time it looks decided);
 - until-decided (stats.Sequential): each look at 1 - 0.05 / 5 = 99 %, Bonferroni over the planned looks.
+
+Both use the distribution-free interval of the median (stats.median_interval).
 
 For each true distribution it prints how often the interval the run stopped with misses the true median, how
 often the verdict is wrong (decided "outside" for a truth inside the band, or the reverse), and the mean number of

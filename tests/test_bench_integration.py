@@ -134,6 +134,7 @@ def test_a_short_bench_stores_every_variant_and_prints_tables(client, tmp_path):
     assert {("osu_bw", "bare-metal+impi"), ("osu_latency", "bare-metal+impi")} <= variants
     assert {("osu_bw", "ceiling (memcpy)"), ("osu_bw", "ceiling (process_vm_readv)")} <= variants
     assert not {v for b, v in variants if b != "osu_bw" and v.startswith("ceiling")}
+    assert {r.layout for r in records if r.variant.startswith("ceiling")} == {"intra-node"}
     # the same image under the engine's defaults and under the informed sandbox; each run says what its probe saw
     sandboxes = {r.variant: r.sandbox for r in records if r.variant.startswith("container") and r.language == "python"}
     assert sandboxes["container"] == "cap-add SYS_PTRACE; cross-memory attach works"

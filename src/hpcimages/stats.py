@@ -33,7 +33,7 @@ from dataclasses import dataclass
 #: a ratio whose interval lies inside 1 ± this is "equivalent"
 EQUIVALENT = 0.05
 BOOTSTRAP_DRAWS = 2000
-#: every interval together is wrong at most this often
+#: an interval is wrong at most this often (a question repeated until decided: its looks together)
 ALPHA = 0.05
 
 
@@ -131,18 +131,19 @@ class Sequential:
         return 1 - self.alpha / len(self.looks)
 
     def text(self) -> str:
-        """How a result row stores the plan, e.g. ``5,8,12,18,27@0.05``."""
-        return f"{','.join(map(str, self.looks))}@{self.alpha:g}"
+        """How a result row stores the plan, e.g. ``8,12,18,27,40@0.05``."""
+        return f"{','.join(map(str, self.looks))}@{self.alpha:.6f}".rstrip("0")
 
     @classmethod
     def parse(cls, text: str) -> Sequential:
         """The plan a row stored; PlanError, saying why, for anything else (a results file is input)."""
-        found = re.fullmatch(r"(\d{1,4}(?:,\d{1,4}){0,19})@(0?\.\d{1,6})", text or "")
+        found = re.fullmatch(r"(\d{1,4}(?:,\d{1,4}){0,19})@(0?\.\d{1,6})", text or "", re.ASCII)
         looks = tuple(int(n) for n in found.group(1).split(",")) if found else ()
-        if not found or looks[0] < 2 or any(b <= a for a, b in itertools.pairwise(looks)):
+        alpha = float(found.group(2)) if found else 0.0
+        if not found or looks[0] < 2 or any(b <= a for a, b in itertools.pairwise(looks)) or not 0 < alpha <= 0.5:
             raise PlanError(f"{text[:60]!r} is not a plan of looks (increasing repeat counts from 2, then "
-                            "@alpha, e.g. 5,8,12,18,27@0.05)")
-        return cls(looks, float(found.group(2)))
+                            "@alpha above 0 and at most 0.5, e.g. 8,12,18,27,40@0.05)")
+        return cls(looks, alpha)
 
     def describe(self) -> str:
         return (f"looks after {', '.join(map(str, self.looks))} repeats; each distribution-free interval at "

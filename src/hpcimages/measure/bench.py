@@ -637,27 +637,37 @@ def questions(rows: list[ResultRow], plan: stats.Sequential) -> list[tuple[str, 
     return [(group, a) for group, group_rows in report.groups(rows).items() for a in decide.answers(group_rows, plan)]
 
 
-def open_questions(rows: list[ResultRow], plan: stats.Sequential) -> list[tuple[str, decide.Answer]]:
-    """The questions not yet decided."""
-    return [(g, a) for g, a in questions(rows, plan) if a.outcome == decide.UNDECIDED]
-
-
-def still_needed(jobs: list[Job], undecided: list[tuple[str, decide.Answer]], rows: list[ResultRow]) -> list[Job]:
-    """The jobs an undecided question reads (its two variants, in its group), and the copy ceiling."""
+def cells_by_mpi(rows: list[ResultRow]) -> dict[str, set[str | None]]:
+    """cell -> the MPIs its rows ran: the groups a bare-metal variant belongs to, as report.groups attaches them."""
     mpis: dict[str, set[str | None]] = {}
     for r in rows:
         if r.cell:
             mpis.setdefault(r.cell, set()).add(r.mpi)
-    wanted = set()
-    for group, a in undecided:
-        wanted |= {(group, a.rule.bench, a.rule.a), (group, a.rule.bench, a.rule.b)}
+    return mpis
 
-    def needed(bench: Benchmark, variant: Variant) -> bool:
-        if variant.ceiling:
-            return True
+
+def reads(jobs: list[Job], rows: list[ResultRow]) -> set[tuple[str, str, str]]:
+    """(group, benchmark, variant) of every job, for each group it belongs to."""
+    mpis = cells_by_mpi(rows)
+    found = set()
+    for bench, variant in jobs:
         groups = [variant.cell.ref] if variant.cell else [g for g, m in mpis.items() if variant.mpi in m]
-        return any((g, bench.name, variant.name) in wanted for g in groups)
-    return [(b, v) for b, v in jobs if needed(b, v)]
+        found |= {(g, bench.name, variant.name) for g in groups}
+    return found
+
+
+def asks(group: str, answer: decide.Answer) -> set[tuple[str, str, str]]:
+    """The two (group, benchmark, variant) a question reads."""
+    return {(group, answer.rule.bench, answer.rule.a), (group, answer.rule.bench, answer.rule.b)}
+
+
+def still_needed(jobs: list[Job], undecided: list[tuple[str, decide.Answer]], rows: list[ResultRow]) -> list[Job]:
+    """The jobs an undecided question reads (its two variants, in its group), and the copy ceiling while osu_bw
+    runs on (its fractions are paired by repeat)."""
+    wanted = set().union(*(asks(g, a) for g, a in undecided))
+    kept = [job for job in jobs if not job[1].ceiling and reads([job], rows) & wanted]
+    bandwidth = any(b.name == "osu_bw" for b, _ in kept)
+    return [job for job in jobs if job in kept or (job[1].ceiling and bandwidth)]
 
 
 def run(client: docker.DockerClient, matrix: Matrix, profile: str | Profile, cells: list[Cell],
@@ -735,12 +745,19 @@ def _after_look(plan: stats.Sequential, repeat: int, jobs: list[Job], active: li
     """What runs after a look: the jobs of the undecided questions, or nothing (all decided, the plan's last look,
     or a budget the next look would overrun)."""
     asked = questions(rows, plan)
-    undecided = [(g, a) for g, a in asked if a.outcome == decide.UNDECIDED]
+    running = reads(active, rows)
+    # a question whose variant failed and was left out (the default sandbox, say) cannot be decided any more
+    lost = [(g, a) for g, a in asked if a.outcome == decide.UNDECIDED and not asks(g, a) <= running]
+    undecided = [(g, a) for g, a in asked if a.outcome == decide.UNDECIDED and asks(g, a) <= running]
+    if lost:
+        progress(f"look at {repeat} repeats: {len(lost)} questions stay undecided, a variant they read was left out "
+                 f"({', '.join(sorted({f'{g} {a.rule.shown}' for g, a in lost})[:3])})")
     if not asked:
         progress(f"look at {repeat} repeats: no target or anomaly reads what ran here; stopping")
         return []
     if not undecided:
-        progress(f"look at {repeat} repeats: every question is decided")
+        done = "every question that can still be decided is decided" if lost else "every question is decided"
+        progress(f"look at {repeat} repeats: {done}")
         return []
     shown = ", ".join(f"{g} {a.rule.shown} at {a.size} B" for g, a in undecided[:4]) + \
         (f" and {len(undecided) - 4} more" if len(undecided) > 4 else "")

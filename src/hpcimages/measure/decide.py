@@ -96,6 +96,7 @@ class Answer:
     repeats: int  # the paired repeats the interval used
     available: int  # the paired repeats stored
     outcome: str
+    minimum: int = 6  # the fewest repeats with an interval (under a plan: its first look)
 
     @property
     def figure(self) -> str:
@@ -103,24 +104,29 @@ class Answer:
             if not self.available:
                 return "not measured"
             return (f"{self.available} repeat{'s' if self.available > 1 else ''}: too few for an interval "
-                    f"({stats.repeats_for(1 - stats.ALPHA)} at least)")
+                    f"({self.minimum} at least)")
         iv = self.interval
         return f"{iv.median:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
 
 
-def plan_of(rows: Iterable[ResultRow]) -> stats.Sequential | None:
-    """The sequential plan the rows were measured under: one session's stored looks, or None (a fixed number of
-    repeats, or sessions pooled by `invoke tabulate`, judged at the plain 95 %)."""
-    found = {(r.session, r.looks) for r in rows}
+def plan_of(rows: Iterable[ResultRow], cell: str | None = None) -> stats.Sequential | None:
+    """The sequential plan a cell's rows (all rows when ``cell`` is None) were measured under: one session's stored
+    looks, or None (a fixed number of repeats, or sessions pooled by `invoke tabulate`, judged at the plain 95 %).
+    The host's rows of other sessions beside a cell (bare metal, the ceiling) pair with none of its runs and do not
+    count. Every stored plan is checked, used or not: one that is none is an error."""
+    rows = list(rows)
+    plans = {}
+    for looks in {r.looks for r in rows if r.looks is not None}:
+        try:
+            plans[looks] = stats.Sequential.parse(looks)
+        except stats.PlanError as exc:
+            raise ResultsError(f"stored results: {exc}") from None
+    mine = [r for r in rows if r.cell == cell] if cell is not None else rows
+    found = {(r.session, r.looks) for r in mine or rows}
     if len(found) != 1:
         return None
     (_, looks), = found
-    if looks is None:
-        return None
-    try:
-        return stats.Sequential.parse(looks)
-    except stats.PlanError as exc:
-        raise ResultsError(f"stored results: {exc}") from None
+    return plans[looks] if looks is not None else None
 
 
 def paired(rows: Iterable[ResultRow], rule: Rule, size: int) -> list[float]:
@@ -135,9 +141,10 @@ def answer(rows: list[ResultRow], rule: Rule, size: int, plan: stats.Sequential 
     values = paired(rows, rule, size)
     if plan is None:
         found = stats.median_interval(values)
-        return Answer(rule, size, found, len(values), len(values), rule.outcome(found))
+        return Answer(rule, size, found, len(values), len(values), rule.outcome(found),
+                      stats.repeats_for(1 - stats.ALPHA))
     found, used, _ = plan.look(values, lambda iv: rule.outcome(iv) != UNDECIDED)
-    return Answer(rule, size, found, used, len(values), rule.outcome(found))
+    return Answer(rule, size, found, used or len(values), len(values), rule.outcome(found), plan.looks[0])
 
 
 def answers(rows: list[ResultRow], plan: stats.Sequential | None, rules: Iterable[Rule] = RULES) -> list[Answer]:

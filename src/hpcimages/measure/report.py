@@ -372,7 +372,7 @@ def build_report(records: list[ResultRow]) -> Report:
         med = _group_medians(group, rows)
         found, flagged = anomalies(group, med, {r.variant: r.sandbox for r in rows if r.sandbox})
         fallbacks, fell_back = tcp_fallbacks(group, rows, med)
-        plan = decide.plan_of(rows)
+        plan = decide.plan_of(rows, group)
         found, flagged = found + fallbacks + sandbox_gaps(group, rows, plan), flagged | fell_back
         for bench in TABLE_BENCHMARKS:
             table = value_table(group, med, bench, flagged)
@@ -540,7 +540,7 @@ def plot_questions(group: str, rows: list[ResultRow], outdir: Path) -> Path | No
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
-    plan = decide.plan_of(rows)
+    plan = decide.plan_of(rows, group)
     panels = [(title, rule) for title, firsts in PANELS if (rule := panel_rule(rows, firsts)) is not None]
     if not panels:
         return None
