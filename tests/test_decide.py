@@ -219,3 +219,15 @@ def test_the_copy_ceiling_prints_osu_bw_rows_on_one_host(copy_ceiling, mode):
 def test_the_copy_ceiling_refuses_what_it_cannot_measure(copy_ceiling, args, words):
     proc = subprocess.run([str(copy_ceiling), *args], capture_output=True, text=True, check=False, timeout=30)
     assert proc.returncode == 2 and words in proc.stderr and proc.stdout == ""
+
+
+def test_a_bench_no_question_reads_stops_at_the_first_look():
+    """osu_allreduce alone (or h5py_write): no target or anomaly reads it, so nothing is worth repeating for."""
+    allreduce = bench.BENCHMARKS["osu_allreduce"]
+    jobs = [(allreduce, variant("container")), (allreduce, variant("bare-metal", None))]
+    stored = rows([(10.0, 9.0)] * 8, bench_name="osu_allreduce", looks=PLAN.text())
+    said: list[str] = []
+    import time
+
+    assert bench._after_look(PLAN, 8, jobs, jobs, stored, {}, time.monotonic(), None, said.append) == []
+    assert said == ["look at 8 repeats: no target or anomaly reads what ran here; stopping"]
