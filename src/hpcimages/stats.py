@@ -81,9 +81,14 @@ class Interval:
     def verdict(self, higher_is_better: bool) -> str:
         return interval_verdict(self.low, self.high, higher_is_better)
 
+    @property
+    def figure(self) -> str:
+        """``0.981 [0.950, 1.010]``: the median and its interval."""
+        return f"{self.median:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
     def cell(self, higher_is_better: bool) -> str:
         """How every table shows it: ``0.981 [0.950, 1.010] equivalent``."""
-        return f"{self.median:.3f} [{self.low:.3f}, {self.high:.3f}] {self.verdict(higher_is_better)}"
+        return f"{self.figure} {self.verdict(higher_is_better)}"
 
 
 def interval(ratios: list[float], level: float = 1 - ALPHA) -> Interval | None:

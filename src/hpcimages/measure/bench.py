@@ -71,6 +71,7 @@ from ..validate import shown
 from . import decide, report
 from .decide import BARE_SWAP_OF
 from .results import (
+    CEILING_VARIANTS,
     DEFAULT_SANDBOX_VARIANT,
     PRIMARY,
     SWAP_VARIANTS,
@@ -372,9 +373,6 @@ def compile_c_references(matrix: Matrix, venv: Path, soname: str) -> None:
         if f"{soname} => {venv.resolve()}/lib/" not in linked:
             binary.unlink()
             raise BenchError(f"{binary.name} does not resolve the venv's {soname}: {linked.strip()[-400:]}")
-
-
-CEILING_VARIANTS = {"memcpy": "ceiling (memcpy)", "cma": "ceiling (process_vm_readv)"}
 
 
 def ceiling_variants(matrix: Matrix, progress: Progress) -> list[Variant]:

@@ -105,8 +105,7 @@ class Answer:
                 return "not measured"
             return (f"{self.available} repeat{'s' if self.available > 1 else ''}: too few for an interval "
                     f"({self.minimum} at least)")
-        iv = self.interval
-        return f"{iv.median:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+        return self.interval.figure
 
 
 def plan_of(rows: Iterable[ResultRow], cell: str | None = None) -> stats.Sequential | None:
@@ -129,9 +128,15 @@ def plan_of(rows: Iterable[ResultRow], cell: str | None = None) -> stats.Sequent
     return plans[looks] if looks is not None else None
 
 
+def by_repeat(rows: Iterable[ResultRow], bench: str, a: str, b: str, size: int) -> dict[tuple[str, tuple], float]:
+    """(variant, (session, repeat)) -> value of two variants at one size: what stats pairs repeat by repeat (the
+    variants of one repeat ran back to back)."""
+    return {(r.variant, (r.session or "", r.repeat)): r.value for r in rows
+            if r.benchmark == bench and r.size == size and r.variant in (a, b)}
+
+
 def paired(rows: Iterable[ResultRow], rule: Rule, size: int) -> list[float]:
-    values = {(r.variant, (r.session or "", r.repeat)): r.value for r in rows
-              if r.benchmark == rule.bench and r.size == size and r.variant in (rule.a, rule.b)}
+    values = by_repeat(rows, rule.bench, rule.a, rule.b, size)
     if rule.kind == DIFFERENCE_AT_MOST:
         return stats.paired_differences(values, rule.a, rule.b)
     return stats.paired_ratios(values, rule.a, rule.b)

@@ -16,13 +16,22 @@ from pathlib import Path
 from .. import stats, tables
 from ..files import write_text
 from . import decide
-from .results import CMA_BLOCKED, CMA_WORKS, DEFAULT_SANDBOX_VARIANT, H5PY_SERIES, SWAP_VARIANTS, ResultRow, medians
+from .results import (
+    CEILING_VARIANTS,
+    CMA_BLOCKED,
+    CMA_WORKS,
+    DEFAULT_SANDBOX_VARIANT,
+    H5PY_SERIES,
+    SWAP_VARIANTS,
+    ResultRow,
+    medians,
+)
 
 #: what to do where the probe found cross-memory attach blocked (both anomaly lines that name that cause say it)
 CMA_ADVICE = ("run containers with --cap-add SYS_PTRACE (or a seccomp profile that allows "
               "process_vm_readv/process_vm_writev)")
 #: the copy ceiling's variants (bench/copy_ceiling.c): host-wide, shown in every group that ran osu_bw
-CEILING, CEILING_CMA = "ceiling (memcpy)", "ceiling (process_vm_readv)"
+CEILING, CEILING_CMA = CEILING_VARIANTS["memcpy"], CEILING_VARIANTS["cma"]
 VARIANT_ORDER = ("container", DEFAULT_SANDBOX_VARIANT, "container (MPICH ABI)", *SWAP_VARIANTS.values(),
                  "container (persistent)", "container (C)", "container (C, MPICH ABI)", "bare-metal",
                  *decide.BARE_SWAP_VARIANTS.values(), "bare-metal (persistent)", "bare-metal (C)", CEILING, CEILING_CMA)
@@ -216,8 +225,7 @@ ABI_COST = (
 )
 def paired_ratios(rows: Iterable[ResultRow], bench: str, a: str, b: str, size: int) -> list[float]:
     """a / b for each repeat in which both ran (same session, same repeat: the runs were interleaved)."""
-    return stats.paired_ratios({(r.variant, (r.session or "", r.repeat)): r.value for r in rows
-                                if r.benchmark == bench and r.size == size and r.variant in (a, b)}, a, b)
+    return stats.paired_ratios(decide.by_repeat(rows, bench, a, b, size), a, b)
 
 
 def interval_table(group: str, rows: list[ResultRow], ratios: Iterable[tuple[str, str, str, str]],
