@@ -231,3 +231,16 @@ def test_a_bench_no_question_reads_stops_at_the_first_look():
 
     assert bench._after_look(PLAN, 8, jobs, jobs, stored, {}, time.monotonic(), None, said.append) == []
     assert said == ["look at 8 repeats: no target or anomaly reads what ran here; stopping"]
+
+
+def test_a_ceiling_row_is_labelled_by_the_copy_the_program_says_it_made(copy_ceiling):
+    """The label of a ceiling row is proven by the program's own line, not by the mode the bench asked for."""
+    proc = subprocess.run([str(copy_ceiling), "-k", "memcpy", "-m", "64:128", "-i", "2", "-x", "1"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    memcpy = variant("ceiling (memcpy)", None, "", ceiling="memcpy")
+    rows_stored = bench.records_of(proc.stdout, memcpy, bench.BENCHMARKS["osu_bw"], ["copy_ceiling"], "ci", 1, "r", "s")
+    assert {r.variant for r in rows_stored} == {"ceiling (memcpy)"} and len(rows_stored) == 2
+    cma = variant("ceiling (process_vm_readv)", None, "", ceiling="cma")
+    with pytest.raises(ResultsError, match=r"does not say it copied by process_vm_readv \(# Copy ceiling: one copy "
+                                           r"by memcpy\); not stored"):
+        bench.records_of(proc.stdout, cma, bench.BENCHMARKS["osu_bw"], ["copy_ceiling"], "ci", 1, "r", "s")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -375,6 +376,11 @@ def compile_c_references(matrix: Matrix, venv: Path, soname: str) -> None:
             raise BenchError(f"{binary.name} does not resolve the venv's {soname}: {linked.strip()[-400:]}")
 
 
+#: how bench/copy_ceiling.c names the copy each mode made (its "# Copy ceiling: one copy by ..." line): a ceiling
+#: row's label is proven by it
+CEILING_COPIES = {"memcpy": "memcpy", "cma": "process_vm_readv"}
+
+
 def ceiling_variants(matrix: Matrix, progress: Progress) -> list[Variant]:
     """The copy ceiling on this host (bench/copy_ceiling.c, compiled again when its source changed): one plain copy
     between the ranks' two CPUs, and the same copy by cross-memory attach. None where the host has no compiler."""
@@ -599,6 +605,10 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
         contradiction = venv_contradiction(parsed.library_file, str(variant.venv.resolve()), variant.soname)
     if contradiction:
         raise ResultsError(f"{variant.name}: {contradiction}; not stored")
+    said = re.search(r"^# Copy ceiling: one copy by (\S+)", output, re.M)
+    if variant.ceiling and (said is None or said.group(1) != CEILING_COPIES[variant.ceiling]):
+        raise ResultsError(f"{variant.name}: the program does not say it copied by {CEILING_COPIES[variant.ceiling]} "
+                           f"({said.group(0) if said else 'no copy line'}); not stored")
     if variant.args == PERSISTENT and "requests: persistent" not in (parsed.settings or ""):
         raise ResultsError(f"{variant.name}: the script does not say it used persistent requests "
                            f"({parsed.settings or 'no settings line'}); not stored")
