@@ -186,7 +186,11 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
     "bench": "hello, osu_bw, osu_latency, osu_allreduce, h5py_write (an image with a parallel HDF5), cuda or convert",
     "image": "image tag, e.g. hpcimages/mpi4py:py3.11-mpich4.3.2 (its .sif must be converted, or be in the "
              "site's sif_dir)",
-    "model": "hybrid (the image's own MPI; default) or bind (the site's host MPI injected)",
+    "model": "hybrid (the image's own MPI; default), bind (the site's host MPI injected), or both: each repeat "
+             "runs the two back to back in one job, so that `invoke collect` pairs them",
+    "repeats": "runs of each model in the one job (default 1; at most 100), the order of the models rotated from "
+               "one repeat to the next; the tables give the paired ratios an interval (6 repeats at least) and a "
+               "verdict. Size the site's [slurm] time for them",
     "abi": "the MPI ABI of an image that is no cell of the matrix: mpich (default), mpi (the MPI-5 standard ABI) "
            "or openmpi (started by the site's [open_mpi] launcher); a cell's comes from the matrix",
     "sizes": "message sizes for the OSU benchmarks (bytes per rank for h5py_write), e.g. 1:4194304",
@@ -200,10 +204,11 @@ SITE_HELP = "site profile: a name of slurm/sites/<site>.toml (cray-ex, ib-intelm
     "matrix": MATRIX_HELP,
 })
 def submit(c, site, bench, image, model="hybrid", sizes="", source="", nodes=None, ntasks_per_node=None,
-           no_sharens=False, abi="", dry_run=False, matrix=MATRIX):
+           no_sharens=False, abi="", repeats="1", dry_run=False, matrix=MATRIX):
     """Render a batch script for a site profile and submit it with `sbatch --parsable`, keeping a job record."""
     _run(cluster.submit, matrix=matrix, site=site, bench=bench, image=image, model=model, sizes=sizes, source=source,
-         nodes=nodes, ntasks_per_node=ntasks_per_node, no_sharens=no_sharens, abi=abi, dry_run=dry_run)
+         nodes=nodes, ntasks_per_node=ntasks_per_node, no_sharens=no_sharens, abi=abi, repeats=repeats,
+         dry_run=dry_run)
 
 
 @task(help={"all": "also list scripts only rendered (--dry-run)", "matrix": MATRIX_HELP})

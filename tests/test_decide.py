@@ -3,6 +3,7 @@ bench runs after a look (stats.Sequential, measure/decide.py, measure/bench.py's
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,30 @@ def test_a_ceiling_row_is_labelled_by_the_copy_the_program_says_it_made(copy_cei
     with pytest.raises(ResultsError, match=r"does not say it copied by process_vm_readv \(# Copy ceiling: one copy "
                                            r"by memcpy\); not stored"):
         bench.records_of(proc.stdout, cma, bench.BENCHMARKS["osu_bw"], ["copy_ceiling"], "ci", 1, "r", "s")
+
+
+def site_rows(ratios: list[float], site: str = "s", size: int = 1 << 20) -> list[ResultRow]:
+    """A Slurm job of both models (`invoke submit --model both --repeats N`): one session, the repeats paired."""
+    return [dataclasses.replace(row, cell=CELL, site=site) for row in
+            rows([(9000.0 * r, 9000.0) for r in ratios], a=f"{site}+hostmpi", b=site, size=size, session="job-key")]
+
+
+def test_a_site_s_bind_model_is_judged_against_its_hybrid_model_repeat_by_repeat():
+    [bw, latency] = decide.site_rules({"s", "s+hostmpi", "container"})
+    assert (bw.a, bw.b, bw.kind, bw.target, bw.reader) == ("s+hostmpi", "s", decide.DECIDED, False, "site")
+    assert latency.bench == "osu_latency" and latency.max_size == 64
+    inter = decide.site_rules({"s inter-node", "s+hostmpi inter-node", "s+hostmpi"})  # s itself did not run
+    assert [(r.a, r.b) for r in inter] == [("s+hostmpi inter-node", "s inter-node")] * 2
+    report = build_report(site_rows([0.52, 0.55, 0.49, 0.6, 0.51, 0.57]))
+    text = report.text()
+    assert "bw s+hostmpi / s" in text and "s+hostmpi / s" in text
+    decisions = next(t for t in report.tables if "decisions" in t.title)
+    assert [row[4] for row in decisions.rows] == ["slower"] and decisions.rows[0][5].startswith("site: the site's")
+    assert not report.targets  # the Docker targets ask nothing of a site's runs
+
+
+def test_a_site_s_runs_in_separate_jobs_pair_nothing():
+    one, other = site_rows([0.5] * 6), [dataclasses.replace(r, session="another-job") for r in site_rows([0.5] * 6)]
+    apart = [r for r in one if r.variant == "s"] + [r for r in other if r.variant == "s+hostmpi"]
+    [decisions] = [t for t in build_report(apart).tables if "decisions" in t.title]
+    assert [row[2:5] for row in decisions.rows] == [["not measured", 0, decide.UNDECIDED]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -461,3 +462,120 @@ def test_open_mpi_jobs_are_refused_with_what_to_add_and_convert_needs_no_launche
     assert h5py.abi == "openmpi" and "/opt/ompi/bin/mpirun -n " in script and "h5py_write.py" in script
     with pytest.raises(slurm.SlurmError, match=r"--bench cuda: no cuda-python image is built over Open MPI"):
         slurm.submit(ROOT, m, slurm.JobSpec(no_dirs, "cuda", OPEN_MPI_IMAGE), dry_run=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# one job of several runs: `invoke submit --model both --repeats N`
+
+BW_RUN = ("# hpcimages: job=46 site=s bench=osu_bw model={model} node=n1\n# OSU MPI-Python Bandwidth Test\n"
+          "# {version}\n# Library file: {library}\n# Placement: rank 0 n1 cpus 0; rank 1 n1 cpus 1\n"
+          "# Size      Bandwidth (MB/s)\n262144   {value}\n1048576   {value}\n")
+HYBRID_RUN = {"model": "hybrid", "version": "MPICH Version:      4.3.2", "library": "/usr/local/lib/libmpi.so.12"}
+BIND_RUN = {"model": "bind", "version": "Intel(R) MPI Library 2021.17", "library": "/opt/host-mpi/lib/libmpi.so"}
+
+
+def both_record(repeats: int = 3) -> slurm.JobRecord:
+    return slurm.JobRecord(key="k", site="s", bench="osu_bw", image=IMAGE, model="both", variant="s, s+hostmpi",
+                           script="x", run_dir="/nonexistent", sif="/nonexistent.sif", job_id="46", nodes=1,
+                           ntasks_per_node=2, repeats=repeats)
+
+
+def runs_output(order: list[tuple[int, dict]], value: float = 9000.0) -> str:
+    return "".join(f"# hpcimages-run: repeat {r} model {run['model']}\n" + BW_RUN.format(**run, value=value + r)
+                   for r, run in order)
+
+
+def test_a_job_of_both_models_renders_each_model_s_own_script_and_rotates_their_order(tmp_path):
+    site = load_site(SITES, "local")
+    spec = slurm.JobSpec(site, "osu_bw", IMAGE, "both", "262144:1048576", repeats=3)
+    files = slurm.render_files(ROOT, spec, tmp_path)
+    assert sorted(files) == ["bind.sh", "hybrid.sh", "job.sbatch"]
+    for model in ("hybrid", "bind"):  # each run is what a job of that model alone runs, named as its own script
+        alone = slurm.render(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE, model, "262144:1048576"), tmp_path)
+        assert files[f"{model}.sh"] == alone.replace(str(tmp_path / "job.sbatch"), str(tmp_path / f"{model}.sh"))
+    runs = re.findall(r"^run (\d) (\w+)$", files["job.sbatch"], re.M)
+    assert runs == [("1", "hybrid"), ("1", "bind"), ("2", "bind"), ("2", "hybrid"), ("3", "hybrid"), ("3", "bind")]
+    assert "--model both --repeats 3 --dry-run" in files["job.sbatch"]
+    assert "#SBATCH --ntasks-per-node=2" in files["job.sbatch"] and "LD_LIBRARY_PATH" not in files["job.sbatch"]
+    assert spec.variant == "local, local+hostmpi"
+    script = tmp_path / "job.sbatch"
+    script.write_text(files["job.sbatch"])
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    # one model repeated is a job of several runs too
+    assert sorted(slurm.render_files(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE, "bind", repeats=2), tmp_path)) == \
+        ["bind.sh", "job.sbatch"]
+
+
+def test_the_runs_script_names_each_run_and_goes_on_after_a_failed_one(tmp_path):
+    site = load_site(SITES, "local")
+    files = slurm.render_files(ROOT, slurm.JobSpec(site, "osu_bw", IMAGE, "both", repeats=2), tmp_path)
+    (tmp_path / "job.sbatch").write_text(files["job.sbatch"])
+    (tmp_path / "hybrid.sh").write_text("echo hybrid ran\n")
+    (tmp_path / "bind.sh").write_text("echo bind ran; exit 3\n")
+    proc = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "# hpcimages-run: repeat 1 model hybrid", "hybrid ran",
+        "# hpcimages-run: repeat 1 model bind", "bind ran", "# hpcimages-run-failed: repeat 1 model bind exit 3",
+        "# hpcimages-run: repeat 2 model bind", "bind ran", "# hpcimages-run-failed: repeat 2 model bind exit 3",
+        "# hpcimages-run: repeat 2 model hybrid", "hybrid ran"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"repeats": 0}, "--repeats 0: use 1 to 100"),
+    ({"repeats": 101}, "--repeats 101: use 1 to 100"),
+    ({"bench": "hello", "repeats": 2}, "--bench hello: --repeats and --model both are for the benchmarks"),
+    ({"bench": "convert", "model": "both"}, "--bench convert: --repeats and --model both"),
+    ({"model": "all"}, "unknown model 'all'; known: hybrid, bind, both"),
+])
+def test_a_job_of_several_runs_refuses_what_it_cannot_pair(changes, message):
+    spec = slurm.JobSpec(**{"site": load_site(SITES, "local"), "bench": "osu_bw", "image": IMAGE, **changes})
+    with pytest.raises(slurm.SlurmError, match=re.escape(message)):
+        spec.validate()
+
+
+def test_both_models_need_the_site_s_bind_model():
+    bare = site_from('[slurm]\ncommands = "no/such/dir"\n')
+    with pytest.raises(slurm.SlurmError, match="has no \\[host_mpi\\] lib_dirs"):
+        slurm.JobSpec(bare, "osu_bw", IMAGE, "both", repeats=6).validate()
+    slurm.JobSpec(bare, "osu_bw", IMAGE, "hybrid", repeats=6).validate()  # one model repeated needs none
+
+
+def test_collect_pairs_the_runs_of_one_job_by_repeat_each_proven_by_its_library():
+    record = both_record()
+    text = runs_output([(1, HYBRID_RUN), (1, BIND_RUN), (2, BIND_RUN), (2, HYBRID_RUN), (3, HYBRID_RUN),
+                        (3, BIND_RUN)])
+    rows, summary = slurm.parse_runs(record, text, 2, ("/opt/host-mpi/lib",))
+    assert summary == "6 of 6 runs (3 repeats of s, s+hostmpi)"
+    assert {(r.repeat, r.variant) for r in rows} == {(r, v) for r in (1, 2, 3) for v in ("s", "s+hostmpi")}
+    assert {r.session for r in rows} == {"k"} and len({r.run_id for r in rows}) == 6
+    assert all(r.mpi_library.startswith("Intel") == (r.variant == "s+hostmpi") for r in rows)
+    assert {r.value for r in rows if r.repeat == 2} == {9002.0}
+
+
+def test_a_run_that_failed_or_lies_about_its_library_is_named_and_the_others_are_stored():
+    record = both_record(2)
+    lying = {**BIND_RUN, "library": "/usr/local/lib/libmpi.so.12"}  # the bind run loaded the image's own MPI
+    text = runs_output([(1, HYBRID_RUN), (1, lying), (2, BIND_RUN)]) + \
+        "# hpcimages-run: repeat 2 model hybrid\nTraceback\n# hpcimages-run-failed: repeat 2 model hybrid exit 1\n"
+    rows, summary = slurm.parse_runs(record, text, 2, ("/opt/host-mpi/lib",))
+    assert {(r.repeat, r.variant) for r in rows} == {(1, "s"), (2, "s+hostmpi")}
+    assert summary.startswith("2 of 4 runs") and "repeat 1 bind: " in summary and "repeat 2 hybrid: exit 1" in summary
+    with pytest.raises(slurm.ResultsError, match="none of its 4 runs gave figures: repeat 1 bind"):
+        slurm.parse_runs(record, runs_output([(1, lying)]), 2, ("/opt/host-mpi/lib",))
+    with pytest.raises(slurm.ResultsError, match="no '# hpcimages-run:' line"):
+        slurm.parse_runs(record, BW_RUN.format(**HYBRID_RUN, value=1.0), 2)
+
+
+def test_a_run_named_twice_or_outside_the_job_is_not_stored():
+    record = both_record(1)
+    text = runs_output([(1, HYBRID_RUN), (1, HYBRID_RUN), (2, BIND_RUN), (1, BIND_RUN)])
+    rows, summary = slurm.parse_runs(record, text, 2, ("/opt/host-mpi/lib",))
+    assert {(r.repeat, r.variant) for r in rows} == {(1, "s"), (1, "s+hostmpi")} and len(rows) == 4
+    assert "repeat 1 hybrid: not a run of this job" in summary and "repeat 2 bind: not a run" in summary
+
+
+def test_a_record_whose_variants_do_not_match_its_models_is_refused():
+    record = dataclasses.replace(both_record(), variant="s")
+    with pytest.raises(slurm.ResultsError, match="names 1 variant"):
+        slurm.parse_runs(record, runs_output([(1, HYBRID_RUN)]), 2)

@@ -110,6 +110,34 @@ def test_hello_and_osu_bw_in_both_models_land_beside_the_docker_runs(cluster, tm
     assert "bw local / container" in table.stdout
 
 
+def test_one_job_alternates_both_models_and_collect_pairs_them_into_intervals(cluster, tmp_path):
+    proc = invoke("submit", "--site", "local", "--bench", "osu_bw", "--image", IMAGE, "--model", "both",
+                  "--repeats", "6", "--sizes", "262144:1048576")
+    assert proc.returncode == 0 and "6 repeat(s) of the hybrid and bind model(s)" in proc.stdout, \
+        proc.stdout + proc.stderr
+    store = tmp_path / "slurm-local.jsonl"
+    collected = invoke("collect", "--store", str(store), "--timeout", "900")
+    assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
+    assert "12 of 12 runs (6 repeats of local, local+hostmpi)" in collected.stdout, collected.stdout
+    records, _ = load([store])
+    assert len({r.job for r in records}) == 1 and len({r.session for r in records}) == 1  # one job, one session
+    runs = {(r.repeat, r.variant) for r in records}
+    assert runs == {(n, v) for n in range(1, 7) for v in ("local", "local+hostmpi")}
+    for row in records:  # each run proven by the library it loaded
+        assert row.mpi_library.startswith("MPICH" if row.variant == "local" else "Intel(R) MPI"), row
+    [job] = [r for r in slurm.load_records(ROOT) if r.result_key == records[0].job]
+    assert job.state == "collected" and job.model == "both" and job.repeats == 6
+    assert sorted(p.name for p in Path(job.run_dir).iterdir() if p.suffix in (".sh", ".sbatch")) == \
+        ["bind.sh", "hybrid.sh", "job.sbatch"]
+
+    table = invoke("tabulate", str(store), "--no-plots", "--out", str(tmp_path / "t.md"))
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "bw local+hostmpi / local" in table.stdout, table.stdout
+    decided = [ln for ln in table.stdout.splitlines() if ln.startswith("local+hostmpi / local")]
+    assert len(decided) == 3 and all("site: the site's MPI" in ln for ln in decided), table.stdout
+    assert all(re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]\s+6\s", ln) for ln in decided), table.stdout
+
+
 def test_the_test_cluster_has_two_nodes_each_a_container_with_its_own_name_and_address(cluster):
     shims = testcluster.bin_dir(ROOT)
     sinfo = subprocess.run([str(shims / "sinfo"), "-N", "-h", "-o", "%N %T"], capture_output=True, text=True,

@@ -27,7 +27,7 @@ def _sites(root: Path, records: list[slurm_mod.JobRecord] | None = None) -> dict
 def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid", sizes: str = "",
            source: str = "", dry_run: bool = False, nodes: int | str | None = None,
            ntasks_per_node: int | str | None = None,
-           no_sharens: bool = False, abi: str = "") -> int:
+           no_sharens: bool = False, abi: str = "", repeats: int | str = 1) -> int:
     m = load_matrix(matrix)
     profile = sites_mod.load_site(m.root / "slurm" / "sites", site)
     for warning in profile.warnings:
@@ -38,16 +38,20 @@ def submit(matrix: str, site: str, bench: str, image: str, model: str = "hybrid"
               "ntasks_per_node": 0 if ntasks_per_node is None else whole_number("--ntasks-per-node",
                                                                               ntasks_per_node, 1, limit)}
     spec = slurm_mod.JobSpec(profile, bench, image, model, sizes, source, **layout, own_namespaces=no_sharens,
-                             abi=abi)
+                             abi=abi, repeats=whole_number("--repeats", repeats, 1, slurm_mod.MAX_REPEATS))
     record = slurm_mod.submit(m.root, m, spec, dry_run=dry_run)
     if record.cell is None:  # allowed where the site has the .sif; the results will name no cell
         print(f"warning: {slurm_mod.not_a_cell(m, image)}", file=sys.stderr)
     script = Path(record.script)
     if dry_run:
         say(script.read_text(encoding="utf-8"))
-        say(f"rendered {script} (not submitted: --dry-run); submit it by hand with: sbatch {script}")
+        beside = sorted(p.name for p in script.parent.glob("*.sh"))
+        also = f", with the runs' scripts {' and '.join(beside)} beside it" if beside else ""
+        say(f"rendered {script}{also} (not submitted: --dry-run); submit it by hand with: sbatch {script}")
         return 0
-    say(f"submitted {bench} ({model} model, {image}, {record.nodes} node(s) x {record.ntasks_per_node} task(s)) to "
+    runs = f"{record.repeats} repeat(s) of the {' and '.join(spec.models)} model(s)" if spec.several_runs else \
+        f"{model} model"
+    say(f"submitted {bench} ({runs}, {image}, {record.nodes} node(s) x {record.ntasks_per_node} task(s)) to "
         f"{site}: job {record.job_id}; script {script}")
     say("follow it with `invoke jobs`; store its results with `invoke collect`")
     return 0

@@ -32,6 +32,7 @@ from ..define.sites import SITE_NAME_RE, Site, SiteError, load_site, site_names
 from ..errors import HpcImagesError
 from ..files import write_json
 from ..measure.bench import BENCHMARKS
+from ..measure.decide import SITE_BIND
 from ..measure.results import (
     PRIMARY,
     ResultRow,
@@ -52,6 +53,9 @@ BENCHES = ("hello", "osu_bw", "osu_latency", "osu_allreduce", "h5py_write", "cud
 #: jobs another task renders, submits and reads itself (`invoke site verify`): not `invoke submit`'s, not collected
 NOT_COLLECTED = ("site_verify",)
 MODELS = ("hybrid", "bind")
+#: `invoke submit --model both`: each repeat runs the hybrid and the bind model back to back in one allocation
+BOTH = "both"
+MAX_REPEATS = 100
 SCRIPT_NAME = "job.sbatch"
 JOB_ID_RE = re.compile(r"\d{1,20}")
 SIZES_RE = re.compile(r"\d{1,10}(:\d{1,10})?")
@@ -59,6 +63,9 @@ SOURCE_RE = re.compile(r"(docker|docker-archive|oras|library)://[A-Za-z0-9_@%+=:
 HELLO_RE = re.compile(r"Hello World! I am process (\d+) of (\d+) on (\S+?)\.?$", re.M)
 LIBRARY_RE = re.compile(r"^# library: (.+)$", re.M)
 PROVENANCE_RE = re.compile(r"^# hpcimages: (.*)$", re.M)
+#: the line before each run of a job of several (repeats.sbatch.j2), and the one after a run that failed
+RUN_RE = re.compile(r"^# hpcimages-run: repeat (\d{1,3}) model (\w{1,10})$", re.M)
+RUN_FAILED_RE = re.compile(r"^# hpcimages-run-failed: repeat \d{1,3} model \w{1,10} exit (\d{1,3})$", re.M)
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 COMMAND_TIMEOUT_S = 120
@@ -99,6 +106,7 @@ class JobSpec:
     ntasks_per_node: int = 0
     own_namespaces: bool = False  # Apptainer without --sharens although the site has it: the plain variant
     internal: bool = False  # a job of another task (NOT_COLLECTED), never from `invoke submit`
+    repeats: int = 1  # runs of each model in the job (repeats.sbatch.j2 when more than one run)
     #: the image's MPI ABI: its matrix cell's (prepare); "" for an image of no cell means mpich, unless
     #: `invoke submit --abi` says otherwise. "openmpi": the site's [open_mpi] starts its ranks
     abi: str = ""
@@ -110,6 +118,16 @@ class JobSpec:
     @property
     def mpi_abi(self) -> str:
         return self.abi or "mpich"
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models the job runs: both for `--model both`, else its one."""
+        return MODELS if self.model == BOTH else (self.model,)
+
+    @property
+    def several_runs(self) -> bool:
+        """A job of several runs (repeats.sbatch.j2): the models alternated, or one repeated."""
+        return self.model == BOTH or self.repeats > 1
 
     @property
     def sharens(self) -> bool:
@@ -125,8 +143,13 @@ class JobSpec:
     def validate(self) -> None:
         if self.bench not in BENCHES and not (self.bench in NOT_COLLECTED and self.internal):
             raise SlurmError(f"unknown benchmark {shown(self.bench)}; known: {', '.join(BENCHES)}")
-        if self.model not in MODELS:
-            raise SlurmError(f"unknown model {shown(self.model)}; known: {', '.join(MODELS)}")
+        if self.model not in (*MODELS, BOTH):
+            raise SlurmError(f"unknown model {shown(self.model)}; known: {', '.join((*MODELS, BOTH))}")
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise SlurmError(f"--repeats {self.repeats}: use 1 to {MAX_REPEATS}")
+        if self.several_runs and self.bench not in BENCHMARKS:
+            raise SlurmError(f"--bench {self.bench}: --repeats and --model {BOTH} are for the benchmarks, whose "
+                             f"figures are paired by repeat ({', '.join(BENCHMARKS)})")
         if problem(self.image, IMAGE_RE):
             raise SlurmError(f"image {shown(self.image)}: not an image reference like "
                              "hpcimages/mpi4py:py3.11-mpich4.3.2")
@@ -134,7 +157,7 @@ class JobSpec:
             raise SlurmError(f"--abi {shown(self.abi)}: one of {', '.join(MPI_ABIS)}")
         if self.open_mpi and self.bench != "convert":  # convert starts no ranks
             self._validate_open_mpi()
-        elif self.model == "bind" and not self.site.has_bind_model and not self.open_mpi:
+        elif "bind" in self.models and not self.site.has_bind_model and not self.open_mpi:
             raise SlurmError(f"site {self.site.name} has no [host_mpi] lib_dirs (or bind and lib_path): the bind "
                              "model needs them "
                              f"({self.site.path})")
@@ -163,7 +186,7 @@ class JobSpec:
                              "[open_mpi] table to its profile with the host's mpirun (launcher = \"/path/to/mpirun\","
                              " which starts one apptainer exec per rank inside the allocation), or launcher = "
                              f"\"srun\" with mpi = \"pmix\" where Slurm has PMIx ({site.path})")
-        if self.model == "bind" and not site.open_mpi.lib_dirs:
+        if "bind" in self.models and not site.open_mpi.lib_dirs:
             raise SlurmError(f"site {site.name} has no [open_mpi] lib_dirs: the bind model of an Open MPI image needs "
                              f"the host Open MPI's library folder ({site.path})")
         if self.bench in OPEN_MPI_REFUSED:
@@ -176,11 +199,23 @@ class JobSpec:
 
     @property
     def variant(self) -> str:
-        """The results' variant: the site, +hostmpi for the bind model, and " inter-node" when the ranks span nodes
+        """The results' variant (a job of both models: each model's, in MODELS' order, joined by ", ")."""
+        return VARIANTS_JOIN.join(self.variant_of(model) for model in self.models)
+
+    def variant_of(self, model: str) -> str:
+        """A model's variant: the site, +hostmpi for the bind model, and " inter-node" when the ranks span nodes
         (so a table shows intra- and inter-node side by side)."""
-        name = self.site.name if self.model == "hybrid" else f"{self.site.name}+hostmpi"
+        name = self.site.name if model == "hybrid" else f"{self.site.name}{SITE_BIND}"
         name = f"{name} inter-node" if self.layout[0] > 1 else name
         return f"{name} no-sharens" if self.own_namespaces and self.site.container.sharens else name
+
+
+VARIANTS_JOIN = ", "  # a site name has no comma (SITE_NAME_RE)
+
+
+def rounds(models: tuple[str, ...], repeats: int) -> list[tuple[int, list[str]]]:
+    """Each repeat's order of the models: rotated by one from a repeat to the next (hybrid first, then bind first)."""
+    return [(r, [models[(r - 1 + i) % len(models)] for i in range(len(models))]) for r in range(1, repeats + 1)]
 
 
 def job_key(spec: JobSpec, now: dt.datetime | None = None) -> str:
@@ -248,8 +283,36 @@ def host_vars(site: Site, open_mpi: bool) -> tuple[tuple[str, str], ...]:
     return site.open_mpi.vars if open_mpi else site.host_mpi.vars
 
 
+def render_files(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) -> dict[str, str]:
+    """A job's files by name: its script, and for a job of several runs one script per model (each what a job of that
+    model alone would be), which the job's script runs in turn, repeat by repeat."""
+    if not spec.several_runs:
+        return {SCRIPT_NAME: render(root, spec, run_dir, extra)}
+    spec.validate()
+    files = {}
+    for model in spec.models:
+        one = dataclasses.replace(spec, model=model, repeats=1)
+        files[f"{model}.sh"] = render(root, one, run_dir, {**(extra or {}), "script": str(run_dir / f"{model}.sh")})
+    context = {**_context(root, spec, run_dir), "models": spec.models, "repeats": spec.repeats,
+               "rounds": rounds(spec.models, spec.repeats)}
+    files[SCRIPT_NAME] = _render_template(root, spec, "repeats.sbatch.j2", context)
+    return files
+
+
 def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) -> str:
     spec.validate()
+    return _render_template(root, spec, f"{spec.bench}.sbatch.j2", {**_context(root, spec, run_dir), **(extra or {})})
+
+
+def _render_template(root: Path, spec: JobSpec, name: str, context: dict) -> str:
+    try:
+        text = _environment(root).get_template(name).render(context)
+    except UnsafeValue as exc:
+        raise SlurmError(f"{spec.site.path}: {exc}") from None
+    return text.rstrip("\n") + "\n"
+
+
+def _context(root: Path, spec: JobSpec, run_dir: Path) -> dict:
     site = spec.site
     bench_dir = site.container.bench_dir or str(root / "bench")
     binds = [*site.container.bind, bench_dir]
@@ -261,15 +324,18 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
     nodes, ntasks_per_node = spec.layout
     default_sizes = BENCHMARKS[spec.bench].default_sizes if spec.bench in BENCHMARKS else ""
     launcher_env = OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE
-    context = {
-        "title": f"hpcimages {spec.bench} job: {spec.image} on {site.name} ({spec.model} model)",
+    models = f"{spec.repeats} repeats of the {' and '.join(spec.models)} models" if spec.several_runs else \
+        f"{spec.model} model"
+    return {
+        "title": f"hpcimages {spec.bench} job: {spec.image} on {site.name} ({models})",
         "site": site, "bench": spec.bench, "image": spec.image, "model": spec.model,
         "script": str(run_dir / SCRIPT_NAME), "output": str(run_dir / "slurm-%j.out"),
         "job_name": f"hpcimages-{spec.bench}", "sif": sif_path(root, spec), "bench_dir": bench_dir,
         "nodes": nodes, "ntasks_per_node": ntasks_per_node,
         "layout_args": (f" --nodes {spec.nodes}" if spec.nodes else "") +
                        (f" --ntasks-per-node {spec.ntasks_per_node}" if spec.ntasks_per_node else "") +
-                       (" --no-sharens" if spec.own_namespaces else ""),
+                       (" --no-sharens" if spec.own_namespaces else "") +
+                       (f" --repeats {spec.repeats}" if spec.repeats > 1 else ""),
         "gpu": spec.bench == "cuda", "bindpath": ",".join(binds),
         "ld_library_path": ":".join(site.open_mpi.lib_dirs if spec.open_mpi else
                                     (*site.host_mpi.lib_dirs, *site.host_mpi.lib_path)),
@@ -280,13 +346,7 @@ def render(root: Path, spec: JobSpec, run_dir: Path, extra: dict | None = None) 
         "mpi_env": sorted(apptainer.MPI_ENV_IN_CONTAINER.items()),
         "launch": launch_line(spec), "sizes": spec.sizes or default_sizes,
         "source": spec.source or f"docker://{spec.image}", "run_dir": str(run_dir),
-        **(extra or {}),
     }
-    try:
-        text = _environment(root).get_template(f"{spec.bench}.sbatch.j2").render(context)
-    except UnsafeValue as exc:
-        raise SlurmError(f"{spec.site.path}: {exc}") from None
-    return text.rstrip("\n") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +369,7 @@ class JobRecord:
     nodes: int = 0  # the job's layout (0 in records of earlier versions: the site's)
     ntasks_per_node: int = 0
     abi: str = "mpich"  # the image's MPI ABI: which host MPI folders prove a bind-model run
+    repeats: int = 1  # runs of each model (a job of several runs: the models' variants joined in `variant`)
     state: str = "rendered"  # rendered | submitting | submitted | rejected | failed | collected
     job_id: str | None = None
     slurm_state: str | None = None
@@ -321,6 +382,7 @@ class JobRecord:
 
     field_checks: ClassVar[dict[str, statefile.Check]] = {
         "nodes": statefile.at_most(MAX_LAYOUT), "ntasks_per_node": statefile.at_most(MAX_LAYOUT),
+        "repeats": statefile.at_most(MAX_REPEATS), "model": statefile.one_of(*MODELS, BOTH),
         "state": statefile.one_of("rendered", "submitting", "submitted", "rejected", "failed", "collected"),
         "abi": statefile.one_of(*MPI_ABIS),
         "job_id": lambda v: None if JOB_ID_RE.fullmatch(v) else f"{shown(v)} is not a Slurm job id",
@@ -334,6 +396,19 @@ class JobRecord:
     def result_key(self) -> str:
         """What each of its results rows carries as `job`: unique across sites and restarted clusters."""
         return f"{self.site}:{self.job_id}:{self.key}"
+
+    @property
+    def several_runs(self) -> bool:
+        return self.model == BOTH or self.repeats > 1
+
+    def run_variants(self) -> dict[str, str]:
+        """model -> its results' variant (JobSpec.variant wrote them joined, in the order of the models)."""
+        models = MODELS if self.model == BOTH else (self.model,)
+        variants = self.variant.split(VARIANTS_JOIN)
+        if len(variants) != len(models):
+            raise ResultsError(f"record {self.key}: variant {shown(self.variant)} names {len(variants)} variant(s) "
+                               f"for the {len(models)} model(s) of --model {self.model}")
+        return dict(zip(models, variants, strict=True))
 
     @property
     def output(self) -> Path | None:
@@ -499,14 +574,15 @@ def prepare(root: Path, matrix: Matrix, spec: JobSpec, now: dt.datetime | None =
     key = job_key(spec, now)
     run_dir = runs_dir(root, spec.site) / key
     run_dir.mkdir(parents=True)
+    for name, text in render_files(root, spec, run_dir, extra).items():
+        (run_dir / name).write_text(text, encoding="utf-8")
+        (run_dir / name).chmod(0o755)
     script = run_dir / SCRIPT_NAME
-    script.write_text(render(root, spec, run_dir, extra), encoding="utf-8")
-    script.chmod(0o755)
     cell, mpi = cell_of(matrix, spec.image)
     nodes, tasks = spec.layout
     record = JobRecord(key=key, site=spec.site.name, bench=spec.bench, image=spec.image, model=spec.model,
                        variant=spec.variant, script=str(script), run_dir=str(run_dir), sif=sif, cell=cell, mpi=mpi,
-                       nodes=nodes, ntasks_per_node=tasks, abi=spec.abi)
+                       nodes=nodes, ntasks_per_node=tasks, abi=spec.abi, repeats=spec.repeats)
     record.save()
     return record
 
@@ -595,6 +671,46 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: t
                   f"{parsed.library or ''}").strip()
 
 
+def parse_runs(record: JobRecord, text: str, expected_ranks: int, host_dirs: tuple[str, ...] = ()) -> \
+        tuple[list[ResultRow], str]:
+    """Result rows of a job of several runs: each run parsed as a job of its model alone would be (its library proven
+    against its label), numbered by its repeat; the job's key is the session that pairs them. A run that failed, or
+    whose output is not usable, is named in the summary and stores nothing; raises ResultsError when none gave
+    figures."""
+    variants = record.run_variants()
+    marks = list(RUN_RE.finditer(text))
+    rows: list[ResultRow] = []
+    problems: list[str] = []
+    seen: set[tuple[int, str]] = set()
+    for i, mark in enumerate(marks):
+        repeat, model = int(mark[1]), mark[2]
+        body = text[mark.end():marks[i + 1].start() if i + 1 < len(marks) else len(text)]
+        where = f"repeat {repeat} {model}"
+        if model not in variants or not 1 <= repeat <= record.repeats or (repeat, model) in seen:
+            problems.append(f"{where}: not a run of this job ({record.repeats} repeats of {', '.join(variants)}), "
+                            "or named twice")
+            continue
+        seen.add((repeat, model))
+        failed = RUN_FAILED_RE.search(body)
+        if failed:
+            problems.append(f"{where}: exit {failed[1]}")
+            continue
+        try:
+            found, _ = parse_output(dataclasses.replace(record, model=model, variant=variants[model]), body,
+                                    expected_ranks, host_dirs)
+        except ResultsError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        rows += [dataclasses.replace(r, repeat=repeat, run_id=f"{record.key}:{repeat}:{model}") for r in found]
+    wanted = record.repeats * len(variants)
+    if not rows:
+        raise ResultsError(f"none of its {wanted} runs gave figures" + (f": {'; '.join(problems[:3])}" if problems
+                                                                         else " (no '# hpcimages-run:' line)"))
+    runs = len({(r.repeat, r.variant) for r in rows})
+    summary = f"{runs} of {wanted} runs ({record.repeats} repeats of {VARIANTS_JOIN.join(variants.values())})"
+    return rows, summary + (f"; not stored: {'; '.join(problems[:3])}" if problems else "")
+
+
 def _image_id(sif: str) -> str | None:
     recorded = (statefile.cached_object(Path(sif).with_suffix(".json")) or {}).get("image_id")
     return recorded if isinstance(recorded, str) else None
@@ -663,7 +779,8 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         return Collected(record)
     expected = (record.nodes or site.slurm.nodes) * (record.ntasks_per_node or site.slurm.ntasks_per_node)
     try:
-        rows, summary = parse_output(record, text, expected, site.host_dirs_for(record.abi))
+        parse = parse_runs if record.several_runs else parse_output
+        rows, summary = parse(record, text, expected, site.host_dirs_for(record.abi))
     except ResultsError as exc:
         record.state, record.message = "failed", f"completed, but its output is not usable: {exc}: {_tail(text)}"
         record.save()

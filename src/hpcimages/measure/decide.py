@@ -43,7 +43,8 @@ class Rule:
     bound: float = 1.0
     min_size: int = 0
     max_size: int | None = None
-    target: bool = True  # False: an anomaly's question, repeated for but not a target
+    target: bool = True  # False: a question repeated for (or a job's repeats answer) but not a target
+    reader: str = "anomaly"  # who reads a question that is no target: an anomaly, or a site's table (site_rules)
 
     def sizes(self, rows: Iterable[ResultRow]) -> list[int]:
         """The sizes in range at which both variants ran."""
@@ -86,6 +87,33 @@ RULES = (
     Rule("default sandbox / informed container bandwidth at >= 1 MiB", "osu_bw", DEFAULT_SANDBOX_VARIANT,
          "container", DECIDED, min_size=MiB, target=False),
 )
+
+
+#: a Slurm site's bind-model variant is its hybrid one with this after the site's name (slurm.JobSpec.variant_of)
+SITE_BIND = "+hostmpi"
+
+
+def site_rules(variants: Iterable[str]) -> list[Rule]:
+    """A Slurm site's bind model against its hybrid model where both ran (`invoke submit --model both --repeats N`
+    runs them in one job, repeat by repeat): which is faster, as far as the interval decides. No target says which
+    must win: the site's MPI knows the network, the image's own may be the newer library."""
+    present = set(variants)
+    rules = []
+    for bind in sorted(v for v in present if SITE_BIND in v):
+        hybrid = bind.replace(SITE_BIND, "", 1)
+        if hybrid not in present:
+            continue
+        question = "site: the site's MPI (bind model) against the image's own (hybrid), "
+        rules += [Rule(question + "osu_bw at >= 256 KiB", "osu_bw", bind, hybrid, DECIDED, min_size=256 * KiB,
+                       target=False, reader="site"),
+                  Rule(question + "osu_latency at 1-64 B", "osu_latency", bind, hybrid, DECIDED, min_size=1,
+                       max_size=64, target=False, reader="site")]
+    return rules
+
+
+def rules_for(rows: Iterable[ResultRow]) -> tuple[Rule, ...]:
+    """The questions a group's rows can be asked: the fixed ones, and its sites' (site_rules)."""
+    return (*RULES, *site_rules({r.variant for r in rows}))
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,13 @@ def _site_ratios(med: dict) -> list[tuple[str, str, str, str]]:
             for b in ("osu_bw", "osu_latency") for v in others]
 
 
+def site_pairs(rows: Iterable[ResultRow]) -> list[tuple[str, str, str, str]]:
+    """A Slurm site's bind model against its hybrid model, paired by repeat (the jobs of `invoke submit --model
+    both --repeats N`), for the table of ratios with their spread."""
+    return [(rule.bench, rule.a, rule.b, f"{'bw' if rule.bench == 'osu_bw' else 'latency'} {rule.a} / {rule.b}")
+            for rule in decide.site_rules({r.variant for r in rows})]
+
+
 def ratio_table(group: str, med: dict) -> Table | None:
     columns = [(b, x, y, title) for b, x, y, title in (*RATIOS, *_site_ratios(med))
                if any(k[1] == b and k[2] == x for k in med) and any(k[1] == b and k[2] == y for k in med)]
@@ -342,6 +349,8 @@ def targets(group: str, rows: list[ResultRow], plan: stats.Sequential | None) ->
     for rule in (r for r in decide.RULES if r.target):
         if rule.a in SWAP_VARIANTS.values() and rule.a not in ran:  # the other ABI's swap, or --no-swap
             continue
+        if rule.a not in ran and rule.b not in ran:  # a group of runs elsewhere (a Slurm site's) asks none of these
+            continue
         found = decide.answers(rows, plan, [rule])
         out.append(Target(group, rule.statement, decide.target_outcome(found), found))
     return out
@@ -349,13 +358,14 @@ def targets(group: str, rows: list[ResultRow], plan: stats.Sequential | None) ->
 
 def decisions_table(group: str, rows: list[ResultRow], plan: stats.Sequential | None) -> Table | None:
     """Every question a target or an anomaly reads: its interval, the repeats it took and what it decided."""
-    found = decide.answers(rows, plan)
+    found = decide.answers(rows, plan, decide.rules_for(rows))
     if not found:
         return None
     how = plan.describe() if plan else \
         f"a fixed number of repeats, distribution-free {100 * (1 - stats.ALPHA):.0f} % intervals"
     body = [[a.rule.shown, a.size, a.figure, f"{a.repeats} of {a.available}" if plan else a.repeats, a.outcome,
-             a.rule.statement if a.rule.target else "anomaly: " + a.rule.statement] for a in found]
+             a.rule.statement if a.rule.target else f"{a.rule.reader}: " + a.rule.statement.removeprefix("site: ")]
+            for a in found]
     return Table(f"{group}: decisions ({how})", ["question", "size (B)", "median [interval]", "repeats", "outcome",
                                                  "read by"], body)
 
@@ -395,7 +405,7 @@ def build_report(records: list[ResultRow]) -> Report:
         fraction = ceiling_table(group, rows)
         if fraction:
             tables.append(fraction)
-        spread = interval_table(group, rows, RATIOS, "ratios with their spread", plan)
+        spread = interval_table(group, rows, (*RATIOS, *site_pairs(rows)), "ratios with their spread", plan)
         if spread:
             tables.append(spread)
         cost = abi_cost_table(group, rows)
@@ -525,8 +535,17 @@ PANELS = (
 
 def panel_rule(rows: list[ResultRow], firsts: tuple[str, ...]) -> decide.Rule | None:
     ran = {r.variant for r in rows if r.benchmark == "osu_bw"}
-    return next((rule for rule in decide.RULES if rule.bench == "osu_bw" and rule.a in firsts and rule.a in ran
-                 and rule.b in ran), None)
+    return next((rule for rule in decide.rules_for(rows) if rule.bench == "osu_bw" and rule.a in firsts
+                 and rule.a in ran and rule.b in ran), None)
+
+
+def panels_of(rows: list[ResultRow]) -> list[tuple[str, decide.Rule]]:
+    """The questions a group's plot answers: PANELS where both variants ran, then each site's bind / hybrid."""
+    fixed = [(title, rule) for title, firsts in PANELS if (rule := panel_rule(rows, firsts)) is not None]
+    sites = [(f"{rule.a.replace(decide.SITE_BIND, '', 1)}: the site's MPI (bind model) vs the image's own", rule)
+             for rule in decide.site_rules({r.variant for r in rows if r.benchmark == "osu_bw"})
+             if rule.bench == "osu_bw"]
+    return fixed + sites
 
 
 def panel_verdict(rule: decide.Rule, found: list[decide.Answer]) -> str:
@@ -549,7 +568,7 @@ def plot_questions(group: str, rows: list[ResultRow], outdir: Path) -> Path | No
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
     plan = decide.plan_of(rows, group)
-    panels = [(title, rule) for title, firsts in PANELS if (rule := panel_rule(rows, firsts)) is not None]
+    panels = panels_of(rows)
     if not panels:
         return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), squeeze=False)
