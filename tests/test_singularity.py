@@ -134,3 +134,18 @@ def test_an_env_reaches_the_later_build_commands_as_in_the_dockerfile():
     post = text.split("%post", 1)[1]
     assert "export OPAL_PREFIX=/usr/local" in post and post.index("export OPAL_PREFIX") < post.index("ompi_info")
     assert "OPAL_PREFIX=/usr/local" in text.split("%environment", 1)[1].split("%post", 1)[0]
+
+
+@pytest.mark.parametrize("help_text, expected", [
+    ("  --mksquashfs-args string   extra arguments to pass to mksquashfs", ("--mksquashfs-args",
+                                                                          "-Xcompression-level 6")),
+    ("  --fakeroot   build with the appearance of running as root", ()),  # an older runtime: its own default
+])
+def test_a_host_runtime_gets_the_faster_squashfs_level_only_where_it_takes_the_option(tmp_path, help_text,
+                                                                                     expected):
+    from hpcimages.sif.apptainer import HostRuntime
+
+    fake = tmp_path / "apptainer"  # a runtime of another version cannot be had here on demand
+    fake.write_text(f"#!/bin/sh\ncat <<'END'\n{help_text}\nEND\n")
+    fake.chmod(0o755)
+    assert HostRuntime(str(fake)).squashfs_args() == expected

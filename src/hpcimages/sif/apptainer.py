@@ -40,6 +40,12 @@ class ConvertError(HpcImagesError):
     """A conversion or an Apptainer run failed."""
 
 
+#: mksquashfs's gzip at level 6 instead of its default 9. Measured on the 992 MB root file system of a cuda-python
+#: cell (2 cores): 18 s against 51 s for a 0.5 % larger image (level 3: 9 s, 6 % larger), and a whole conversion
+#: 53 s against 100 s. Still gzip, so every runtime and kernel that reads a .sif reads it.
+SQUASHFS_ARGS = ("--mksquashfs-args", "-Xcompression-level 6")
+
+
 class Runtime:
     name = "runtime"
 
@@ -53,7 +59,11 @@ class Runtime:
 
     def build_sif(self, source: str, out: str, mounts: list[Mount]) -> tuple[int, str]:
         """`apptainer build` of ``source`` (e.g. docker-archive://...) into ``out``, both as the runtime sees them."""
-        return self.run(["apptainer", "build", "--force", out, source], mounts)
+        return self.run(["apptainer", "build", "--force", *self.squashfs_args(), out, source], mounts)
+
+    def squashfs_args(self) -> tuple[str, ...]:
+        """SQUASHFS_ARGS where the runtime takes them (the tools image's Apptainer does)."""
+        return SQUASHFS_ARGS
 
 
 class HostRuntime(Runtime):
@@ -62,6 +72,15 @@ class HostRuntime(Runtime):
     def __init__(self, binary: str) -> None:
         self.binary = binary
         self.name = f"host {Path(binary).name}"
+        self._squashfs_args: tuple[str, ...] | None = None
+
+    def squashfs_args(self) -> tuple[str, ...]:
+        """SQUASHFS_ARGS if this apptainer/singularity has the option (Apptainer 1.x and SingularityCE 3.9 on; an
+        older one builds at its own default rather than failing on an unknown flag)."""
+        if self._squashfs_args is None:
+            code, out = self.run([self.binary, "build", "--help"], timeout=60)
+            self._squashfs_args = SQUASHFS_ARGS if code == 0 and SQUASHFS_ARGS[0] in out else ()
+        return self._squashfs_args
 
     def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
             network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
@@ -86,7 +105,7 @@ class HostRuntime(Runtime):
         lines = []
         try:
             stream = Client.build(recipe=source, image=out, build_folder=str(Path(out).parent), sudo=False,
-                                  stream=True, force=True, options=["--force"])
+                                  stream=True, force=True, options=["--force", *self.squashfs_args()])
             lines.extend(str(line) for line in stream or [])
         except subprocess.CalledProcessError as exc:  # the streamed build raises on a non-zero exit
             return exc.returncode or 1, "".join(lines) + str(exc)
@@ -167,7 +186,7 @@ def build_recipe(runtime: Runtime, root: Path, recipe: Path, archive: Path, out:
     if builder is not None:
         build_args["MPI_BUILD_IMAGE"] = f"{work_seen}/{builder.name}"
     flags = [part for key, value in build_args.items() for part in ("--build-arg", f"{key}={value}")]
-    command = ["apptainer", "build", "--force", *flags, f"{work_seen}/{out.name}",
+    command = ["apptainer", "build", "--force", *runtime.squashfs_args(), *flags, f"{work_seen}/{out.name}",
                f"{src_seen}/{recipe.relative_to(root)}"]
     code, output = runtime.run(command, [*work_mounts, *src_mounts], network=True, workdir=src_seen)
     if code == 0:
