@@ -272,3 +272,11 @@ def test_a_site_s_runs_in_separate_jobs_pair_nothing():
     apart = [r for r in one if r.variant == "s"] + [r for r in other if r.variant == "s+hostmpi"]
     [decisions] = [t for t in build_report(apart).tables if "decisions" in t.title]
     assert [row[2:5] for row in decisions.rows] == [["not measured", 0, decide.UNDECIDED]]
+
+
+def test_a_docker_group_still_lists_the_targets_it_did_not_measure():
+    found = build_report(rows([(1.0, 1.0)] * 6)).targets  # container and bare metal only: no C reference
+    outcomes = {t.statement.split(" ")[0] + (" persistent" if "persistent" in t.statement else ""): t.outcome
+                for t in found}
+    assert outcomes["osu_bw"] == decide.MET and outcomes["osu_bw.py persistent"] == decide.NOT_MEASURED
+    assert outcomes["osu_latency.py persistent"] == decide.NOT_MEASURED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -141,11 +142,36 @@ def test_an_env_reaches_the_later_build_commands_as_in_the_dockerfile():
                                                                           "-Xcompression-level 6")),
     ("  --fakeroot   build with the appearance of running as root", ()),  # an older runtime: its own default
 ])
-def test_a_host_runtime_gets_the_faster_squashfs_level_only_where_it_takes_the_option(tmp_path, help_text,
-                                                                                     expected):
+def test_a_host_runtime_gets_the_faster_squashfs_level_only_where_it_takes_the_option(tmp_path, monkeypatch,
+                                                                                     help_text, expected):
     from hpcimages.sif.apptainer import HostRuntime
 
-    fake = tmp_path / "apptainer"  # a runtime of another version cannot be had here on demand
+    fake = tmp_path / "singularity"  # a runtime of another version cannot be had here on demand
     fake.write_text(f"#!/bin/sh\ncat <<'END'\n{help_text}\nEND\n")
     fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")  # the name spython's build runs
     assert HostRuntime(str(fake)).squashfs_args() == expected
+
+
+def test_every_sif_build_squashes_at_the_faster_level(tmp_path):
+    from hpcimages.sif import apptainer
+
+    class Recording(apptainer.Runtime):  # what the runtime is asked to run, not a runtime
+        def __init__(self) -> None:
+            self.commands: list[list[str]] = []
+
+        def run(self, command, mounts=(), env=None, network=False, workdir=None, timeout=3600):
+            self.commands.append(command)
+            return 1, "refused"
+
+        def see(self, host, inside, writable=False):
+            return str(host), []
+
+    runtime = Recording()
+    runtime.build_sif("docker-archive:///x.tar", "/x.sif", [])
+    recipe = tmp_path / "Singularity.def"
+    recipe.write_text("Bootstrap: {{ BOOTSTRAP }}\nFrom: {{ FROM }}\n")
+    apptainer.build_recipe(runtime, tmp_path, recipe, tmp_path / "x.tar", tmp_path / "x.sif", {})
+    for command in runtime.commands:
+        at = command.index("--mksquashfs-args")
+        assert command[at:at + 2] == ["--mksquashfs-args", "-Xcompression-level 6"], command

@@ -575,7 +575,49 @@ def test_a_run_named_twice_or_outside_the_job_is_not_stored():
     assert "repeat 1 hybrid: not a run of this job" in summary and "repeat 2 bind: not a run" in summary
 
 
-def test_a_record_whose_variants_do_not_match_its_models_is_refused():
-    record = dataclasses.replace(both_record(), variant="s")
-    with pytest.raises(slurm.ResultsError, match="names 1 variant"):
+@pytest.mark.parametrize("variant", ["s", "s+hostmpi, s", "t, t+hostmpi", "s, s+hostmpi inter-node",
+                                     "s, s+hostmpi, s", "s inter-node, s+hostmpi inter-node"])
+def test_a_record_whose_labels_are_not_its_models_is_refused(variant):
+    record = dataclasses.replace(both_record(), variant=variant)  # swapped, another site's, another layout's
+    with pytest.raises(slurm.ResultsError, match="is not what the model\\(s\\) hybrid, bind at site s are named"):
         slurm.parse_runs(record, runs_output([(1, HYBRID_RUN)]), 2)
+    no_sharens = dataclasses.replace(both_record(), variant="s no-sharens, s+hostmpi no-sharens")
+    assert no_sharens.run_variants() == {"hybrid": "s no-sharens", "bind": "s+hostmpi no-sharens"}
+
+
+def test_a_failure_line_counts_only_as_the_last_line_of_its_own_run():
+    record = both_record(1)
+    stray = "# hpcimages-run-failed: repeat 1 model bind exit 2\n"  # printed by the hybrid run itself
+    text = runs_output([(1, HYBRID_RUN)]).replace("# OSU", stray + "# OSU", 1) + runs_output([(1, BIND_RUN)])
+    rows, summary = slurm.parse_runs(record, text, 2, ("/opt/host-mpi/lib",))
+    assert {r.variant for r in rows} == {"s", "s+hostmpi"} and "not stored" not in summary
+    assert {r.command for r in rows} == {"/nonexistent/hybrid.sh", "/nonexistent/bind.sh"}
+
+
+def test_a_job_slurm_ended_early_keeps_the_runs_it_finished(tmp_path):
+    run_dir = tmp_path / "k"
+    run_dir.mkdir()
+    record = dataclasses.replace(both_record(3), run_dir=str(run_dir), script=str(run_dir / "job.sbatch"))
+    cut = runs_output([(1, HYBRID_RUN), (1, BIND_RUN), (2, BIND_RUN)])
+    cut = cut[:cut.rindex("1048576")]  # the time limit struck in the middle of repeat 2's bind run
+    (run_dir / "slurm-46.out").write_text(cut + "slurmstepd: error: *** JOB 46 CANCELLED DUE TO TIME LIMIT ***\n")
+    site = load_site(SITES, "local")
+    store = tmp_path / "store.jsonl"
+    done = slurm._finish(record, site, "TIMEOUT", "exit 0:0", store, set(), progress=lambda _: None)
+    assert done.record.state == "collected" and done.stored == 4, done.record
+    assert done.record.summary.startswith("Slurm: TIMEOUT (exit 0:0) before the job's end, its last run not stored; "
+                                          "2 of 6 runs")
+    failed = dataclasses.replace(record, state="submitted", key="k2", summary="")
+    (run_dir / "slurm-46.out").write_text("module: command not found\n")  # nothing ran at all
+    assert slurm._finish(failed, site, "FAILED", "exit 1:0", store, set(), progress=lambda _: None).record.state \
+        == "failed"
+
+
+def test_a_summary_names_the_first_problems_and_counts_the_rest():
+    record = both_record(3)
+    lying = {**BIND_RUN, "library": "/usr/local/lib/libmpi.so.12"}
+    text = runs_output([(1, HYBRID_RUN), (1, lying), (2, lying), (3, lying), (2, HYBRID_RUN), (3, HYBRID_RUN)])
+    text += "".join(f"# hpcimages-run: repeat {r} model bind\nboom\n# hpcimages-run-failed: repeat {r} model bind "
+                    "exit 1\n" for r in (4, 5))
+    _, summary = slurm.parse_runs(record, text, 2, ("/opt/host-mpi/lib",))
+    assert summary.startswith("3 of 6 runs") and summary.endswith("(+2 more)"), summary

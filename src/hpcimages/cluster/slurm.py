@@ -31,10 +31,10 @@ from ..define.matrix import IMAGE_RE, MPI_ABIS, SONAMES, Cell, Matrix
 from ..define.sites import SITE_NAME_RE, Site, SiteError, load_site, site_names
 from ..errors import HpcImagesError
 from ..files import write_json
-from ..measure.bench import BENCHMARKS
-from ..measure.decide import SITE_BIND
+from ..measure.bench import BENCHMARKS, rotated
 from ..measure.results import (
     PRIMARY,
+    SITE_BIND,
     ResultRow,
     ResultsError,
     append_run,
@@ -65,7 +65,7 @@ LIBRARY_RE = re.compile(r"^# library: (.+)$", re.M)
 PROVENANCE_RE = re.compile(r"^# hpcimages: (.*)$", re.M)
 #: the line before each run of a job of several (repeats.sbatch.j2), and the one after a run that failed
 RUN_RE = re.compile(r"^# hpcimages-run: repeat (\d{1,3}) model (\w{1,10})$", re.M)
-RUN_FAILED_RE = re.compile(r"^# hpcimages-run-failed: repeat \d{1,3} model \w{1,10} exit (\d{1,3})$", re.M)
+RUN_FAILED_RE = re.compile(r"# hpcimages-run-failed: repeat (\d{1,3}) model (\w{1,10}) exit (\d{1,3})")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 COMMAND_TIMEOUT_S = 120
@@ -121,13 +121,11 @@ class JobSpec:
 
     @property
     def models(self) -> tuple[str, ...]:
-        """The models the job runs: both for `--model both`, else its one."""
-        return MODELS if self.model == BOTH else (self.model,)
+        return models_of(self.model)
 
     @property
     def several_runs(self) -> bool:
-        """A job of several runs (repeats.sbatch.j2): the models alternated, or one repeated."""
-        return self.model == BOTH or self.repeats > 1
+        return several_runs(self.model, self.repeats)
 
     @property
     def sharens(self) -> bool:
@@ -213,9 +211,19 @@ class JobSpec:
 VARIANTS_JOIN = ", "  # a site name has no comma (SITE_NAME_RE)
 
 
+def models_of(model: str) -> tuple[str, ...]:
+    """The models a job runs: both for `--model both`, else its one."""
+    return MODELS if model == BOTH else (model,)
+
+
+def several_runs(model: str, repeats: int) -> bool:
+    """A job of several runs (repeats.sbatch.j2): the models alternated, or one repeated."""
+    return model == BOTH or repeats > 1
+
+
 def rounds(models: tuple[str, ...], repeats: int) -> list[tuple[int, list[str]]]:
     """Each repeat's order of the models: rotated by one from a repeat to the next (hybrid first, then bind first)."""
-    return [(r, [models[(r - 1 + i) % len(models)] for i in range(len(models))]) for r in range(1, repeats + 1)]
+    return [(r, rotated(list(models), r)) for r in range(1, repeats + 1)]
 
 
 def job_key(spec: JobSpec, now: dt.datetime | None = None) -> str:
@@ -324,7 +332,8 @@ def _context(root: Path, spec: JobSpec, run_dir: Path) -> dict:
     nodes, ntasks_per_node = spec.layout
     default_sizes = BENCHMARKS[spec.bench].default_sizes if spec.bench in BENCHMARKS else ""
     launcher_env = OPEN_MPI_LAUNCHER_ENV_RE if spec.open_mpi else LAUNCHER_ENV_RE
-    models = f"{spec.repeats} repeats of the {' and '.join(spec.models)} models" if spec.several_runs else \
+    models = f"{' and '.join(spec.models)} model{'s' if len(spec.models) > 1 else ''}"
+    models = f"{spec.repeats} repeat{'s' if spec.repeats > 1 else ''} of the {models}" if spec.several_runs else \
         f"{spec.model} model"
     return {
         "title": f"hpcimages {spec.bench} job: {spec.image} on {site.name} ({models})",
@@ -382,7 +391,8 @@ class JobRecord:
 
     field_checks: ClassVar[dict[str, statefile.Check]] = {
         "nodes": statefile.at_most(MAX_LAYOUT), "ntasks_per_node": statefile.at_most(MAX_LAYOUT),
-        "repeats": statefile.at_most(MAX_REPEATS), "model": statefile.one_of(*MODELS, BOTH),
+        "repeats": lambda v: None if 1 <= v <= MAX_REPEATS else f"must be from 1 to {MAX_REPEATS}, got {shown(v)}",
+        "model": statefile.one_of(*MODELS, BOTH),
         "state": statefile.one_of("rendered", "submitting", "submitted", "rejected", "failed", "collected"),
         "abi": statefile.one_of(*MPI_ABIS),
         "job_id": lambda v: None if JOB_ID_RE.fullmatch(v) else f"{shown(v)} is not a Slurm job id",
@@ -399,16 +409,21 @@ class JobRecord:
 
     @property
     def several_runs(self) -> bool:
-        return self.model == BOTH or self.repeats > 1
+        return several_runs(self.model, self.repeats)
 
     def run_variants(self) -> dict[str, str]:
-        """model -> its results' variant (JobSpec.variant wrote them joined, in the order of the models)."""
-        models = MODELS if self.model == BOTH else (self.model,)
-        variants = self.variant.split(VARIANTS_JOIN)
-        if len(variants) != len(models):
-            raise ResultsError(f"record {self.key}: variant {shown(self.variant)} names {len(variants)} variant(s) "
-                               f"for the {len(models)} model(s) of --model {self.model}")
-        return dict(zip(models, variants, strict=True))
+        """model -> its results' variant, as JobSpec.variant_of names it from the site and the layout (the record's
+        `variant` must say the same: one whose labels were swapped or edited would store each model's figures
+        under the other's name)."""
+        models = models_of(self.model)
+        given = self.variant.split(VARIANTS_JOIN)
+        layout = " inter-node" if self.nodes > 1 else ""
+        for tail in (layout, f"{layout} no-sharens"):
+            if given == [f"{self.site}{SITE_BIND if m == 'bind' else ''}{tail}" for m in models]:
+                return dict(zip(models, given, strict=True))
+        raise ResultsError(f"record {self.key}: variant {shown(self.variant)} is not what the model(s) "
+                           f"{', '.join(models)} at site {self.site} are named ('{self.site}', "
+                           f"'{self.site}{SITE_BIND}', with ' inter-node' when the job spans nodes)")
 
     @property
     def output(self) -> Path | None:
@@ -671,29 +686,32 @@ def parse_output(record: JobRecord, text: str, expected_ranks: int, host_dirs: t
                   f"{parsed.library or ''}").strip()
 
 
-def parse_runs(record: JobRecord, text: str, expected_ranks: int, host_dirs: tuple[str, ...] = ()) -> \
-        tuple[list[ResultRow], str]:
+def parse_runs(record: JobRecord, text: str, expected_ranks: int, host_dirs: tuple[str, ...] = (),
+               cut_off: bool = False) -> tuple[list[ResultRow], str]:
     """Result rows of a job of several runs: each run parsed as a job of its model alone would be (its library proven
     against its label), numbered by its repeat; the job's key is the session that pairs them. A run that failed, or
     whose output is not usable, is named in the summary and stores nothing; raises ResultsError when none gave
-    figures."""
+    figures. ``cut_off``: the job ended before its script did (a time limit): its last run may be cut short and is
+    not stored."""
     variants = record.run_variants()
     marks = list(RUN_RE.finditer(text))
+    if cut_off and marks:
+        marks, last = marks[:-1], marks[-1]
     rows: list[ResultRow] = []
     problems: list[str] = []
     seen: set[tuple[int, str]] = set()
     for i, mark in enumerate(marks):
         repeat, model = int(mark[1]), mark[2]
-        body = text[mark.end():marks[i + 1].start() if i + 1 < len(marks) else len(text)]
+        body = text[mark.end():marks[i + 1].start() if i + 1 < len(marks) else (last.start() if cut_off else None)]
         where = f"repeat {repeat} {model}"
         if model not in variants or not 1 <= repeat <= record.repeats or (repeat, model) in seen:
             problems.append(f"{where}: not a run of this job ({record.repeats} repeats of {', '.join(variants)}), "
                             "or named twice")
             continue
         seen.add((repeat, model))
-        failed = RUN_FAILED_RE.search(body)
+        failed = run_failure(body, repeat, model)
         if failed:
-            problems.append(f"{where}: exit {failed[1]}")
+            problems.append(f"{where}: exit {failed}")
             continue
         try:
             found, _ = parse_output(dataclasses.replace(record, model=model, variant=variants[model]), body,
@@ -701,14 +719,30 @@ def parse_runs(record: JobRecord, text: str, expected_ranks: int, host_dirs: tup
         except ResultsError as exc:
             problems.append(f"{where}: {exc}")
             continue
-        rows += [dataclasses.replace(r, repeat=repeat, run_id=f"{record.key}:{repeat}:{model}") for r in found]
+        script = str(Path(record.run_dir) / f"{model}.sh")
+        rows += [dataclasses.replace(r, repeat=repeat, run_id=f"{record.key}:{repeat}:{model}", command=script)
+                 for r in found]
     wanted = record.repeats * len(variants)
     if not rows:
-        raise ResultsError(f"none of its {wanted} runs gave figures" + (f": {'; '.join(problems[:3])}" if problems
+        raise ResultsError(f"none of its {wanted} runs gave figures" + (f": {named(problems)}" if problems
                                                                          else " (no '# hpcimages-run:' line)"))
     runs = len({(r.repeat, r.variant) for r in rows})
     summary = f"{runs} of {wanted} runs ({record.repeats} repeats of {VARIANTS_JOIN.join(variants.values())})"
-    return rows, summary + (f"; not stored: {'; '.join(problems[:3])}" if problems else "")
+    return rows, summary + (f"; not stored: {named(problems)}" if problems else "")
+
+
+def run_failure(body: str, repeat: int, model: str) -> str | None:
+    """The exit status the job's script wrote after this run when it failed: its section's last line, naming this
+    very run (a line that names another, wherever it stands, is the run's own output and proves nothing)."""
+    lines = body.rstrip("\n").splitlines()
+    found = RUN_FAILED_RE.fullmatch(lines[-1]) if lines else None
+    return found[3] if found and (int(found[1]), found[2]) == (repeat, model) else None
+
+
+def named(problems: list[str], most: int = 3) -> str:
+    """The first problems, and how many more there were."""
+    more = len(problems) - most
+    return "; ".join(problems[:most]) + (f" (+{more} more)" if more > 0 else "")
 
 
 def _image_id(sif: str) -> str | None:
@@ -771,7 +805,9 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
     record.slurm_state, record.finished = state, _now()
     output = record.output
     text = output.read_text(encoding="utf-8", errors="replace") if output and output.is_file() else ""
-    if state != "COMPLETED":
+    # a job of several runs that Slurm ended early (its time limit, a cancel) keeps the runs it finished
+    partial = state != "COMPLETED" and record.several_runs and RUN_RE.search(text) is not None
+    if state != "COMPLETED" and not partial:
         record.state = "failed"
         record.message = f"Slurm: {state} ({detail}): " + _tail(text)
         record.save()
@@ -779,8 +815,12 @@ def _finish(record: JobRecord, site: Site, state: str, detail: str, store: Path,
         return Collected(record)
     expected = (record.nodes or site.slurm.nodes) * (record.ntasks_per_node or site.slurm.ntasks_per_node)
     try:
-        parse = parse_runs if record.several_runs else parse_output
-        rows, summary = parse(record, text, expected, site.host_dirs_for(record.abi))
+        if record.several_runs:
+            rows, summary = parse_runs(record, text, expected, site.host_dirs_for(record.abi), cut_off=partial)
+        else:
+            rows, summary = parse_output(record, text, expected, site.host_dirs_for(record.abi))
+        if partial:
+            summary = f"Slurm: {state} ({detail}) before the job's end, its last run not stored; {summary}"
     except ResultsError as exc:
         record.state, record.message = "failed", f"completed, but its output is not usable: {exc}: {_tail(text)}"
         record.save()

@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import docker
 import docker.errors
@@ -628,11 +629,12 @@ def records_of(output: str, variant: Variant, bench: Benchmark, command: list[st
 
 #: one benchmark in one variant: a run of each per repeat
 Job = tuple[Benchmark, Variant]
+T = TypeVar("T")
 
 
-def rotated(jobs: list[Job], repeat: int) -> list[Job]:
+def rotated(jobs: list[T], repeat: int) -> list[T]:
     """A repeat's order: every job back to back, the start moved on by one each repeat, so no variant always runs
-    first (after an idle machine) or last."""
+    first (after an idle machine) or last (the Slurm jobs of several runs order their models the same way)."""
     if not jobs:
         return []
     k = (repeat - 1) % len(jobs)

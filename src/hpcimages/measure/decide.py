@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .. import stats
-from .results import DEFAULT_SANDBOX_VARIANT, SWAP_VARIANTS, ResultRow, ResultsError
+from .results import DEFAULT_SANDBOX_VARIANT, SITE_BIND, SWAP_VARIANTS, ResultRow, ResultsError
 
 KiB, MiB = 1024, 1024 * 1024
 EQUIVALENT, AT_LEAST, DIFFERENCE_AT_MOST, DECIDED = "equivalent", "at-least", "difference-at-most", "decided"
@@ -87,10 +87,6 @@ RULES = (
     Rule("default sandbox / informed container bandwidth at >= 1 MiB", "osu_bw", DEFAULT_SANDBOX_VARIANT,
          "container", DECIDED, min_size=MiB, target=False),
 )
-
-
-#: a Slurm site's bind-model variant is its hybrid one with this after the site's name (slurm.JobSpec.variant_of)
-SITE_BIND = "+hostmpi"
 
 
 def site_rules(variants: Iterable[str]) -> list[Rule]:

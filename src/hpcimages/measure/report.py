@@ -22,6 +22,7 @@ from .results import (
     CMA_WORKS,
     DEFAULT_SANDBOX_VARIANT,
     H5PY_SERIES,
+    SITE_BIND,
     SWAP_VARIANTS,
     ResultRow,
     medians,
@@ -153,15 +154,20 @@ RATIOS = (
 def _site_ratios(med: dict) -> list[tuple[str, str, str, str]]:
     """Runs from elsewhere (a Slurm site's variants) against the same image in Docker."""
     others = sorted({k[2] for k in med if k[1] in ("osu_bw", "osu_latency")} - set(VARIANT_ORDER))
-    return [(b, v, "container", f"{'bw' if b == 'osu_bw' else 'latency'} {v} / container")
+    return [(b, v, "container", f"{short(b)} {v} / container")
             for b in ("osu_bw", "osu_latency") for v in others]
 
 
 def site_pairs(rows: Iterable[ResultRow]) -> list[tuple[str, str, str, str]]:
     """A Slurm site's bind model against its hybrid model, paired by repeat (the jobs of `invoke submit --model
     both --repeats N`), for the table of ratios with their spread."""
-    return [(rule.bench, rule.a, rule.b, f"{'bw' if rule.bench == 'osu_bw' else 'latency'} {rule.a} / {rule.b}")
+    return [(rule.bench, rule.a, rule.b, f"{short(rule.bench)} {rule.a} / {rule.b}")
             for rule in decide.site_rules({r.variant for r in rows})]
+
+
+def short(bench: str) -> str:
+    """A point-to-point benchmark as a ratio's title names it."""
+    return "bw" if bench == "osu_bw" else "latency"
 
 
 def ratio_table(group: str, med: dict) -> Table | None:
@@ -322,8 +328,8 @@ def tcp_fallbacks(group: str, rows: list[ResultRow], med: dict) -> tuple[list[st
     a fallback."""
     seen = transports(rows)
     found, flagged = [], set()
-    for hybrid in sorted(v for v in seen if v.endswith(" inter-node") and "+hostmpi" not in v):
-        bind = hybrid.replace(" inter-node", "+hostmpi inter-node")
+    for hybrid in sorted(v for v in seen if v.endswith(" inter-node") and SITE_BIND not in v):
+        bind = hybrid.replace(" inter-node", f"{SITE_BIND} inter-node")
         hybrid_tcp, bind_tcp = seen[hybrid].startswith("tcp"), seen.get(bind, "").startswith("tcp")
         slow = [(size, value, base) for (g, b, v, size), value in sorted(med.items())
                 if g == group and b == "osu_bw" and v == hybrid and size >= LARGE
@@ -346,10 +352,10 @@ def targets(group: str, rows: list[ResultRow], plan: stats.Sequential | None) ->
     """Each target rule judged by its intervals at every size it covers (decide.py)."""
     out = []
     ran = {r.variant for r in rows}
+    if not ran & set(VARIANT_ORDER):  # only runs elsewhere (a Slurm site's): no target asks anything of them
+        return []
     for rule in (r for r in decide.RULES if r.target):
         if rule.a in SWAP_VARIANTS.values() and rule.a not in ran:  # the other ABI's swap, or --no-swap
-            continue
-        if rule.a not in ran and rule.b not in ran:  # a group of runs elsewhere (a Slurm site's) asks none of these
             continue
         found = decide.answers(rows, plan, [rule])
         out.append(Target(group, rule.statement, decide.target_outcome(found), found))
@@ -535,14 +541,14 @@ PANELS = (
 
 def panel_rule(rows: list[ResultRow], firsts: tuple[str, ...]) -> decide.Rule | None:
     ran = {r.variant for r in rows if r.benchmark == "osu_bw"}
-    return next((rule for rule in decide.rules_for(rows) if rule.bench == "osu_bw" and rule.a in firsts
-                 and rule.a in ran and rule.b in ran), None)
+    return next((rule for rule in decide.RULES if rule.bench == "osu_bw" and rule.a in firsts and rule.a in ran
+                 and rule.b in ran), None)
 
 
 def panels_of(rows: list[ResultRow]) -> list[tuple[str, decide.Rule]]:
     """The questions a group's plot answers: PANELS where both variants ran, then each site's bind / hybrid."""
     fixed = [(title, rule) for title, firsts in PANELS if (rule := panel_rule(rows, firsts)) is not None]
-    sites = [(f"{rule.a.replace(decide.SITE_BIND, '', 1)}: the site's MPI (bind model) vs the image's own", rule)
+    sites = [(f"{rule.a.replace(SITE_BIND, '', 1)}: the site's MPI (bind model) vs the image's own", rule)
              for rule in decide.site_rules({r.variant for r in rows if r.benchmark == "osu_bw"})
              if rule.bench == "osu_bw"]
     return fixed + sites

@@ -56,6 +56,8 @@ DEFAULT_SANDBOX_VARIANT = "container (default sandbox)"
 #: The bind-model swap's variant, by the ABI of the stand-in bound in: Intel MPI for an MPICH-ABI image, another
 #: release series of Open MPI for an Open MPI image (define/matrix.Matrix.swap_host_for)
 SWAP_VARIANTS = {"mpich": "container+impi", "openmpi": "container+openmpi"}
+#: A Slurm site's bind-model variant: its hybrid one with this after the site's name (`<site>+hostmpi`, slurm.py)
+SITE_BIND = "+hostmpi"
 #: The copy ceiling's variants (bench/copy_ceiling.c), by its -k mode: host-wide, shown beside every image's osu_bw
 CEILING_VARIANTS = {"memcpy": "ceiling (memcpy)", "cma": "ceiling (process_vm_readv)"}
 CMA_BLOCKED = "cross-memory attach blocked"

@@ -75,10 +75,12 @@ class HostRuntime(Runtime):
         self._squashfs_args: tuple[str, ...] | None = None
 
     def squashfs_args(self) -> tuple[str, ...]:
-        """SQUASHFS_ARGS if this apptainer/singularity has the option (Apptainer 1.x and SingularityCE 3.9 on; an
-        older one builds at its own default rather than failing on an unknown flag)."""
+        """SQUASHFS_ARGS if the runtime that builds has the option (Apptainer 1.x and SingularityCE 3.9 on; an older
+        one builds at its own default rather than failing on an unknown flag). spython's build runs `singularity`
+        (Apptainer's compatibility name), so that is the one asked, where there is one."""
         if self._squashfs_args is None:
-            code, out = self.run([self.binary, "build", "--help"], timeout=60)
+            builder = shutil.which("singularity") or self.binary
+            code, out = self.run([builder, "build", "--help"], timeout=60)
             self._squashfs_args = SQUASHFS_ARGS if code == 0 and SQUASHFS_ARGS[0] in out else ()
         return self._squashfs_args
 
