@@ -280,3 +280,31 @@ def test_a_docker_group_still_lists_the_targets_it_did_not_measure():
                 for t in found}
     assert outcomes["osu_bw"] == decide.MET and outcomes["osu_bw.py persistent"] == decide.NOT_MEASURED
     assert outcomes["osu_latency.py persistent"] == decide.NOT_MEASURED
+
+
+def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, monkeypatch):
+    from hpcimages.define import load_matrix
+
+    matrix = load_matrix(ROOT / "matrix.toml")
+    profile, cell = matrix.profile("ci"), matrix.cell("h5py-mpi:py3.11-mpich4.3.2")
+    twin = bench.host_twin(matrix, cell)
+    if twin is None:
+        pytest.skip("no h5py-mpi cell for this host's Python")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".hpcimages-ready").write_text("venv key\n")
+    source = bench.hdf5_source(profile, cell)
+    (venv / ".hpcimages-hdf5").write_text(bench.hdf5_twin_key(matrix, twin, source.sha256, venv) + "\n")
+    monkeypatch.setattr(bench, "_host_can_compile", lambda: "no cc on the host (the test's)")  # never compile here
+    said: list[str] = []
+    assert bench.bare_metal_hdf5(matrix, profile, cell, venv, said.append) and said == []  # inputs unchanged
+    monkeypatch.setattr(bench, "HDF5_CONFIGURE_OPTIONS", bench.HDF5_CONFIGURE_OPTIONS + " --enable-debug=all")
+    assert not bench.bare_metal_hdf5(matrix, profile, cell, venv, said.append)  # a new option: made again
+    assert said == ["  no bare-metal h5py_write: no cc on the host (the test's)"]
+    (venv / ".hpcimages-hdf5").write_text("")  # a stamp of the earlier version, which only existed
+    assert not bench.stamp_holds(venv / ".hpcimages-hdf5", bench.hdf5_twin_key(matrix, twin, source.sha256, venv))
+    lock = tmp_path / "lock.txt"
+    lock.write_text("numpy==2.1.0\n")
+    before = bench.twin_key("3.11", lock)
+    lock.write_text("numpy==2.1.1\n")
+    assert bench.twin_key("3.11", lock) != before  # a file counts by its content

@@ -28,6 +28,7 @@ run is appended to the results file at once (see results.py): an interrupted ben
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 import shutil
@@ -333,11 +334,12 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
         return None
     venv = build_dir(matrix.root) / "bench" / f"venv-py{python}-{cell.mpi.key}"
     stamp = venv / ".hpcimages-ready"
-    if stamp.exists():
+    locks = [matrix.root / p for p in (twin.mpi_lock, twin.lock) if p]
+    key = twin_key(sys.version, *locks)
+    if stamp_holds(stamp, key):
         compile_c_references(matrix, venv, cell.mpi.soname)
         return venv
     cache = wheelhouse.cache_root()
-    locks = [matrix.root / p for p in (twin.mpi_lock, twin.lock) if p]
     progress(f"  bare metal: creating {relative(venv, matrix.root)} ({cell.mpi.title} {cell.mpi.version} wheel, "
              "locked mpi4py)")
     for lock in locks:
@@ -352,8 +354,35 @@ def bare_metal_venv(matrix: Matrix, cell: Cell, progress: Progress) -> Path | No
     if proc.returncode != 0:
         raise BenchError(f"cannot create the bare-metal venv {venv}: {proc.stderr.strip()[-800:]}")
     compile_c_references(matrix, venv, cell.mpi.soname)
-    stamp.touch()
+    stamp.write_text(key + "\n", encoding="utf-8")
     return venv
+
+
+def twin_key(*inputs: str | Path) -> str:
+    """What a host twin (the bare-metal venv, its HDF5 and h5py) is made from, as one digest: text as it is, a file by
+    its content. Its stamp holds the digest, so a new lock, tarball or configure option makes the twin again, as a
+    changed input rebuilds an image (a stamp that only existed kept a twin of the old inputs under the new label)."""
+    digest = hashlib.sha256()
+    for item in inputs:
+        digest.update(item.read_bytes() if isinstance(item, Path) else item.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def hdf5_twin_key(matrix: Matrix, twin: Cell, tarball_sha256: str, venv: Path) -> str:
+    """The inputs of the venv's HDF5 and h5py: the venv's own (its stamp), the tarball, the configure options, the
+    build dependencies and the lock that pins h5py."""
+    assert twin.build_lock and twin.lock
+    return twin_key(venv / ".hpcimages-ready", tarball_sha256, HDF5_CONFIGURE_OPTIONS, matrix.root / twin.build_lock,
+                    matrix.root / twin.lock)
+
+
+def stamp_holds(stamp: Path, key: str) -> bool:
+    """The stamp says the twin was made from exactly these inputs (twin_key)."""
+    try:
+        return stamp.read_text(encoding="utf-8").strip() == key
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def compile_c_references(matrix: Matrix, venv: Path, soname: str) -> None:
@@ -450,15 +479,18 @@ def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, pr
                  f"{sys.version_info.major}.{sys.version_info.minor}")
         return False
     assert twin.lock and twin.build_lock and cell.family.hdf5
-    stamp = venv / f".hpcimages-hdf5-{cell.family.hdf5}"
-    if stamp.exists():
+    stamp = venv / ".hpcimages-hdf5"
+    source = hdf5_source(profile, cell)
+    assert source is not None  # the matrix loader made sure a family with hdf5 has its tarball
+    key = hdf5_twin_key(matrix, twin, source.sha256, venv)
+    if stamp_holds(stamp, key):
         return True
     reason = _host_can_compile()
     if reason:
         progress(f"  no bare-metal h5py_write: {reason}")
         return False
     cache = wheelhouse.cache_root()
-    tarball = wheelhouse.fetch_source(hdf5_source(profile, cell), cache)
+    tarball = wheelhouse.fetch_source(source, cache)
     for lock in (twin.build_lock, twin.lock):
         wheelhouse.download_wheels(matrix.root / lock, twin.python, cache)
     fetch_build_sdists(matrix, twin, cache)
@@ -489,7 +521,7 @@ def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, pr
                 raise BenchError(f"bare-metal HDF5/h5py: `{' '.join(step[:3])} ...` failed (exit {proc.returncode}); "
                                  f"log: {relative(venv / 'hdf5-build.log', matrix.root)}")
     shutil.rmtree(work, ignore_errors=True)
-    stamp.touch()
+    stamp.write_text(key + "\n", encoding="utf-8")
     return True
 
 
