@@ -135,7 +135,8 @@ def test_one_job_alternates_both_models_and_collect_pairs_them_into_intervals(cl
     assert "bw local+hostmpi / local" in table.stdout, table.stdout
     decided = [ln for ln in table.stdout.splitlines() if ln.startswith("local+hostmpi / local")]
     assert len(decided) == 3 and all("site: the site's MPI" in ln for ln in decided), table.stdout
-    assert all(re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]\s+6\s", ln) for ln in decided), table.stdout
+    # a median, its interval (a bimodal machine's may reach past 10) and the 6 repeats it used
+    assert all(re.search(r"\d+\.\d{3} \[\d+\.\d{3}, \d+\.\d{3}\]\s+6\s", ln) for ln in decided), table.stdout
 
 
 def test_the_test_cluster_has_two_nodes_each_a_container_with_its_own_name_and_address(cluster):
