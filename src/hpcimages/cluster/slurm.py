@@ -201,14 +201,19 @@ class JobSpec:
         return VARIANTS_JOIN.join(self.variant_of(model) for model in self.models)
 
     def variant_of(self, model: str) -> str:
-        """A model's variant: the site, +hostmpi for the bind model, and " inter-node" when the ranks span nodes
-        (so a table shows intra- and inter-node side by side)."""
-        name = self.site.name if model == "hybrid" else f"{self.site.name}{SITE_BIND}"
-        name = f"{name} inter-node" if self.layout[0] > 1 else name
-        return f"{name} no-sharens" if self.own_namespaces and self.site.container.sharens else name
+        return variant_name(self.site.name, model, self.layout[0] > 1,
+                            self.own_namespaces and self.site.container.sharens)
 
 
 VARIANTS_JOIN = ", "  # a site name has no comma (SITE_NAME_RE)
+
+
+def variant_name(site: str, model: str, inter_node: bool, no_sharens: bool) -> str:
+    """A model's results variant: the site, +hostmpi for the bind model, " inter-node" when the ranks span nodes (so
+    a table shows intra- and inter-node side by side), " no-sharens" for plain user namespaces."""
+    name = site if model == "hybrid" else f"{site}{SITE_BIND}"
+    name = f"{name} inter-node" if inter_node else name
+    return f"{name} no-sharens" if no_sharens else name
 
 
 def models_of(model: str) -> tuple[str, ...]:
@@ -412,14 +417,13 @@ class JobRecord:
         return several_runs(self.model, self.repeats)
 
     def run_variants(self) -> dict[str, str]:
-        """model -> its results' variant, as JobSpec.variant_of names it from the site and the layout (the record's
+        """model -> its results' variant, as variant_name names it from the site and the layout (the record's
         `variant` must say the same: one whose labels were swapped or edited would store each model's figures
-        under the other's name)."""
+        under the other's name; the record does not keep --no-sharens, so either is taken)."""
         models = models_of(self.model)
         given = self.variant.split(VARIANTS_JOIN)
-        layout = " inter-node" if self.nodes > 1 else ""
-        for tail in (layout, f"{layout} no-sharens"):
-            if given == [f"{self.site}{SITE_BIND if m == 'bind' else ''}{tail}" for m in models]:
+        for no_sharens in (False, True):
+            if given == [variant_name(self.site, m, self.nodes > 1, no_sharens) for m in models]:
                 return dict(zip(models, given, strict=True))
         raise ResultsError(f"record {self.key}: variant {shown(self.variant)} is not what the model(s) "
                            f"{', '.join(models)} at site {self.site} are named ('{self.site}', "

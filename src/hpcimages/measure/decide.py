@@ -99,7 +99,7 @@ def site_rules(variants: Iterable[str]) -> list[Rule]:
         hybrid = bind.replace(SITE_BIND, "", 1)
         if hybrid not in present:
             continue
-        question = "site: the site's MPI (bind model) against the image's own (hybrid), "
+        question = "the site's MPI (bind model) against the image's own (hybrid), "
         rules += [Rule(question + "osu_bw at >= 256 KiB", "osu_bw", bind, hybrid, DECIDED, min_size=256 * KiB,
                        target=False, reader="site"),
                   Rule(question + "osu_latency at 1-64 B", "osu_latency", bind, hybrid, DECIDED, min_size=1,

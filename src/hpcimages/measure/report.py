@@ -370,7 +370,7 @@ def decisions_table(group: str, rows: list[ResultRow], plan: stats.Sequential | 
     how = plan.describe() if plan else \
         f"a fixed number of repeats, distribution-free {100 * (1 - stats.ALPHA):.0f} % intervals"
     body = [[a.rule.shown, a.size, a.figure, f"{a.repeats} of {a.available}" if plan else a.repeats, a.outcome,
-             a.rule.statement if a.rule.target else f"{a.rule.reader}: " + a.rule.statement.removeprefix("site: ")]
+             a.rule.statement if a.rule.target else f"{a.rule.reader}: {a.rule.statement}"]
             for a in found]
     return Table(f"{group}: decisions ({how})", ["question", "size (B)", "median [interval]", "repeats", "outcome",
                                                  "read by"], body)
