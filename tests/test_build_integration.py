@@ -217,6 +217,30 @@ def test_two_python_versions_of_one_source_mpich_compile_it_once_and_stay_lean(c
         assert leftovers.strip() == "END", leftovers
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HPCIMAGES_SLOW") != "1", reason="a second h5py cell: HPCIMAGES_SLOW=1")
+def test_a_second_python_s_h5py_cell_copies_the_hdf5_compile_of_the_first(ci_build, client):
+    """h5py-mpi:py3.13-mpich4.3.2 (trixie) compiles its HDF5 in mpi4py:py3.11-mpich4.3.2 (bookworm), as the ci
+    cell h5py-mpi:py3.11-mpich4.3.2 did: the engine finds that compile in its cache, and the HDF5 built on the older
+    Debian writes in parallel on the newer one."""
+    m = load_matrix(ROOT / "matrix.toml")
+    ref = "h5py-mpi:py3.13-mpich4.3.2"
+    report = build(client, m, "offline", only=[ref], jobs=1, force=True)
+    assert report.ok, report.table()
+    log = (build_dir(ROOT) / "logs/h5py-mpi/py3.13-mpich4.3.2.log").read_text()
+    assert compile_step_cached(log), "HDF5 was compiled again for the second Python"
+    text = run_in(client, f"hpcimages/{ref}", "mpiexec -n 2 python3 -c \"import h5py; from mpi4py import MPI; "
+                  "f = h5py.File('/tmp/x.h5', 'w', driver='mpio', comm=MPI.COMM_WORLD); "
+                  "f.create_dataset('d', (2,), 'i')[MPI.COMM_WORLD.rank] = MPI.COMM_WORLD.rank; f.close(); "
+                  "print('wrote', MPI.COMM_WORLD.rank, h5py.version.hdf5_version)\"")
+    assert "wrote 0 1.14.5" in text and "wrote 1 1.14.5" in text, text
+    first = client.images.get("hpcimages/h5py-mpi:py3.11-mpich4.3.2").attrs["Size"]
+    parent = client.images.get("hpcimages/mpi4py:py3.11-mpich4.3.2").attrs["Size"]
+    second = client.images.get(f"hpcimages/{ref}").attrs["Size"] - \
+        client.images.get("hpcimages/mpi4py:py3.13-mpich4.3.2").attrs["Size"]
+    assert abs(second - (first - parent)) < 0.2 * (first - parent), (second, first - parent)
+
+
 NAPPER_TEMPLATE = CHILD_TEMPLATE + 'ARG NAP=0\nRUN echo "napping ${NAP}s"; sleep ${NAP}\n'
 
 NAPPER_PROFILE = """

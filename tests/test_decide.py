@@ -294,15 +294,17 @@ def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, mon
     venv.mkdir()
     (venv / ".hpcimages-ready").write_text("venv key\n")
     source = bench.hdf5_source(profile, cell)
-    (venv / ".hpcimages-hdf5").write_text(bench.hdf5_twin_key(matrix, twin, source.sha256, venv) + "\n")
+    (venv / ".hpcimages-hdf5").write_text(bench.hdf5_twin_key(matrix, twin, source.sha256, venv, "img") + "\n")
     monkeypatch.setattr(bench, "_host_can_compile", lambda: "no cc on the host (the test's)")  # never compile here
     said: list[str] = []
-    assert bench.bare_metal_hdf5(matrix, profile, cell, venv, said.append) and said == []  # inputs unchanged
+    made = bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
+    assert made and said == []  # inputs unchanged
     monkeypatch.setattr(bench, "HDF5_CONFIGURE_OPTIONS", bench.HDF5_CONFIGURE_OPTIONS + " --enable-debug=all")
-    assert not bench.bare_metal_hdf5(matrix, profile, cell, venv, said.append)  # a new option: made again
+    assert not bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)  # a new option: made again
     assert said == ["  no bare-metal h5py_write: no cc on the host (the test's)"]
     (venv / ".hpcimages-hdf5").write_text("")  # a stamp of the earlier version, which only existed
-    assert not bench.stamp_holds(venv / ".hpcimages-hdf5", bench.hdf5_twin_key(matrix, twin, source.sha256, venv))
+    key = bench.hdf5_twin_key(matrix, twin, source.sha256, venv, "img")
+    assert not bench.stamp_holds(venv / ".hpcimages-hdf5", key)
     lock = tmp_path / "lock.txt"
     lock.write_text("numpy==2.1.0\n")
     before = bench.twin_key("3.11", lock)

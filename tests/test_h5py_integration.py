@@ -3,8 +3,10 @@ tells an MPI build of h5py from PyPI's serial wheel, and the parallel-I/O benchm
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from hpcimages.define.lock import locked_pins
 from hpcimages.engine import build_from_memory
 from hpcimages.images import hostmpi, wheelhouse
 from hpcimages.images.check import BENCH_MOUNT, Checker
+from hpcimages.measure import bench
 from hpcimages.measure.report import build_report
 from hpcimages.measure.results import load, parse_osu
 
@@ -100,6 +103,18 @@ def test_h5py_write_measures_four_modes_and_checks_what_it_read(checker):
     assert parsed.library_file == "/usr/local/lib/libmpi.so.12"
 
 
+def file_in_image(client, image: str, path: str) -> bytes:
+    container = client.containers.create(image, command=["true"])
+    try:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.extractfile(tar.getmembers()[0])
+            assert member is not None, path
+            return member.read()
+    finally:
+        container.remove(force=True)
+
+
 def test_bench_runs_h5py_write_in_the_image_and_under_the_swap(client, tmp_path):
     results = tmp_path / "ci.jsonl"
     proc = subprocess.run([sys.executable, "-m", "invoke", "bench", "--profile", "ci", "--only", REF, "--results",
@@ -114,7 +129,8 @@ def test_bench_runs_h5py_write_in_the_image_and_under_the_swap(client, tmp_path)
     assert {r.size for r in records} == {65536, 131072} and {r.repeat for r in records} == {1, 2}
     swapped = next(r for r in records if r.variant == "container+impi")
     assert swapped.mpi_library_file.startswith(f"{hostmpi.MOUNT}/") and swapped.unit == "MB/s"
-    # the bare-metal twin: HDF5 and h5py compiled on the host against the venv's MPICH wheel
+    # the bare-metal twin: the image's own HDF5 build (this host's Debian is the image's), h5py compiled on the host
+    # against it and the venv's MPICH wheel
     bare = next(r for r in records if r.variant == "bare-metal")
     assert bare.cell is None and "/bench/venv-py3.11-mpich4.3.2/" in bare.mpi_library_file, bare.mpi_library_file
     # every variant writes into the same host folder (bound into the containers), not into an overlay /tmp
@@ -123,7 +139,11 @@ def test_bench_runs_h5py_write_in_the_image_and_under_the_swap(client, tmp_path)
     text = build_report(records).text()
     assert "h5py parallel write, collective I/O (MB/s, all ranks)" in text
     assert "write collective container+impi / container" in text and "read collective container / bare metal" in text
-    assert "bare-metal h5py" not in proc.stdout or "compiling HDF5" in proc.stdout
+    assert f"against the HDF5 build of hpcimages/{REF}" in proc.stdout and "compiling HDF5" not in proc.stdout
+    host = next((Path(bare.mpi_library_file).parent).glob("libhdf5.so.*.*.*"))
+    assert host.read_bytes() == file_in_image(client, f"hpcimages/{REF}", f"/usr/local/lib/{host.name}"), \
+        "the bare-metal HDF5 is not the image's build"
+    assert bench.image_hdf5(client, "hpcimages/mpi4py:py3.11-mpich4.3.2", tmp_path) == []  # no HDF5: compile it
 
 
 def test_bench_runs_h5py_write_over_open_mpi_with_the_other_series_swapped_in(client, tmp_path):

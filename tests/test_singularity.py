@@ -13,7 +13,7 @@ from hpcimages.define.render import dockerfile_path, recipe_path
 from hpcimages.define.singularity import dockerfile_args, split_stages, spython_convert
 from hpcimages.engine import connect
 from hpcimages.sif.apptainer import ConvertError, choose_runtime
-from hpcimages.sif.convert import sif_name
+from hpcimages.sif.convert import sif_name, stage_images
 
 ROOT = Path(__file__).resolve().parent.parent
 M = load_matrix(ROOT / "matrix.toml")
@@ -175,3 +175,15 @@ def test_every_sif_build_squashes_at_the_faster_level(tmp_path):
     for command in runtime.commands:
         at = command.index("--mksquashfs-args")
         assert command[at:at + 2] == ["--mksquashfs-args", "-Xcompression-level 6"], command
+
+
+def test_a_recipe_s_hdf5_stage_bootstraps_from_the_image_its_hdf5_is_compiled_in():
+    m = load_matrix(ROOT / "matrix.toml")
+    ci = m.profile("ci")
+    other, own = m.cell("h5py-mpi:py3.13-openmpi5.0.11"), m.cell("h5py-mpi:py3.11-mpich4.3.2")
+    assert other is not None and own is not None
+    assert stage_images(m, ci, other, "parent") == {"HDF5_BUILD_IMAGE": "hpcimages/mpi4py:py3.11-openmpi5.0.11"}
+    assert stage_images(m, ci, own, "parent") == {"HDF5_BUILD_IMAGE": "parent"}  # the parent's archive, once
+    text = recipe_path(m, other).read_text(encoding="utf-8")
+    assert "From: {{ HDF5_BUILD_IMAGE }}\nStage: hdf5-build\n" in text
+    assert "%files from hdf5-build\n/opt/stage/* /opt/stage/\n" in text

@@ -395,3 +395,25 @@ def test_verify_names_a_file_that_is_not_one(reference, words, capsys, monkeypat
     monkeypatch.chdir(ROOT)
     assert exit_code(commands.verify, matrix=str(ROOT / "matrix.toml"), reference=reference, key=str(key)) == 2
     assert words in capsys.readouterr().err
+
+
+def test_a_provenance_names_the_image_an_hdf5_is_compiled_in(tmp_path):
+    m = load_matrix(ROOT / "matrix.toml")
+    cell = m.cell("h5py-mpi:py3.13-openmpi5.0.11")
+    assert cell is not None
+    if not all(committed(p) for p in ("dockerfiles", "pip-requirements")):
+        pytest.skip("the Dockerfiles or locks differ from HEAD: a provenance of them names no revision")
+    labels = {INPUT_LABEL: "f" * 64, provenance.REVISION_LABEL: head(), "io.hpcimages.family": "h5py-mpi",
+              "org.opencontainers.image.version": "py3.13-openmpi5.0.11",
+              "org.opencontainers.image.created": "2026-12-06T03:16:11Z"}
+    facts = provenance.BuildFacts("hpcimages/mpi4py:py3.13-openmpi5.0.11", "sha256:" + "a" * 64, "f" * 64, "20.10",
+                                  hdf5_builder=("hpcimages/mpi4py:py3.11-openmpi5.0.11", "sha256:" + "c" * 64))
+    predicate = provenance.statement_predicate(m, m.profile("ci"), cell, labels, "sha256:" + "b" * 64, facts,
+                                               "https://github.com/centre/hpcimages", tmp_path)
+    deps = {d["name"]: d for d in predicate["buildDefinition"]["resolvedDependencies"]}
+    builder = deps["hpcimages/mpi4py:py3.11-openmpi5.0.11"]
+    assert builder["digest"] == {"sha256": "c" * 64}
+    assert builder["annotations"]["role"] == "the image the HDF5 tarball is compiled in"
+    assert predicate["buildDefinition"]["internalParameters"]["buildArgs"]["HDF5_BUILD_IMAGE"] == \
+        "hpcimages/mpi4py:py3.11-openmpi5.0.11"
+    assert provenance.check(predicate, labels, ROOT) == (cell.ref, [])

@@ -18,7 +18,7 @@ import fnmatch
 import itertools
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -292,6 +292,26 @@ class Matrix:
     @cached_property
     def _cells_by_profile(self) -> dict[str, tuple[Cell, ...]]:
         return {name: tuple(_profile_cells(self, p)) for name, p in self.profiles.items()}
+
+    def hdf5_builder(self, profile: str | Profile, cell: Cell) -> Cell | None:
+        """The cell whose image compiles a family's HDF5: its parent family's cell of the same MPI (and CUDA) for the
+        profile's MPI build Python, so every Python version's cell of that MPI copies one compile (the engine's cache
+        keeps it), as a source MPI is compiled once in the oldest base. Its own parent where the profile builds no
+        such cell; None for a cell without HDF5."""
+        if not cell.family.hdf5 or cell.family.parent is None:
+            return None
+        prof = self.profile(profile)
+        refs = {c.ref: c for c in self.cells(prof)}
+        return refs.get(f"{cell.family.parent}:py{prof.mpi_build_python}-{cell.mpi.key}") or refs.get(
+            str(cell.parent_ref()))
+
+    def build_needs(self, profile: str | Profile, cell: Cell) -> list[str]:
+        """The cells whose images a cell's build reads: its parent, and the image its HDF5 is compiled in."""
+        needs = [ref for ref in (cell.parent_ref(),) if ref]
+        builder = self.hdf5_builder(profile, cell)
+        if builder is not None and builder.ref not in needs:
+            needs.append(builder.ref)
+        return needs
 
     def cell(self, ref: str) -> Cell | None:
         """The cell named ``family:tag`` in any profile."""
@@ -898,20 +918,24 @@ def matches(cell: Cell, pattern: str) -> bool:
     return fnmatch.fnmatchcase(cell.ref, pattern) or fnmatch.fnmatchcase(cell.family.name, pattern)
 
 
-def select(cells: list[Cell], patterns: Iterable[str], *, with_parents: bool) -> list[Cell]:
-    """The cells matching any pattern (see ``matches``), parents first; with their ancestors when the task
-    needs them (a build does; check, convert, bench and publish look at the chosen cells only)."""
+def select(cells: list[Cell], patterns: Iterable[str], *, with_parents: bool,
+           needs: Callable[[Cell], list[str]] | None = None) -> list[Cell]:
+    """The cells matching any pattern (see ``matches``), parents first; with the cells they need when the task
+    needs them (a build does: the parents, and ``needs``, e.g. the image an HDF5 is compiled in; check, convert,
+    bench and publish look at the chosen cells only)."""
     patterns = [p for p in patterns if p]
     by_ref = {c.ref: c for c in cells}
+    needed = needs or (lambda c: [ref for ref in (c.parent_ref(),) if ref])
     wanted: dict[str, Cell] = {}
-    for cell in cells:
-        if not any(matches(cell, p) for p in patterns):
+    todo = [c.ref for c in cells if any(matches(c, p) for p in patterns)]
+    while todo:
+        ref = todo.pop(0)
+        if ref in wanted or ref not in by_ref:
             continue
-        ref: str | None = cell.ref
-        while ref is not None and ref in by_ref:
-            wanted.setdefault(ref, by_ref[ref])
-            ref = by_ref[ref].parent_ref() if with_parents else None
-    return order_by_parents(list(wanted.values()))
+        wanted[ref] = by_ref[ref]
+        if with_parents:
+            todo.extend(needed(by_ref[ref]))
+    return order_by_parents([c for c in cells if c.ref in wanted])
 
 
 def select_cells(matrix: Matrix, profile: str | Profile, only: Iterable[str] = (), *, with_parents: bool) -> list[Cell]:
@@ -930,4 +954,4 @@ def select_cells(matrix: Matrix, profile: str | Profile, only: Iterable[str] = (
             listed = ", ".join(c.ref for c in cells[:12]) + (" ..." if len(cells) > 12 else "")
             raise SelectionError(f"--only {shown(pattern)} matches no cell of profile {prof.name!r} "
                                  f"(a glob on family:tag or a family name; cells: {listed})")
-    return select(cells, patterns, with_parents=with_parents)
+    return select(cells, patterns, with_parents=with_parents, needs=lambda c: matrix.build_needs(prof, c))

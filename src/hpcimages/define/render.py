@@ -16,10 +16,11 @@ GENERATED = Path("dockerfiles") / "generated"
 
 RECIPE_HEADER = """GENERATED FILE - DO NOT EDIT.
 Converted by `invoke render` with spython from the Dockerfile beside it (plus fixes for spython's known
-defects, see src/hpcimages/singularity.py); `nox -s render_check` fails when it differs from a fresh render.
+defects, see src/hpcimages/define/singularity.py); `nox -s render_check` fails when it differs from a fresh render.
 Build from the repository root:  apptainer build x.sif dockerfiles/generated/{family}/{tag}/Singularity.def
 Offline:  --build-arg BOOTSTRAP=docker-archive --build-arg FROM=<image.tar> --build-arg WHEELHOUSE=<url>
-(a recipe with an mpi-build stage also takes MPI_BUILD_IMAGE=<image.tar> and MPI_SOURCE_URL=<tarball url>)"""
+(a recipe with an mpi-build or hdf5-build stage also takes MPI_BUILD_IMAGE or HDF5_BUILD_IMAGE=<image.tar>
+and MPI_SOURCE_URL or HDF5_SOURCE_URL=<tarball url>)"""
 
 
 def dockerfile_path(matrix: Matrix, cell: Cell) -> Path:

@@ -34,7 +34,7 @@ SUPPORT_KEYS = {"python", "mpi_name", "mpi_method", "mpi_abi", "cuda"}
 #: Build args the build step itself passes, by what they are for.
 PIP_ARGS = ("PIP_NO_INDEX", "PIP_FIND_LINKS")
 SOURCE_ARGS = ("MPI_SOURCE_URL", "MPI_SOURCE_SHA256", "MPI_BUILD_IMAGE")
-HDF5_ARGS = ("HDF5_SOURCE_URL", "HDF5_SOURCE_SHA256")
+HDF5_ARGS = ("HDF5_SOURCE_URL", "HDF5_SOURCE_SHA256", "HDF5_BUILD_IMAGE")
 #: How a family with ``hdf5`` configures it (the template's, and the bare-metal twin's of the benchmarks): the C
 #: library with MPI, shared only, and nothing an image does not need.
 HDF5_CONFIGURE_OPTIONS = ("--enable-parallel --enable-shared --disable-static --disable-fortran --disable-cxx "
@@ -100,6 +100,7 @@ def template_context(matrix: Matrix, cell: Cell, profile: Profile) -> dict[str, 
         parent_ref = cell.parent_ref()
         parent = next(c for c in matrix.cells(profile.name) if c.ref == parent_ref)
         parent_image = parent.image(profile.registry)
+    hdf5_builder = matrix.hdf5_builder(profile, cell)
     return {
         "cell": cell,
         "family": cell.family,
@@ -114,6 +115,7 @@ def template_context(matrix: Matrix, cell: Cell, profile: Profile) -> dict[str, 
         "source_sha256": source.sha256 if source else "",
         "hdf5": cell.family.hdf5,
         "hdf5_configure": HDF5_CONFIGURE_OPTIONS,
+        "hdf5_build_image": hdf5_builder.image(profile.registry) if hdf5_builder else None,
         "hdf5_source_url": hdf5.url if hdf5 and not hdf5.url.startswith("debian:") else "",
         "hdf5_source_sha256": hdf5.sha256 if hdf5 else "",
         "build_args": cell.family.build_args,

@@ -150,6 +150,9 @@ def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell], stale: se
         start = cell.parent_ref() or profile.bases[cell.python].image
         if mpi_source(profile, cell) is not None:
             start += f" (MPI compiled in {profile.mpi_build_image})"
+        builder = matrix.hdf5_builder(profile, cell)
+        if builder is not None and builder.ref != cell.parent_ref():
+            start += f" (HDF5 compiled in {builder.ref})"
         state = "?" if stale is None else "to build" if cell.ref in stale else "up to date"
         rows.append([cell.ref, state, ", ".join(tags), start])
     if stale is None:
@@ -236,16 +239,30 @@ def fetch_build_sdists(matrix: Matrix, cell: Cell, cache: Path) -> Path | None:
     return wheelhouse.fetch_sdist(matrix.root, package, version, wheelhouse.wheelhouse_dir(cache))
 
 
-def mpi_build_key(profile: Profile, cell: Cell) -> str | None:
-    """Cells with one key share one compile of their MPI (the engine's cache of the mpi-build stage)."""
-    source = mpi_source(profile, cell)
-    return None if source is None else f"{cell.mpi.key}@{profile.mpi_build_image}"
+def shared_compiles(matrix: Matrix, profile: Profile, cell: Cell) -> set[str]:
+    """What a cell compiles in a stage other cells share (the engine's cache of that stage): its MPI, compiled in
+    the profile's MPI build image, and its HDF5, compiled in the image of its MPI for the MPI build Python. Two cells
+    with a key in common never build at once: the second waits, then finds the compile in the cache."""
+    keys = set()
+    if mpi_source(profile, cell) is not None:
+        keys.add(f"mpi {cell.mpi.key}@{profile.mpi_build_image}")
+    builder = matrix.hdf5_builder(profile, cell)
+    if builder is not None:
+        keys.add(f"hdf5 {cell.family.hdf5}@{builder.ref}")
+    return keys
+
+
+def hdf5_build_image(matrix: Matrix, profile: Profile, cell: Cell) -> dict[str, str]:
+    """The HDF5_BUILD_IMAGE arg of a cell with HDF5 (see Matrix.hdf5_builder); none for the others."""
+    builder = matrix.hdf5_builder(profile, cell)
+    return {} if builder is None else {"HDF5_BUILD_IMAGE": builder.image(profile.registry)}
 
 
 def build_args(matrix: Matrix, profile: Profile, cell: Cell, served: str | None) -> dict[str, str]:
     """Every build arg of a cell: the family's, FROM, the MPI tarball, and the wheelhouse when one is served."""
     name, image = from_image(matrix, profile, cell)
-    args = {**cell.family.build_args, name: image, **source_args(profile, cell, served)}
+    args = {**cell.family.build_args, name: image, **source_args(profile, cell, served),
+            **hdf5_build_image(matrix, profile, cell)}
     if served:
         args["PIP_NO_INDEX"] = "1"
         args["PIP_FIND_LINKS"] = f"{served}/wheelhouse/"
@@ -335,9 +352,13 @@ class Builder:
 
     def from_identity(self, cell: Cell, parent_id: str | None) -> str | None:
         """What the cell starts from, by image id where the engine has it: its parent or base, and the image its
-        MPI is compiled in (a rebuilt build image changes the MPI)."""
+        MPI or HDF5 is compiled in (a rebuilt build image changes the MPI or the HDF5)."""
         if cell.family.parent:
-            return parent_id
+            builder = self.matrix.hdf5_builder(self.profile, cell)
+            if parent_id is None or builder is None or builder.ref == cell.parent_ref():
+                return parent_id
+            found = find_image(self.client, builder.image(self.profile.registry))
+            return f"{parent_id} {found.id}" if found is not None else None
         base = self.base_id(cell) or self.profile.bases[cell.python].image
         if mpi_source(self.profile, cell) is None:
             return base
@@ -363,12 +384,12 @@ class Builder:
         return image.labels.get(INPUT_LABEL) == digest, image.id
 
     def stale_cells(self, cells: list[Cell]) -> set[str]:
-        """Cells that will (probably) be built: stale themselves, or below a stale parent."""
+        """Cells that will (probably) be built: stale themselves, or below a stale parent or HDF5 build image."""
         stale: set[str] = set()
         ids: dict[str, str | None] = {}
         for cell in cells:
             parent = cell.parent_ref()
-            if parent in stale:
+            if any(ref in stale for ref in self.matrix.build_needs(self.profile, cell)):
                 stale.add(cell.ref)
                 continue
             fresh, image_id = self.up_to_date(cell, ids.get(parent) if parent else None)
@@ -459,6 +480,10 @@ class Builder:
     def _engine_build(self, cell: Cell, parent_id: str | None, served: str, result: CellResult) -> None:
         args = build_args(self.matrix, self.profile, cell, served)
         from_id = self.from_identity(cell, parent_id)
+        builder = args.get("HDF5_BUILD_IMAGE")
+        if builder and find_image(self.client, builder) is None:  # a plan without it: say so, not "pull access denied"
+            raise BuildError(f"its HDF5 is compiled in {builder}, which this engine does not have: build it first "
+                             f"(`invoke build --profile {self.profile.name}` builds the cells a cell needs)")
         digest = input_hash(self.matrix, cell, hashed_args(self.profile, cell, args), str(from_id))
         context, dockerfile = context_archive(self.matrix, cell)
         log_path = self.log_dir / cell.family.name / f"{cell.tag}.log"
@@ -571,9 +596,9 @@ class Builder:
         for api in streams:
             api.cut()
 
-    def _compiling_its_mpi(self, cell: Cell, running: dict[Future[CellResult], Cell]) -> bool:
-        key = mpi_build_key(self.profile, cell)
-        return key is not None and any(mpi_build_key(self.profile, c) == key for c in running.values())
+    def _compiling_a_shared_stage(self, cell: Cell, running: dict[Future[CellResult], Cell]) -> bool:
+        keys = shared_compiles(self.matrix, self.profile, cell)
+        return any(keys & shared_compiles(self.matrix, self.profile, c) for c in running.values())
 
     def _schedule(self, cells: list[Cell], results: dict[str, CellResult], served: str) -> None:
         pending = [c for c in cells if results[c.ref].status == "pending"]
@@ -583,15 +608,18 @@ class Builder:
             while pending or running:
                 for cell in list(pending):
                     parent = results.get(cell.parent_ref() or "")
-                    if parent is not None and parent.status in ("failed", "skipped"):
+                    needed = [results[ref] for ref in self.matrix.build_needs(self.profile, cell) if ref in results]
+                    broken = next((n for n in needed if n.status in ("failed", "skipped")), None)
+                    if broken is not None:
                         r = results[cell.ref]
-                        r.status, r.reason = "skipped", f"parent {parent.ref} {parent.status}"
+                        role = "parent" if broken is parent else "HDF5 build image"
+                        r.status, r.reason = "skipped", f"{role} {broken.ref} {broken.status}"
                         pending.remove(cell)
                         done += 1
                         self.say(f"[{done}/{total}] {cell.ref}: skipped ({r.reason})")
-                    elif self._compiling_its_mpi(cell, running):
+                    elif self._compiling_a_shared_stage(cell, running):
                         continue  # it waits, then finds that compile in the engine's cache
-                    elif (parent is None or parent.ok) and len(running) < self.jobs:
+                    elif all(n.ok for n in needed) and len(running) < self.jobs:
                         pending.remove(cell)
                         future = pool.submit(self.build_cell, cell, parent.image_id if parent else None,
                                              served, results[cell.ref])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -36,12 +37,13 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import docker
 import docker.errors
@@ -369,12 +371,12 @@ def twin_key(*inputs: str | Path) -> str:
     return digest.hexdigest()
 
 
-def hdf5_twin_key(matrix: Matrix, twin: Cell, tarball_sha256: str, venv: Path) -> str:
-    """The inputs of the venv's HDF5 and h5py: the venv's own (its stamp), the tarball, the configure options, the
-    build dependencies and the lock that pins h5py."""
+def hdf5_twin_key(matrix: Matrix, twin: Cell, tarball_sha256: str, venv: Path, image_id: str) -> str:
+    """The inputs of the venv's HDF5 and h5py: the venv's own (its stamp), the image whose HDF5 build it copies, the
+    tarball and configure options (should it compile), the build dependencies and the lock that pins h5py."""
     assert twin.build_lock and twin.lock
-    return twin_key(venv / ".hpcimages-ready", tarball_sha256, HDF5_CONFIGURE_OPTIONS, matrix.root / twin.build_lock,
-                    matrix.root / twin.lock)
+    return twin_key(venv / ".hpcimages-ready", image_id, tarball_sha256, HDF5_CONFIGURE_OPTIONS,
+                    matrix.root / twin.build_lock, matrix.root / twin.lock)
 
 
 def stamp_holds(stamp: Path, key: str) -> bool:
@@ -443,10 +445,10 @@ def bare_swap(cell: Cell, swap: Swap, venv: Path, scripts: Path) -> Variant:
                    launcher=host.host_launcher(str(venv / "bin" / "mpiexec")), host_dirs=(str(folder),))
 
 
-def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, image_id: str, host: Swap | None,
-                  bare_metal: bool, progress: Progress) -> list[Variant]:
-    """An image with a parallel HDF5: its own MPI, the bind-model swap, and the bare-metal twin with HDF5 and h5py
-    built the same way into the host venv (where the host can compile them)."""
+def hdf5_variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell: Cell, image: str,
+                  image_id: str, host: Swap | None, bare_metal: bool, progress: Progress) -> list[Variant]:
+    """An image with a parallel HDF5: its own MPI, the bind-model swap, and the bare-metal twin with the image's
+    HDF5 and h5py built against it in the host venv (where the host can compile h5py)."""
     out = [Variant("container", "python", cell.mpi.key, cell, image, image_id, soname=cell.mpi.soname, hdf5=True,
                    binding=image_mpi(cell.mpi.abi, cell.mpi.version))]
     if host is not None:
@@ -454,9 +456,10 @@ def hdf5_variants(matrix: Matrix, profile: Profile, cell: Cell, image: str, imag
     parent = matrix.cell(str(cell.parent_ref()))
     if bare_metal and parent is not None:
         venv = bare_metal_venv(matrix, parent, progress)  # the parent's MPI wheel and locked mpi4py, numpy
-        if venv is not None and bare_metal_hdf5(matrix, profile, cell, venv, progress):
+        if venv is not None and bare_metal_hdf5(client, matrix, profile, cell, image, venv, progress):
+            env = {**launch_settings(cell.mpi.abi, cell.mpi.version), "LD_LIBRARY_PATH": hdf5_library_path(venv)}
             out.append(Variant("bare-metal", "python", cell.mpi.key, venv=venv, scripts=bench_dir(matrix), hdf5=True,
-                               env=launch_settings(cell.mpi.abi, cell.mpi.version), soname=cell.mpi.soname))
+                               env=env, soname=cell.mpi.soname))
     return out
 
 
@@ -469,10 +472,47 @@ def _host_can_compile() -> str | None:
     return None if (Path(headers) / "Python.h").is_file() else f"no Python headers ({headers}/Python.h)"
 
 
-def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, progress: Progress) -> bool:
-    """HDF5 and h5py in the bare-metal venv, built as the family's image builds them: the profile's tarball
-    (sha256-checked), the same configure options, the venv's MPI wrapper, h5py from the sdist of the lock's pin
-    with its hashed build dependencies. False, said why, when the host cannot compile."""
+def hdf5_library_path(venv: Path) -> str:
+    """LD_LIBRARY_PATH of the bare-metal h5py: the image's HDF5 links its MPI library by name alone (no RUNPATH, so
+    that in the image the loader alone picks it), which on the host lies in the venv, as a site's module would
+    put its MPI on the path."""
+    return ":".join(filter(None, (str(venv / "lib"), os.environ.get("LD_LIBRARY_PATH"))))
+
+
+#: tarfile's guard against members that leave the folder (Python 3.11.4 and newer)
+EXTRACT_SAFELY: dict[str, str] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+#: What an HDF5 install puts under its prefix that h5py builds and runs on: its libraries and public headers.
+HDF5_INSTALLED = ("lib/libhdf5*.so*", "include/H5*.h", "include/hdf5*.h")
+
+
+def image_hdf5(client: docker.DockerClient | None, image: str, venv: Path) -> list[str]:
+    """The image's own HDF5 build (its libraries and headers under /usr/local) copied into the venv, so that the
+    bare-metal twin runs the very binary the container runs; the files copied, relative to the venv ([]: none)."""
+    if client is None:
+        return []
+    code, out = engine.run(client, image, ["sh", "-c", f"cd /usr/local && ls -d {' '.join(HDF5_INSTALLED)}"],
+                           timeout=120)
+    files = out.split() if code == 0 else []
+    if not any(f.startswith("lib/") for f in files) or not any(f.startswith("include/") for f in files):
+        return []
+    container = client.containers.create(image, command=["true"])
+    try:
+        for rel in files:
+            stream, _ = container.get_archive(f"/usr/local/{rel}")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:  # one file or link, named by its base
+                tar.extractall(venv / Path(rel).parent, **EXTRACT_SAFELY)
+    finally:
+        container.remove(force=True)
+    return files
+
+
+def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile: Profile, cell: Cell, image: str,
+                    venv: Path, progress: Progress) -> bool:
+    """HDF5 and h5py in the bare-metal venv: the image's own HDF5 build (the binary measured in the container, so
+    the twin differs from it by the container alone), and h5py from the sdist of the lock's pin with its hashed
+    build dependencies, compiled by the venv's MPI wrapper against it. Where that HDF5 does not build or load on
+    this host (an older glibc than the image's build), HDF5 is compiled here as the family's image compiles it: the
+    profile's tarball (sha256-checked), the same configure options. False, said why, when the host cannot compile."""
     twin = host_twin(matrix, cell)
     if twin is None:
         progress(f"  no bare-metal h5py_write: the matrix has no {cell.family.name} cell of {cell.mpi.key} for Python "
@@ -482,7 +522,8 @@ def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, pr
     stamp = venv / ".hpcimages-hdf5"
     source = hdf5_source(profile, cell)
     assert source is not None  # the matrix loader made sure a family with hdf5 has its tarball
-    key = hdf5_twin_key(matrix, twin, source.sha256, venv)
+    found = find_image(client, image) if client is not None else None
+    key = hdf5_twin_key(matrix, twin, source.sha256, venv, found.id if found else image)
     if stamp_holds(stamp, key):
         return True
     reason = _host_can_compile()
@@ -490,39 +531,62 @@ def bare_metal_hdf5(matrix: Matrix, profile: Profile, cell: Cell, venv: Path, pr
         progress(f"  no bare-metal h5py_write: {reason}")
         return False
     cache = wheelhouse.cache_root()
-    tarball = wheelhouse.fetch_source(source, cache)
     for lock in (twin.build_lock, twin.lock):
         wheelhouse.download_wheels(matrix.root / lock, twin.python, cache)
     fetch_build_sdists(matrix, twin, cache)
-    progress(f"  bare metal: compiling HDF5 {cell.family.hdf5} and h5py into {relative(venv, matrix.root)} "
-             "(a few minutes, once)")
     work = venv / "hdf5-build"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {**os.environ, "PATH": f"{venv}/bin:{os.environ.get('PATH', '')}", "CC": str(venv / "bin" / "mpicc")}
+    # h5py's build loads the HDF5 library (ctypes) to read its settings; builds and checks see the library path
+    # the benchmark runs with (hdf5_library_path)
+    env = {**os.environ, "PATH": f"{venv}/bin:{os.environ.get('PATH', '')}", "CC": str(venv / "bin" / "mpicc"),
+           "HDF5_MPI": "ON", "HDF5_DIR": str(venv), "LD_LIBRARY_PATH": hdf5_library_path(venv)}
     # --no-cache-dir: a wheel pip built for another venv links that venv's HDF5 (its RUNPATH)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--no-cache-dir", "--no-index", "--find-links", str(wheelhouse.wheelhouse_dir(cache)), "--require-hashes"]
-    steps = [
-        ["tar", "-xf", str(tarball), "-C", str(work), "--strip-components=1"],
-        ["./configure", f"--prefix={venv}", *HDF5_CONFIGURE_OPTIONS.split()],
-        ["make", f"-j{os.cpu_count() or 2}"],
-        ["make", "install"],
-        [*pip, "-r", str(matrix.root / twin.build_lock)],
-        [*pip, "--no-build-isolation", "--no-binary", "h5py", "-r", str(matrix.root / twin.lock)],
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
+    install = [*pip, "install", "--quiet", "--no-index", "--find-links", str(wheelhouse.wheelhouse_dir(cache)),
+               "--require-hashes"]
+    h5py = [
+        [*install, "-r", str(matrix.root / twin.build_lock)],
+        [*install, "--no-build-isolation", "--no-binary", "h5py", "-r", str(matrix.root / twin.lock)],
         [str(venv / "bin" / "python"), "-c", "import h5py, sys; sys.exit(not h5py.get_config().mpi)"],
     ]
-    with (venv / "hdf5-build.log").open("w", encoding="utf-8") as log:
-        for step in steps:
-            extra = {"HDF5_MPI": "ON", "HDF5_DIR": str(venv)} if "h5py" in step else {}
-            proc = subprocess.run(step, cwd=work, env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT,
-                                  check=False)
-            if proc.returncode != 0:
-                raise BenchError(f"bare-metal HDF5/h5py: `{' '.join(step[:3])} ...` failed (exit {proc.returncode}); "
-                                 f"log: {relative(venv / 'hdf5-build.log', matrix.root)}")
+    log_path = venv / "hdf5-build.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        copied = image_hdf5(client, image, venv)
+        failed = "the image has no HDF5 build under /usr/local"
+        if copied:
+            progress(f"  bare metal: h5py compiled into {relative(venv, matrix.root)} against the HDF5 build of "
+                     f"{image} ({len(copied)} files copied out of it)")
+            failed = _run_steps(h5py, work, env, log)
+        if failed:
+            for rel in copied:
+                (venv / rel).unlink(missing_ok=True)
+            tarball = wheelhouse.fetch_source(source, cache)
+            progress(f"  bare metal: compiling HDF5 {cell.family.hdf5} and h5py into {relative(venv, matrix.root)} "
+                     f"({failed}; a few minutes, once)")
+            failed = _run_steps([
+                [*pip, "uninstall", "--quiet", "--yes", "h5py"],
+                ["tar", "-xf", str(tarball), "-C", str(work), "--strip-components=1"],
+                ["./configure", f"--prefix={venv}", *HDF5_CONFIGURE_OPTIONS.split()],
+                ["make", f"-j{os.cpu_count() or 2}"],
+                ["make", "install"],
+                *h5py,
+            ], work, env, log)
+    if failed:
+        raise BenchError(f"bare-metal HDF5/h5py: {failed}; log: {relative(log_path, matrix.root)}")
     shutil.rmtree(work, ignore_errors=True)
     stamp.write_text(key + "\n", encoding="utf-8")
     return True
+
+
+def _run_steps(steps: list[list[str]], work: Path, env: dict[str, str], log: IO[str]) -> str:
+    """Run the commands in order, output to ``log``; what failed ("" when none did)."""
+    for step in steps:
+        log.flush()
+        proc = subprocess.run(step, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            return f"`{' '.join(step[:3])} ...` failed (exit {proc.returncode})"
+    return ""
 
 
 def probe_cma(client: docker.DockerClient, scripts: Path, image: str, sandbox: Sandbox) -> str:
@@ -553,7 +617,8 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
             raise BenchError(f"{image} is not built: run `invoke build --profile {profile.name}`")
         if cell.family.hdf5:  # its MPI is its parent's: here the question is I/O, in the image, swapped, bare
             twin = bare_metal and cell.mpi.key not in hdf5_twins  # one bare-metal run per MPI, not per cell
-            out += hdf5_variants(matrix, profile, cell, image, found.id, swap_of(matrix, cell, swaps), twin, progress)
+            out += hdf5_variants(client, matrix, profile, cell, image, found.id, swap_of(matrix, cell, swaps), twin,
+                                 progress)
             hdf5_twins.add(cell.mpi.key)
             continue
         if ceiling and not any(v.ceiling for v in out):

@@ -79,6 +79,7 @@ class BuildFacts:
     input_hash: str  # what the build computed from these inputs now (must equal the image's label)
     engine_version: str
     builder_image_id: str = ""  # the image an MPI tarball is compiled in, for a source MPI
+    hdf5_builder: tuple[str, str] = ("", "")  # (image, id) an HDF5 is compiled in, where that is not the parent
 
 
 def build_facts(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell: Cell) -> BuildFacts:
@@ -92,7 +93,20 @@ def build_facts(client: docker.DockerClient, matrix: Matrix, profile: Profile, c
     digest = builder.current_hash(cell, found.id if cell.family.parent else None) or ""
     build_image = find_image(client, profile.mpi_build_image) if mpi_source(profile, cell) else None
     return BuildFacts(from_image_ref, found.id, digest, str(client.version().get("Version", "unknown")),
-                      build_image.id if build_image is not None else "")
+                      build_image.id if build_image is not None else "", hdf5_builder_of(client, matrix, profile, cell))
+
+
+def hdf5_builder_of(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell: Cell) -> tuple[str, str]:
+    """The image (and its id) a cell's HDF5 is compiled in, where that is another Python's cell of its MPI."""
+    builder = matrix.hdf5_builder(profile, cell)
+    if builder is None or builder.ref == cell.parent_ref():
+        return "", ""
+    image = builder.image(profile.registry)
+    found = find_image(client, image)
+    if found is None:
+        raise ProvenanceError(f"{image}, in which the HDF5 of {cell.ref} is compiled, is not in the engine: the "
+                              "provenance names it by id")
+    return image, found.id
 
 
 def statement_predicate(matrix: Matrix, profile: Profile, cell: Cell, labels: dict[str, str], image_id: str,
@@ -145,6 +159,12 @@ def statement_predicate(matrix: Matrix, profile: Profile, cell: Cell, labels: di
         builder.name = profile.mpi_build_image
         builder.digest["sha256"] = facts.builder_image_id.removeprefix("sha256:")
         builder.annotations.update({"role": "the image the MPI tarball is compiled in"})
+    if facts.hdf5_builder[0]:
+        hdf5 = definition.resolved_dependencies.add()
+        hdf5.name = facts.hdf5_builder[0]
+        hdf5.uri = f"oci:{facts.hdf5_builder[0]}"
+        hdf5.digest["sha256"] = facts.hdf5_builder[1].removeprefix("sha256:")
+        hdf5.annotations.update({"role": "the image the HDF5 tarball is compiled in"})
     for source_entry in cell_sources(profile, cell).values():
         tarball = definition.resolved_dependencies.add()
         tarball.name = source_entry.filename

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import docker
@@ -174,9 +174,10 @@ def tail(output: str, lines: int = 4, limit: int = 500) -> str:
 
 
 def build_recipe(runtime: Runtime, root: Path, recipe: Path, archive: Path, out: Path,
-                 args: dict[str, str], builder: Path | None = None) -> tuple[int, str]:
+                 args: dict[str, str], stages: Mapping[str, Path] | None = None) -> tuple[int, str]:
     """`apptainer build` of a committed Singularity.def, bootstrapping from a saved image (docker-archive), and
-    its mpi-build stage, where it has one, from another (``builder``, in the same folder)."""
+    its build stages that start from another image (an mpi-build or hdf5-build stage) from theirs: ``stages`` maps
+    the build arg that names such an image (MPI_BUILD_IMAGE, HDF5_BUILD_IMAGE) to its archive, in the same folder."""
     work = archive.parent
     work_seen, work_mounts = runtime.see(work, "/work", writable=True)
     src_seen, src_mounts = runtime.see(root, "/src")
@@ -185,8 +186,8 @@ def build_recipe(runtime: Runtime, root: Path, recipe: Path, archive: Path, out:
     for name in ("BASE_IMAGE", "PARENT_IMAGE"):  # a build stage on the image's own base or parent
         if f"{{{{ {name} }}}}" in text:
             build_args[name] = build_args["FROM"]
-    if builder is not None:
-        build_args["MPI_BUILD_IMAGE"] = f"{work_seen}/{builder.name}"
+    for name, stage_archive in (stages or {}).items():
+        build_args[name] = f"{work_seen}/{stage_archive.name}"
     flags = [part for key, value in build_args.items() for part in ("--build-arg", f"{key}={value}")]
     command = ["apptainer", "build", "--force", *runtime.squashfs_args(), *flags, f"{work_seen}/{out.name}",
                f"{src_seen}/{recipe.relative_to(root)}"]

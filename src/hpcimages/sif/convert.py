@@ -161,6 +161,18 @@ def table(results: list[Conversion]) -> str:
     return tables.terminal(rows, ["image", "status", "time", "image size", "sif size", "sif / reason"])
 
 
+def stage_images(matrix: Matrix, profile: Profile, cell: Cell, base: str) -> dict[str, str]:
+    """The images a cell's build stages start from, by the build arg naming each: the profile's MPI build image for
+    a source MPI's stages, the image an HDF5 is compiled in (``base`` when that is the cell's own parent)."""
+    stages = {}
+    if mpi_source(profile, cell) is not None:
+        stages["MPI_BUILD_IMAGE"] = profile.mpi_build_image
+    builder = matrix.hdf5_builder(profile, cell)
+    if builder is not None:
+        stages["HDF5_BUILD_IMAGE"] = builder.image(profile.registry) if builder.ref != cell.parent_ref() else base
+    return stages
+
+
 def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, profile: Profile, cell: Cell,
                 progress: Progress = print) -> bool:
     """Build one cell's .sif from its committed Singularity.def (FROM the local image of its base or parent,
@@ -172,7 +184,6 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
         wheelhouse.download_wheels(matrix.root / lock, cell.python, cache)
     fetch_build_sdists(matrix, cell, cache)
     fetch_sources(profile, cell, cache)
-    source = mpi_source(profile, cell)
     _, base = from_image(matrix, profile, cell)
     sif = out_dir / sif_name(cell.image(profile.registry))
     recipe = recipe_path(matrix, cell)
@@ -180,18 +191,20 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     start = time.monotonic()
     archive = out_dir / ".work" / f"{sif.stem}-from.tar"
     save_image(client, base, archive)
-    builder = archive.with_name(f"{sif.stem}-mpi-build.tar") if source is not None else None
+    stages = stage_images(matrix, profile, cell, base)
+    archives = {name: archive if image == base else archive.with_name(f"{sif.stem}-{name.lower()}.tar")
+                for name, image in stages.items()}
     try:
-        if builder is not None:  # the recipe's mpi-build stage bootstraps from an archive too
-            save_image(client, profile.mpi_build_image, builder)
+        for name, image in stages.items():  # the recipe's build stages bootstrap from archives too
+            if archives[name] != archive:
+                save_image(client, image, archives[name])
         with wheelhouse.serve(cache) as served:
             args = {**cell.family.build_args, **source_args(profile, cell, served),
                     "WHEELHOUSE": f"{served}/wheelhouse/"}
-            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, builder)
+            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, archives)
     finally:
-        archive.unlink(missing_ok=True)
-        if builder is not None:
-            builder.unlink(missing_ok=True)
+        for path in {archive, *archives.values()}:
+            path.unlink(missing_ok=True)
     if code != 0:
         progress(f"  FAILED (exit {code}): {tail(output)}")
         return False
