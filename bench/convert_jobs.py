@@ -3,8 +3,9 @@
 
 Converts the given (built) images to .sif files in a scratch folder, forced, once with one conversion at a time and
 once with two at once, alternating which goes first in each round, and prints each round's wall times and the
-median ratio two-at-once / one-at-a-time (below 1: faster). The runtime is `invoke convert`'s default (a host
-Apptainer, else the tools image's). Run it on an idle machine: it measures the machine as much as the code.
+median ratio two-at-once / one-at-a-time (below 1: faster), with the containerised Apptainer (the tools image's,
+the runtime `invoke convert` runs two at once). Run it on an idle machine: it measures the machine as much as the
+code.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> int:
     args = parser.parse_args()
     client = connect()
     root = repository_root(Path(__file__).resolve().parent.parent / "matrix.toml")
-    runtime = apptainer.choose_runtime("auto", lambda: client, root)
+    runtime = apptainer.choose_runtime("container", lambda: client, root)  # the one that converts two at once
     ratios = []
     for r in range(1, args.rounds + 1):
         order = (1, 2) if r % 2 else (2, 1)

@@ -6,6 +6,8 @@ import io
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ from hpcimages.define.render import dockerfile_path
 from hpcimages.define.singularity import split_stages
 from hpcimages.errors import SelectionError
 from hpcimages.images.build import (
+    Builder,
     BuildError,
+    CellResult,
     build_args,
     check_inputs_fresh,
     context_archive,
@@ -179,3 +183,53 @@ def test_cells_sharing_a_compile_are_never_built_at_once():
     source = [m.cell(f"mpi4py:py{py}-mpich4.0.2") for py in ("3.11", "3.13")]
     assert source[0] and source[1]
     assert shared_compiles(m, offline, source[0]) == shared_compiles(m, offline, source[1]) != set()
+
+
+def scheduled(cells, fail: set[str] = frozenset()) -> tuple[dict, list[tuple[str, str]]]:
+    """Builder._schedule over ``cells`` with a build that only records when each cell starts and ends (the cells in
+    ``fail`` fail): (the results, the events in order)."""
+    m = load_matrix(ROOT / "matrix.toml")
+    builder = Builder(None, m, m.profile("offline"), jobs=2, progress=lambda _: None)  # type: ignore[arg-type]
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def build_cell(cell, parent_id, served, result):
+        with lock:
+            events.append(("start", cell.ref))
+        time.sleep(0.05)
+        with lock:
+            events.append(("end", cell.ref))
+        result.status = "failed" if cell.ref in fail else "built"
+        return result
+
+    builder.build_cell = build_cell  # type: ignore[method-assign]
+    results = {c.ref: CellResult(c.ref, c.image("hpcimages")) for c in cells}
+    builder._schedule(cells, results, "http://127.0.0.1:1")
+    return results, events
+
+
+def test_the_builder_runs_two_cells_of_one_hdf5_compile_one_after_the_other():
+    m = load_matrix(ROOT / "matrix.toml")
+    cells = plan(m, "offline", ["h5py-mpi:py3.1*-mpich4.3.2"])
+    assert [c.ref for c in cells] == ["mpi4py:py3.11-mpich4.3.2", "mpi4py:py3.13-mpich4.3.2",
+                                      "h5py-mpi:py3.11-mpich4.3.2", "h5py-mpi:py3.13-mpich4.3.2"]
+    results, events = scheduled(cells)
+    assert all(r.status == "built" for r in results.values())
+    running: set[str] = set()
+    for kind, ref in events:
+        if kind == "start":
+            running.add(ref)
+            assert not {"h5py-mpi:py3.11-mpich4.3.2", "h5py-mpi:py3.13-mpich4.3.2"} <= running, events
+        else:
+            running.discard(ref)
+    assert events.index(("end", "mpi4py:py3.11-mpich4.3.2")) < events.index(("start", "h5py-mpi:py3.13-mpich4.3.2"))
+
+
+def test_a_failed_hdf5_build_image_skips_the_cells_that_compile_in_it_and_says_so():
+    m = load_matrix(ROOT / "matrix.toml")
+    cells = plan(m, "offline", ["h5py-mpi:py3.1*-mpich4.3.2"])
+    results, events = scheduled(cells, fail={"mpi4py:py3.11-mpich4.3.2"})
+    assert results["h5py-mpi:py3.11-mpich4.3.2"].reason == "parent mpi4py:py3.11-mpich4.3.2 failed"
+    assert results["h5py-mpi:py3.13-mpich4.3.2"].reason == "HDF5 build image mpi4py:py3.11-mpich4.3.2 failed"
+    assert results["mpi4py:py3.13-mpich4.3.2"].status == "built"
+    assert ("start", "h5py-mpi:py3.13-mpich4.3.2") not in events

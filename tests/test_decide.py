@@ -295,7 +295,7 @@ def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, mon
     (venv / ".hpcimages-ready").write_text("venv key\n")
     source = bench.hdf5_source(profile, cell)
     (venv / ".hpcimages-hdf5").write_text(bench.hdf5_twin_key(matrix, twin, source.sha256, venv, "img") + "\n")
-    monkeypatch.setattr(bench, "_host_can_compile", lambda: "no cc on the host (the test's)")  # never compile here
+    monkeypatch.setattr(bench, "_host_can_compile", lambda *_: "no cc on the host (the test's)")  # never compile here
     said: list[str] = []
     made = bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
     assert made and said == []  # inputs unchanged

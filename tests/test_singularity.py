@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from hpcimages.define import load_matrix
 from hpcimages.define.render import dockerfile_path, recipe_path
 from hpcimages.define.singularity import dockerfile_args, split_stages, spython_convert
 from hpcimages.engine import connect
+from hpcimages.sif import apptainer
+from hpcimages.sif import convert as cv
 from hpcimages.sif.apptainer import ConvertError, choose_runtime
 from hpcimages.sif.convert import sif_name, stage_images
 
@@ -187,3 +192,61 @@ def test_a_recipe_s_hdf5_stage_bootstraps_from_the_image_its_hdf5_is_compiled_in
     text = recipe_path(m, other).read_text(encoding="utf-8")
     assert "From: {{ HDF5_BUILD_IMAGE }}\nStage: hdf5-build\n" in text
     assert "%files from hdf5-build\n/opt/stage/* /opt/stage/\n" in text
+
+
+class FakeRuntime(apptainer.Runtime):
+    name = "fake"
+
+    def __init__(self, concurrent: bool) -> None:
+        self.concurrent = concurrent
+        self.stopped = 0
+
+    def stop_all(self) -> None:
+        self.stopped += 1
+
+
+def test_conversions_run_two_at_once_only_where_each_has_a_container_of_its_own(tmp_path, monkeypatch):
+    running, most = [0], [0]
+    guard = threading.Lock()
+
+    def convert_one(client, runtime, image, out_dir, force=False, cancelled=None):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.1)
+        with guard:
+            running[0] -= 1
+        return cv.Conversion(image, image, str(out_dir / image), status="converted")
+
+    monkeypatch.setattr(cv, "convert_one", convert_one)
+    images = ["a", "b", "c", "d"]
+    results = cv.convert(None, FakeRuntime(concurrent=True), images, tmp_path, progress=lambda _: None, jobs=2)
+    assert [r.name for r in results] == images and most[0] == 2  # in order, two at a time
+    most[0] = 0
+    cv.convert(None, FakeRuntime(concurrent=False), images, tmp_path, progress=lambda _: None, jobs=2)
+    assert most[0] == 1  # a host runtime's builds would share its cache
+
+
+def test_a_ctrl_c_during_parallel_conversions_stops_those_in_flight_and_starts_no_other(tmp_path, monkeypatch):
+    started, saw_cancel = [], threading.Event()
+
+    def convert_one(client, runtime, image, out_dir, force=False, cancelled=None):
+        started.append(image)
+        if image == "a":  # the user's Ctrl-C reaches the main thread while both conversions run
+            time.sleep(0.1)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        if cancelled is not None and cancelled.wait(5) and image == "b":
+            saw_cancel.set()
+        return cv.Conversion(image, image, str(out_dir / image), status="failed", reason="interrupted")
+
+    monkeypatch.setattr(cv, "convert_one", convert_one)
+    runtime = FakeRuntime(concurrent=True)
+    # Python's own Ctrl-C handler, also where the runner started with SIGINT ignored (in the background)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cv.convert(None, runtime, ["a", "b", "c"], tmp_path, progress=lambda _: None, jobs=2)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert saw_cancel.is_set() and runtime.stopped >= 1
+    assert "c" not in started

@@ -294,7 +294,7 @@ class Matrix:
         return {name: tuple(_profile_cells(self, p)) for name, p in self.profiles.items()}
 
     def hdf5_builder(self, profile: str | Profile, cell: Cell) -> Cell | None:
-        """The cell whose image compiles a family's HDF5: its parent family's cell of the same MPI (and CUDA) for the
+        """The cell whose image compiles a family's HDF5: its parent family's cell of the same MPI for the
         profile's MPI build Python, so every Python version's cell of that MPI copies one compile (the engine's cache
         keeps it), as a source MPI is compiled once in the oldest base. Its own parent where the profile builds no
         such cell; None for a cell without HDF5."""

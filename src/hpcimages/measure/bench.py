@@ -50,7 +50,7 @@ import docker.errors
 
 from .. import engine, stats
 from ..define.lock import locked_pins, requirement_block
-from ..define.matrix import Cell, Matrix, Profile
+from ..define.matrix import Cell, Matrix, Profile, Source
 from ..define.templates import HDF5_CONFIGURE_OPTIONS
 from ..engine import Mount, Sandbox, find_image
 from ..errors import HpcImagesError
@@ -463,9 +463,9 @@ def hdf5_variants(client: docker.DockerClient, matrix: Matrix, profile: Profile,
     return out
 
 
-def _host_can_compile() -> str | None:
-    """Why the host cannot compile HDF5 and h5py (None when it can)."""
-    missing = [tool for tool in ("cc", "make") if shutil.which(tool) is None]
+def _host_can_compile(tools: tuple[str, ...] = ("cc",)) -> str | None:
+    """Why the host cannot compile h5py (or, with ``make`` among ``tools``, HDF5) (None when it can)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"no {' or '.join(missing)} on the host"
     headers = sysconfig.get_paths()["include"]
@@ -479,31 +479,48 @@ def hdf5_library_path(venv: Path) -> str:
     return ":".join(filter(None, (str(venv / "lib"), os.environ.get("LD_LIBRARY_PATH"))))
 
 
-#: tarfile's guard against members that leave the folder (Python 3.11.4 and newer)
-EXTRACT_SAFELY: dict[str, str] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 #: What an HDF5 install puts under its prefix that h5py builds and runs on: its libraries and public headers.
 HDF5_INSTALLED = ("lib/libhdf5*.so*", "include/H5*.h", "include/hdf5*.h")
 
 
 def image_hdf5(client: docker.DockerClient | None, image: str, venv: Path) -> list[str]:
     """The image's own HDF5 build (its libraries and headers under /usr/local) copied into the venv, so that the
-    bare-metal twin runs the very binary the container runs; the files copied, relative to the venv ([]: none)."""
+    bare-metal twin runs the very binary the container runs; the files copied, relative to the venv ([]: none, or
+    the engine could not give them: the twin compiles HDF5 then)."""
     if client is None:
         return []
-    code, out = engine.run(client, image, ["sh", "-c", f"cd /usr/local && ls -d {' '.join(HDF5_INSTALLED)}"],
-                           timeout=120)
-    files = out.split() if code == 0 else []
-    if not any(f.startswith("lib/") for f in files) or not any(f.startswith("include/") for f in files):
-        return []
-    container = client.containers.create(image, command=["true"])
+    copied: list[str] = []
     try:
-        for rel in files:
-            stream, _ = container.get_archive(f"/usr/local/{rel}")
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:  # one file or link, named by its base
-                tar.extractall(venv / Path(rel).parent, **EXTRACT_SAFELY)
-    finally:
-        container.remove(force=True)
-    return files
+        code, out = engine.run(client, image, ["sh", "-c", f"cd /usr/local && ls -d {' '.join(HDF5_INSTALLED)}"],
+                               timeout=120)
+        files = out.split() if code == 0 else []
+        if not any(f.startswith("lib/") for f in files) or not any(f.startswith("include/") for f in files):
+            return []
+        container = client.containers.create(image, command=["true"])
+        try:
+            for rel in files:
+                stream, _ = container.get_archive(f"/usr/local/{rel}")
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:  # one file or link, by its base name
+                    tar.extractall(venv / Path(rel).parent, filter="data")
+                copied.append(rel)
+        finally:
+            container.remove(force=True)
+    except (docker.errors.APIError, tarfile.TarError, OSError):
+        for rel in copied:
+            (venv / rel).unlink(missing_ok=True)
+        return []
+    return copied
+
+
+def hdf5_origin(client: docker.DockerClient | None, matrix: Matrix, profile: Profile, cell: Cell, image: str) -> str:
+    """What the twin's HDF5 is, for its stamp: the id of the image it is compiled in (one HDF5 build for every
+    Python version's cell of the MPI, so benching another of them keeps the twin), else the cell's image's."""
+    builder = matrix.hdf5_builder(profile, cell)
+    for name in filter(None, (builder.image(profile.registry) if builder else None, image)):
+        found = find_image(client, name) if client is not None else None
+        if found is not None:
+            return found.id
+    return image
 
 
 def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile: Profile, cell: Cell, image: str,
@@ -522,14 +539,14 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     stamp = venv / ".hpcimages-hdf5"
     source = hdf5_source(profile, cell)
     assert source is not None  # the matrix loader made sure a family with hdf5 has its tarball
-    found = find_image(client, image) if client is not None else None
-    key = hdf5_twin_key(matrix, twin, source.sha256, venv, found.id if found else image)
+    key = hdf5_twin_key(matrix, twin, source.sha256, venv, hdf5_origin(client, matrix, profile, cell, image))
     if stamp_holds(stamp, key):
         return True
     reason = _host_can_compile()
     if reason:
         progress(f"  no bare-metal h5py_write: {reason}")
         return False
+    stamp.unlink(missing_ok=True)  # from here the venv's HDF5 and h5py are being made: no stamp may vouch for them
     cache = wheelhouse.cache_root()
     for lock in (twin.build_lock, twin.lock):
         wheelhouse.download_wheels(matrix.root / lock, twin.python, cache)
@@ -545,33 +562,31 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
     install = [*pip, "install", "--quiet", "--no-index", "--find-links", str(wheelhouse.wheelhouse_dir(cache)),
                "--require-hashes"]
-    h5py = [
-        [*install, "-r", str(matrix.root / twin.build_lock)],
-        [*install, "--no-build-isolation", "--no-binary", "h5py", "-r", str(matrix.root / twin.lock)],
-        [str(venv / "bin" / "python"), "-c", "import h5py, sys; sys.exit(not h5py.get_config().mpi)"],
+    h5py = [  # an h5py of an earlier twin is removed first: pip would keep it, built against another HDF5
+        ("removing an earlier h5py", [*pip, "uninstall", "--quiet", "--yes", "h5py"]),
+        ("compiling h5py", [*install, "--no-build-isolation", "--no-binary", "h5py", "-r",
+                            str(matrix.root / twin.lock)]),
+        ("importing h5py with MPI", [str(venv / "bin" / "python"), "-c",
+                                     "import h5py, sys; sys.exit(not h5py.get_config().mpi)"]),
     ]
     log_path = venv / "hdf5-build.log"
     with log_path.open("w", encoding="utf-8") as log:
-        copied = image_hdf5(client, image, venv)
-        failed = "the image has no HDF5 build under /usr/local"
+        failed = _run_steps([("installing h5py's build dependencies", [*install, "-r",
+                                                                       str(matrix.root / twin.build_lock)])],
+                            work, env, log)
+        copied = [] if failed else image_hdf5(client, image, venv)
         if copied:
             progress(f"  bare metal: h5py compiled into {relative(venv, matrix.root)} against the HDF5 build of "
                      f"{image} ({len(copied)} files copied out of it)")
             failed = _run_steps(h5py, work, env, log)
-        if failed:
-            for rel in copied:
-                (venv / rel).unlink(missing_ok=True)
-            tarball = wheelhouse.fetch_source(source, cache)
-            progress(f"  bare metal: compiling HDF5 {cell.family.hdf5} and h5py into {relative(venv, matrix.root)} "
-                     f"({failed}; a few minutes, once)")
-            failed = _run_steps([
-                [*pip, "uninstall", "--quiet", "--yes", "h5py"],
-                ["tar", "-xf", str(tarball), "-C", str(work), "--strip-components=1"],
-                ["./configure", f"--prefix={venv}", *HDF5_CONFIGURE_OPTIONS.split()],
-                ["make", f"-j{os.cpu_count() or 2}"],
-                ["make", "install"],
-                *h5py,
-            ], work, env, log)
+            if failed:
+                for rel in copied:
+                    (venv / rel).unlink(missing_ok=True)
+                failed = _compile_hdf5_here(f"the image's HDF5 did not serve on this host ({failed})", cell, source,
+                                            cache, venv, matrix.root, h5py, work, env, log, progress)
+        elif not failed:
+            failed = _compile_hdf5_here(f"{image} has no HDF5 build to copy", cell, source, cache, venv, matrix.root,
+                                        h5py, work, env, log, progress)
     if failed:
         raise BenchError(f"bare-metal HDF5/h5py: {failed}; log: {relative(log_path, matrix.root)}")
     shutil.rmtree(work, ignore_errors=True)
@@ -579,13 +594,33 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     return True
 
 
-def _run_steps(steps: list[list[str]], work: Path, env: dict[str, str], log: IO[str]) -> str:
+def _compile_hdf5_here(why: str, cell: Cell, source: Source, cache: Path, venv: Path, root: Path,
+                       h5py: list[tuple[str, list[str]]], work: Path, env: dict[str, str], log: IO[str],
+                       progress: Progress) -> str:
+    """HDF5 compiled into the venv as the image compiles it, then h5py against it; what failed ("": nothing)."""
+    missing = _host_can_compile(("cc", "make"))
+    if missing:
+        return f"{why}; the host cannot compile HDF5 instead: {missing}"
+    tarball = wheelhouse.fetch_source(source, cache)
+    progress(f"  bare metal: compiling HDF5 {cell.family.hdf5} and h5py into {relative(venv, root)} ({why}; a few "
+             "minutes, once)")
+    return _run_steps([
+        ("unpacking HDF5", ["tar", "-xf", str(tarball), "-C", str(work), "--strip-components=1"]),
+        ("configuring HDF5", ["./configure", f"--prefix={venv}", *HDF5_CONFIGURE_OPTIONS.split()]),
+        ("compiling HDF5", ["make", f"-j{os.cpu_count() or 2}"]),
+        ("installing HDF5", ["make", "install"]),
+        *h5py,
+    ], work, env, log)
+
+
+def _run_steps(steps: list[tuple[str, list[str]]], work: Path, env: dict[str, str], log: IO[str]) -> str:
     """Run the commands in order, output to ``log``; what failed ("" when none did)."""
-    for step in steps:
+    for what, step in steps:
+        log.write(f"\n# {what}: {' '.join(step)}\n")
         log.flush()
         proc = subprocess.run(step, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
         if proc.returncode != 0:
-            return f"`{' '.join(step[:3])} ...` failed (exit {proc.returncode})"
+            return f"{what} failed (exit {proc.returncode})"
     return ""
 
 

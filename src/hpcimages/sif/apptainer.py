@@ -13,6 +13,7 @@ mounts it. Callers never ask which runtime they have.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import docker
+import docker.errors
 
 from .. import engine, mpirun
 from ..engine import Mount
@@ -48,6 +50,8 @@ SQUASHFS_ARGS = ("--mksquashfs-args", "-Xcompression-level 6")
 
 class Runtime:
     name = "runtime"
+    #: builds may run at once: each in a container of its own (a host runtime's builds share its image cache)
+    concurrent = False
 
     def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
             network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
@@ -64,6 +68,9 @@ class Runtime:
     def squashfs_args(self) -> tuple[str, ...]:
         """SQUASHFS_ARGS where the runtime takes them (the tools image's Apptainer does)."""
         return SQUASHFS_ARGS
+
+    def stop_all(self) -> None:
+        """Stop what this runtime runs for other threads (a concurrent runtime's containers); nothing by default."""
 
 
 class HostRuntime(Runtime):
@@ -118,15 +125,26 @@ class ContainerRuntime(Runtime):
     """The tools image's Apptainer, as the unprivileged user `hpc` in a container of the local engine."""
 
     name = "containerised Apptainer"
+    concurrent = True
 
     def __init__(self, client: docker.DockerClient, image: str) -> None:
         self.client = client
         self.image = image
+        # names this runtime's containers, so that a Ctrl-C can stop the ones other threads are waiting on
+        self.label = {"io.hpcimages.runtime": f"apptainer-{os.getpid()}-{id(self)}"}
 
     def run(self, command: list[str], mounts: Iterable[Mount] = (), env: dict[str, str] | None = None,
             network: bool = False, workdir: str | None = None, timeout: int = 3600) -> tuple[int, str]:
         return engine.run(self.client, self.image, command, timeout=timeout, env=env, mounts=mounts,
-                          network="host" if network else "none", workdir=workdir, sandbox=mpirun.APPTAINER)
+                          network="host" if network else "none", workdir=workdir, sandbox=mpirun.APPTAINER,
+                          labels=self.label)
+
+    def stop_all(self) -> None:
+        """Kill every container this runtime started that is still running (their runs end, and remove them)."""
+        key, value = next(iter(self.label.items()))
+        for container in self.client.containers.list(filters={"label": f"{key}={value}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                container.kill()
 
     def see(self, host: Path, inside: str, writable: bool = False) -> tuple[str, list[Mount]]:
         if writable:

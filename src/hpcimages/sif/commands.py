@@ -21,7 +21,7 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
     """Docker images -> .sif files, then the hello test in each (1 rank, and 2 ranks launched outside) and, in an
     image with a parallel HDF5, a 2-rank driver='mpio' write verified element by element. ``jobs`` conversions at
     once where each runs in a container of its own (measured: 3 cells in 0.86 x the time of one at a time)."""
-    jobs = whole_number("--jobs", jobs, 1, 16)
+    jobs = whole_number("--jobs", jobs, 1, 8)
     m = load_matrix(matrix)
     prof = m.profile(profile)
     cells = select_cells(m, prof, only, with_parents=False)
@@ -31,9 +31,11 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
         passed = [convert_mod.from_recipe(client, rt, m, prof, cell, progress=say) for cell in cells]
         return 0 if all(passed) else 1
     out_dir = convert_mod.sif_dir(m.root)
-    at_once = jobs if isinstance(rt, apptainer.ContainerRuntime) else 1  # a host runtime's cache is shared
+    if convert_mod.conversions_at_once(rt, jobs) < jobs and len(cells) > 1:
+        say(f"one conversion at a time: the {rt.name} builds share its image cache (--jobs {jobs} is for the "
+            "containerised one)")
     results = convert_mod.convert(client, rt, [c.image(prof.registry) for c in cells], out_dir, progress=say,
-                                  force=force, jobs=at_once)
+                                  force=force, jobs=jobs)
     rows = []
     for cell, result in zip(cells, results, strict=True):
         if result.status in ("failed", "not built"):

@@ -12,7 +12,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,7 +77,7 @@ def save_image(client: docker.DockerClient, image: str, tar: Path) -> None:
 
 
 def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, out_dir: Path,
-                force: bool = False) -> Conversion:
+                force: bool = False, cancelled: threading.Event | None = None) -> Conversion:
     sif = out_dir / sif_name(image_ref)
     result = Conversion(image_ref.rsplit("/", 1)[-1], image_ref, str(sif))
     start = time.monotonic()
@@ -94,6 +94,8 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
     partial = work / f"{sif.stem}.sif"
     try:
         save_image(client, image_ref, tar)
+        if cancelled is not None and cancelled.is_set():  # Ctrl-C while it was saved: build nothing
+            raise ConvertError("interrupted (Ctrl-C) before its build")
         seen, mounts = runtime.see(work, "/work", writable=True)
         code, output = runtime.build_sif(f"docker-archive://{seen}/{tar.name}", f"{seen}/{partial.name}", mounts)
         if code != 0 or not partial.is_file():
@@ -110,27 +112,47 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
     return result
 
 
+def conversions_at_once(runtime: Runtime, jobs: int) -> int:
+    """``jobs`` where each conversion runs in a container of its own; one at a time with a host runtime, whose
+    image cache concurrent builds would share."""
+    return jobs if runtime.concurrent else 1
+
+
 def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], out_dir: Path,
             progress: Progress = print, force: bool = False, jobs: int = 1) -> list[Conversion]:
-    """Each image to its .sif, ``jobs`` at once (each in its own work files; one conversion's `docker save` and
-    unpacking wait on the disk while another's squashing keeps the cores busy)."""
+    """Each image to its .sif, up to ``jobs`` at once (conversions_at_once; each in its own work files: one
+    conversion's `docker save` and unpacking wait on the disk while another's squash keeps the cores busy). A
+    Ctrl-C stops the conversions in flight (their containers are killed, no partial .sif is kept) and is raised."""
     out_dir.mkdir(parents=True, exist_ok=True)
     said = threading.Lock()
+    cancelled = threading.Event()
 
     def one(i: int, image: str) -> Conversion:
         with said:
             progress(f"[{i}/{len(images)}] {image} -> {out_dir / sif_name(image)} ({runtime.name}) ...")
-        result = convert_one(client, runtime, image, out_dir, force=force)
+        result = convert_one(client, runtime, image, out_dir, force=force, cancelled=cancelled)
         detail = result.reason if result.status == "failed" else f"{result.seconds:.1f}s"
         with said:
             progress(f"[{i}/{len(images)}] {image}: {result.status} ({detail})")
         return result
 
-    if jobs <= 1:
+    at_once = conversions_at_once(runtime, jobs)
+    if at_once <= 1:
         results = [one(i, image) for i, image in enumerate(images, 1)]
     else:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="convert") as pool:
-            results = list(pool.map(one, range(1, len(images) + 1), images))
+        pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="convert")
+        futures = [pool.submit(one, i, image) for i, image in enumerate(images, 1)]
+        try:
+            results = [f.result() for f in futures]
+        except KeyboardInterrupt:
+            cancelled.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            while not all(f.done() for f in futures):  # a build started after the first kill is killed too
+                runtime.stop_all()
+                wait(futures, timeout=1)
+            raise
+        finally:
+            pool.shutdown(wait=False)
     write_json(out_dir / "convert-report.json", [asdict(r) for r in results])
     return results
 
