@@ -305,13 +305,15 @@ class Matrix:
         return refs.get(f"{cell.family.parent}:py{prof.mpi_build_python}-{cell.mpi.key}") or refs.get(
             str(cell.parent_ref()))
 
+    def hdf5_builder_apart(self, profile: str | Profile, cell: Cell) -> Cell | None:
+        """hdf5_builder where it is not the cell's own parent: an input of its own (None otherwise)."""
+        builder = self.hdf5_builder(profile, cell)
+        return builder if builder is not None and builder.ref != cell.parent_ref() else None
+
     def build_needs(self, profile: str | Profile, cell: Cell) -> list[str]:
         """The cells whose images a cell's build reads: its parent, and the image its HDF5 is compiled in."""
-        needs = [ref for ref in (cell.parent_ref(),) if ref]
-        builder = self.hdf5_builder(profile, cell)
-        if builder is not None and builder.ref not in needs:
-            needs.append(builder.ref)
-        return needs
+        builder = self.hdf5_builder_apart(profile, cell)
+        return [ref for ref in (cell.parent_ref(), builder.ref if builder else None) if ref]
 
     def cell(self, ref: str) -> Cell | None:
         """The cell named ``family:tag`` in any profile."""

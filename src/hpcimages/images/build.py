@@ -150,8 +150,8 @@ def describe_plan(matrix: Matrix, profile: Profile, cells: list[Cell], stale: se
         start = cell.parent_ref() or profile.bases[cell.python].image
         if mpi_source(profile, cell) is not None:
             start += f" (MPI compiled in {profile.mpi_build_image})"
-        builder = matrix.hdf5_builder(profile, cell)
-        if builder is not None and builder.ref != cell.parent_ref():
+        builder = matrix.hdf5_builder_apart(profile, cell)
+        if builder is not None:
             start += f" (HDF5 compiled in {builder.ref})"
         state = "?" if stale is None else "to build" if cell.ref in stale else "up to date"
         rows.append([cell.ref, state, ", ".join(tags), start])
@@ -354,8 +354,8 @@ class Builder:
         """What the cell starts from, by image id where the engine has it: its parent or base, and the image its
         MPI or HDF5 is compiled in (a rebuilt build image changes the MPI or the HDF5)."""
         if cell.family.parent:
-            builder = self.matrix.hdf5_builder(self.profile, cell)
-            if parent_id is None or builder is None or builder.ref == cell.parent_ref():
+            builder = self.matrix.hdf5_builder_apart(self.profile, cell)
+            if parent_id is None or builder is None:
                 return parent_id
             found = find_image(self.client, builder.image(self.profile.registry))
             return f"{parent_id} {found.id}" if found is not None else None

@@ -97,8 +97,8 @@ def build_facts(client: docker.DockerClient, matrix: Matrix, profile: Profile, c
 
 def hdf5_builder_of(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell: Cell) -> tuple[str, str]:
     """The image (and its id) a cell's HDF5 is compiled in, where that is another Python's cell of its MPI."""
-    builder = matrix.hdf5_builder(profile, cell)
-    if builder is None or builder.ref == cell.parent_ref():
+    builder = matrix.hdf5_builder_apart(profile, cell)
+    if builder is None:
         return "", ""
     image = builder.image(profile.registry)
     found = find_image(client, image)

@@ -196,15 +196,16 @@ def table(results: list[Conversion]) -> str:
     return tables.terminal(rows, ["image", "status", "time", "image size", "sif size", "sif / reason"])
 
 
-def stage_images(matrix: Matrix, profile: Profile, cell: Cell, base: str) -> dict[str, str]:
+def stage_images(matrix: Matrix, profile: Profile, cell: Cell) -> dict[str, str]:
     """The images a cell's build stages start from, by the build arg naming each: the profile's MPI build image for
-    a source MPI's stages, the image an HDF5 is compiled in (``base`` when that is the cell's own parent)."""
+    a source MPI's stages, the image an HDF5 is compiled in (the cell's parent, often: from_recipe saves an image
+    once)."""
     stages = {}
     if mpi_source(profile, cell) is not None:
         stages["MPI_BUILD_IMAGE"] = profile.mpi_build_image
     builder = matrix.hdf5_builder(profile, cell)
     if builder is not None:
-        stages["HDF5_BUILD_IMAGE"] = builder.image(profile.registry) if builder.ref != cell.parent_ref() else base
+        stages["HDF5_BUILD_IMAGE"] = builder.image(profile.registry)
     return stages
 
 
@@ -226,7 +227,7 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     start = time.monotonic()
     archive = out_dir / ".work" / f"{sif.stem}-from.tar"
     save_image(client, base, archive)
-    stages = stage_images(matrix, profile, cell, base)
+    stages = stage_images(matrix, profile, cell)
     archives = {name: archive if image == base else archive.with_name(f"{sif.stem}-{name.lower()}.tar")
                 for name, image in stages.items()}
     try:
