@@ -94,3 +94,17 @@ def test_a_sideways_import_is_caught():
     assert "shared -> images" in wrong_imports(PACKAGE / "mpirun.py", "from .images import hostmpi")[0]
     assert "entry points only" in wrong_imports(PACKAGE / "publish" / "y.py", "from ..measure.commands import x")[0]
     assert wrong_imports(PACKAGE / "abi" / "z.py", "from ..measure.results import parse_osu") == []
+
+
+def test_starting_a_task_loads_no_schema_validator():
+    """Every `invoke` command imports every stage's tasks; jsonschema's format checkers (through cyclonedx's validator)
+    took 1.5-2 s of a 3.6 s start, paid by each command and by every test that runs one. Only publishing and
+    verifying validate, so the validator is imported where it is used."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, tasks; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'jsonschema', 'rfc3987_syntax'}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=PACKAGE.parent.parent, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out

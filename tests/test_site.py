@@ -237,6 +237,22 @@ def test_bandwidth_far_below_bare_metal_in_every_round_fails_a_noisy_round_does_
     assert not broken and ("undecided" in lines[0] or "equivalent" in lines[0])
 
 
+def test_a_binding_is_broken_only_when_every_large_message_is_slow():
+    """A transport fallback slows every size from 64 KiB up; 64 KiB alone below with 1 MiB at parity is the bimodal
+    bandwidth of a small machine (seen in CI: 0.36 at 64 KiB beside 1.08 at 1 MiB, 2 rounds), not a broken binding."""
+    def steps(at_64k: list[float], at_1m: list[float]) -> dict:
+        out = {}
+        for r, (small, large) in enumerate(zip(at_64k, at_1m, strict=True), 1):
+            out[f"bare {r}"] = [{"rank": 0, "bw": [[65536, 4000.0], [1048576, 4300.0]], "latency": []}]
+            out[f"bind {r}"] = [{"rank": 0, "bw": [[65536, small], [1048576, large]], "latency": []}]
+        return out
+    lines, broken = sv.figures(steps([1400.0, 1500.0], [4600.0, 4650.0]), 2)
+    assert not broken and any(line.startswith("osu_bw 65536 B: bind/bare 0.3") for line in lines), lines
+    _, broken = sv.figures(steps([40.0, 42.0], [60.0, 58.0]), 2)
+    assert len(broken) == 1 and "65536 B" in broken[0] and "1048576 B" in broken[0], broken
+    assert broken[0].endswith("(a broken binding, e.g. a transport fallback)")
+
+
 def test_the_library_is_found_from_mpicc_show_and_under_mpiexecs_prefix(tmp_path):
     lib = tmp_path / "prefix" / "lib" / "libmpi.so.12"
     lib.parent.mkdir(parents=True)
