@@ -176,8 +176,7 @@ def figures(steps: dict[str, list], rounds: int) -> tuple[list[str], list[str]]:
             for bench in ("bw", "latency"):
                 for size, value in answer.get(bench, []):
                     values.setdefault((bench, int(size)), {})[(variant, r)] = float(value)
-    lines, below = [], []
-    large = sorted(size for bench, size in values if bench == "bw" and size >= BROKEN_FROM)
+    lines, below, large = [], [], 0
     for (bench, size), measured in sorted(values.items()):
         ratios = stats.paired_ratios(measured, "bind", "bare")
         name = "osu_bw" if bench == "bw" else "osu_latency"
@@ -189,14 +188,15 @@ def figures(steps: dict[str, list], rounds: int) -> tuple[list[str], list[str]]:
         lines.append(f"{name} {size} B: bind/bare {shown} (bare median {bare:.1f} {unit}, {len(ratios)} rounds)")
         # below only when the whole interval lies below half of bare metal: a noisy round is not a verdict
         top = found.high if found else (ratios[0] if ratios else 1.0)
+        large += bench == "bw" and bool(ratios) and size >= BROKEN_FROM
         if bench == "bw" and ratios and top < BROKEN_RATIO and size >= BROKEN_FROM:
             below.append(f"{name} at {size} B reached {statistics.median(ratios):.2f} x bare metal, at most "
                          f"{top:.2f}")
     # A broken binding (a transport fallback, a copy through the network stack) slows every large message; one size
     # below with another at parity is this machine's bimodal bandwidth (a 2-round dip at 64 KiB beside 1.08 at 1 MiB
     # failed a correct binding in CI), so a failure needs every size from BROKEN_FROM up below.
-    broken = [f"{'; '.join(below)} (a broken binding, e.g. a transport fallback)"] if large and len(below) == len(
-        large) else []
+    broken = [f"{'; '.join(below)} (a broken binding, e.g. a transport fallback)"] if below and len(
+        below) == large else []
     if not values:
         broken.append("osu_bw/osu_latency: no figures (every round failed)")
     return lines, broken
