@@ -251,6 +251,13 @@ def test_a_binding_is_broken_only_when_every_large_message_is_slow():
     _, broken = sv.figures(steps([40.0, 42.0], [60.0, 58.0]), 2)
     assert len(broken) == 1 and "65536 B" in broken[0] and "1048576 B" in broken[0], broken
     assert broken[0].endswith("(a broken binding, e.g. a transport fallback)")
+    # a size the bind runs gave no figure for neither hides nor decides: the sizes measured in both variants judge
+    only_64k = steps([40.0, 42.0], [60.0, 58.0])
+    for r in (1, 2):
+        only_64k[f"bind {r}"][0]["bw"] = only_64k[f"bind {r}"][0]["bw"][:1]
+    lines, broken = sv.figures(only_64k, 2)
+    assert len(broken) == 1 and "65536 B" in broken[0] and "1048576 B" not in broken[0], broken
+    assert any("1048576 B: bind/bare not measured" in line for line in lines), lines
 
 
 def test_the_library_is_found_from_mpicc_show_and_under_mpiexecs_prefix(tmp_path):
