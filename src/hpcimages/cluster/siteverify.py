@@ -186,12 +186,13 @@ def figures(steps: dict[str, list], rounds: int) -> tuple[list[str], list[str]]:
                                                                            else "not measured")
         unit = "MB/s" if bench == "bw" else "us"
         lines.append(f"{name} {size} B: bind/bare {shown} (bare median {bare:.1f} {unit}, {len(ratios)} rounds)")
-        # below only when the whole interval lies below half of bare metal: a noisy round is not a verdict
-        top = found.high if found else (ratios[0] if ratios else 1.0)
-        large += bench == "bw" and bool(ratios) and size >= BROKEN_FROM
-        if bench == "bw" and ratios and top < BROKEN_RATIO and size >= BROKEN_FROM:
-            below.append(f"{name} at {size} B reached {statistics.median(ratios):.2f} x bare metal, at most "
-                         f"{top:.2f}")
+        if bench == "bw" and ratios and size >= BROKEN_FROM:
+            large += 1
+            # below only when the whole interval lies below half of bare metal: a noisy round is not a verdict
+            top = found.high if found else ratios[0]
+            if top < BROKEN_RATIO:
+                below.append(f"{name} at {size} B reached {statistics.median(ratios):.2f} x bare metal, at most "
+                             f"{top:.2f}")
     # A broken binding (a transport fallback, a copy through the network stack) slows every large message; one size
     # below with another at parity is this machine's bimodal bandwidth (a 2-round dip at 64 KiB beside 1.08 at 1 MiB
     # failed a correct binding in CI), so a failure needs every size from BROKEN_FROM up below.
