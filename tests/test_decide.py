@@ -282,6 +282,58 @@ def test_a_docker_group_still_lists_the_targets_it_did_not_measure():
     assert outcomes["osu_latency.py persistent"] == decide.NOT_MEASURED
 
 
+def test_a_twin_whose_copied_h5py_does_not_import_compiles_h5py_against_the_copied_hdf5(tmp_path, monkeypatch):
+    """The h5py of the image that does not import on the host (a real one cannot be made to fail on demand) is taken
+    out again, and h5py is compiled against the copied HDF5; an image without h5py (image_h5py gives nothing: the
+    integration test proves it on the mpi4py image) goes straight to the compile."""
+    from hpcimages.define import load_matrix
+
+    matrix = load_matrix(ROOT / "matrix.toml")
+    profile, cell = matrix.profile("ci"), matrix.cell("h5py-mpi:py3.11-mpich4.3.2")
+    if bench.host_twin(matrix, cell) is None:
+        pytest.skip("no h5py-mpi cell for this host's Python")
+    venv = tmp_path / "venv"
+    (venv / "lib").mkdir(parents=True)
+    (venv / ".hpcimages-ready").write_text("venv key\n")
+    package = bench.site_packages(venv) / "h5py"
+
+    def copy_hdf5(client, image, into):
+        (into / "lib" / "libhdf5.so.310").write_text("hdf5")
+        return ["lib/libhdf5.so.310"]
+
+    def copy_h5py(client, image, into):
+        package.mkdir(parents=True)
+        return [str(package.relative_to(into))]
+
+    ran: list[str] = []
+
+    def run_steps(steps, work, env, log):
+        ran.extend(what for what, _ in steps)
+        return "importing h5py with MPI failed (exit 1)" if ran[-1] == "importing h5py with MPI" and \
+            "compiling h5py" not in ran else ""
+
+    monkeypatch.setattr(bench, "image_hdf5", copy_hdf5)
+    monkeypatch.setattr(bench, "image_h5py", copy_h5py)
+    monkeypatch.setattr(bench, "_run_steps", run_steps)
+    monkeypatch.setattr(bench, "_host_can_compile", lambda *_: None)
+    monkeypatch.setattr(bench.wheelhouse, "download_wheels", lambda *_: None)
+    monkeypatch.setattr(bench, "fetch_build_sdists", lambda *_: None)
+    said: list[str] = []
+    assert bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
+    assert ran == ["removing an earlier h5py", "installing the rest of h5py's lock", "importing h5py with MPI",
+                   "installing h5py's build dependencies", "removing an earlier h5py", "compiling h5py",
+                   "importing h5py with MPI"]
+    assert not package.exists() and (venv / "lib" / "libhdf5.so.310").exists()
+    assert "did not serve on this host (importing h5py with MPI failed (exit 1))" in said[0]
+    assert "h5py compiled into" in said[1] and "against the HDF5 build of img (1 files copied out of it)" in said[1]
+    assert (venv / ".hpcimages-hdf5").read_text().strip()  # stamped: the twin is made
+    ran.clear()
+    (venv / ".hpcimages-hdf5").unlink()
+    monkeypatch.setattr(bench, "image_h5py", lambda *_: [])
+    assert bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
+    assert "installing the rest of h5py's lock" not in ran and "compiling h5py" in ran
+
+
 def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, monkeypatch):
     from hpcimages.define import load_matrix
 
@@ -294,7 +346,8 @@ def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, mon
     venv.mkdir()
     (venv / ".hpcimages-ready").write_text("venv key\n")
     source = bench.hdf5_source(profile, cell)
-    (venv / ".hpcimages-hdf5").write_text(bench.hdf5_twin_key(matrix, twin, source.sha256, venv, "img") + "\n")
+    key = bench.hdf5_twin_key(matrix, twin, source.sha256, venv, "img", "compiled on the host")
+    (venv / ".hpcimages-hdf5").write_text(key + "\n")
     monkeypatch.setattr(bench, "_host_can_compile", lambda *_: "no cc on the host (the test's)")  # never compile here
     said: list[str] = []
     made = bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
@@ -303,7 +356,7 @@ def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, mon
     assert not bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)  # a new option: made again
     assert said == ["  no bare-metal h5py_write: no cc on the host (the test's)"]
     (venv / ".hpcimages-hdf5").write_text("")  # a stamp of the earlier version, which only existed
-    key = bench.hdf5_twin_key(matrix, twin, source.sha256, venv, "img")
+    key = bench.hdf5_twin_key(matrix, twin, source.sha256, venv, "img", "compiled on the host")
     assert not bench.stamp_holds(venv / ".hpcimages-hdf5", key)
     lock = tmp_path / "lock.txt"
     lock.write_text("numpy==2.1.0\n")

@@ -139,11 +139,20 @@ def test_bench_runs_h5py_write_in_the_image_and_under_the_swap(client, tmp_path)
     text = build_report(records).text()
     assert "h5py parallel write, collective I/O (MB/s, all ranks)" in text
     assert "write collective container+impi / container" in text and "read collective container / bare metal" in text
-    assert f"against the HDF5 build of hpcimages/{REF}" in proc.stdout and "compiling HDF5" not in proc.stdout
-    host = next((Path(bare.mpi_library_file).parent).glob("libhdf5.so.*.*.*"))
+    # the twin runs the container's binaries: its HDF5 build and its h5py, copied, nothing compiled on the host
+    assert f"the HDF5 build of hpcimages/{REF} and the h5py of hpcimages/{REF} copied into" in proc.stdout
+    assert "compiling" not in proc.stdout and "compiled into" not in proc.stdout
+    venv = Path(bare.mpi_library_file).parent.parent
+    host = next((venv / "lib").glob("libhdf5.so.*.*.*"))
     assert host.read_bytes() == file_in_image(client, f"hpcimages/{REF}", f"/usr/local/lib/{host.name}"), \
         "the bare-metal HDF5 is not the image's build"
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    module = next((venv / "lib" / python / "site-packages" / "h5py").glob("_conv.*.so"))
+    assert module.read_bytes() == file_in_image(client, f"hpcimages/{REF}",
+                                                f"/usr/local/lib/{python}/dist-packages/h5py/{module.name}"), \
+        "the bare-metal h5py is not the image's build"
     assert bench.image_hdf5(client, "hpcimages/mpi4py:py3.11-mpich4.3.2", tmp_path) == []  # no HDF5: compile it
+    assert bench.image_h5py(client, "hpcimages/mpi4py:py3.11-mpich4.3.2", tmp_path) == []  # no h5py: compile it
 
 
 def test_bench_runs_h5py_write_over_open_mpi_with_the_other_series_swapped_in(client, tmp_path):

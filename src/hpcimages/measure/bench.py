@@ -371,11 +371,13 @@ def twin_key(*inputs: str | Path) -> str:
     return digest.hexdigest()
 
 
-def hdf5_twin_key(matrix: Matrix, twin: Cell, tarball_sha256: str, venv: Path, image_id: str) -> str:
+def hdf5_twin_key(matrix: Matrix, twin: Cell, tarball_sha256: str, venv: Path, image_id: str,
+                  h5py_origin: str) -> str:
     """The inputs of the venv's HDF5 and h5py: the venv's own (its stamp), the image whose HDF5 build it copies, the
-    tarball and configure options (should it compile), the build dependencies and the lock that pins h5py."""
+    image whose h5py it copies (or that none could be: compiled here), the tarball and configure options (should it
+    compile), the build dependencies and the lock that pins h5py."""
     assert twin.build_lock and twin.lock
-    return twin_key(venv / ".hpcimages-ready", image_id, tarball_sha256, HDF5_CONFIGURE_OPTIONS,
+    return twin_key(venv / ".hpcimages-ready", image_id, h5py_origin, tarball_sha256, HDF5_CONFIGURE_OPTIONS,
                     matrix.root / twin.build_lock, matrix.root / twin.lock)
 
 
@@ -523,13 +525,78 @@ def hdf5_origin(client: docker.DockerClient | None, matrix: Matrix, profile: Pro
     return image
 
 
+def h5py_origin(client: docker.DockerClient | None, twin_image: str) -> str:
+    """What the twin's h5py is, for its stamp: the id of the twin cell's image it is copied out of, or that no such
+    image is built (compiled here then): building that image later makes the twin again, by copying."""
+    found = find_image(client, twin_image) if client is not None else None
+    return found.id if found is not None else "compiled on the host"
+
+
+#: a step of making a twin: what it does, and its command
+Step = tuple[str, list[str]]
+
+
+def site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+#: finds h5py without importing it (an h5py built with MPI starts MPI at import): the image's Python version, the
+#: folder h5py is installed in, and its dist-info there
+H5PY_FILES = ("import importlib.util as u, os, sys; "
+              "d = os.path.dirname(u.find_spec('h5py').submodule_search_locations[0]); "
+              "print('%d.%d' % sys.version_info[:2], d, "
+              "*[n for n in os.listdir(d) if n.startswith('h5py-') and n.endswith('.dist-info')])")
+
+
+def image_h5py(client: docker.DockerClient | None, image: str, venv: Path) -> list[str]:
+    """The image's own h5py (compiled in the image by its MPI's mpicc against its HDF5, RUNPATH removed, as the
+    family's Dockerfile does) copied into the venv's site-packages: the package and its dist-info, relative to the
+    venv ([]: not when the image's Python is not the venv's, or the engine could not give them: h5py is compiled on
+    the host then). With image_hdf5's copy, the twin runs the container's binaries, not a second compile."""
+    if client is None:
+        return []
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    target = site_packages(venv)
+    copied: list[str] = []
+    try:
+        code, out = engine.run(client, image, ["python3", "-c", H5PY_FILES], timeout=120)
+        found = out.split() if code == 0 else []
+        if len(found) != 3 or found[0] != python or not found[2].endswith(".dist-info"):
+            return []
+        container = client.containers.create(image, command=["true"])
+        try:
+            for name in ("h5py", found[2]):
+                stream, _ = container.get_archive(f"{found[1]}/{name}")
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:  # the folder, under its own name
+                    tar.extractall(target, filter="data")
+                copied.append(str((target / name).relative_to(venv)))
+        finally:
+            container.remove(force=True)
+    except (docker.errors.APIError, tarfile.TarError, OSError):
+        remove_copied(venv, copied)
+        return []
+    return copied
+
+
+def remove_copied(venv: Path, copied: list[str]) -> None:
+    """Take back what image_hdf5 or image_h5py copied into the venv (files and folders)."""
+    for rel in copied:
+        path = venv / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile: Profile, cell: Cell, image: str,
                     venv: Path, progress: Progress) -> bool:
     """HDF5 and h5py in the bare-metal venv: the image's own HDF5 build (the binary measured in the container, so
-    the twin differs from it by the container alone), and h5py from the sdist of the lock's pin with its hashed
-    build dependencies, compiled by the venv's MPI wrapper against it. Where that HDF5 does not build or load on
-    this host (an older glibc than the image's build), HDF5 is compiled here as the family's image compiles it: the
-    profile's tarball (sha256-checked), the same configure options. False, said why, when the host cannot compile."""
+    the twin differs from it by the container alone), and the h5py of the twin cell's image (the host's Python; the
+    cell itself when that is its Python), compiled there against that HDF5. Where the twin's image is not built or
+    its h5py does not import here, h5py is compiled from the sdist of the lock's pin with its hashed build
+    dependencies by the venv's MPI wrapper; where the image's HDF5 does not load on this host (an older glibc than
+    the image's build), HDF5 is compiled here as the family's image compiles it: the profile's tarball
+    (sha256-checked), the same configure options. False, said why, when that needs a compiler the host lacks."""
     twin = host_twin(matrix, cell)
     if twin is None:
         progress(f"  no bare-metal h5py_write: the matrix has no {cell.family.name} cell of {cell.mpi.key} for Python "
@@ -539,18 +606,13 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     stamp = venv / ".hpcimages-hdf5"
     source = hdf5_source(profile, cell)
     assert source is not None  # the matrix loader made sure a family with hdf5 has its tarball
-    key = hdf5_twin_key(matrix, twin, source.sha256, venv, hdf5_origin(client, matrix, profile, cell, image))
+    twin_image = twin.image(profile.registry)
+    key = hdf5_twin_key(matrix, twin, source.sha256, venv, hdf5_origin(client, matrix, profile, cell, image),
+                        h5py_origin(client, twin_image))
     if stamp_holds(stamp, key):
         return True
-    reason = _host_can_compile()
-    if reason:
-        progress(f"  no bare-metal h5py_write: {reason}")
-        return False
     stamp.unlink(missing_ok=True)  # from here the venv's HDF5 and h5py are being made: no stamp may vouch for them
     cache = wheelhouse.cache_root()
-    for lock in (twin.build_lock, twin.lock):
-        wheelhouse.download_wheels(matrix.root / lock, twin.python, cache)
-    fetch_build_sdists(matrix, twin, cache)
     work = venv / "hdf5-build"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -562,31 +624,37 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
     install = [*pip, "install", "--quiet", "--no-index", "--find-links", str(wheelhouse.wheelhouse_dir(cache)),
                "--require-hashes"]
-    h5py = [  # an h5py of an earlier twin is removed first: pip would keep it, built against another HDF5
-        ("removing an earlier h5py", [*pip, "uninstall", "--quiet", "--yes", "h5py"]),
-        ("compiling h5py", [*install, "--no-build-isolation", "--no-binary", "h5py", "-r",
-                            str(matrix.root / twin.lock)]),
-        ("importing h5py with MPI", [str(venv / "bin" / "python"), "-c",
-                                     "import h5py, sys; sys.exit(not h5py.get_config().mpi)"]),
-    ]
+    lock = str(matrix.root / twin.lock)
+    # an h5py of an earlier twin is removed first: pip would keep it, built against another HDF5
+    removed = ("removing an earlier h5py", [*pip, "uninstall", "--quiet", "--yes", "h5py"])
+    imported = ("importing h5py with MPI", [str(venv / "bin" / "python"), "-c",
+                                            "import h5py, sys; sys.exit(not h5py.get_config().mpi)"])
     log_path = venv / "hdf5-build.log"
     with log_path.open("w", encoding="utf-8") as log:
-        failed = _run_steps([("installing h5py's build dependencies", [*install, "-r",
-                                                                       str(matrix.root / twin.build_lock)])],
-                            work, env, log)
-        copied = [] if failed else image_hdf5(client, image, venv)
-        if copied:
-            progress(f"  bare metal: h5py compiled into {relative(venv, matrix.root)} against the HDF5 build of "
-                     f"{image} ({len(copied)} files copied out of it)")
-            failed = _run_steps(h5py, work, env, log)
+        hdf5 = image_hdf5(client, image, venv)
+        failed = _run_steps([removed], work, env, log) if hdf5 else ""
+        h5py = [] if failed or not hdf5 else image_h5py(client, twin_image, venv)
+        if h5py:
+            wheelhouse.download_wheels(matrix.root / twin.lock, twin.python, cache)
+            # the copied h5py satisfies the lock's pin: pip installs the rest of the lock beside it
+            failed = _run_steps([("installing the rest of h5py's lock", [*install, "-r", lock]), imported], work,
+                                env, log)
             if failed:
-                for rel in copied:
-                    (venv / rel).unlink(missing_ok=True)
-                failed = _compile_hdf5_here(f"the image's HDF5 did not serve on this host ({failed})", cell, source,
-                                            cache, venv, matrix.root, h5py, work, env, log, progress)
-        elif not failed:
-            failed = _compile_hdf5_here(f"{image} has no HDF5 build to copy", cell, source, cache, venv, matrix.root,
-                                        h5py, work, env, log, progress)
+                remove_copied(venv, h5py)
+                progress(f"  bare metal: the h5py of {twin_image} did not serve on this host ({failed})")
+                h5py, failed = [], ""
+            else:
+                progress(f"  bare metal: the HDF5 build of {image} and the h5py of {twin_image} copied into "
+                         f"{relative(venv, matrix.root)} ({len(hdf5)} files, {len(h5py)} folders): the binaries the "
+                         "container runs")
+        if not h5py and not failed:
+            reason = _host_can_compile()
+            if reason:
+                remove_copied(venv, hdf5)
+                progress(f"  no bare-metal h5py_write: {reason}")
+                return False
+            failed = _compile_twin_h5py(matrix, twin, cell, image, source, hdf5, venv, install, removed,
+                                        imported, work, env, log, progress)
     if failed:
         raise BenchError(f"bare-metal HDF5/h5py: {failed}; log: {relative(log_path, matrix.root)}")
     shutil.rmtree(work, ignore_errors=True)
@@ -594,8 +662,38 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     return True
 
 
+def _compile_twin_h5py(matrix: Matrix, twin: Cell, cell: Cell, image: str,
+                       source: Source, hdf5: list[str], venv: Path, install: list[str], removed: Step, imported: Step,
+                       work: Path, env: dict[str, str], log: IO[str], progress: Progress) -> str:
+    """h5py compiled on the host against the image's HDF5 build (``hdf5``, copied), or, where there is none or it
+    does not serve here, against HDF5 compiled here too; what failed ("": nothing)."""
+    assert twin.lock and twin.build_lock
+    cache = wheelhouse.cache_root()
+    for lock in (twin.build_lock, twin.lock):
+        wheelhouse.download_wheels(matrix.root / lock, twin.python, cache)
+    fetch_build_sdists(matrix, twin, cache)
+    h5py = [
+        ("installing h5py's build dependencies", [*install, "-r", str(matrix.root / twin.build_lock)]),
+        removed,
+        ("compiling h5py", [*install, "--no-build-isolation", "--no-binary", "h5py", "-r",
+                            str(matrix.root / twin.lock)]),
+        imported,
+    ]
+    if not hdf5:
+        return _compile_hdf5_here(f"{image} has no HDF5 build to copy", cell, source, cache, venv, matrix.root, h5py,
+                                  work, env, log, progress)
+    progress(f"  bare metal: h5py compiled into {relative(venv, matrix.root)} against the HDF5 build of {image} "
+             f"({len(hdf5)} files copied out of it)")
+    failed = _run_steps(h5py, work, env, log)
+    if not failed:
+        return ""
+    remove_copied(venv, hdf5)
+    return _compile_hdf5_here(f"the image's HDF5 did not serve on this host ({failed})", cell, source, cache, venv,
+                              matrix.root, h5py, work, env, log, progress)
+
+
 def _compile_hdf5_here(why: str, cell: Cell, source: Source, cache: Path, venv: Path, root: Path,
-                       h5py: list[tuple[str, list[str]]], work: Path, env: dict[str, str], log: IO[str],
+                       h5py: list[Step], work: Path, env: dict[str, str], log: IO[str],
                        progress: Progress) -> str:
     """HDF5 compiled into the venv as the image compiles it, then h5py against it; what failed ("": nothing)."""
     missing = _host_can_compile(("cc", "make"))
@@ -613,7 +711,7 @@ def _compile_hdf5_here(why: str, cell: Cell, source: Source, cache: Path, venv: 
     ], work, env, log)
 
 
-def _run_steps(steps: list[tuple[str, list[str]]], work: Path, env: dict[str, str], log: IO[str]) -> str:
+def _run_steps(steps: list[Step], work: Path, env: dict[str, str], log: IO[str]) -> str:
     """Run the commands in order, output to ``log``; what failed ("" when none did)."""
     for what, step in steps:
         log.write(f"\n# {what}: {' '.join(step)}\n")
