@@ -10,9 +10,12 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: unit tests and integration tests against the real Docker engine."""
+    """The test suite: unit tests and integration tests against the real Docker engine, on two workers: one runs
+    every integration test in order (one build, one test cluster), the other the unit tests beside it.
+
+    Options after `--` replace these (`nox -s tests -- -k convert` runs one test in this process)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["-v"]))
+    session.run("pytest", *(session.posargs or ["-v", "-n", "2", "--dist", "loadgroup"]))
 
 
 @nox.session
