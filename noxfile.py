@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "render_check", "tests"]
@@ -10,12 +13,27 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: unit tests and integration tests against the real Docker engine, on two workers: one runs
-    every integration test in order (one build, one test cluster), the other the unit tests beside it.
+    """The test suite: unit tests and integration tests against the real Docker engine. The unit tests run in a
+    second pytest beside the integration tests (one process, in order: one build, one test cluster), which leave a
+    core idle much of the time; their output follows.
 
-    Options after `--` replace these (`nox -s tests -- -k convert` runs one test in this process)."""
+    Options after `--` replace this: `nox -s tests -- -k convert` runs one pytest with them."""
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["-v", "-n", "2", "--dist", "loadgroup"]))
+    if session.posargs:
+        session.run("pytest", *session.posargs)
+        return
+    log = Path(session.create_tmp()) / "unit-tests.log"
+    session.log(f"unit tests beside the integration tests; their output follows them ({log})")
+    with log.open("w", encoding="utf-8") as out:
+        unit = subprocess.Popen([str(Path(session.bin) / "pytest"), "-v", "-m", "not integration"],
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            session.run("pytest", "-v", "-m", "integration")
+        finally:
+            code = unit.wait()
+            print(log.read_text(encoding="utf-8"), flush=True)
+    if code != 0:
+        session.error(f"the unit tests failed (pytest exit {code}): {log}")
 
 
 @nox.session

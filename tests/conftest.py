@@ -20,21 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE_FIXTURES = {"ci_built", "client", "ci_build"}
 
 
-#: pytest-xdist's group of every integration test: one worker runs them all, in order, with one build, one test
-#: cluster and one set of .sif files, while the other worker runs the unit tests beside them (``nox -s tests``
-#: passes ``-n 2 --dist loadgroup``; the integration tests leave a core idle much of the time, waiting on Slurm,
-#: the registry and containers)
-ENGINE_GROUP = "engine"
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that reaches the engine as ``integration`` (beside the modules that say so), so that
-    ``-m "not integration"`` runs the unit tests alone and never starts a build; and put each in ENGINE_GROUP."""
+    ``-m "not integration"`` runs the unit tests alone and never starts a build."""
     for item in items:
         if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        if item.get_closest_marker("integration") is not None:
-            item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
 
 
 @pytest.fixture(scope="session", autouse=True)
