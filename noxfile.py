@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 import nox
@@ -22,7 +23,8 @@ def tests(session: nox.Session) -> None:
     if session.posargs:
         session.run("pytest", *session.posargs)
         return
-    log = Path(session.create_tmp()) / "unit-tests.log"
+    # not session.create_tmp(): it points TMPDIR into the checkout, where the tests' keys folders must never be
+    log = Path(tempfile.mkdtemp(prefix="hpcimages-unit-tests-")) / "unit-tests.log"
     session.log(f"unit tests beside the integration tests; their output follows them ({log})")
     with log.open("w", encoding="utf-8") as out:
         unit = subprocess.Popen([str(Path(session.bin) / "pytest"), "-v", "-m", "not integration"],
