@@ -302,6 +302,7 @@ def test_a_twin_whose_copied_h5py_does_not_import_compiles_h5py_against_the_copi
         return ["lib/libhdf5.so.310"]
 
     def copy_h5py(client, image, into):
+        ran.append("copying the image's h5py")
         package.mkdir(parents=True)
         return [str(package.relative_to(into))]
 
@@ -320,18 +321,34 @@ def test_a_twin_whose_copied_h5py_does_not_import_compiles_h5py_against_the_copi
     monkeypatch.setattr(bench, "fetch_build_sdists", lambda *_: None)
     said: list[str] = []
     assert bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
-    assert ran == ["removing an earlier h5py", "installing the rest of h5py's lock", "importing h5py with MPI",
-                   "installing h5py's build dependencies", "removing an earlier h5py", "compiling h5py",
-                   "importing h5py with MPI"]
+    assert ran == ["removing an earlier h5py", "copying the image's h5py", "installing the rest of h5py's lock",
+                   "importing h5py with MPI", "installing h5py's build dependencies", "removing an earlier h5py",
+                   "compiling h5py", "importing h5py with MPI"]
     assert not package.exists() and (venv / "lib" / "libhdf5.so.310").exists()
     assert "did not serve on this host (importing h5py with MPI failed (exit 1))" in said[0]
     assert "h5py compiled into" in said[1] and "against the HDF5 build of img (1 files copied out of it)" in said[1]
     assert (venv / ".hpcimages-hdf5").read_text().strip()  # stamped: the twin is made
+    # an image whose h5py does not import here, or that has none, keeps its id in the stamp: no copy is tried again
+    # until it is rebuilt; an engine that failed (None) leaves "compiled", so that the next run tries the copy again
+    stamp, key = venv / ".hpcimages-hdf5", bench.hdf5_twin_key
+    monkeypatch.setattr(bench, "h5py_origin", lambda *_: "sha256:twin-image")
+    twin, source = bench.host_twin(matrix, cell), bench.hdf5_source(profile, cell)
+    for copied, origin in (([], "sha256:twin-image"), (None, "compiled on the host")):
+        ran.clear()
+        stamp.unlink()
+        monkeypatch.setattr(bench, "image_h5py", lambda *_, found=copied: found)
+        assert bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
+        assert "installing the rest of h5py's lock" not in ran and "compiling h5py" in ran
+        assert bench.stamp_holds(stamp, key(matrix, twin, source.sha256, venv, "img", origin)), origin
+    # the copy did not serve and the host cannot compile: the variant is left out, nothing copied stays behind
+    stamp.unlink()
     ran.clear()
-    (venv / ".hpcimages-hdf5").unlink()
-    monkeypatch.setattr(bench, "image_h5py", lambda *_: [])
-    assert bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
-    assert "installing the rest of h5py's lock" not in ran and "compiling h5py" in ran
+    monkeypatch.setattr(bench, "image_h5py", copy_h5py)
+    monkeypatch.setattr(bench, "_host_can_compile", lambda *_: "no cc on the host (the test's)")
+    assert not bench.bare_metal_hdf5(None, matrix, profile, cell, "img", venv, said.append)
+    assert said[-1] == "  no bare-metal h5py_write: no cc on the host (the test's)"
+    assert not package.exists() and not (venv / "lib" / "libhdf5.so.310").exists()
+    assert not (venv / "hdf5-build").exists() and not stamp.exists()
 
 
 def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, monkeypatch):

@@ -129,8 +129,8 @@ def test_bench_runs_h5py_write_in_the_image_and_under_the_swap(client, tmp_path)
     assert {r.size for r in records} == {65536, 131072} and {r.repeat for r in records} == {1, 2}
     swapped = next(r for r in records if r.variant == "container+impi")
     assert swapped.mpi_library_file.startswith(f"{hostmpi.MOUNT}/") and swapped.unit == "MB/s"
-    # the bare-metal twin: the image's own HDF5 build (this host's Debian is the image's), h5py compiled on the host
-    # against it and the venv's MPICH wheel
+    # the bare-metal twin: the image's own HDF5 build and h5py (this host's Debian and Python are the image's) beside
+    # the venv's MPICH wheel
     bare = next(r for r in records if r.variant == "bare-metal")
     assert bare.cell is None and "/bench/venv-py3.11-mpich4.3.2/" in bare.mpi_library_file, bare.mpi_library_file
     # every variant writes into the same host folder (bound into the containers), not into an overlay /tmp

@@ -47,6 +47,7 @@ from typing import IO, TypeVar
 
 import docker
 import docker.errors
+import requests
 
 from .. import engine, stats
 from ..define.lock import locked_pins, requirement_block
@@ -502,14 +503,13 @@ def image_hdf5(client: docker.DockerClient | None, image: str, venv: Path) -> li
         try:
             for rel in files:
                 stream, _ = container.get_archive(f"/usr/local/{rel}")
+                copied.append(rel)  # before the extraction: a file half written is taken back too
                 with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:  # one file or link, by its base name
                     tar.extractall(venv / Path(rel).parent, filter="data")
-                copied.append(rel)
         finally:
             container.remove(force=True)
-    except (docker.errors.APIError, tarfile.TarError, OSError):
-        for rel in copied:
-            (venv / rel).unlink(missing_ok=True)
+    except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError):
+        remove_copied(venv, copied)
         return []
     return copied
 
@@ -548,13 +548,13 @@ H5PY_FILES = ("import importlib.util as u, os, sys; "
               "*[n for n in os.listdir(d) if n.startswith('h5py-') and n.endswith('.dist-info')])")
 
 
-def image_h5py(client: docker.DockerClient | None, image: str, venv: Path) -> list[str]:
+def image_h5py(client: docker.DockerClient | None, image: str, venv: Path) -> list[str] | None:
     """The image's own h5py (compiled in the image by its MPI's mpicc against its HDF5, RUNPATH removed, as the
     family's Dockerfile does) copied into the venv's site-packages: the package and its dist-info, relative to the
-    venv ([]: not when the image's Python is not the venv's, or the engine could not give them: h5py is compiled on
-    the host then). With image_hdf5's copy, the twin runs the container's binaries, not a second compile."""
+    venv. [] where the image has no h5py for the venv's Python, None where the engine failed (nothing is left
+    copied): h5py is compiled on the host then. With image_hdf5's copy, the twin runs the container's binaries."""
     if client is None:
-        return []
+        return None
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     target = site_packages(venv)
     copied: list[str] = []
@@ -567,14 +567,14 @@ def image_h5py(client: docker.DockerClient | None, image: str, venv: Path) -> li
         try:
             for name in ("h5py", found[2]):
                 stream, _ = container.get_archive(f"{found[1]}/{name}")
+                copied.append(str((target / name).relative_to(venv)))  # a folder half unpacked is taken back too
                 with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:  # the folder, under its own name
                     tar.extractall(target, filter="data")
-                copied.append(str((target / name).relative_to(venv)))
         finally:
             container.remove(force=True)
-    except (docker.errors.APIError, tarfile.TarError, OSError):
+    except (docker.errors.DockerException, requests.RequestException, tarfile.TarError, OSError):
         remove_copied(venv, copied)
-        return []
+        return None
     return copied
 
 
@@ -607,9 +607,8 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     source = hdf5_source(profile, cell)
     assert source is not None  # the matrix loader made sure a family with hdf5 has its tarball
     twin_image = twin.image(profile.registry)
-    key = hdf5_twin_key(matrix, twin, source.sha256, venv, hdf5_origin(client, matrix, profile, cell, image),
-                        h5py_origin(client, twin_image))
-    if stamp_holds(stamp, key):
+    hdf5_from, h5py_from = hdf5_origin(client, matrix, profile, cell, image), h5py_origin(client, twin_image)
+    if stamp_holds(stamp, hdf5_twin_key(matrix, twin, source.sha256, venv, hdf5_from, h5py_from)):
         return True
     stamp.unlink(missing_ok=True)  # from here the venv's HDF5 and h5py are being made: no stamp may vouch for them
     cache = wheelhouse.cache_root()
@@ -634,6 +633,8 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
         hdf5 = image_hdf5(client, image, venv)
         failed = _run_steps([removed], work, env, log) if hdf5 else ""
         h5py = [] if failed or not hdf5 else image_h5py(client, twin_image, venv)
+        if h5py is None:  # the engine failed: the stamp says compiled, so the next run tries the copy again
+            h5py, h5py_from = [], "compiled on the host"
         if h5py:
             wheelhouse.download_wheels(matrix.root / twin.lock, twin.python, cache)
             # the copied h5py satisfies the lock's pin: pip installs the rest of the lock beside it
@@ -651,6 +652,7 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
             reason = _host_can_compile()
             if reason:
                 remove_copied(venv, hdf5)
+                shutil.rmtree(work, ignore_errors=True)
                 progress(f"  no bare-metal h5py_write: {reason}")
                 return False
             failed = _compile_twin_h5py(matrix, twin, cell, image, source, hdf5, venv, install, removed,
@@ -658,7 +660,7 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     if failed:
         raise BenchError(f"bare-metal HDF5/h5py: {failed}; log: {relative(log_path, matrix.root)}")
     shutil.rmtree(work, ignore_errors=True)
-    stamp.write_text(key + "\n", encoding="utf-8")
+    stamp.write_text(hdf5_twin_key(matrix, twin, source.sha256, venv, hdf5_from, h5py_from) + "\n", encoding="utf-8")
     return True
 
 
