@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-from pathlib import Path
-
 import nox
 
 nox.options.sessions = ["lint", "render_check", "tests"]
@@ -14,28 +10,15 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: unit tests and integration tests against the real Docker engine. The unit tests run in a
-    second pytest beside the integration tests (one process, in order: one build, one test cluster), which leave a
-    core idle much of the time; their output follows.
+    """The test suite: unit tests and integration tests against the real Docker engine, in two streams of pytest
+    side by side (tests/run_suite.py: the integration tests; the unit tests, then the Slurm tests).
 
     Options after `--` replace this: `nox -s tests -- -k convert` runs one pytest with them."""
     session.install("-e", ".[test]")
     if session.posargs:
         session.run("pytest", *session.posargs)
-        return
-    # not session.create_tmp(): it points TMPDIR into the checkout, where the tests' keys folders must never be
-    log = Path(tempfile.mkdtemp(prefix="hpcimages-unit-tests-")) / "unit-tests.log"
-    session.log(f"unit tests beside the integration tests; their output follows them ({log})")
-    with log.open("w", encoding="utf-8") as out:
-        unit = subprocess.Popen([str(Path(session.bin) / "pytest"), "-v", "-m", "not integration"],
-                                stdout=out, stderr=subprocess.STDOUT)
-        try:
-            session.run("pytest", "-v", "-m", "integration")
-        finally:
-            code = unit.wait()
-            print(log.read_text(encoding="utf-8"), flush=True)
-    if code != 0:
-        session.error(f"the unit tests failed (pytest exit {code}): {log}")
+    else:
+        session.run("python", "tests/run_suite.py")
 
 
 @nox.session

@@ -6,11 +6,13 @@ beside the target and moved over it in one rename.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -76,3 +78,16 @@ def output_problem(option: str, target: Path, inputs: Iterable[Path], suffix: st
     if any(resolved == Path(i).resolve() for i in inputs):
         return f"{option} {target}: is one of the inputs; name another file"
     return None
+
+
+@contextlib.contextmanager
+def held(lock: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``lock`` (created) for the block: a second process asking for it waits until
+    the first is done. The kernel lets it go with the process, so a crash leaves nothing to clean up."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

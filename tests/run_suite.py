@@ -1,0 +1,77 @@
+"""What `nox -s tests` runs without options: the tests in two streams of pytest processes side by side.
+
+The first stream runs the integration tests in one pytest, in order (one build of the ci profile, one set of
+.sif files, one registry per module). The second runs the unit tests, then the Slurm tests (their own test cluster
+and .sif files). The integration tests leave a core idle much of the time (Slurm jobs, the registry, containers),
+so the second stream costs the command little of its time. Its output follows the first's (and stays in a log
+file); the exit status is the first failure's, and a Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+PYTEST = [sys.executable, "-m", "pytest", "-v"]
+#: the modules of the second stream, after the unit tests: the ones whose fixtures nothing else shares
+BESIDE = ["tests/test_slurm_integration.py"]
+FIRST = [*PYTEST, "-m", "integration", *(f"--ignore={module}" for module in BESIDE)]
+SECOND = [[*PYTEST, "-m", "not integration"], [*PYTEST, *BESIDE]]
+
+
+class Stream(threading.Thread):
+    """pytest commands run one after the other into one log (each, whether the one before failed or not, until
+    told to stop); its exit status is the first failure's."""
+
+    def __init__(self, commands: list[list[str]], log: Path) -> None:
+        super().__init__(daemon=True)
+        self.commands, self.log = commands, log
+        self.code, self.proc, self.stopped = 0, None, threading.Event()
+
+    def run(self) -> None:
+        with self.log.open("w", encoding="utf-8") as out:
+            for command in self.commands:
+                if self.stopped.is_set():
+                    return
+                out.write(f"\n$ {' '.join(command)}\n")
+                out.flush()
+                self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+                code = self.proc.wait()
+                self.code = self.code or code
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.join()
+
+
+def main() -> int:
+    # the system's temporary folder, never the checkout: the tests' keys folders are refused inside it
+    log = Path(tempfile.mkdtemp(prefix="hpcimages-tests-")) / "second-stream.log"
+    print(f"the unit tests, then {', '.join(BESIDE)}, run beside the integration tests; their output follows ({log})",
+          flush=True)
+    second = Stream(SECOND, log)
+    second.start()
+    try:
+        first = subprocess.run(FIRST, check=False).returncode
+    except BaseException:  # Ctrl-C, or the runner stopped: the second stream stops too
+        second.stop()
+        raise
+    second.join()
+    print(log.read_text(encoding="utf-8"), flush=True)
+    print(f"integration tests: pytest exit {first}; the second stream: pytest exit {second.code} (log: {log})",
+          flush=True)
+    return first or second.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
