@@ -10,8 +10,8 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite: unit tests and integration tests against the real Docker engine, in two streams of pytest
-    side by side (tests/run_suite.py: the integration tests; the unit tests, then the Slurm tests).
+    """The test suite: unit tests and integration tests against the real Docker engine, in two pytest processes
+    side by side (tests/run_suite.py: the integration tests, and the unit tests beside them).
 
     Options after `--` replace this: `nox -s tests -- -k convert` runs one pytest with them."""
     session.install("-e", ".[test]")

@@ -1,5 +1,5 @@
-"""files.held: the lock that lets two processes (the test command's two streams, two shells) share one build and
-one stand-in cache."""
+"""files.held: the lock that lets two processes (two shells running `invoke abi` and `invoke bench`) share one
+stand-in cache."""
 
 from __future__ import annotations
 

@@ -70,7 +70,7 @@ def prepare(client: docker.DockerClient, matrix: Matrix, host: HostMpi, progress
     if done is not None:
         return done
     folder = cache_dir(host, cache)
-    # two processes at once (the test suite's two pytest runs, two shells) install it once: the second waits and
+    # two processes at once (`invoke abi` and `invoke bench` in two shells) install it once: the second waits and
     # finds it installed, instead of removing the first one's half-written folder
     with held(folder.with_name(folder.name + ".lock")):
         done = installed(host, cache)
