@@ -380,3 +380,14 @@ def test_a_host_twin_is_trusted_only_while_its_inputs_are_the_same(tmp_path, mon
     before = bench.twin_key("3.11", lock)
     lock.write_text("numpy==2.1.1\n")
     assert bench.twin_key("3.11", lock) != before  # a file counts by its content
+
+
+def test_every_run_leaves_open_mpis_unselected_ofi_transport_out_unless_the_variant_says_otherwise(tmp_path):
+    """Open MPI's btl/ofi sleeps a second when closed, unselected, in each MPI_Init on a node without an OFI fabric:
+    every bench run leaves it out (a host run here; a container run gets the same settings); a variant's own value
+    wins."""
+    echo = ["sh", "-c", 'echo "btl=$OMPI_MCA_btl"']
+    plain = bench.Variant("bare-metal", "python", "openmpi5.0.11")
+    assert bench.run_variant(None, None, plain, echo, tmp_path) == (0, "btl=^ofi\n")  # type: ignore[arg-type]
+    own = bench.Variant("bare-metal", "python", "openmpi5.0.11", env={"OMPI_MCA_btl": "self,sm,tcp"})
+    assert bench.run_variant(None, None, own, echo, tmp_path) == (0, "btl=self,sm,tcp\n")  # type: ignore[arg-type]

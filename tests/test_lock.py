@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import sys
+import threading
 from pathlib import Path
 
 from hpcimages.define import load_matrix
@@ -72,3 +75,33 @@ def test_a_lock_edited_by_hand_is_flagged_itself_not_only_its_children(repo_copy
     lock.write_text(text.replace(first_hash, "0" * 64, 1))
     problems = lock_drift(m)
     assert [p for p in problems if p.startswith("pip-requirements/mpi/mpich-4.3.2.txt: its content differs")]
+
+
+def test_a_lock_for_a_python_this_machine_lacks_downloads_no_interpreter(repo_copy, tmp_path, monkeypatch):
+    """uv, finding no interpreter of the lock's Python, would fetch one (and offline wait on its retries): every
+    fetch of a managed Python goes to a local mirror that counts them, and the lock is written without any."""
+    asked: list[str] = []
+
+    class Mirror(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # the project's venv alone on PATH: its Python is the only interpreter uv can find
+        monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+        monkeypatch.setenv("UV_PYTHON_INSTALL_MIRROR", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "managed-pythons"))
+        m = load_matrix(repo_copy / "matrix.toml")
+        other = "3.13" if sys.version_info[:2] != (3, 13) else "3.11"
+        job = next(j for j in lock_jobs(m) if j.output.endswith(f"mpi4py/requirements-py{other}.txt"))
+        compile_lock(job, repo_copy)
+    finally:
+        server.shutdown()
+    assert asked == []
+    assert locked_pins(repo_copy / job.output)["mpi4py"] == "4.1.2"

@@ -142,8 +142,11 @@ def compile_lock(job: LockJob, root: Path, upgrade: bool = False) -> Path:
         src = Path(tmp) / "requirements.in"
         src.write_text(job.input_text, encoding="utf-8")
         raw = Path(tmp) / "lock.txt"
-        cmd = [_uv(), "pip", "compile", str(src), "--quiet", "--generate-hashes", "--no-header",
-               "--python-version", job.python, "--python-platform", TARGET_PLATFORM,
+        # --no-python-downloads: without an interpreter of the lock's Python, uv would try to download one (for
+        # building sdists' metadata) and, offline, wait 12 s on retries per lock before using the one it has; the
+        # lock is the same either way (measured: dask against hpc-python's Python 3.10 pins)
+        cmd = [_uv(), "pip", "compile", str(src), "--quiet", "--no-python-downloads", "--generate-hashes",
+               "--no-header", "--python-version", job.python, "--python-platform", TARGET_PLATFORM,
                "--output-file", str(raw), "--no-annotate"]
         if job.constraint:
             cmd += ["--constraint", str(root / job.constraint)]

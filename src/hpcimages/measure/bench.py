@@ -95,6 +95,11 @@ C_DIR = "/opt/hpcimages-bench-c"
 MPICH_ABI_SUFFIX = "_mpich_abi"
 MPICH_ABI_MPI4PY = "/opt/hpcimages-mpi4py-mpich-abi"
 RUN_TIMEOUT_S = 900
+#: Every run, in a container and on the host: Open MPI's btl/ofi sleeps a second when it is closed (its component
+#: close, a workaround for libfabric's sockets provider), and on a node without an OFI fabric it is closed in every
+#: MPI_Init, unselected. Left out, an MPI_Init in the ci Open MPI image took 0.47 s instead of 1.42 s, and nothing
+#: measured changes: the ranks of one node talk over btl/sm either way. MPICH ignores the variable.
+RUN_SETTINGS = {"OMPI_MCA_btl": "^ofi"}
 #: Docker runs of the benchmarks allow cross-memory attach, as an informed site runs them (mpirun says why); the
 #: same image under the engine's defaults is kept as a variant, so the tables show what the informed configuration
 #: buys, with the cross-memory-attach probe's answer for both.
@@ -632,11 +637,12 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
     with log_path.open("w", encoding="utf-8") as log:
         hdf5 = image_hdf5(client, image, venv)
         failed = _run_steps([removed], work, env, log) if hdf5 else ""
+        if not failed:  # h5py's lock serves both ways: beside a copied h5py, and to compile one
+            wheelhouse.download_wheels(matrix.root / twin.lock, twin.python, cache)
         h5py = [] if failed or not hdf5 else image_h5py(client, twin_image, venv)
         if h5py is None:  # the engine failed: the stamp says compiled, so the next run tries the copy again
             h5py, h5py_from = [], "compiled on the host"
         if h5py:
-            wheelhouse.download_wheels(matrix.root / twin.lock, twin.python, cache)
             # the copied h5py satisfies the lock's pin: pip installs the rest of the lock beside it
             failed = _run_steps([("installing the rest of h5py's lock", [*install, "-r", lock]), imported], work,
                                 env, log)
@@ -655,7 +661,7 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
                 shutil.rmtree(work, ignore_errors=True)
                 progress(f"  no bare-metal h5py_write: {reason}")
                 return False
-            failed = _compile_twin_h5py(matrix, twin, cell, image, source, hdf5, venv, install, removed,
+            failed = _compile_twin_h5py(matrix, twin, cell, image, source, hdf5, venv, cache, install, removed,
                                         imported, work, env, log, progress)
     if failed:
         raise BenchError(f"bare-metal HDF5/h5py: {failed}; log: {relative(log_path, matrix.root)}")
@@ -665,14 +671,13 @@ def bare_metal_hdf5(client: docker.DockerClient | None, matrix: Matrix, profile:
 
 
 def _compile_twin_h5py(matrix: Matrix, twin: Cell, cell: Cell, image: str,
-                       source: Source, hdf5: list[str], venv: Path, install: list[str], removed: Step, imported: Step,
-                       work: Path, env: dict[str, str], log: IO[str], progress: Progress) -> str:
+                       source: Source, hdf5: list[str], venv: Path, cache: Path, install: list[str], removed: Step,
+                       imported: Step, work: Path, env: dict[str, str], log: IO[str], progress: Progress) -> str:
     """h5py compiled on the host against the image's HDF5 build (``hdf5``, copied), or, where there is none or it
-    does not serve here, against HDF5 compiled here too; what failed ("": nothing)."""
+    does not serve here, against HDF5 compiled here too; what failed ("": nothing). h5py's own lock is in the
+    wheelhouse already (bare_metal_hdf5 downloads it before trying the image's h5py)."""
     assert twin.lock and twin.build_lock
-    cache = wheelhouse.cache_root()
-    for lock in (twin.build_lock, twin.lock):
-        wheelhouse.download_wheels(matrix.root / lock, twin.python, cache)
+    wheelhouse.download_wheels(matrix.root / twin.build_lock, twin.python, cache)
     fetch_build_sdists(matrix, twin, cache)
     h5py = [
         ("installing h5py's build dependencies", [*install, "-r", str(matrix.root / twin.build_lock)]),
@@ -813,7 +818,7 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
                 scratch: Path) -> tuple[int, str]:
     if variant.cell is None:
         path = f"{variant.venv}/bin:{os.environ.get('PATH', '')}" if variant.venv else os.environ.get("PATH", "")
-        env = {**os.environ, "PATH": path, **variant.env}
+        env = {**os.environ, "PATH": path, **RUN_SETTINGS, **variant.env}
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env, check=False)
         except subprocess.TimeoutExpired:
@@ -822,7 +827,7 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
     mounts = [bench_mount(matrix.root), Mount(scratch, SCRATCH_MOUNT, read_only=False)]
     assert variant.image is not None
     return run_in_image(client, variant.image, command, timeout=variant.timeout, binding=variant.binding,
-                        mounts=mounts, env=variant.env, sandbox=variant.sandbox, shm_size="1g")
+                        mounts=mounts, env={**RUN_SETTINGS, **variant.env}, sandbox=variant.sandbox, shm_size="1g")
 
 
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
