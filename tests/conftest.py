@@ -10,6 +10,7 @@ import docker
 import pytest
 
 from hpcimages.define.matrix import Matrix
+from hpcimages.files import held
 from hpcimages.images.build import BuildReport
 from hpcimages.paths import BUILD_DIR_VAR
 
@@ -68,8 +69,11 @@ def ci_built(build_dir) -> CiBuild:
 
     client = connect()
     matrix = load_matrix(ROOT / "matrix.toml")
-    ensure_bases(client, matrix.profile("ci"))
-    report = build(client, matrix, "ci", jobs=2)
+    # `nox -s tests` starts two pytest processes at once (tests/run_suite.py): one builds, the other then finds the
+    # profile up to date instead of building the same cells beside it
+    with held(Path(tempfile.gettempdir()) / "hpcimages-tests-ci-build.lock"):
+        ensure_bases(client, matrix.profile("ci"))
+        report = build(client, matrix, "ci", jobs=2)
     assert report.ok, report.table()
     return CiBuild(client, matrix, report)
 

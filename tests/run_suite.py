@@ -1,8 +1,8 @@
 """What `nox -s tests` runs without options: the tests in two pytest processes side by side.
 
 The first runs the integration tests in order (one build of the ci profile, one test cluster, one set of .sif
-files, one registry per module), but for the modules of BESIDE; the second runs the unit tests beside it, then the
-modules of BESIDE (with a build folder of its own). The integration tests leave a core idle much of the time (Slurm
+files, one registry per module), but for the modules of BESIDE; the second runs the modules of BESIDE (with a
+build folder of its own), then the unit tests. The integration tests leave a core idle much of the time (Slurm
 jobs, the registry, containers: 43 % over a run of them alone), so the second process costs the command little of
 its time. Its output follows the first's (and stays in a log file); the exit status is the first failure's, and a
 Ctrl-C stops both.
@@ -23,12 +23,14 @@ import threading
 from pathlib import Path
 
 PYTEST = [sys.executable, "-m", "pytest", "-v"]
-#: integration modules of the second process, after the unit tests: half idle (container start-ups, Open MPI's
-#: launcher), no .sif file, and no image that a test of the first process removes, rebuilds or re-tags (publish and
-#: supply chain do that to mpi4py:py3.11-mpich4.2.3, which `invoke check` of every cell would meet)
+#: integration modules of the second process, before the unit tests: they need no .sif file and no image that a
+#: test of the first process removes, rebuilds or re-tags (publish and supply chain do that to
+#: mpi4py:py3.11-mpich4.2.3, which `invoke check` of every cell would meet). First, so that their benchmarks run
+#: beside the ABI table rather than beside `invoke convert` (91 % busy: the Open MPI bench took 97 s there, 30 s
+#: alone), and so that on a fresh machine the bench child's mpi4py compile overlaps the stand-ins' downloads.
 BESIDE = ("tests/test_bench_integration.py", "tests/test_h5py_integration.py")
 FIRST = [*PYTEST, "-m", "integration", *(f"--ignore={module}" for module in BESIDE)]
-SECOND = [[*PYTEST, "-m", "not integration"], [*PYTEST, "-m", "integration", *BESIDE]]
+SECOND = [[*PYTEST, "-m", "integration", *BESIDE], [*PYTEST, "-m", "not integration"]]
 
 
 class Stream(threading.Thread):
@@ -65,7 +67,7 @@ class Stream(threading.Thread):
 def main() -> int:
     # the system's temporary folder, never the checkout: the tests' keys folders are refused inside it
     log = Path(tempfile.mkdtemp(prefix="hpcimages-tests-")) / "second-process.log"
-    print(f"the unit tests, then {', '.join(BESIDE)}, run beside the other integration tests; their output "
+    print(f"{', '.join(BESIDE)}, then the unit tests, run beside the other integration tests; their output "
           f"follows ({log})", flush=True)
     second = Stream(SECOND, log)
     second.start()
