@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from hpcimages import stats
+from hpcimages.define import load_matrix
 from hpcimages.measure import bench, decide
 from hpcimages.measure.report import build_report
 from hpcimages.measure.results import ResultRow, ResultsError, append_run
+from hpcimages.mpirun import Binding
 
 ROOT = Path(__file__).resolve().parent.parent
 CELL = "mpi4py:py3.11-mpich4.3.2"
@@ -391,3 +393,8 @@ def test_every_run_leaves_open_mpis_unselected_ofi_transport_out_unless_the_vari
     assert bench.run_variant(None, None, plain, echo, tmp_path) == (0, "btl=^ofi\n")  # type: ignore[arg-type]
     own = bench.Variant("bare-metal", "python", "openmpi5.0.11", env={"OMPI_MCA_btl": "self,sm,tcp"})
     assert bench.run_variant(None, None, own, echo, tmp_path) == (0, "btl=self,sm,tcp\n")  # type: ignore[arg-type]
+    # in a container, a bound host MPI's own settings win too (run_in_image puts them under the run's env)
+    cell = load_matrix(ROOT / "matrix.toml").cell("mpi4py:py3.11-openmpi5.0.11")
+    bound = Binding(Path("/opt/site/openmpi"), settings={"OMPI_MCA_btl": "self,vader"})
+    assert bench.run_settings(bench.Variant("container+openmpi", "python", cell.mpi.key, cell, binding=bound)) == {}
+    assert bench.run_settings(bench.Variant("container", "python", cell.mpi.key, cell)) == bench.RUN_SETTINGS

@@ -814,11 +814,18 @@ def variants(client: docker.DockerClient, matrix: Matrix, profile: Profile, cell
 # running
 
 
+def run_settings(variant: Variant) -> dict[str, str]:
+    """RUN_SETTINGS under what the variant itself sets: its env, and (in a container) its binding's, which
+    run_in_image puts under the env it is given."""
+    own = {**variant.binding.env, **variant.env} if variant.cell is not None else variant.env
+    return {**{k: v for k, v in RUN_SETTINGS.items() if k not in own}, **variant.env}
+
+
 def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, command: list[str],
                 scratch: Path) -> tuple[int, str]:
     if variant.cell is None:
         path = f"{variant.venv}/bin:{os.environ.get('PATH', '')}" if variant.venv else os.environ.get("PATH", "")
-        env = {**os.environ, "PATH": path, **RUN_SETTINGS, **variant.env}
+        env = {**os.environ, "PATH": path, **run_settings(variant)}
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env, check=False)
         except subprocess.TimeoutExpired:
@@ -827,7 +834,7 @@ def run_variant(client: docker.DockerClient, matrix: Matrix, variant: Variant, c
     mounts = [bench_mount(matrix.root), Mount(scratch, SCRATCH_MOUNT, read_only=False)]
     assert variant.image is not None
     return run_in_image(client, variant.image, command, timeout=variant.timeout, binding=variant.binding,
-                        mounts=mounts, env={**RUN_SETTINGS, **variant.env}, sandbox=variant.sandbox, shm_size="1g")
+                        mounts=mounts, env=run_settings(variant), sandbox=variant.sandbox, shm_size="1g")
 
 
 def records_of(output: str, variant: Variant, bench: Benchmark, command: list[str], profile: str,
