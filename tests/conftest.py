@@ -125,6 +125,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def shared_registry(client, tmp_path_factory):
+    """One registry for the tests that push and leave it running (publish, supply chain), each in a namespace of its
+    own: a layer an earlier test pushed is mounted from that repository, not uploaded again (dockerd's cross-repository
+    mount, as on a centre's registry that already holds the base layers). A test that stops, kills or empties its
+    registry starts one of its own (registry_server)."""
+    with registry_server(client, tmp_path_factory.mktemp("shared-registry")) as server:
+        yield server
+
+
 @contextlib.contextmanager
 def registry_server(client: docker.DockerClient, folder: Path):
     """A real registry (Debian's docker-registry) on a free port of 127.0.0.1, stopped afterwards, and the local tags

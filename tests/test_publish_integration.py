@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -45,8 +46,26 @@ SCREENSHOTS = ROOT / "build" / "test-screenshots"
 HELLO = ["mpiexec", "-n", "2", "python3", "-m", "mpi4py.bench", "helloworld"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """A test's own namespace of the session's registry: what it publishes there, no other test sees."""
+
+    address: str
+    namespace: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.address}/{self.namespace}"
+
+
 @pytest.fixture
-def server(client, tmp_path):
+def server(shared_registry, request):
+    return Space(shared_registry.address, "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10])
+
+
+@pytest.fixture
+def own_server(client, tmp_path):
+    """A registry of the test's own, for a test that kills it."""
     with registry_server(client, tmp_path / "registry") as s:
         yield s
 
@@ -129,14 +148,14 @@ def entry_of(target: str, ref: str = CELL) -> record.Published | None:
 
 
 def test_publish_proves_digests_is_idempotent_and_a_clean_engine_pulls_it(client, checked, server, capsys):
-    target = f"{server.address}/hpc"
+    target = server.target
     code, out = run_publish(capsys, target)
     assert code == 0, out[-3000:]
     entry = entry_of(target)
     assert entry is not None and entry.tags[:2] == ["py3.11-mpich4.2.3", "py3.11-mpich4.2"]
     assert entry.tags[2].startswith("py3.11-mpich4.2.3-") and len(entry.tags) == 3  # release; latest is 4.3.2's
     for tag in entry.tags:
-        assert served_digest(server.address, "hpc/mpi4py", tag) == entry.digest
+        assert served_digest(server.address, f"{server.namespace}/mpi4py", tag) == entry.digest
     assert "read back with skopeo" in out and "2-rank hello passed in the pulled copy" in out
 
     code, again = run_publish(capsys, target)
@@ -170,20 +189,20 @@ def test_an_open_mpi_image_is_published_signed_and_says_hello_under_its_own_laun
     assert build(client, m, prof, only=[cell.ref], progress=lambda _: None).ok
     [result] = check_mod.check_cells(client, m, prof, [cell], progress=lambda _: None, with_host_mpi=False)
     assert result.passed, check_mod.table([result])
-    target = f"{server.address}/hpc"
+    target = server.target
     code, out = run_publish(capsys, target, cell.ref)
     assert code == 0, out[-3000:]
     assert "2-rank hello passed in the pulled copy" in out and f"Open MPI {cell.mpi.version} (PyPI)" in out
     entry = entry_of(target, cell.ref)
     assert entry is not None and entry.tags[:2] == [cell.tag, cell.tag.rsplit(".", 1)[0]]
-    assert served_digest(server.address, "hpc/mpi4py", cell.tag) == entry.digest
+    assert served_digest(server.address, f"{server.namespace}/mpi4py", cell.tag) == entry.digest
 
 
 def test_sif_is_pushed_beside_the_image_and_apptainer_pulls_both(client, checked, server, capsys):
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
     assert cv.convert_one(client, runtime, f"hpcimages/{CELL}", cv.sif_dir(ROOT)).status in ("converted",
                                                                                                "up to date")
-    target = f"{server.address}/hpc"
+    target = server.target
     code, out = run_publish(capsys, target, sif=True, runtime="container")
     assert code == 0, out[-3000:]
     entry = entry_of(target)
@@ -200,7 +219,7 @@ def test_sif_is_pushed_beside_the_image_and_apptainer_pulls_both(client, checked
 
 
 def test_the_catalogue_describes_a_published_image_from_files(client, checked, server, capsys, tmp_path):
-    target = f"{server.address}/hpc"
+    target = server.target
     code, out = run_publish(capsys, target, CELL, SECOND)
     assert code == 0, out
     site = pages.pages_dir(ROOT, Target.parse(target))
@@ -313,7 +332,8 @@ def test_an_unreachable_or_malformed_registry_stops_before_anything(client, chec
     assert entry_of(f"127.0.0.1:{port}/hpc") is None
 
 
-def test_a_registry_killed_mid_push_fails_the_cell_and_a_rerun_completes(client, checked, server, capsys):
+def test_a_registry_killed_mid_push_fails_the_cell_and_a_rerun_completes(client, checked, own_server, capsys):
+    server = own_server
     target = Target.parse(f"{server.address}/hpc")
     m = load_matrix(MATRIX)
     cell = m.cell(CELL)
@@ -370,7 +390,7 @@ def test_a_registry_that_requires_a_login(client, checked, tmp_path, monkeypatch
 
 
 def test_a_digest_mismatch_and_a_moving_release_tag_are_refused(client, checked, server, monkeypatch, capsys):
-    target = f"{server.address}/hpc"
+    target = server.target
     real_push = publisher.push_mod.push
 
     def push_then_overwrite(client_, repository, tag, attempts, progress):

@@ -53,9 +53,10 @@ def outputs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def registry(client, tmp_path_factory):
-    with registry_server(client, tmp_path_factory.mktemp("signing-registry")) as server:
-        yield server
+def registry(shared_registry):
+    """The session's registry: this module publishes under hpc/ (the publish tests each under a namespace of their
+    own), so layers the publish tests pushed are mounted, not uploaded again."""
+    return shared_registry
 
 
 @pytest.fixture(scope="module")
