@@ -97,11 +97,12 @@ def build(c, all=False, profile="published", only=None, jobs="2", dry_run=False,
 @task(iterable=["only"], help={
     "profile": PROFILE_HELP + " (default: published)",
     "only": ONLY_HELP.format(""),
+    "jobs": "cells checked at once (default 2: a check mostly waits on its containers)",
     "matrix": MATRIX_HELP,
 })
-def check(c, profile="published", only=None, matrix=MATRIX):
+def check(c, profile="published", only=None, jobs="2", matrix=MATRIX):
     """Run the checks inside every built image: contents, labels, linking, 2-rank MPI, bind-model swap, hygiene."""
-    _run(images.check, matrix=matrix, profile=profile, only=only or [])
+    _run(images.check, matrix=matrix, profile=profile, only=only or [], jobs=jobs)
 
 
 @task(iterable=["only"], help={

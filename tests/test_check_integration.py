@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hpcimages.engine import find_image
 from hpcimages.images import hostmpi
-from hpcimages.images.check import MPI_LIBRARY_VERSION, Checker
+from hpcimages.images.check import MPI_LIBRARY_VERSION, Checker, check_cells
+from hpcimages.images.reports import CellCheck
 from hpcimages.paths import build_dir
 
 pytestmark = pytest.mark.integration
@@ -66,6 +69,13 @@ def test_invoke_check_passes_every_ci_cell(matrix):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert f"{len(matrix.cells('ci'))}/{len(matrix.cells('ci'))} built cells passed" in proc.stdout
     assert "FAIL" not in proc.stdout
+    # two cells at once (--jobs 2, the default): the second starts before the first ends; each ends once
+    cells, lines = matrix.cells("ci"), proc.stdout.splitlines()
+    second_starts = lines.index(f"[2/{len(cells)}] checking {cells[1].ref} ...")
+    first_ends = next(i for i, line in enumerate(lines) if line.startswith(f"[1/{len(cells)}] {cells[0].ref}: "))
+    assert second_starts < first_ends, proc.stdout[:3000]
+    assert all(sum(line.startswith(f"[{i}/{len(cells)}] {cell.ref}: passed (") for line in lines) == 1
+               for i, cell in enumerate(cells, 1))
     report = (build_dir(ROOT) / "check-report.json").read_text()
     assert '"bind-swap"' in report and f"Intel MPI loaded from {hostmpi.MOUNT}/" in report
     # the ci profile's Open MPI 5 image is swapped across the series to Open MPI 4, proven by banner and path
@@ -77,6 +87,41 @@ def test_invoke_check_passes_every_ci_cell(matrix):
     assert checks["linking"]["reason"].count("/usr/local/lib/libhdf5.so -> /usr/local/lib/libmpi.so.40") == 1
     assert "the same under the bind model" in checks["family"]["reason"]
     assert "skipped" not in checks["family"]["reason"]
+
+
+def test_ctrl_c_during_a_parallel_check_kills_the_checks_in_flight_and_records_nothing(client, matrix, monkeypatch):
+    """Two cells at once, each in a container that would run ten minutes: a Ctrl-C while the command waits on them
+    kills both, starts no third, removes every container and leaves the check report as it was."""
+    cells = matrix.cells("ci")[:3]
+    report = build_dir(ROOT) / "check-report.json"
+    before = report.read_bytes() if report.is_file() else None
+    label = {}
+
+    def endless_check(self, cell, image_ref=None):
+        label.update(self.labels)
+        self.run(cell.image("hpcimages"), ["sleep", "600"])
+        return CellCheck(cell.ref, cell.image("hpcimages"))
+
+    def in_flight() -> list:
+        key = next(iter(label.items()), ("", ""))
+        return client.containers.list(all=True, filters={"label": f"{key[0]}={key[1]}"}) if label else []
+
+    def ctrl_c_once_both_run(self, timeout=None):
+        for _ in range(600):
+            if len([c for c in in_flight() if c.status == "running"]) == 2:
+                raise KeyboardInterrupt
+            time.sleep(0.1)
+        raise AssertionError("the two checks never ran at once")
+
+    monkeypatch.setattr(Checker, "check_cell", endless_check)
+    monkeypatch.setattr(concurrent.futures.Future, "result", ctrl_c_once_both_run)  # the command waits here
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        check_cells(client, matrix, matrix.profile("ci"), cells, progress=said.append, with_host_mpi=False, jobs=2)
+    assert in_flight() == [], "a container of the interrupted check is left"
+    assert f"[3/3] checking {cells[2].ref} ..." not in said and "interrupted: stopping the checks in flight" in \
+        "\n".join(said)
+    assert (report.read_bytes() if report.is_file() else None) == before
 
 
 def test_an_open_mpi_swap_that_loads_the_image_s_own_library_fails(client, matrix, tmp_path):

@@ -121,7 +121,7 @@ def checked(client):
     prof = m.profile("ci")
     cells = [c for c in m.cells(prof) if c.ref in (CELL, SECOND)]
     assert build(client, m, prof, only=[c.ref for c in cells], progress=lambda _: None).ok
-    results = check_mod.check_cells(client, m, prof, cells, progress=lambda _: None, with_host_mpi=False)
+    results = check_mod.check_cells(client, m, prof, cells, progress=lambda _: None, with_host_mpi=False, jobs=2)
     assert all(r.passed for r in results), check_mod.table(results)
     return m
 

@@ -66,7 +66,7 @@ def published(client, centre_keys, registry, outputs):
     prof = m.profile("ci")
     cells = [c for c in m.cells(prof) if c.ref in (ROOT_CELL, H5PY_CELL, VICTIM)]
     assert build(client, m, prof, only=[c.ref for c in cells], progress=lambda _: None).ok
-    results = check_mod.check_cells(client, m, prof, cells, progress=lambda _: None, with_host_mpi=False)
+    results = check_mod.check_cells(client, m, prof, cells, progress=lambda _: None, with_host_mpi=False, jobs=2)
     assert all(r.passed for r in results), check_mod.table(results)
     runtime = ap.choose_runtime("container", lambda: client, ROOT, progress=lambda _: None)
     for converted in cv.convert(client, runtime, [f"hpcimages/{ROOT_CELL}"], cv.sif_dir(ROOT),

@@ -52,11 +52,12 @@ def build(matrix: str, profile: str, only: Iterable[str] = (), jobs: int | str =
     return 0 if report.ok else 1
 
 
-def check(matrix: str, profile: str, only: Iterable[str] = ()) -> int:
+def check(matrix: str, profile: str, only: Iterable[str] = (), jobs: int | str = 2) -> int:
+    jobs = whole_number("--jobs", jobs, 1, 64)
     m = load_matrix(matrix)
     prof = m.profile(profile)
     cells = select_cells(m, prof, only, with_parents=False)
-    results = check_mod.check_cells(connect(), m, prof, cells, progress=say)
+    results = check_mod.check_cells(connect(), m, prof, cells, progress=say, jobs=jobs)
     built = [r for r in results if r.image_id is not None]
     unbuilt = [r for r in results if r.image_id is None]
     if built:
