@@ -21,7 +21,8 @@ DEPENDS: dict[str, set[str]] = {
     "publish": {"define", "images", "sif", "measure", "abi"},  # the catalogue shows checks, results, ABI rows
 }
 STAGES = tuple(DEPENDS)
-SHARED = ("cli", "engine", "errors", "files", "mpirun", "paths", "state", "stats", "tables", "validate")
+SHARED = ("cli", "engine", "errors", "files", "mpirun", "parallel", "paths", "state", "stats", "tables",
+          "validate")
 
 
 def imported_modules(path: Path, source: str | None = None) -> set[str]:

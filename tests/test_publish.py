@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ import pytest
 from hpcimages.define import load_matrix
 from hpcimages.define.tags import alias_tags, release_tag, render
 from hpcimages.publish import push as push_mod
+from hpcimages.publish import remote
 from hpcimages.publish.remote import RegistryError, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +107,48 @@ def test_a_refused_login_is_not_retried_and_names_docker_login():
     with pytest.raises(push_mod.PushError, match="docker login") as info:
         push_mod.push(client, "r/x", "t", attempts=3, progress=lambda _: None, sleep=lambda _: None)
     assert not info.value.transient and client.api.calls == 1
+
+
+RETRYING = {"status": "Retrying in 5 seconds", "progressDetail": {}, "id": "abc"}
+
+
+def test_a_registry_gone_mid_push_stops_the_push_at_the_engine_s_first_retry():
+    client = FakeClient([[{"status": "Pushing", "id": "abc"}, RETRYING, *OK_STREAM]] * 2)
+    asked: list[int] = []
+    with pytest.raises(push_mod.PushError, match=r"after 2 attempts: the registry stopped answering .*Retrying in 5"):
+        push_mod.push(client, "r/x", "t", attempts=2, progress=lambda _: None, sleep=lambda _: None,
+                      answers=lambda: asked.append(1) or False)
+    assert client.api.calls == 2 and len(asked) == 2  # each attempt stopped at its first retry, then tried again
+
+
+def test_a_registry_that_still_answers_is_left_to_the_engine_s_own_retries():
+    client = FakeClient([[{"status": "Pushing", "id": "abc"}, RETRYING, RETRYING, *OK_STREAM]])
+    pushed = push_mod.push(client, "r/x", "t", attempts=2, progress=lambda _: None, sleep=lambda _: None,
+                           answers=lambda: True)
+    assert pushed.attempts == 1 and pushed.digest.endswith("1" * 64)
+
+
+def test_a_registry_answers_with_any_status_and_not_when_nothing_listens():
+    class Challenge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="r"')
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Challenge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert remote.answers(remote.Target(f"127.0.0.1:{server.server_port}", "hpc"))  # a login challenge answers
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as probe:  # a port nothing listens on: bound, closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert not remote.answers(remote.Target(f"127.0.0.1:{port}", "hpc"), timeout=2)
 
 
 def test_a_stream_without_a_digest_is_no_success():

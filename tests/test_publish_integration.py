@@ -214,7 +214,9 @@ def test_sif_is_pushed_beside_the_image_and_apptainer_pulls_both(client, checked
     # the way the seed's users get images on a cluster: apptainer pull docker://, then 2 ranks
     script = (f"cd /tmp && apptainer pull --no-https x.sif docker://{target}/mpi4py:py3.11-mpich4.2.3 >/dev/null "
               "2>&1 && mpiexec -n 2 apptainer exec x.sif python3 -m mpi4py.bench helloworld")
-    code, hello = runtime.run(["sh", "-c", script], network=True, env=ap.MPI_ENV, timeout=900)
+    scratch = runtime.in_memory(2 << 30)  # where it unpacks: in memory, as `invoke convert` does here
+    code, hello = runtime.run(["sh", "-c", script], network=True, env={**ap.MPI_ENV, **scratch.pop("env")},
+                              timeout=900, **scratch)
     assert code == 0 and "process 0 of 2" in hello and "process 1 of 2" in hello, ap.tail(hello, 10, 2000)
 
 
@@ -338,8 +340,10 @@ def test_a_registry_killed_mid_push_fails_the_cell_and_a_rerun_completes(client,
     m = load_matrix(MATRIX)
     cell = m.cell(CELL)
     killed = threading.Event()
+    said: list[str] = []
 
     def kill_soon(line: str) -> None:
+        said.append(line)
         if "pushing" in line and not killed.is_set():
             killed.set()
             pid = server.pid()
@@ -348,6 +352,8 @@ def test_a_registry_killed_mid_push_fails_the_cell_and_a_rerun_completes(client,
     results = publisher.publish(client, m, m.profile("ci"), [cell], target, progress=kill_soon)
     assert killed.is_set() and results[0].status == "failed", results
     assert "failed after 3 attempts" in results[0].reason or "does not answer" in results[0].reason, results[0]
+    # the attempt under way when it went stopped at the engine's first retry, not after the engine's own retries
+    assert any("the registry stopped answering while the engine pushed" in line for line in said), said
     assert entry_of(str(target)) is None  # nothing recorded as published
     server.start()  # same storage
     code, out = run_publish(capsys, str(target))
@@ -393,8 +399,8 @@ def test_a_digest_mismatch_and_a_moving_release_tag_are_refused(client, checked,
     target = server.target
     real_push = publisher.push_mod.push
 
-    def push_then_overwrite(client_, repository, tag, attempts, progress):
-        pushed = real_push(client_, repository, tag, attempts, progress)
+    def push_then_overwrite(client_, repository, tag, attempts, progress, **options):
+        pushed = real_push(client_, repository, tag, attempts, progress, **options)
         if tag == "py3.11-mpich4.2.3":  # another writer replaces the tag before it is read back
             client_.api.tag(OTHER, repository, tag)
             real_push(client_, repository, tag, attempts, progress)

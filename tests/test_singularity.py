@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -252,3 +253,26 @@ def test_a_ctrl_c_during_parallel_conversions_stops_those_in_flight_and_starts_n
         signal.signal(signal.SIGINT, before)
     assert saw_cancel.is_set() and runtime.stopped >= 1
     assert "c" not in started
+
+
+def test_a_conversion_unpacks_in_memory_only_where_the_image_fits_a_quarter_of_the_machine():
+    mib, gib = 1 << 20, 1 << 30
+    assert apptainer.scratch_room(281 * mib, 23 * gib) == 2 * 281 * mib + apptainer.SCRATCH_SLACK
+    assert apptainer.scratch_room(3 * gib, 16 * gib) == 0  # 6.5 GiB would be more than a quarter of 16
+    assert apptainer.scratch_room(None, 16 * gib) == 0 and apptainer.scratch_room(281 * mib, None) == 0
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo: bash scripts/setup.sh installs it")
+def test_an_archive_skopeo_cannot_read_fails_the_conversion_with_skopeo_s_words(tmp_path):
+    archive = tmp_path / "x.tar"
+    archive.write_bytes(b"not a tar archive" * 64)
+    with pytest.raises(ConvertError, match=r"skopeo could not lay out x\.tar \(exit \d+\): .+"):
+        cv.lay_out(archive, tmp_path / "x.oci", "zstd")
+    assert not (tmp_path / "x.oci").exists() or not any((tmp_path / "x.oci").rglob("*.json"))
+
+
+def test_without_skopeo_the_saved_archive_stays_the_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without skopeo: nothing on PATH
+    archive = tmp_path / "x.tar"
+    archive.write_bytes(b"")
+    assert cv.lay_out(archive, tmp_path / "x.oci", "gzip") is False and archive.is_file()

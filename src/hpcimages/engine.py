@@ -82,15 +82,18 @@ def create(client: docker.DockerClient, image: str, command: list[str] | None, *
            mounts: Iterable[Mount] = (), network: str = "none", workdir: str | None = None, user: str | None = None,
            sandbox: Sandbox | None = None, shm_size: int | str | None = None, name: str | None = None,
            hostname: str | None = None, entrypoint: list[str] | None = None,
-           labels: dict[str, str] | None = None, init: bool = False, aliases: Iterable[str] = ()) -> Container:
+           labels: dict[str, str] | None = None, init: bool = False, aliases: Iterable[str] = (),
+           tmpfs: Mapping[str, str] | None = None) -> Container:
     """A created (not started) container; ``command`` is an argument list, never a shell string; ``sandbox`` None:
     the engine's defaults (mpirun.ENGINE_DEFAULT names them). ``aliases``:
-    further names under which the others on a user-defined ``network`` reach it."""
+    further names under which the others on a user-defined ``network`` reach it. ``tmpfs``: a memory file system
+    at each path, with its mount options (e.g. ``size=...``)."""
     sandbox = sandbox or Sandbox()
     binds = {str(m.host): {"bind": m.inside, "mode": "ro" if m.read_only else "rw"} for m in mounts}
     host_config = client.api.create_host_config(
         binds=binds, network_mode=network, security_opt=list(sandbox.security_opt) or None,
         devices=list(sandbox.devices) or None, shm_size=shm_size, init=init, cap_add=list(sandbox.cap_add) or None,
+        tmpfs=dict(tmpfs) if tmpfs else None,
     )
     if sandbox.unmask_paths:
         host_config["MaskedPaths"] = []
@@ -103,6 +106,15 @@ def create(client: docker.DockerClient, image: str, command: list[str] | None, *
         labels=labels, networking_config=networking,
     )
     return client.containers.get(created["Id"])
+
+
+def engine_memory(client: docker.DockerClient) -> int | None:
+    """The memory of the machine the engine runs on, in bytes (None when the engine does not say)."""
+    try:
+        total = client.info().get("MemTotal")
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        return None
+    return int(total) if isinstance(total, int) and total > 0 else None
 
 
 def run(client: docker.DockerClient, image: str, command: list[str], *, timeout: int, **options: object) -> \

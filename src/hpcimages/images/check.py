@@ -35,14 +35,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from .. import engine, tables
+from .. import engine, parallel, tables
 from ..define.matrix import Cell, Matrix, Profile
 from ..define.standins import HostMpi
 from ..engine import Mount, find_image
@@ -607,22 +606,11 @@ def check_cells(client: docker.DockerClient, matrix: Matrix, prof: Profile, cell
             progress(f"[{i}/{len(cells)}] {cell.ref}: {verdict} ({result.seconds:.1f}s)")
         return result
 
-    if jobs <= 1:
-        results = [one(i, cell) for i, cell in enumerate(cells, 1)]
-    else:
-        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="check")
-        futures = [pool.submit(one, i, cell) for i, cell in enumerate(cells, 1)]
-        try:
-            results = [f.result() for f in futures]
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
+    def stop() -> None:
+        if not checker.cancelled.is_set():
             progress("interrupted: stopping the checks in flight; nothing is recorded")
-            checker.stop()
-            # seconds: each killed container ends its run and no other starts (a cancelled cell never counts as
-            # done for wait(), so only the ones that started are waited on)
-            wait([f for f in futures if not f.cancelled()], timeout=60)
-            raise
-        finally:
-            pool.shutdown(wait=False)
+        checker.stop()
+
+    results = parallel.run_numbered(one, cells, jobs, stop, name="check")
     reports.record_check(build_dir(matrix.root), prof.name, results)
     return results

@@ -213,7 +213,8 @@ class Publisher:
         for tag in tags:
             self.client.api.tag(image.id, repository, tag)
             self.progress(f"    pushing {repository}:{tag}")
-            pushed = push_mod.push(self.client, repository, tag, self.profile.publish.retries, self.progress)
+            pushed = push_mod.push(self.client, repository, tag, self.profile.publish.retries, self.progress,
+                                   answers=lambda: remote.answers(self.target))
             digests.add(pushed.digest)
             self.progress(f"    {tag}: {pushed.digest} ({pushed.layers} layers, {pushed.seconds:.1f}s"
                           f"{f', {pushed.attempts} attempts' if pushed.attempts > 1 else ''})")

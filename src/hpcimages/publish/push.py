@@ -48,8 +48,13 @@ def _classify(message: str) -> PushError:
     return PushError(message, transient=bool(TRANSIENT_RE.search(message)))
 
 
-def push_once(client: docker.DockerClient, repository: str, tag: str) -> tuple[str, int, int]:
-    """(digest, manifest size, layers) of one push, or PushError with what the engine said."""
+def push_once(client: docker.DockerClient, repository: str, tag: str,
+              answers: Callable[[], bool] = lambda: True) -> tuple[str, int, int]:
+    """(digest, manifest size, layers) of one push, or PushError with what the engine said.
+
+    When the engine says it will retry a layer, ``answers`` is asked whether the registry still answers at all; if
+    it does not, the push is stopped there instead of after the engine's own retries (five per layer, about a
+    minute): a registry that went away mid-push fails the attempt in seconds, and ``push`` retries it."""
     layers: set[str] = set()
     digest, size = None, 0
     try:
@@ -59,8 +64,11 @@ def push_once(client: docker.DockerClient, repository: str, tag: str) -> tuple[s
             error = line.get("error") or (line.get("errorDetail") or {}).get("message")
             if error:
                 raise _classify(str(error).strip())
-            if str(line.get("status", "")).startswith(("Pushed", "Layer already exists", "Mounted from")) \
-                    and line.get("id"):
+            status = str(line.get("status", ""))
+            if status.startswith("Retrying in") and not answers():
+                raise PushError(f"the registry stopped answering while the engine pushed (it said: {status}); the "
+                                "push was stopped without waiting for the engine's own retries", transient=True)
+            if status.startswith(("Pushed", "Layer already exists", "Mounted from")) and line.get("id"):
                 layers.add(line["id"])
             aux = line.get("aux") or {}
             if aux.get("Digest"):
@@ -75,12 +83,13 @@ def push_once(client: docker.DockerClient, repository: str, tag: str) -> tuple[s
 
 
 def push(client: docker.DockerClient, repository: str, tag: str, attempts: int, progress: Progress,
-         sleep: Callable[[float], None] = time.sleep) -> Pushed:
-    """Push with up to ``attempts`` tries; the last error is raised with how many were made."""
+         sleep: Callable[[float], None] = time.sleep, answers: Callable[[], bool] = lambda: True) -> Pushed:
+    """Push with up to ``attempts`` tries; the last error is raised with how many were made. ``answers``: whether
+    the registry answers at all (push_once)."""
     start = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
-            digest, size, layers = push_once(client, repository, tag)
+            digest, size, layers = push_once(client, repository, tag, answers)
             return Pushed(digest, size, layers, attempt, time.monotonic() - start)
         except PushError as exc:
             if not exc.transient or attempt == attempts:

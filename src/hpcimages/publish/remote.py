@@ -110,6 +110,18 @@ def ping(target: Target) -> str:
     raise RegistryError(f"registry {target.host} answered unexpectedly at {target.api}")
 
 
+def answers(target: Target, timeout: float = 5.0) -> bool:
+    """The registry answers HTTP at its API at all (any status, a login challenge too); False when nothing does
+    (refused, reset, timed out): what tells a registry that went away from one that is slow."""
+    try:
+        with urllib.request.urlopen(target.api, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _check_login(target: Target, challenge: str) -> str:
     creds = credentials(target)
     if not creds or not creds.get("username"):

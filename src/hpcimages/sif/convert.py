@@ -9,30 +9,34 @@ files instead (``from_recipe``).
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from .. import mpirun, state, tables
+from .. import mpirun, parallel, state, tables
 from ..define.matrix import Cell, Matrix, Mpi, Profile
 from ..define.render import recipe_path
-from ..engine import find_image
+from ..engine import engine_memory, find_image
 from ..files import write_json
 from ..images import wheelhouse
 from ..images.build import fetch_build_sdists, fetch_sources, from_image, mpi_source, source_args
 from ..images.check import H5PY_VERIFIED
 from ..paths import build_dir
-from .apptainer import ConvertError, Runtime, build_recipe, exec_in_sif, tail
+from .apptainer import ConvertError, Runtime, build_recipe, exec_in_sif, scratch_room, tail
 
 Progress = Callable[[str], None]
 HELLO = ["python3", "{bench}/hello_mpi4py.py"]
 MPIO = ["python3", "{bench}/h5py_mpio.py"]
+LAYOUT_TIMEOUT_S = 1800
+NO_ROOM = "no space left on device"
+RECIPE_GROWTH = 1 << 30
 MPI_VERSION_SNIPPET = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
 
 
@@ -51,6 +55,8 @@ class Conversion:
     image_bytes: int | None = None
     reason: str = ""
     hello: str = ""  # the smoke test: "pass", or why it failed
+    source: str = ""  # what Apptainer built from: "oci (zstd layers)", "oci (gzip layers)" or "docker-archive"
+    scratch_bytes: int = 0  # the memory file system it unpacked into; 0: the disk
 
 
 def sif_name(image: str) -> str:
@@ -91,13 +97,24 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
         return result
     work = out_dir / ".work"
     tar = work / f"{sif.stem}.tar"
+    layout = work / f"{sif.stem}.oci"
     partial = work / f"{sif.stem}.sif"
     try:
         save_image(client, image_ref, tar)
+        seen, mounts = runtime.see(work, "/work", writable=True)
+        source, result.source = f"docker-archive://{seen}/{tar.name}", "docker-archive"
+        if lay_out(tar, layout, runtime.layer_compression):
+            source, result.source = f"oci:{seen}/{layout.name}", f"oci ({runtime.layer_compression} layers)"
+            tar.unlink()
         if cancelled is not None and cancelled.is_set():  # Ctrl-C while it was saved: build nothing
             raise ConvertError("interrupted (Ctrl-C) before its build")
-        seen, mounts = runtime.see(work, "/work", writable=True)
-        code, output = runtime.build_sif(f"docker-archive://{seen}/{tar.name}", f"{seen}/{partial.name}", mounts)
+        if runtime.memory_scratch:
+            result.scratch_bytes = scratch_room(result.image_bytes, engine_memory(client))
+        code, output = runtime.build_sif(source, f"{seen}/{partial.name}", mounts, scratch_bytes=result.scratch_bytes)
+        if code != 0 and result.scratch_bytes and NO_ROOM in output.lower():  # an image bigger unpacked than said
+            result.reason = f"{tables.size(result.scratch_bytes)} of memory was too little: unpacked on disk instead"
+            result.scratch_bytes = 0
+            code, output = runtime.build_sif(source, f"{seen}/{partial.name}", mounts)
         if code != 0 or not partial.is_file():
             raise ConvertError(f"apptainer build failed (exit {code}): {tail(output)}")
         partial.replace(sif)
@@ -108,8 +125,34 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
         partial.unlink(missing_ok=True)
     finally:
         tar.unlink(missing_ok=True)
+        shutil.rmtree(layout, ignore_errors=True)
         result.seconds = time.monotonic() - start
     return result
+
+
+def lay_out(archive: Path, layout: Path, compression: str) -> bool:
+    """The saved image as an OCI layout whose layers skopeo compressed (``compression``, at level 1), which
+    Apptainer then copies as they are; False, and the archive stays the source, where skopeo is not installed.
+
+    Apptainer compresses a docker-archive's layers itself, with one core, before unpacking them. Measured on two
+    cores (docs/convert.md): a 281 MB image converted in 14 s this way against 22 s from the archive, a 997 MB one
+    in 47 s against 78 s."""
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        return False
+    shutil.rmtree(layout, ignore_errors=True)
+    # --insecure-policy: the source is the engine's own save of the image, made a moment ago; no signature to ask
+    command = [skopeo, "--insecure-policy", "copy", "-q", "--dest-compress-format", compression,
+               "--dest-compress-level", "1", f"docker-archive:{archive}", f"oci:{layout}"]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=LAYOUT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConvertError(f"skopeo did not lay out {archive.name} in {LAYOUT_TIMEOUT_S}s") from None
+    if proc.returncode != 0:
+        raise ConvertError(f"skopeo could not lay out {archive.name} (exit {proc.returncode}): {tail(proc.stderr)}")
+    for path in (layout, *layout.rglob("*")):  # the containerised Apptainer reads it as another user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return True
 
 
 def conversions_at_once(runtime: Runtime, jobs: int) -> int:
@@ -136,23 +179,11 @@ def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], ou
             progress(f"[{i}/{len(images)}] {image}: {result.status} ({detail})")
         return result
 
-    at_once = conversions_at_once(runtime, jobs)
-    if at_once <= 1:
-        results = [one(i, image) for i, image in enumerate(images, 1)]
-    else:
-        pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="convert")
-        futures = [pool.submit(one, i, image) for i, image in enumerate(images, 1)]
-        try:
-            results = [f.result() for f in futures]
-        except KeyboardInterrupt:
-            cancelled.set()
-            pool.shutdown(wait=False, cancel_futures=True)
-            while not all(f.done() for f in futures):  # a build started after the first kill is killed too
-                runtime.stop_all()
-                wait(futures, timeout=1)
-            raise
-        finally:
-            pool.shutdown(wait=False)
+    def stop() -> None:
+        cancelled.set()  # a conversion between its save and its build builds nothing
+        runtime.stop_all()
+
+    results = parallel.run_numbered(one, images, conversions_at_once(runtime, jobs), stop, name="convert")
     write_json(out_dir / "convert-report.json", [asdict(r) for r in results])
     return results
 
@@ -230,17 +261,30 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
     stages = stage_images(matrix, profile, cell)
     archives = {name: archive if image == base else archive.with_name(f"{sif.stem}-{name.lower()}.tar")
                 for name, image in stages.items()}
+    sources = {archive, *archives.values()}
     try:
         for name, image in stages.items():  # the recipe's build stages bootstrap from archives too
             if archives[name] != archive:
                 save_image(client, image, archives[name])
+        bootstrap = "docker-archive"
+        if all([lay_out(path, path.with_suffix(".oci"), runtime.layer_compression) for path in sources]):
+            bootstrap = "oci"  # as convert_one: Apptainer copies the layers instead of compressing them
+            archive, archives = archive.with_suffix(".oci"), {k: v.with_suffix(".oci") for k, v in archives.items()}
+        # each stage unpacks its own image, and a build stage grows by what it compiles (an HDF5 tree)
+        sizes = [client.images.get(image).attrs.get("Size") or 0 for image in (base, *stages.values())]
+        room = scratch_room(sum(sizes) + RECIPE_GROWTH, engine_memory(client)) if runtime.memory_scratch else 0
+        progress(f"  bootstrap: {bootstrap}; unpacked {f'in {tables.size(room)} of memory' if room else 'on disk'}")
         with wheelhouse.serve(cache) as served:
             args = {**cell.family.build_args, **source_args(profile, cell, served),
-                    "WHEELHOUSE": f"{served}/wheelhouse/"}
-            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, archives)
+                    "WHEELHOUSE": f"{served}/wheelhouse/", "BOOTSTRAP": bootstrap}
+            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, archives, room)
+            if code != 0 and room and NO_ROOM in output.lower():
+                progress(f"  {tables.size(room)} of memory was too little: building on disk instead")
+                code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, archives)
     finally:
-        for path in {archive, *archives.values()}:
+        for path in sources:
             path.unlink(missing_ok=True)
+            shutil.rmtree(path.with_suffix(".oci"), ignore_errors=True)
     if code != 0:
         progress(f"  FAILED (exit {code}): {tail(output)}")
         return False
