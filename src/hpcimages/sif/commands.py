@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import tables
 from ..cli import say, whole_number
 from ..define import load_matrix
-from ..define.matrix import select_cells
+from ..define.matrix import Cell, select_cells
 from ..engine import connect
 from ..paths import repository_root
 from . import apptainer
@@ -34,21 +34,13 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
     if convert_mod.conversions_at_once(rt, jobs) < jobs and len(cells) > 1:
         say(f"one conversion at a time: the {rt.name} builds share its image cache (--jobs {jobs} is for the "
             "containerised one)")
+    rows: list[list[str]] = [[] for _ in cells]
+
+    def smoke(i: int, result: convert_mod.Conversion) -> None:
+        rows[i] = smoke_row(rt, cells[i], result, m.root / "bench")
+
     results = convert_mod.convert(client, rt, [c.image(prof.registry) for c in cells], out_dir, progress=say,
-                                  force=force, jobs=jobs)
-    rows = []
-    for cell, result in zip(cells, results, strict=True):
-        if result.status in ("failed", "not built"):
-            rows.append([result.image, "skip", "skip", "skip" if cell.family.hdf5 else "-"])
-            continue
-        one, two = convert_mod.hello_test(rt, result, m.root / "bench", cell.mpi)
-        mpio = "-"
-        if cell.family.hdf5:
-            ok, reason = convert_mod.mpio_test(rt, Path(result.sif), m.root / "bench", cell.mpi)
-            mpio = "pass" if ok else "FAIL"
-            if not ok:
-                result.status, result.reason = "failed", reason
-        rows.append([result.image, "pass" if one else "FAIL", "pass" if two else "FAIL", mpio])
+                                  force=force, jobs=jobs, then=smoke)
     say("")
     say(convert_mod.table(results))
     say("")
@@ -63,6 +55,21 @@ def convert(matrix: str, profile: str, only: Iterable[str] = (), runtime: str = 
             + ", ".join(r.name for r in unbuilt))
     # a cell that was never built is no failure of the conversion, but converting nothing at all is
     return 1 if failed or not done else 0
+
+
+def smoke_row(rt: apptainer.Runtime, cell: Cell, result: convert_mod.Conversion, bench: Path) -> list[str]:
+    """The hello test of a converted .sif (1 rank, and 2 ranks launched outside) and, in an image with a parallel
+    HDF5, the 2-rank mpio write: its row of the smoke table; a failure fails the conversion."""
+    if result.status in ("failed", "not built"):
+        return [result.image, "skip", "skip", "skip" if cell.family.hdf5 else "-"]
+    one, two = convert_mod.hello_test(rt, result, bench, cell.mpi)
+    mpio = "-"
+    if cell.family.hdf5:
+        ok, reason = convert_mod.mpio_test(rt, Path(result.sif), bench, cell.mpi)
+        mpio = "pass" if ok else "FAIL"
+        if not ok:
+            result.status, result.reason = "failed", reason
+    return [result.image, "pass" if one else "FAIL", "pass" if two else "FAIL", mpio]
 
 
 def tools(matrix: str, force: bool = False) -> int:

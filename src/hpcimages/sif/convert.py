@@ -162,10 +162,13 @@ def conversions_at_once(runtime: Runtime, jobs: int) -> int:
 
 
 def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], out_dir: Path,
-            progress: Progress = print, force: bool = False, jobs: int = 1) -> list[Conversion]:
+            progress: Progress = print, force: bool = False, jobs: int = 1,
+            then: Callable[[int, Conversion], None] | None = None) -> list[Conversion]:
     """Each image to its .sif, up to ``jobs`` at once (conversions_at_once; each in its own work files: one
     conversion's `docker save` and unpacking wait on the disk while another's squash keeps the cores busy). A
-    Ctrl-C stops the conversions in flight (their containers are killed, no partial .sif is kept) and is raised."""
+    Ctrl-C stops the conversions in flight (their containers are killed, no partial .sif is kept) and is raised.
+    ``then(i, result)``: run on each result (``i`` from 0) as soon as its conversion ended, beside the others (the
+    smoke tests: a run waits on its containers while another conversion squashes)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     said = threading.Lock()
     cancelled = threading.Event()
@@ -177,6 +180,8 @@ def convert(client: docker.DockerClient, runtime: Runtime, images: list[str], ou
         detail = result.reason if result.status == "failed" else f"{result.seconds:.1f}s"
         with said:
             progress(f"[{i}/{len(images)}] {image}: {result.status} ({detail})")
+        if then is not None:
+            then(i - 1, result)
         return result
 
     def stop() -> None:
