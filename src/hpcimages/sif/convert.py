@@ -135,8 +135,8 @@ def lay_out(archive: Path, layout: Path, compression: str) -> bool:
     Apptainer then copies as they are; False, and the archive stays the source, where skopeo is not installed.
 
     Apptainer compresses a docker-archive's layers itself, with one core, before unpacking them. Measured on two
-    cores (docs/convert.md): a 281 MB image converted in 14 s this way against 22 s from the archive, a 997 MB one
-    in 47 s against 78 s."""
+    cores, both unpacked in memory: a 281 MB image converted in 14 s this way against 22 s from the archive, a
+    997 MB one in 47 s against 78 s (docs/apptainer.md, bench/convert_paths.py)."""
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         return False
