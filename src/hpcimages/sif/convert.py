@@ -110,11 +110,12 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
             raise ConvertError("interrupted (Ctrl-C) before its build")
         if runtime.memory_scratch:
             result.scratch_bytes = scratch_room(result.image_bytes, engine_memory(client))
-        code, output = runtime.build_sif(source, f"{seen}/{partial.name}", mounts, scratch_bytes=result.scratch_bytes)
-        if code != 0 and result.scratch_bytes and NO_ROOM in output.lower():  # an image bigger unpacked than said
+        code, output, too_little = in_memory_or_on_disk(
+            lambda room: runtime.build_sif(source, f"{seen}/{partial.name}", mounts, scratch_bytes=room),
+            result.scratch_bytes)
+        if too_little:
             result.reason = f"{tables.size(result.scratch_bytes)} of memory was too little: unpacked on disk instead"
             result.scratch_bytes = 0
-            code, output = runtime.build_sif(source, f"{seen}/{partial.name}", mounts)
         if code != 0 or not partial.is_file():
             raise ConvertError(f"apptainer build failed (exit {code}): {tail(output)}")
         partial.replace(sif)
@@ -128,6 +129,16 @@ def convert_one(client: docker.DockerClient, runtime: Runtime, image_ref: str, o
         shutil.rmtree(layout, ignore_errors=True)
         result.seconds = time.monotonic() - start
     return result
+
+
+def in_memory_or_on_disk(build: Callable[[int], tuple[int, str]], room: int) -> tuple[int, str, bool]:
+    """``build(room)``, and where it ran out of that memory (an image bigger unpacked than its size said, a stage
+    that compiled more), ``build(0)`` again on disk: (exit status, output, whether the memory was too little)."""
+    code, output = build(room)
+    if code != 0 and room and NO_ROOM in output.lower():
+        code, output = build(0)
+        return code, output, True
+    return code, output, False
 
 
 def lay_out(archive: Path, layout: Path, compression: str) -> bool:
@@ -282,10 +293,11 @@ def from_recipe(client: docker.DockerClient, runtime: Runtime, matrix: Matrix, p
         with wheelhouse.serve(cache) as served:
             args = {**cell.family.build_args, **source_args(profile, cell, served),
                     "WHEELHOUSE": f"{served}/wheelhouse/", "BOOTSTRAP": bootstrap}
-            code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, archives, room)
-            if code != 0 and room and NO_ROOM in output.lower():
-                progress(f"  {tables.size(room)} of memory was too little: building on disk instead")
-                code, output = build_recipe(runtime, matrix.root, recipe, archive, sif, args, archives)
+            code, output, too_little = in_memory_or_on_disk(
+                lambda scratch: build_recipe(runtime, matrix.root, recipe, archive, sif, args, archives, scratch),
+                room)
+            if too_little:
+                progress(f"  {tables.size(room)} of memory was too little: built on disk instead")
     finally:
         for path in sources:
             path.unlink(missing_ok=True)
